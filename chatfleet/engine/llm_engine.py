@@ -1,0 +1,191 @@
+"""Synchronous engine: add_request / step / abort. Owns tokenizer, scheduler and runner.
+
+step() is the whole data flow of one iteration:
+    scheduler.schedule() -> runner.execute() -> scheduler.update_from_output() -> detokenize
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from chatfleet.config import EngineConfig
+from chatfleet.engine.detokenizer import IncrementalDetokenizer
+from chatfleet.engine.kv_cache_manager import KVCacheManager
+from chatfleet.engine.outputs import EngineCoreOutput
+from chatfleet.engine.request import Request, RequestStatus
+from chatfleet.engine.scheduler import Scheduler
+from chatfleet.errors import ContextLengthExceededError, InvalidRequestError
+from chatfleet.model.runner import ModelRunner
+from chatfleet.model.tokenizer import Tokenizer
+from chatfleet.outputs import CompletionOutput, RequestOutput
+from chatfleet.sampling_params import SamplingParams
+
+
+@dataclass
+class _ParentState:
+    """A user request: n child Requests sharing one prompt (and its KV blocks)."""
+
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    children: list[Request]
+    detokenizers: list[IncrementalDetokenizer]
+    completions: list[CompletionOutput]
+
+    @property
+    def finished(self) -> bool:
+        return all(c.finished for c in self.completions)
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig | None = None, attention: str = "sdpa") -> None:
+        config = config or EngineConfig()
+        self.config = config
+        self.tokenizer = Tokenizer.from_model_path(config.model)
+        self.runner = ModelRunner(config, attention)
+        info = self.runner.info
+        self.model_config = info.model_config
+        self.max_model_len = min(config.scheduler.max_model_len,
+                                 info.model_config.max_position_embeddings)  # fmt: skip
+        self.kv_cache_manager = KVCacheManager(
+            info.num_blocks, info.block_size, config.cache.enable_prefix_caching
+        )
+        self.scheduler = Scheduler(
+            dataclasses.replace(config.scheduler, max_model_len=self.max_model_len),
+            self.kv_cache_manager,
+        )
+        self.eos_token_ids = tuple(self.tokenizer.eos_token_ids)
+        self._parents: dict[str, _ParentState] = {}
+        self._child_to_parent: dict[str, tuple[_ParentState, int]] = {}
+
+    # ---- requests ---------------------------------------------------------------------
+    def validate_prompt(self, prompt_token_ids: list[int], params: SamplingParams,
+                        param: str = "prompt") -> None:  # fmt: skip
+        """Raises a typed error when the request can never be served."""
+        params.verify_for_model(self.model_config.vocab_size)
+        num = len(prompt_token_ids)
+        if num == 0:
+            raise InvalidRequestError("the prompt is empty", param=param)
+        if any(not 0 <= t < self.model_config.vocab_size for t in prompt_token_ids):
+            raise InvalidRequestError("prompt token id outside the vocabulary", param=param)
+        if num + params.max_tokens > self.max_model_len:
+            which = param if num >= self.max_model_len else "max_tokens"
+            raise ContextLengthExceededError(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, "
+                f"you requested {num + params.max_tokens} tokens ({num} in the prompt, "
+                f"{params.max_tokens} for the completion).",
+                param=which,
+            )
+        blocks_needed = -(-(num + params.max_tokens) // self.runner.block_size)
+        if blocks_needed > self.kv_cache_manager.pool.num_blocks:
+            raise ContextLengthExceededError(
+                f"the request needs {blocks_needed} KV blocks; the cache has "
+                f"{self.kv_cache_manager.pool.num_blocks}",
+                param="max_tokens",
+            )
+
+    def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
+                    priority: int = 0) -> None:  # fmt: skip
+        """Tokenize (if text), validate and queue. Raises InvalidRequestError subclasses."""
+        if request_id in self._parents:
+            raise InvalidRequestError(f"duplicate request id {request_id}", param="request_id")
+        text = prompt if isinstance(prompt, str) else None
+        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        self.validate_prompt(ids, params)
+        state = _ParentState(request_id, text, ids, [], [], [])
+        for index in range(params.n):
+            child_params = params
+            if params.n > 1:
+                seed = None if params.seed is None else params.seed + index
+                child_params = dataclasses.replace(params, n=1, seed=seed)
+            child = Request(f"{request_id}#{index}" if params.n > 1 else request_id, ids,
+                            child_params, self.eos_token_ids, priority)  # fmt: skip
+            state.children.append(child)
+            state.detokenizers.append(IncrementalDetokenizer(
+                self.tokenizer, ids, params.stop, params.include_stop_str_in_output,
+                params.skip_special_tokens,
+            ))  # fmt: skip
+            state.completions.append(
+                CompletionOutput(index, logprobs=[] if params.logprobs is not None else None)
+            )
+            self._child_to_parent[child.request_id] = (state, index)
+        self._parents[request_id] = state
+        for child in state.children:
+            self.scheduler.add_request(child)
+
+    def abort_request(self, request_id: str) -> RequestOutput | None:
+        """Abort a user request (all its choices); frees blocks at once. Unknown ids: None."""
+        state = self._parents.get(request_id)
+        if state is None:
+            return None
+        self.scheduler.finish_requests([c.request_id for c in state.children],
+                                       RequestStatus.FINISHED_ABORTED)  # fmt: skip
+        for completion in state.completions:
+            completion.delta_text, completion.delta_token_ids = "", []
+            if completion.finish_reason is None:
+                completion.finish_reason = "abort"
+        self._forget(state)
+        return self._make_output(state)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self._parents)
+
+    # ---- one iteration ----------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        scheduler_output = self.scheduler.schedule()
+        runner_output = self.runner.execute(scheduler_output)
+        core_outputs = self.scheduler.update_from_output(scheduler_output, runner_output)
+        return self._process(core_outputs)
+
+    def _process(self, core_outputs: list[EngineCoreOutput]) -> list[RequestOutput]:
+        touched: dict[str, _ParentState] = {}
+        for out in core_outputs:
+            state, index = self._child_to_parent[out.request.request_id]
+            self._apply(state, index, out)
+            touched[state.request_id] = state
+        results = []
+        for state in touched.values():
+            results.append(self._make_output(state))
+            if state.finished:
+                self._forget(state)
+        return results
+
+    def _apply(self, state: _ParentState, index: int, out: EngineCoreOutput) -> None:
+        completion, detok = state.completions[index], state.detokenizers[index]
+        delta, matched = detok.update(out.new_token_ids)
+        finished = out.finished
+        request = out.request
+        if matched is not None and not finished:
+            self.scheduler.finish_requests([request.request_id], RequestStatus.FINISHED_STOPPED)
+            request.stop_reason = matched
+            finished = True
+        elif matched is not None:
+            request.stop_reason = matched
+        if finished and matched is None:
+            delta += detok.flush()
+        completion.text = detok.output_text
+        completion.token_ids.extend(out.new_token_ids)
+        completion.delta_text, completion.delta_token_ids = delta, list(out.new_token_ids)
+        completion.delta_logprobs = list(out.new_logprobs)
+        if completion.logprobs is not None:
+            completion.logprobs.extend(out.new_logprobs)
+        if finished:
+            completion.finish_reason = request.status.finish_reason
+            completion.stop_reason = request.stop_reason
+
+    def _make_output(self, state: _ParentState) -> RequestOutput:
+        # The first choice computes the prompt; the others reuse its blocks.
+        cached = max(state.children[0].num_cached_tokens, 0)
+        completions = [
+            dataclasses.replace(c, token_ids=list(c.token_ids),
+                                logprobs=None if c.logprobs is None else list(c.logprobs))
+            for c in state.completions
+        ]  # fmt: skip
+        return RequestOutput(state.request_id, state.prompt, state.prompt_token_ids, completions,
+                             state.finished, cached)  # fmt: skip
+
+    def _forget(self, state: _ParentState) -> None:
+        self._parents.pop(state.request_id, None)
+        for child in state.children:
+            self._child_to_parent.pop(child.request_id, None)

@@ -1,0 +1,178 @@
+"""Continuous batching by token counts.
+
+Each step hands every request `min(remaining tokens, token budget)` tokens, running requests
+first, then waiting ones. A request is "prefilling" only because num_computed_tokens <
+num_tokens; chunked prefill and mixed prefill/decode steps need no special phase.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+
+from chatfleet.config import SchedulerConfig
+from chatfleet.engine.kv_cache_manager import KVCacheManager
+from chatfleet.engine.outputs import (
+    EngineCoreOutput,
+    ModelRunnerOutput,
+    ScheduledRequest,
+    SchedulerOutput,
+)
+from chatfleet.engine.request import Request, RequestStatus
+
+
+class Scheduler:
+    """Owns the waiting queue, the running list and the KV cache manager."""
+
+    def __init__(self, config: SchedulerConfig, kv_cache_manager: KVCacheManager) -> None:
+        self.config = config
+        self.kv = kv_cache_manager
+        self.requests: dict[str, Request] = {}
+        self.running: list[Request] = []
+        # Heap of (priority, arrival, seq, request): FCFS within a priority. Aborted waiting
+        # requests are skipped lazily when they reach the top.
+        self._waiting: list[tuple[int, float, int, Request]] = []
+        self._seq = itertools.count()
+        self._finished_ids: set[str] = set()
+        self.num_preemptions = 0
+
+    # ---- queue management -------------------------------------------------------------
+    def add_request(self, request: Request) -> None:
+        self.requests[request.request_id] = request
+        self._push_waiting(request)
+
+    def _push_waiting(self, request: Request) -> None:
+        item = (request.priority, request.arrival_time, next(self._seq), request)
+        heapq.heappush(self._waiting, item)
+
+    @property
+    def num_waiting(self) -> int:
+        return sum(1 for *_, r in self._waiting if not r.is_finished)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.requests)
+
+    def finish_requests(self, request_ids: list[str], status: RequestStatus) -> list[Request]:
+        """Finish (or abort) requests wherever they are; frees their blocks. Unknown ids are
+        ignored (a request may have finished on its own meanwhile)."""
+        done = []
+        for request_id in request_ids:
+            request = self.requests.pop(request_id, None)
+            if request is None:
+                continue
+            if request.status == RequestStatus.RUNNING:
+                self.running.remove(request)
+            request.status = status
+            self.kv.free(request)
+            self._finished_ids.add(request_id)
+            done.append(request)
+        return done
+
+    # ---- one step ---------------------------------------------------------------------
+    def schedule(self) -> SchedulerOutput:
+        """Pick this step's requests and token counts; may preempt (by recompute)."""
+        budget = self.config.max_num_batched_tokens
+        scheduled: list[ScheduledRequest] = []
+        preempted = False
+        self.running.sort(key=lambda r: (r.priority, r.arrival_time))
+        i = 0
+        while i < len(self.running) and budget > 0:
+            request = self.running[i]
+            num_new = min(request.num_tokens_to_compute, budget)
+            block_ids = self.kv.allocate_slots(request, num_new)
+            while block_ids is None:
+                victim = self.running[-1]
+                self._preempt(victim)
+                preempted = True
+                if victim is request:
+                    break
+                block_ids = self.kv.allocate_slots(request, num_new)
+            if block_ids is None:
+                break
+            scheduled.append(ScheduledRequest(request, num_new, block_ids))
+            budget -= num_new
+            i += 1
+        if not preempted:
+            budget = self._admit_waiting(scheduled, budget)
+        finished, self._finished_ids = self._finished_ids, set()
+        return SchedulerOutput(scheduled, finished)
+
+    def _admit_waiting(self, scheduled: list[ScheduledRequest], budget: int) -> int:
+        while self._waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+            request = self._waiting[0][3]
+            if request.is_finished:
+                heapq.heappop(self._waiting)
+                continue
+            hits, num_hit_tokens = self.kv.get_computed_blocks(request)
+            num_new = min(request.num_tokens - num_hit_tokens, budget)
+            request.num_computed_tokens = 0
+            block_ids = self.kv.allocate_slots(request, num_new, hits)
+            if block_ids is None:
+                break
+            heapq.heappop(self._waiting)
+            request.num_computed_tokens = num_hit_tokens
+            if request.num_cached_tokens < 0:
+                request.num_cached_tokens = num_hit_tokens
+            if request.first_scheduled_time is None:
+                request.first_scheduled_time = time.monotonic()
+            request.status = RequestStatus.RUNNING
+            self.running.append(request)
+            scheduled.append(ScheduledRequest(request, num_new, block_ids))
+            budget -= num_new
+        return budget
+
+    def _preempt(self, request: Request) -> None:
+        """Free a running request's blocks and requeue it; it will recompute (cheaply, when
+        its blocks are still in the prefix cache)."""
+        self.running.remove(request)
+        self.kv.free(request)
+        request.status = RequestStatus.PREEMPTED
+        request.num_computed_tokens = 0
+        request.num_preemptions += 1
+        self.num_preemptions += 1
+        self._push_waiting(request)
+
+    def update_from_output(self, scheduler_output: SchedulerOutput,
+                           runner_output: ModelRunnerOutput) -> list[EngineCoreOutput]:  # fmt: skip
+        """Advance computed counts, append sampled tokens, apply token-level stops."""
+        outputs = []
+        for item in scheduler_output.scheduled:
+            request = item.request
+            if request.is_finished:
+                continue  # aborted while the step ran
+            request.num_computed_tokens += item.num_new_tokens
+            token_id = runner_output.sampled.get(request.request_id)
+            if token_id is None:
+                continue  # a prefill chunk that did not reach the end
+            request.append_output_token(token_id)
+            status = self._check_stop(request, token_id)
+            logprobs = runner_output.logprobs.get(request.request_id)
+            if status is not None:
+                self.finish_requests([request.request_id], status)
+            outputs.append(
+                EngineCoreOutput(request, [token_id], [logprobs] if logprobs else [],
+                                 status is not None)  # fmt: skip
+            )
+        return outputs
+
+    def _check_stop(self, request: Request, token_id: int) -> RequestStatus | None:
+        params = request.sampling_params
+        if token_id in params.stop_token_ids:
+            request.stop_reason = token_id
+            return RequestStatus.FINISHED_STOPPED
+        if (
+            not params.ignore_eos
+            and token_id in request.eos_token_ids
+            and request.num_output_tokens > params.min_tokens
+        ):
+            return RequestStatus.FINISHED_STOPPED
+        if request.num_output_tokens >= params.max_tokens:
+            return RequestStatus.FINISHED_LENGTH
+        if request.num_tokens >= self.config.max_model_len:
+            return RequestStatus.FINISHED_LENGTH
+        return None

@@ -1,0 +1,43 @@
+"""Paged attention backends.
+
+The KV cache of one layer is a tensor [2, num_blocks, block_size, num_kv_heads, head_dim]
+(K then V). Writing goes through the slot mapping and is shared by all backends; backends
+differ only in how they read it back through the block tables.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+
+from chatfleet.model.forward_context import ForwardContext
+
+
+def write_kv(kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+             slot_mapping: torch.Tensor) -> None:  # fmt: skip
+    """Store this step's K/V [T, kv_heads, D] at their slots."""
+    _, num_blocks, block_size, kv_heads, dim = kv_cache.shape
+    flat = kv_cache.view(2, num_blocks * block_size, kv_heads, dim)
+    flat[0].index_copy_(0, slot_mapping, k.to(flat.dtype))
+    flat[1].index_copy_(0, slot_mapping, v.to(flat.dtype))
+
+
+class AttentionBackend(ABC):
+    """Computes softmax(q k^T / sqrt(d)) v over each request's cached keys (causal)."""
+
+    name: str = "base"
+
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int) -> None:
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.scale = head_dim**-0.5
+
+    def build_metadata(self, ctx: ForwardContext, block_size: int) -> Any:
+        """Precompute per-step indices and masks (called once per step, not per layer)."""
+        return None
+
+    @abstractmethod
+    def forward(self, q: torch.Tensor, kv_cache: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        """q: [T, num_heads, head_dim] -> [T, num_heads * head_dim]. The cache already holds
+        this step's keys and values."""

@@ -1,0 +1,96 @@
+"""A small, fast GGUF reader: metadata as Python values, tensors as numpy views.
+
+NOTE: `gguf.GGUFReader` builds numpy views for every array item and takes ~6 s on the
+default model's 49k-token vocabulary; this reader parses the same header in ~0.1 s and
+memory-maps the tensor data.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q",
+            11: "<q", 12: "<d"}  # fmt: skip
+_STRING, _ARRAY = 8, 9
+
+
+@dataclass(frozen=True)
+class GGUFTensor:
+    name: str
+    qtype: GGMLQuantizationType
+    shape: tuple[int, ...]  # numpy order: [rows, cols]
+    data: np.ndarray  # raw bytes [rows, bytes_per_row] or typed array for F32/F16
+
+
+class _Cursor:
+    def __init__(self, buf: memoryview) -> None:
+        self.buf, self.pos = buf, 0
+
+    def scalar(self, fmt: str) -> Any:
+        (value,) = struct.unpack_from(fmt, self.buf, self.pos)
+        self.pos += struct.calcsize(fmt)
+        return value
+
+    def string(self) -> str:
+        n = self.scalar("<Q")
+        s = bytes(self.buf[self.pos : self.pos + n]).decode("utf-8", errors="replace")
+        self.pos += n
+        return s
+
+    def value(self, vtype: int) -> Any:
+        if vtype == _STRING:
+            return self.string()
+        if vtype == _ARRAY:
+            item_type, count = self.scalar("<I"), self.scalar("<Q")
+            if item_type in _SCALARS and item_type != 7:
+                dtype = np.dtype(_SCALARS[item_type])
+                arr = np.frombuffer(self.buf, dtype=dtype, count=count, offset=self.pos)
+                self.pos += dtype.itemsize * count
+                return arr.tolist()
+            return [self.value(item_type) for _ in range(count)]
+        return self.scalar(_SCALARS[vtype])
+
+
+def read_gguf(path: str, with_tensors: bool = True) -> tuple[dict[str, Any], list[GGUFTensor]]:
+    """Returns (metadata, tensors). Tensor data are read-only views of a memory map."""
+    mm = np.memmap(path, dtype=np.uint8, mode="r")
+    cur = _Cursor(memoryview(mm))
+    if bytes(cur.buf[:4]) != b"GGUF":
+        raise ValueError(f"{path} is not a GGUF file")
+    cur.pos = 4
+    version = cur.scalar("<I")
+    if version < 2:
+        raise ValueError(f"GGUF version {version} is not supported")
+    num_tensors, num_kv = cur.scalar("<Q"), cur.scalar("<Q")
+    meta: dict[str, Any] = {}
+    for _ in range(num_kv):
+        key = cur.string()
+        meta[key] = cur.value(cur.scalar("<I"))
+    if not with_tensors:
+        return meta, []
+    infos = []
+    for _ in range(num_tensors):
+        name = cur.string()
+        dims = [cur.scalar("<Q") for _ in range(cur.scalar("<I"))]
+        infos.append((name, GGMLQuantizationType(cur.scalar("<I")), dims, cur.scalar("<Q")))
+    alignment = int(meta.get("general.alignment", 32))
+    data_start = (cur.pos + alignment - 1) // alignment * alignment
+    tensors = []
+    for name, qtype, dims, offset in infos:
+        block, block_bytes = GGML_QUANT_SIZES[qtype]
+        cols, rows = dims[0], int(np.prod(dims[1:])) if len(dims) > 1 else 1
+        row_bytes = cols // block * block_bytes
+        start = data_start + offset
+        raw = mm[start : start + rows * row_bytes].reshape(rows, row_bytes)
+        if qtype == GGMLQuantizationType.F32:
+            raw = raw.view(np.float32)
+        elif qtype == GGMLQuantizationType.F16:
+            raw = raw.view(np.float16)
+        shape = (cols,) if len(dims) == 1 else (rows, cols)
+        tensors.append(GGUFTensor(name, qtype, shape, raw.reshape(shape) if len(dims) == 1 else raw))
+    return meta, tensors

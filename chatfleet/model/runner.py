@@ -1,0 +1,142 @@
+"""ModelRunner: execute(SchedulerOutput) -> ModelRunnerOutput. Owns the weights, the KV cache
+tensors and per-request sampling generators; knows nothing of the scheduler or block pool.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from chatfleet.config import CacheConfig, EngineConfig, ModelConfig
+from chatfleet.engine.outputs import ModelRunnerOutput, SchedulerOutput, TokenLogprobs
+from chatfleet.model.attention import BACKENDS, AttentionBackend
+from chatfleet.model.forward_context import ForwardContext
+from chatfleet.model.linear import resolve_weight_format
+from chatfleet.model.loader import load_weights
+from chatfleet.model.models.llama import LlamaForCausalLM
+from chatfleet.model.sampler import Sampler, SamplingRow
+
+
+@dataclass(frozen=True)
+class RunnerInfo:
+    """Facts found at start-up, returned to the engine (never written into config)."""
+
+    model_config: ModelConfig
+    num_blocks: int
+    block_size: int
+    weight_format: str
+    dtype: torch.dtype
+    device: torch.device
+
+
+def kv_block_bytes(model: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
+    elem = torch.empty((), dtype=dtype).element_size()
+    return 2 * model.num_layers * block_size * model.num_kv_heads * model.head_dim * elem
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig, attention: str = "sdpa",
+                 weights: tuple[ModelConfig, dict[str, torch.Tensor]] | None = None) -> None:  # fmt: skip
+        self.device = torch.device(config.device)
+        if self.device.type == "cpu":
+            torch.set_num_threads(config.num_threads)
+        model_config, raw = weights if weights is not None else load_weights(config.model)
+        fmt = resolve_weight_format(config.weight_format, self.device)
+        self.dtype = torch.bfloat16 if fmt == "bf16" else torch.float32
+        self.model = LlamaForCausalLM(model_config, raw, fmt, self.dtype, self.device).eval()
+        self.attn: AttentionBackend = BACKENDS[attention](
+            model_config.num_heads, model_config.num_kv_heads, model_config.head_dim
+        )
+        self.block_size = config.cache.block_size
+        num_blocks = self._num_blocks(model_config, config.cache)
+        shape = (2, num_blocks, self.block_size, model_config.num_kv_heads, model_config.head_dim)
+        # Zero-filled: padded slots are masked out of attention, but 0 * NaN garbage is NaN.
+        self.kv_caches = [
+            torch.zeros(shape, dtype=self.dtype, device=self.device)
+            for _ in range(model_config.num_layers)
+        ]
+        self.info = RunnerInfo(model_config, num_blocks, self.block_size, fmt, self.dtype,
+                               self.device)  # fmt: skip
+        self.sampler = Sampler()
+        self._generator = torch.Generator(device=self.device).manual_seed(config.seed)
+        self._generators: dict[str, torch.Generator] = {}
+
+    def _num_blocks(self, model: ModelConfig, cache: CacheConfig) -> int:
+        if cache.num_blocks_override is not None:
+            return cache.num_blocks_override
+        return max(1, cache.kv_cache_memory_bytes // kv_block_bytes(model, cache.block_size, self.dtype))
+
+    def build_context(self, out: SchedulerOutput) -> tuple[torch.Tensor, ForwardContext, list]:
+        """Flatten the step into tensors; decodes first so attention can batch them."""
+        items = sorted(out.scheduled, key=lambda s: s.num_new_tokens != 1)
+        bs = self.block_size
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        for s in items:
+            start, end = s.start, s.start + s.num_new_tokens
+            input_ids += s.request.token_ids[start:end]
+            positions += range(start, end)
+            slots += [s.block_ids[p // bs] * bs + p % bs for p in range(start, end)]
+        max_blocks = max(len(s.block_ids) for s in items)
+        tables = [s.block_ids + [0] * (max_blocks - len(s.block_ids)) for s in items]
+        dev = self.device
+        ctx = ForwardContext(
+            positions=torch.tensor(positions, dtype=torch.long, device=dev),
+            slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
+            block_tables=torch.tensor(tables, dtype=torch.long, device=dev),
+            query_lens=[s.num_new_tokens for s in items],
+            context_lens=[s.start for s in items],
+            num_decodes=sum(1 for s in items if s.num_new_tokens == 1),
+        )
+        ctx.attn_metadata = self.attn.build_metadata(ctx, bs)
+        return torch.tensor(input_ids, dtype=torch.long, device=dev), ctx, items
+
+    @torch.inference_mode()
+    def execute(self, out: SchedulerOutput) -> ModelRunnerOutput:
+        for request_id in out.finished_request_ids:
+            self._generators.pop(request_id, None)
+        if out.is_empty:
+            return ModelRunnerOutput({})
+        input_ids, ctx, items = self.build_context(out)
+        hidden = self.model(input_ids, ctx, self.kv_caches, self.attn)
+        ends = torch.tensor(ctx.query_lens, device=self.device).cumsum(0) - 1
+        sampling = [i for i, s in enumerate(items) if s.samples]
+        if not sampling:
+            return ModelRunnerOutput({})
+        logits = self.model.compute_logits(hidden[ends[sampling]])  # [N, vocab]
+        rows = [self._sampling_row(items[i].request) for i in sampling]
+        result = self.sampler(logits, rows, self._generator)
+        ids = [items[i].request.request_id for i in sampling]
+        sampled = dict(zip(ids, result.token_ids, strict=True))
+        logprobs = {}
+        if result.logprobs is not None:
+            for j, row in enumerate(rows):
+                if row.params.logprobs is not None:
+                    logprobs[ids[j]] = _token_logprobs(result.logprobs[j], result.token_ids[j],
+                                                       row.params.logprobs)  # fmt: skip
+        return ModelRunnerOutput(sampled, logprobs)
+
+    def _sampling_row(self, request) -> SamplingRow:
+        params = request.sampling_params
+        generator = None
+        if params.seed is not None and not params.is_greedy:
+            generator = self._generators.get(request.request_id)
+            if generator is None:
+                generator = torch.Generator(device=self.device).manual_seed(params.seed)
+                self._generators[request.request_id] = generator
+        banned: list[int] = []
+        if request.num_output_tokens < params.min_tokens:
+            banned = list(params.stop_token_ids) + ([] if params.ignore_eos
+                                                    else list(request.eos_token_ids))  # fmt: skip
+        return SamplingRow(params, request.prompt_token_ids, request.output_token_ids, generator,
+                           banned)  # fmt: skip
+
+
+def _token_logprobs(row: torch.Tensor, token_id: int, k: int) -> TokenLogprobs:
+    top: list[tuple[int, float]] = []
+    if k:
+        values, indices = row.topk(k)
+        top = list(zip(indices.tolist(), values.tolist(), strict=True))
+    return TokenLogprobs(token_id, float(row[token_id]), top)

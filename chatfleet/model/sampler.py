@@ -1,0 +1,101 @@
+"""Batched sampling with per-request parameters.
+
+Order of operations (like vLLM): raw logprobs -> penalties -> min_tokens mask -> greedy argmax
+or temperature -> top-k / top-p / min-p -> exponential-race sampling. Seeded rows draw their
+noise from their own generator, so a seeded request samples the same tokens whatever else
+is in the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from chatfleet.sampling_params import SamplingParams
+
+
+@dataclass
+class SamplingRow:
+    params: SamplingParams
+    prompt_token_ids: list[int]
+    output_token_ids: list[int]
+    generator: torch.Generator | None  # None: the runner's shared generator
+    banned_token_ids: list[int]  # EOS / stop ids while fewer than min_tokens were produced
+
+
+@dataclass
+class SamplerOutput:
+    token_ids: list[int]
+    logprobs: torch.Tensor | None  # [N, vocab] raw log-softmax, only if some row wants it
+
+
+def apply_penalties(logits: torch.Tensor, rows: list[SamplingRow], idx: list[int]) -> None:
+    """In place on logits[idx]: repetition (prompt + output), presence and frequency (output)."""
+    vocab, device = logits.shape[1], logits.device
+    for i in idx:
+        p, row = rows[i].params, logits[i]
+        out_ids = torch.tensor(rows[i].output_token_ids, dtype=torch.long, device=device)
+        counts = torch.zeros(vocab, device=device).index_add_(
+            0, out_ids, torch.ones(len(out_ids), device=device)
+        )
+        if p.repetition_penalty != 1.0:
+            seen = counts > 0
+            seen[torch.tensor(rows[i].prompt_token_ids, dtype=torch.long, device=device)] = True
+            penalized = torch.where(row > 0, row / p.repetition_penalty, row * p.repetition_penalty)
+            row.copy_(torch.where(seen, penalized, row))
+        row -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).float()
+
+
+def apply_truncation(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+    """top-k, top-p and min-p on temperature-scaled logits [R, V]; masked entries -> -inf."""
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    vocab = logits.shape[1]
+    top_k = torch.tensor([p.top_k if p.top_k > 0 else vocab for p in params], device=logits.device)
+    top_p = torch.tensor([p.top_p for p in params], device=logits.device)
+    min_p = torch.tensor([p.min_p for p in params], device=logits.device)
+    ranks = torch.arange(vocab, device=logits.device)[None, :]
+    drop = ranks >= top_k[:, None]
+    probs = sorted_logits.softmax(dim=-1)
+    # Keep the smallest prefix whose mass reaches top_p: drop a token when the mass before
+    # it already reaches top_p (the first token is always kept).
+    mass_before = probs.cumsum(dim=-1) - probs
+    drop |= mass_before >= top_p[:, None]
+    drop |= probs < (min_p * probs[:, :1].squeeze(1))[:, None]
+    drop[:, 0] = False
+    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+    return torch.empty_like(logits).scatter_(1, order, sorted_logits)
+
+
+class Sampler:
+    def __call__(self, logits: torch.Tensor, rows: list[SamplingRow],
+                 shared_generator: torch.Generator) -> SamplerOutput:  # fmt: skip
+        """logits [N, V] fp32 (modified in place) -> one token per row."""
+        need_logprobs = any(r.params.logprobs is not None for r in rows)
+        logprobs = logits.log_softmax(dim=-1) if need_logprobs else None
+        penalized = [i for i, r in enumerate(rows) if r.params.needs_penalties]
+        if penalized:
+            apply_penalties(logits, rows, penalized)
+        for i, r in enumerate(rows):
+            if r.banned_token_ids:
+                logits[i, r.banned_token_ids] = float("-inf")
+        tokens = logits.argmax(dim=-1)
+        random_idx = [i for i, r in enumerate(rows) if not r.params.is_greedy]
+        if random_idx:
+            tokens[random_idx] = self._sample(logits[random_idx], rows, random_idx, shared_generator)
+        return SamplerOutput(tokens.tolist(), logprobs)
+
+    def _sample(self, logits: torch.Tensor, rows: list[SamplingRow], idx: list[int],
+                shared_generator: torch.Generator) -> torch.Tensor:  # fmt: skip
+        params = [rows[i].params for i in idx]
+        temps = torch.tensor([p.temperature for p in params], device=logits.device)
+        logits = logits / temps[:, None]
+        if any(p.needs_truncation for p in params):
+            logits = apply_truncation(logits, params)
+        probs = logits.softmax(dim=-1)
+        # Exponential race: argmax(p / E) with E ~ Exp(1) draws from p. Each row's noise comes
+        # from one generator call of its own, so it does not depend on the batch.
+        noise = torch.empty_like(probs)
+        for j, i in enumerate(idx):
+            noise[j].exponential_(generator=rows[i].generator or shared_generator)
+        return (probs / noise).argmax(dim=-1)
