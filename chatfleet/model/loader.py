@@ -121,7 +121,7 @@ def _load_gguf(path: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
             array = _unpermute_rope(array, num_heads)
         elif name.endswith(".k"):
             array = _unpermute_rope(array, num_kv_heads)
-        weights[name] = torch.from_numpy(np.ascontiguousarray(array))
+        weights[name] = torch.from_numpy(np.array(array))  # a writable copy
     return config, weights
 
 

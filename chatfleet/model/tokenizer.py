@@ -101,9 +101,9 @@ def _raise_exception(message: str) -> None:
     raise jinja2.TemplateError(message)
 
 
-def _tojson(value: Any, indent: int | None = None) -> str:
+def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, **kw: Any) -> str:
     # NOTE: jinja's own tojson HTML-escapes <>&, which would change what the model sees.
-    return json.dumps(value, ensure_ascii=False, indent=indent)
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, **kw)
 
 
 def _compile_template(source: str) -> jinja2.Template:
@@ -184,7 +184,9 @@ class Tokenizer:
         if pre not in PRE_TOKENIZERS:
             raise ValueError(f"unsupported GGUF pre-tokenizer {pre!r}, known: {[*PRE_TOKENIZERS]}")
         build_pre, ignore_merges = PRE_TOKENIZERS[pre]
-        tokens: list[str] = meta("tokenizer.ggml.tokens")
+        tokens: list[str] = list(meta("tokenizer.ggml.tokens") or [])
+        if not tokens:
+            raise ValueError("GGUF metadata has no tokenizer.ggml.tokens")
         types: list[int] = meta("tokenizer.ggml.token_type", [1] * len(tokens))
         merges = [tuple(m.split(" ", 1)) for m in meta("tokenizer.ggml.merges", [])]
         vocab = {tok: i for i, tok in enumerate(tokens)}
@@ -251,13 +253,18 @@ class Tokenizer:
         return list(dict.fromkeys(ids))
 
     def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
-        return [self._plain.id_to_token(i) for i in ids]
+        """Vocabulary strings (byte-level form, e.g. "Ġworld"); ValueError for unknown ids."""
+        return [self._piece(i) for i in ids]
+
+    def _piece(self, token_id: int) -> str:
+        piece = self._plain.id_to_token(token_id)
+        if piece is None:
+            raise ValueError(f"token id {token_id} is not in the vocabulary")
+        return piece
 
     def id_to_piece_bytes(self, token_id: int) -> bytes:
         """The raw bytes one token stands for (may be part of a UTF-8 character)."""
-        piece = self._plain.id_to_token(token_id)
-        if piece is None:
-            raise ValueError(f"token id {token_id} out of range")
+        piece = self._piece(token_id)
         if token_id in self._special_ids:
             return piece.encode()
         if self._is_byte_level:
@@ -309,7 +316,8 @@ class Tokenizer:
         has_special_text = any(s in c for c in contents for s in self._special_texts)
         if rebuilt != rendered and not has_special_text:
             # NOTE: the template transforms content (e.g. `| trim`); with no special-token text
-            # in any content, encoding the real rendering with special parsing is safe.
+            # in any content, encoding the real rendering with special parsing is safe. If there
+            # is some, the pieces below win: content goes in untransformed but stays plain text.
             return self._special.encode(rendered, add_special_tokens=False).ids
         ids: list[int] = []
         for k, piece in enumerate(pieces):
@@ -328,8 +336,8 @@ class Tokenizer:
             return self._template.render(
                 messages=messages,
                 add_generation_prompt=add_generation_prompt,
-                bos_token="" if bos is None else self._plain.id_to_token(bos),
-                eos_token="" if eos is None else self._plain.id_to_token(eos),
+                bos_token="" if bos is None else self._piece(bos),
+                eos_token="" if eos is None else self._piece(eos),
             )
         except jinja2.TemplateError as exc:
             raise InvalidRequestError(f"chat template error: {exc}", param="messages") from exc

@@ -1,0 +1,86 @@
+"""`chatfleet` command line: generate (one-shot) and chat (interactive)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from chatfleet.errors import InvalidRequestError
+
+
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="GGUF file or HF dir (default: SmolLM2-135M)")
+    p.add_argument("--weight-format", default="auto", choices=["auto", "fp32", "bf16", "int8"])
+    p.add_argument("--device", default="cpu")
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+
+
+def _llm(args: argparse.Namespace):
+    from chatfleet import LLM
+
+    return LLM(model=args.model, weight_format=args.weight_format, device=args.device)
+
+
+def _params(args: argparse.Namespace):
+    from chatfleet import SamplingParams
+
+    return SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature,
+                          top_p=args.top_p, seed=args.seed)  # fmt: skip
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    llm = _llm(args)
+    params = _params(args)
+    if args.chat:
+        outputs = llm.chat([[{"role": "user", "content": p}] for p in args.prompt], params)
+    else:
+        outputs = llm.generate(args.prompt, params)
+    for out in outputs:
+        print(out.outputs[0].text)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    llm = _llm(args)
+    params = _params(args)
+    history: list[dict[str, str]] = []
+    print("chatfleet chat: type a message, Ctrl-D to quit.", flush=True)
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        history.append({"role": "user", "content": line.rstrip("\n")})
+        reply = llm.chat(history, params)[0].outputs[0].text
+        history.append({"role": "assistant", "content": reply})
+        print(reply, flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="chatfleet")
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate", help="generate text for one or more prompts")
+    gen.add_argument("--chat", action="store_true", help="wrap each prompt as a user message")
+    gen.add_argument("prompt", nargs="+")
+    _add_engine_args(gen)
+    _add_sampling_args(gen)
+    gen.set_defaults(func=cmd_generate)
+    chat = sub.add_parser("chat", help="interactive chat on stdin/stdout")
+    _add_engine_args(chat)
+    _add_sampling_args(chat)
+    chat.set_defaults(func=cmd_chat)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except InvalidRequestError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
