@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install up test lint typecheck chat
+.PHONY: install up test lint typecheck
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,14 +17,14 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 up: install
-	$(BIN)/chatfleet chat
+	$(BIN)/chatfleet serve --host 127.0.0.1 --port 8001
 
 lint: install
 	$(BIN)/ruff check chatfleet tests benchmarks
 	$(BIN)/ruff format --check chatfleet tests benchmarks
 
 typecheck: install
-	$(BIN)/mypy chatfleet/engine chatfleet/config.py chatfleet/sampling_params.py
+	$(BIN)/mypy chatfleet/engine chatfleet/server chatfleet/config.py chatfleet/sampling_params.py
 
 test: install lint typecheck
 	$(BIN)/python -m pytest -q tests

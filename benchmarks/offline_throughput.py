@@ -42,8 +42,18 @@ from chatfleet.model.linear import resolve_weight_format
 from chatfleet.model.loader import default_model_path
 from chatfleet.model.tokenizer import Tokenizer
 
-MATMUL_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
-                "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16")  # fmt: skip
+MATMUL_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+)
 SHORT_PROMPT = "Write a long story about a lighthouse keeper."
 _request_ids = itertools.count()
 

@@ -34,6 +34,7 @@ class RequestOutput:
     outputs: list[CompletionOutput]
     finished: bool
     num_cached_tokens: int = 0
+    queue_time_s: float | None = None  # arrival -> first scheduled, once scheduled
 
     @property
     def num_prompt_tokens(self) -> int:

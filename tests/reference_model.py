@@ -13,8 +13,9 @@ from chatfleet.model.models.llama import LlamaForCausalLM
 def _rope(x: torch.Tensor, theta: float) -> torch.Tensor:
     """x [S, heads, D] -> rotated, computed with complex numbers (pairs i and i + D/2)."""
     seq, _, dim = x.shape
-    freqs = 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)
-    angles = torch.outer(torch.arange(seq, dtype=torch.float64), freqs)
+    f64 = {"dtype": torch.float64, "device": x.device}
+    freqs = 1.0 / theta ** (torch.arange(0, dim, 2, **f64) / dim)
+    angles = torch.outer(torch.arange(seq, **f64), freqs)
     rot = torch.polar(torch.ones_like(angles), angles)[:, None, :]  # [S, 1, D/2]
     pairs = torch.complex(x[..., : dim // 2].double(), x[..., dim // 2 :].double()) * rot
     return torch.cat([pairs.real, pairs.imag], dim=-1).to(x.dtype)
@@ -28,9 +29,9 @@ def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
 def reference_logits(model: LlamaForCausalLM, token_ids: list[int]) -> torch.Tensor:
     """Logits [S, vocab]: row i predicts the token after token_ids[: i + 1] (causal mask)."""
     c = model.config
-    h = model.embed[torch.tensor(token_ids)].float()
+    h = model.embed[torch.tensor(token_ids, device=model.embed.device)].float()
     seq = h.shape[0]
-    causal = torch.ones(seq, seq, dtype=torch.bool).tril()
+    causal = torch.ones(seq, seq, dtype=torch.bool, device=h.device).tril()
     group = c.num_heads // c.num_kv_heads
     for layer in model.layers:
         qkv = layer.qkv(_rms(h, layer.attn_norm.float(), c.rms_norm_eps))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import itertools
+import os
 import queue
 import threading
 import time
@@ -24,11 +25,14 @@ from typing import Any
 
 from chatfleet.config import EngineConfig
 from chatfleet.engine.llm_engine import LLMEngine
+from chatfleet.engine.protocol import EngineStats
 from chatfleet.errors import EngineDeadError
 from chatfleet.outputs import RequestOutput
 from chatfleet.sampling_params import SamplingParams
 
 _IDLE_WAIT_S = 0.05
+# Fault injection for tests of the failure path: the N-th step raises, as a crashed kernel would.
+FAULT_STEP_ENV = "CHATFLEET_FAULT_INJECT_STEP"
 
 
 @dataclass
@@ -40,7 +44,7 @@ class _Stream:
 class AsyncEngine:
     """Streams RequestOutputs per request; the EngineClient the server is written against."""
 
-    def __init__(self, config: EngineConfig | None = None, attention: str = "sdpa") -> None:
+    def __init__(self, config: EngineConfig | None = None, attention: str = "auto") -> None:
         self.engine = LLMEngine(config, attention)
         self.tokenizer = self.engine.tokenizer
         self._inbox: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
@@ -50,6 +54,9 @@ class AsyncEngine:
         self._stopping = False
         self.dead_error: BaseException | None = None
         self.last_progress = time.monotonic()  # updated every loop turn, for liveness checks
+        fault = os.environ.get(FAULT_STEP_ENV)
+        self._fault_step = int(fault) if fault else None
+        self._num_steps = 0
         self._thread = threading.Thread(target=self._loop, name="chatfleet-engine", daemon=True)
         self._thread.start()
 
@@ -73,9 +80,13 @@ class AsyncEngine:
         self._wakeup.set()
         return fut
 
-    async def generate(self, prompt: str | list[int], params: SamplingParams,
-                       request_id: str | None = None,
-                       priority: int = 0) -> AsyncIterator[RequestOutput]:  # fmt: skip
+    async def generate(
+        self,
+        prompt: str | list[int],
+        params: SamplingParams,
+        request_id: str | None = None,
+        priority: int = 0,
+    ) -> AsyncIterator[RequestOutput]:
         """Yields a RequestOutput per engine step that touched the request, the last one with
         finished=True. Raises InvalidRequestError before the first yield for bad input.
         Closing or cancelling the iterator aborts the request in the engine."""
@@ -107,6 +118,24 @@ class AsyncEngine:
         """Run fn(engine) on the engine thread (for stats that must be read consistently)."""
         return await asyncio.wrap_future(self._submit(lambda: fn(self.engine)))
 
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.max_model_len
+
+    async def get_stats(self) -> EngineStats:
+        def read(e: LLMEngine) -> EngineStats:
+            kv = e.kv_cache_manager
+            return EngineStats(
+                e.scheduler.num_running,
+                e.scheduler.num_waiting,
+                kv.usage,
+                e.scheduler.num_preemptions,
+                kv.stats.queries,
+                kv.stats.hits,
+            )
+
+        return await self.call(read)
+
     def check_health(self, max_stall_s: float = 30.0) -> None:
         """Raises EngineDeadError if the loop died or has not turned for max_stall_s."""
         if self.dead_error is not None:
@@ -133,6 +162,9 @@ class AsyncEngine:
                 self._wakeup.clear()
                 continue
             try:
+                self._num_steps += 1
+                if self._num_steps == self._fault_step:
+                    raise RuntimeError(f"fault injected at step {self._num_steps}")
                 outputs = self.engine.step()
             except BaseException as e:  # the model step failed: the engine is unusable
                 self._die(e)

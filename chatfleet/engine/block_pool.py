@@ -22,7 +22,9 @@ class KVCacheBlock:
     token_ids: tuple[int, ...] = ()
 
 
-def hash_block(parent_hash: int | None, token_ids: tuple[int, ...], extra_key: object = None) -> int:
+def hash_block(
+    parent_hash: int | None, token_ids: tuple[int, ...], extra_key: object = None
+) -> int:
     """Chained hash of a full block: equal hashes imply equal prefixes (up to collisions)."""
     return hash((parent_hash, token_ids, extra_key))
 
@@ -36,7 +38,9 @@ class BlockPool:
         self.blocks = [KVCacheBlock(i) for i in range(num_blocks)]
         self.enable_caching = enable_caching
         # OrderedDict gives O(1) removal from the middle (a cache hit) and O(1) LRU pop.
-        self._free: OrderedDict[int, KVCacheBlock] = OrderedDict((b.block_id, b) for b in self.blocks)
+        self._free: OrderedDict[int, KVCacheBlock] = OrderedDict(
+            (b.block_id, b) for b in self.blocks
+        )
         self._cached: dict[int, KVCacheBlock] = {}
 
     @property
@@ -87,8 +91,13 @@ class BlockPool:
             if block.ref_count == 0:
                 self._free[block.block_id] = block
 
-    def cache_block(self, block: KVCacheBlock, block_hash: int, parent_hash: int | None,
-                    token_ids: tuple[int, ...]) -> None:  # fmt: skip
+    def cache_block(
+        self,
+        block: KVCacheBlock,
+        block_hash: int,
+        parent_hash: int | None,
+        token_ids: tuple[int, ...],
+    ) -> None:
         """Register a full block under its chained hash (first writer wins)."""
         if not self.enable_caching or block.block_hash is not None:
             return

@@ -69,8 +69,12 @@ class KVCacheManager:
             parent = block_hash
         return hits, len(hits) * bs
 
-    def allocate_slots(self, request: Request, num_new_tokens: int,
-                       new_computed_blocks: list[KVCacheBlock] | None = None) -> list[int] | None:  # fmt: skip
+    def allocate_slots(
+        self,
+        request: Request,
+        num_new_tokens: int,
+        new_computed_blocks: list[KVCacheBlock] | None = None,
+    ) -> list[int] | None:
         """Make room for num_new_tokens more tokens of request.
 
         new_computed_blocks (on admission) are prefix-cache hits to adopt first. Returns the

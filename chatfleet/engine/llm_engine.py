@@ -39,15 +39,16 @@ class _ParentState:
 
 
 class LLMEngine:
-    def __init__(self, config: EngineConfig | None = None, attention: str = "sdpa") -> None:
+    def __init__(self, config: EngineConfig | None = None, attention: str = "auto") -> None:
         config = config or EngineConfig()
         self.config = config
         self.tokenizer = Tokenizer.from_model_path(config.model)
         self.runner = ModelRunner(config, attention)
         info = self.runner.info
         self.model_config = info.model_config
-        self.max_model_len = min(config.scheduler.max_model_len,
-                                 info.model_config.max_position_embeddings)  # fmt: skip
+        self.max_model_len = min(
+            config.scheduler.max_model_len, info.model_config.max_position_embeddings
+        )
         self.kv_cache_manager = KVCacheManager(
             info.num_blocks, info.block_size, config.cache.enable_prefix_caching
         )
@@ -60,8 +61,9 @@ class LLMEngine:
         self._child_to_parent: dict[str, tuple[_ParentState, int]] = {}
 
     # ---- requests ---------------------------------------------------------------------
-    def validate_prompt(self, prompt_token_ids: list[int], params: SamplingParams,
-                        param: str = "prompt") -> None:  # fmt: skip
+    def validate_prompt(
+        self, prompt_token_ids: list[int], params: SamplingParams, param: str = "prompt"
+    ) -> None:
         """Raises a typed error when the request can never be served."""
         params.verify_for_model(self.model_config.vocab_size)
         num = len(prompt_token_ids)
@@ -85,8 +87,9 @@ class LLMEngine:
                 param="max_tokens",
             )
 
-    def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
-                    priority: int = 0) -> None:  # fmt: skip
+    def add_request(
+        self, request_id: str, prompt: str | list[int], params: SamplingParams, priority: int = 0
+    ) -> None:
         """Tokenize (if text), validate and queue. Raises InvalidRequestError subclasses."""
         if request_id in self._parents:
             raise InvalidRequestError(f"duplicate request id {request_id}", param="request_id")
@@ -99,13 +102,23 @@ class LLMEngine:
             if params.n > 1:
                 seed = None if params.seed is None else params.seed + index
                 child_params = dataclasses.replace(params, n=1, seed=seed)
-            child = Request(f"{request_id}#{index}" if params.n > 1 else request_id, ids,
-                            child_params, self.eos_token_ids, priority)  # fmt: skip
+            child = Request(
+                f"{request_id}#{index}" if params.n > 1 else request_id,
+                ids,
+                child_params,
+                self.eos_token_ids,
+                priority,
+            )
             state.children.append(child)
-            state.detokenizers.append(IncrementalDetokenizer(
-                self.tokenizer, ids, params.stop, params.include_stop_str_in_output,
-                params.skip_special_tokens,
-            ))  # fmt: skip
+            state.detokenizers.append(
+                IncrementalDetokenizer(
+                    self.tokenizer,
+                    ids,
+                    params.stop,
+                    params.include_stop_str_in_output,
+                    params.skip_special_tokens,
+                )
+            )
             state.completions.append(
                 CompletionOutput(index, logprobs=[] if params.logprobs is not None else None)
             )
@@ -119,8 +132,9 @@ class LLMEngine:
         state = self._parents.get(request_id)
         if state is None:
             return None
-        self.scheduler.finish_requests([c.request_id for c in state.children],
-                                       RequestStatus.FINISHED_ABORTED)  # fmt: skip
+        self.scheduler.finish_requests(
+            [c.request_id for c in state.children], RequestStatus.FINISHED_ABORTED
+        )
         for completion in state.completions:
             completion.delta_text, completion.delta_token_ids = "", []
             if completion.finish_reason is None:
@@ -141,9 +155,15 @@ class LLMEngine:
     def _process(self, core_outputs: list[EngineCoreOutput]) -> list[RequestOutput]:
         touched: dict[str, _ParentState] = {}
         for out in core_outputs:
+            state, _ = self._child_to_parent[out.request.request_id]
+            if state.request_id not in touched:
+                # Deltas describe this step only: clear those left by the previous one.
+                for c in state.completions:
+                    c.delta_text, c.delta_token_ids, c.delta_logprobs = "", [], []
+                touched[state.request_id] = state
+        for out in core_outputs:
             state, index = self._child_to_parent[out.request.request_id]
             self._apply(state, index, out)
-            touched[state.request_id] = state
         results = []
         for state in touched.values():
             results.append(self._make_output(state))
@@ -178,12 +198,28 @@ class LLMEngine:
         # The first choice computes the prompt; the others reuse its blocks.
         cached = max(state.children[0].num_cached_tokens, 0)
         completions = [
-            dataclasses.replace(c, token_ids=list(c.token_ids),
-                                logprobs=None if c.logprobs is None else list(c.logprobs))
+            dataclasses.replace(
+                c,
+                token_ids=list(c.token_ids),
+                logprobs=None if c.logprobs is None else list(c.logprobs),
+            )
             for c in state.completions
-        ]  # fmt: skip
-        return RequestOutput(state.request_id, state.prompt, state.prompt_token_ids, completions,
-                             state.finished, cached)  # fmt: skip
+        ]
+        first = state.children[0]
+        queue_time = (
+            None
+            if first.first_scheduled_time is None
+            else first.first_scheduled_time - first.arrival_time
+        )
+        return RequestOutput(
+            state.request_id,
+            state.prompt,
+            state.prompt_token_ids,
+            completions,
+            state.finished,
+            cached,
+            queue_time,
+        )
 
     def _forget(self, state: _ParentState) -> None:
         self._parents.pop(state.request_id, None)

@@ -137,8 +137,9 @@ class Scheduler:
         self.num_preemptions += 1
         self._push_waiting(request)
 
-    def update_from_output(self, scheduler_output: SchedulerOutput,
-                           runner_output: ModelRunnerOutput) -> list[EngineCoreOutput]:  # fmt: skip
+    def update_from_output(
+        self, scheduler_output: SchedulerOutput, runner_output: ModelRunnerOutput
+    ) -> list[EngineCoreOutput]:
         """Advance computed counts, append sampled tokens, apply token-level stops."""
         outputs = []
         for item in scheduler_output.scheduled:
@@ -155,8 +156,9 @@ class Scheduler:
             if status is not None:
                 self.finish_requests([request.request_id], status)
             outputs.append(
-                EngineCoreOutput(request, [token_id], [logprobs] if logprobs else [],
-                                 status is not None)  # fmt: skip
+                EngineCoreOutput(
+                    request, [token_id], [logprobs] if logprobs else [], status is not None
+                )
             )
         return outputs
 

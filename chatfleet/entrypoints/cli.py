@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from chatfleet.entrypoints.serve import add_serve_args, cmd_serve
 from chatfleet.errors import InvalidRequestError
 
 
@@ -30,8 +31,9 @@ def _llm(args: argparse.Namespace):
 def _params(args: argparse.Namespace):
     from chatfleet import SamplingParams
 
-    return SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature,
-                          top_p=args.top_p, seed=args.seed)  # fmt: skip
+    return SamplingParams(
+        max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed
+    )
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -61,6 +63,17 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_hf(args: argparse.Namespace) -> int:
+    import torch
+
+    from chatfleet.model.export import export_hf_dir
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    export_hf_dir(args.model, args.out, dtype)
+    print(args.out)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="chatfleet")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -74,6 +87,15 @@ def main(argv: list[str] | None = None) -> int:
     _add_engine_args(chat)
     _add_sampling_args(chat)
     chat.set_defaults(func=cmd_chat)
+    serve = sub.add_parser("serve", help="OpenAI-compatible HTTP server")
+    _add_engine_args(serve)
+    add_serve_args(serve)
+    serve.set_defaults(func=cmd_serve)
+    export = sub.add_parser("export-hf", help="write the model as a HF safetensors directory")
+    export.add_argument("--model", default=None)
+    export.add_argument("--out", required=True)
+    export.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    export.set_defaults(func=cmd_export_hf)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

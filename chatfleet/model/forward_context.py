@@ -12,9 +12,9 @@ import torch
 class ForwardContext:
     """Flattened batch of T tokens from B requests; decodes (1 token) come first.
 
-        tokens:    [ r0 | r1 | r2 r2 r2 r2 | r3 r3 ]      query_lens  = [1, 1, 4, 2]
-        context:   r2 already had 5 tokens cached       context_lens = [9, 3, 5, 0]
-        seq_lens = context_lens + query_lens            (keys each request attends to)
+    tokens:    [ r0 | r1 | r2 r2 r2 r2 | r3 r3 ]      query_lens  = [1, 1, 4, 2]
+    context:   r2 already had 5 tokens cached       context_lens = [9, 3, 5, 0]
+    seq_lens = context_lens + query_lens            (keys each request attends to)
     """
 
     positions: torch.Tensor  # [T] long

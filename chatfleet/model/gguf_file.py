@@ -14,8 +14,19 @@ from typing import Any
 import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
-_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q",
-            11: "<q", 12: "<d"}  # fmt: skip
+_SCALARS = {
+    0: "<B",
+    1: "<b",
+    2: "<H",
+    3: "<h",
+    4: "<I",
+    5: "<i",
+    6: "<f",
+    7: "<?",
+    10: "<Q",
+    11: "<q",
+    12: "<d",
+}
 _STRING, _ARRAY = 8, 9
 
 
@@ -59,7 +70,7 @@ class _Cursor:
 def read_gguf(path: str, with_tensors: bool = True) -> tuple[dict[str, Any], list[GGUFTensor]]:
     """Returns (metadata, tensors). Tensor data are read-only views of a memory map."""
     mm = np.memmap(path, dtype=np.uint8, mode="r")
-    cur = _Cursor(memoryview(mm))
+    cur = _Cursor(memoryview(mm))  # type: ignore[arg-type]
     if bytes(cur.buf[:4]) != b"GGUF":
         raise ValueError(f"{path} is not a GGUF file")
     cur.pos = 4
@@ -92,5 +103,7 @@ def read_gguf(path: str, with_tensors: bool = True) -> tuple[dict[str, Any], lis
         elif qtype == GGMLQuantizationType.F16:
             raw = raw.view(np.float16)
         shape = (cols,) if len(dims) == 1 else (rows, cols)
-        tensors.append(GGUFTensor(name, qtype, shape, raw.reshape(shape) if len(dims) == 1 else raw))
+        tensors.append(
+            GGUFTensor(name, qtype, shape, raw.reshape(shape) if len(dims) == 1 else raw)
+        )
     return meta, tensors

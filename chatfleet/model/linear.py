@@ -52,6 +52,8 @@ class Int8Linear(Linear):
     """W8A8: per-output-channel int8 weights, per-token int8 activations, int32 accumulate."""
 
     fmt = "int8"
+    qweight: torch.Tensor
+    wscale: torch.Tensor
 
     def __init__(self, weight: torch.Tensor) -> None:
         super().__init__(weight)

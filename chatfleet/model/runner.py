@@ -10,7 +10,7 @@ import torch
 
 from chatfleet.config import CacheConfig, EngineConfig, ModelConfig
 from chatfleet.engine.outputs import ModelRunnerOutput, SchedulerOutput, TokenLogprobs
-from chatfleet.model.attention import BACKENDS, AttentionBackend
+from chatfleet.model.attention import BACKENDS, AttentionBackend, resolve_backend
 from chatfleet.model.forward_context import ForwardContext
 from chatfleet.model.linear import resolve_weight_format
 from chatfleet.model.loader import load_weights
@@ -36,8 +36,12 @@ def kv_block_bytes(model: ModelConfig, block_size: int, dtype: torch.dtype) -> i
 
 
 class ModelRunner:
-    def __init__(self, config: EngineConfig, attention: str = "sdpa",
-                 weights: tuple[ModelConfig, dict[str, torch.Tensor]] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        config: EngineConfig,
+        attention: str = "auto",
+        weights: tuple[ModelConfig, dict[str, torch.Tensor]] | None = None,
+    ) -> None:
         self.device = torch.device(config.device)
         if self.device.type == "cpu":
             torch.set_num_threads(config.num_threads)
@@ -45,7 +49,8 @@ class ModelRunner:
         fmt = resolve_weight_format(config.weight_format, self.device)
         self.dtype = torch.bfloat16 if fmt == "bf16" else torch.float32
         self.model = LlamaForCausalLM(model_config, raw, fmt, self.dtype, self.device).eval()
-        self.attn: AttentionBackend = BACKENDS[attention](
+        self.attention = resolve_backend(attention, self.device, self.dtype)
+        self.attn: AttentionBackend = BACKENDS[self.attention](
             model_config.num_heads, model_config.num_kv_heads, model_config.head_dim
         )
         self.block_size = config.cache.block_size
@@ -56,8 +61,9 @@ class ModelRunner:
             torch.zeros(shape, dtype=self.dtype, device=self.device)
             for _ in range(model_config.num_layers)
         ]
-        self.info = RunnerInfo(model_config, num_blocks, self.block_size, fmt, self.dtype,
-                               self.device)  # fmt: skip
+        self.info = RunnerInfo(
+            model_config, num_blocks, self.block_size, fmt, self.dtype, self.device
+        )
         self.sampler = Sampler()
         self._generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self._generators: dict[str, torch.Generator] = {}
@@ -65,7 +71,9 @@ class ModelRunner:
     def _num_blocks(self, model: ModelConfig, cache: CacheConfig) -> int:
         if cache.num_blocks_override is not None:
             return cache.num_blocks_override
-        return max(1, cache.kv_cache_memory_bytes // kv_block_bytes(model, cache.block_size, self.dtype))
+        return max(
+            1, cache.kv_cache_memory_bytes // kv_block_bytes(model, cache.block_size, self.dtype)
+        )
 
     def build_context(self, out: SchedulerOutput) -> tuple[torch.Tensor, ForwardContext, list]:
         """Flatten the step into tensors; decodes first so attention can batch them."""
@@ -114,8 +122,9 @@ class ModelRunner:
         if result.logprobs is not None:
             for j, row in enumerate(rows):
                 if row.params.logprobs is not None:
-                    logprobs[ids[j]] = _token_logprobs(result.logprobs[j], result.token_ids[j],
-                                                       row.params.logprobs)  # fmt: skip
+                    logprobs[ids[j]] = _token_logprobs(
+                        result.logprobs[j], result.token_ids[j], row.params.logprobs
+                    )
         return ModelRunnerOutput(sampled, logprobs)
 
     def _sampling_row(self, request) -> SamplingRow:
@@ -128,10 +137,12 @@ class ModelRunner:
                 self._generators[request.request_id] = generator
         banned: list[int] = []
         if request.num_output_tokens < params.min_tokens:
-            banned = list(params.stop_token_ids) + ([] if params.ignore_eos
-                                                    else list(request.eos_token_ids))  # fmt: skip
-        return SamplingRow(params, request.prompt_token_ids, request.output_token_ids, generator,
-                           banned)  # fmt: skip
+            banned = list(params.stop_token_ids) + (
+                [] if params.ignore_eos else list(request.eos_token_ids)
+            )
+        return SamplingRow(
+            params, request.prompt_token_ids, request.output_token_ids, generator, banned
+        )
 
 
 def _token_logprobs(row: torch.Tensor, token_id: int, k: int) -> TokenLogprobs:

@@ -68,8 +68,9 @@ def apply_truncation(logits: torch.Tensor, params: list[SamplingParams]) -> torc
 
 
 class Sampler:
-    def __call__(self, logits: torch.Tensor, rows: list[SamplingRow],
-                 shared_generator: torch.Generator) -> SamplerOutput:  # fmt: skip
+    def __call__(
+        self, logits: torch.Tensor, rows: list[SamplingRow], shared_generator: torch.Generator
+    ) -> SamplerOutput:
         """logits [N, V] fp32 (modified in place) -> one token per row."""
         need_logprobs = any(r.params.logprobs is not None for r in rows)
         logprobs = logits.log_softmax(dim=-1) if need_logprobs else None
@@ -82,11 +83,18 @@ class Sampler:
         tokens = logits.argmax(dim=-1)
         random_idx = [i for i, r in enumerate(rows) if not r.params.is_greedy]
         if random_idx:
-            tokens[random_idx] = self._sample(logits[random_idx], rows, random_idx, shared_generator)
+            tokens[random_idx] = self._sample(
+                logits[random_idx], rows, random_idx, shared_generator
+            )
         return SamplerOutput(tokens.tolist(), logprobs)
 
-    def _sample(self, logits: torch.Tensor, rows: list[SamplingRow], idx: list[int],
-                shared_generator: torch.Generator) -> torch.Tensor:  # fmt: skip
+    def _sample(
+        self,
+        logits: torch.Tensor,
+        rows: list[SamplingRow],
+        idx: list[int],
+        shared_generator: torch.Generator,
+    ) -> torch.Tensor:
         params = [rows[i].params for i in idx]
         temps = torch.tensor([p.temperature for p in params], device=logits.device)
         logits = logits / temps[:, None]

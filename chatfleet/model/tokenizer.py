@@ -232,6 +232,21 @@ class Tokenizer:
 
         return cls(hf, template, token_id("bos_token"), token_id("eos_token"))
 
+    def save_hf(self, path: str) -> None:
+        """Write tokenizer.json and tokenizer_config.json (template, BOS, EOS) into path."""
+        self._special.save(os.path.join(path, "tokenizer.json"))
+
+        def text(token_id: int | None) -> str | None:
+            return None if token_id is None else self._special.id_to_token(token_id)
+
+        config = {
+            "chat_template": self.chat_template,
+            "bos_token": text(self._bos_token_id),
+            "eos_token": text(self._eos_token_id),
+        }
+        with open(os.path.join(path, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+            json.dump(config, f, indent=2)
+
     # ---- vocabulary ---------------------------------------------------------------------
 
     @property

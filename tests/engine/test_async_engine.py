@@ -58,9 +58,13 @@ def test_cancel_mid_stream_aborts_and_frees_blocks(engine):
             if running == 0:
                 break
             await asyncio.sleep(0.02)
-        return await engine.call(lambda e: (e.scheduler.num_running,
-                                            e.kv_cache_manager.pool.num_free_blocks,
-                                            e.kv_cache_manager.pool.num_blocks))  # fmt: skip
+        return await engine.call(
+            lambda e: (
+                e.scheduler.num_running,
+                e.kv_cache_manager.pool.num_free_blocks,
+                e.kv_cache_manager.pool.num_blocks,
+            )
+        )
 
     running, free, total = asyncio.run(main())
     assert running == 0 and free == total

@@ -34,7 +34,8 @@ def test_greedy_matches_full_recompute_reference(llm):
         # One causal forward over prompt + output predicts every generated token at once.
         ref_all = reference_logits(model, ids + completion.token_ids[:-1]).log_softmax(-1)
         ref_all = ref_all[len(ids) - 1 :]
-        for step, (token, lp) in enumerate(zip(completion.token_ids, completion.logprobs)):
+        pairs = zip(completion.token_ids, completion.logprobs, strict=True)
+        for step, (token, lp) in enumerate(pairs):
             ref = ref_all[step]
             assert token == int(ref.argmax()), f"{prompt!r}: token {step} differs"
             for alt_id, alt_lp in lp.top:
@@ -70,8 +71,9 @@ def test_prefix_caching_hits_and_matches_uncached(llm):
     assert cached.num_cached_tokens >= 480
     llm.engine.kv_cache_manager.check_integrity()
 
-    uncached_llm = make_llm(cache=CacheConfig(kv_cache_memory_bytes=256 << 20,
-                                              enable_prefix_caching=False))  # fmt: skip
+    uncached_llm = make_llm(
+        cache=CacheConfig(kv_cache_memory_bytes=256 << 20, enable_prefix_caching=False)
+    )
     uncached = uncached_llm.generate(second, params)[0]
     assert uncached.num_cached_tokens == 0
     assert cached.outputs[0].token_ids == uncached.outputs[0].token_ids
@@ -91,9 +93,26 @@ def test_preemption_gives_identical_outputs(llm):
     assert tight.engine.kv_cache_manager.pool.num_free_blocks == 16
 
 
-@pytest.mark.parametrize("backend", ["reference", "sdpa"])
+@pytest.mark.parametrize("backend", ["reference", "sdpa", "cpu"])
 def test_engine_runs_on_each_attention_backend(backend, llm):
-    engine_llm = llm if backend == "sdpa" else make_llm(attention=backend)
+    engine_llm = make_llm(attention=backend)
+    assert engine_llm.engine.runner.attention == backend
     out = engine_llm.generate(PROMPTS[0], SamplingParams(temperature=0, max_tokens=8))[0]
     assert "Paris" in out.outputs[0].text
     assert torch.get_num_threads() >= 1
+
+
+def test_hf_safetensors_dir_serves_the_same_model(llm, tmp_path):
+    from chatfleet.model.export import export_hf_dir
+
+    export_hf_dir(None, str(tmp_path))
+    hf_llm = make_llm(model=str(tmp_path))
+    params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    assert hf_llm.tokenizer.apply_chat_template(messages) == llm.tokenizer.apply_chat_template(
+        messages
+    )
+    expected = llm.generate(PROMPTS, params)
+    got = hf_llm.generate(PROMPTS, params)
+    for a, b in zip(expected, got, strict=True):
+        assert a.outputs[0].token_ids == b.outputs[0].token_ids

@@ -28,8 +28,9 @@ def test_chunked_prefill_mixes_with_decode():
     s.add_request(Request("long", list(range(40)), SamplingParams(max_tokens=10)))
     first = _run_step(s)
     assert [(x.request.request_id, x.num_new_tokens) for x in first.scheduled] == [
-        ("short", 3), ("long", 13)
-    ]  # fmt: skip
+        ("short", 3),
+        ("long", 13),
+    ]
     second = _run_step(s)
     counts = {x.request.request_id: x.num_new_tokens for x in second.scheduled}
     assert counts == {"short": 1, "long": 15}  # a decode and a prefill chunk in one step

@@ -43,11 +43,23 @@ def test_frequency_penalty_reduces_repetition(llm):
     prompt = "Repeat after me: cat cat cat cat cat cat cat cat"
     base = SamplingParams(temperature=0, max_tokens=32, ignore_eos=True)
     plain = llm.generate(prompt, base)[0].outputs[0].token_ids
-    penalized = llm.generate(prompt, SamplingParams(temperature=0, max_tokens=32, ignore_eos=True,
-                                                    frequency_penalty=2.0))[0].outputs[0].token_ids  # fmt: skip
+    penalized = (
+        llm.generate(
+            prompt,
+            SamplingParams(temperature=0, max_tokens=32, ignore_eos=True, frequency_penalty=2.0),
+        )[0]
+        .outputs[0]
+        .token_ids
+    )
     assert len(set(penalized)) > len(set(plain))
-    rep = llm.generate(prompt, SamplingParams(temperature=0, max_tokens=32, ignore_eos=True,
-                                              repetition_penalty=1.8))[0].outputs[0].token_ids  # fmt: skip
+    rep = (
+        llm.generate(
+            prompt,
+            SamplingParams(temperature=0, max_tokens=32, ignore_eos=True, repetition_penalty=1.8),
+        )[0]
+        .outputs[0]
+        .token_ids
+    )
     assert len(set(rep)) > len(set(plain))
 
 
@@ -80,12 +92,15 @@ def test_stop_strings_and_stop_reason(llm):
     text = base.outputs[0].text
     stop = text[4:7]
     assert stop.strip(), f"need a non-blank stop string from {text!r}"
-    out = llm.generate("Count: 1, 2, 3,", SamplingParams(temperature=0, max_tokens=20,
-                                                         stop=[stop]))[0].outputs[0]  # fmt: skip
+    out = llm.generate(
+        "Count: 1, 2, 3,", SamplingParams(temperature=0, max_tokens=20, stop=[stop])
+    )[0].outputs[0]
     assert out.finish_reason == "stop" and out.stop_reason == stop
     assert out.text == text[: text.index(stop)]
-    kept = llm.generate("Count: 1, 2, 3,", SamplingParams(temperature=0, max_tokens=20, stop=[stop],
-                                                          include_stop_str_in_output=True))  # fmt: skip
+    kept = llm.generate(
+        "Count: 1, 2, 3,",
+        SamplingParams(temperature=0, max_tokens=20, stop=[stop], include_stop_str_in_output=True),
+    )
     assert kept[0].outputs[0].text == text[: text.index(stop) + len(stop)]
 
 
@@ -96,7 +111,8 @@ def test_max_tokens_finish_reason_length_and_min_tokens(llm):
     chat = llm.tokenizer.apply_chat_template([{"role": "user", "content": "Say hi."}])
     short = llm.generate(chat, SamplingParams(temperature=0, max_tokens=200))[0].outputs[0]
     assert short.finish_reason == "stop"
-    forced = llm.generate(chat, SamplingParams(temperature=0, max_tokens=200,
-                                               min_tokens=len(short.token_ids) + 5))[0].outputs[0]  # fmt: skip
+    forced = llm.generate(
+        chat, SamplingParams(temperature=0, max_tokens=200, min_tokens=len(short.token_ids) + 5)
+    )[0].outputs[0]
     assert len(forced.token_ids) >= len(short.token_ids) + 5
     assert not set(forced.token_ids[: len(short.token_ids) + 4]) & set(eos)

@@ -47,8 +47,20 @@ def test_round_trip(tok: Tokenizer, text: str) -> None:
 def test_digits_split_individually(tok: Tokenizer) -> None:
     pieces = tok.convert_ids_to_tokens(tok.encode("Hello world! 12345 The capital of France"))
     assert pieces == [
-        "Hello", "Ġworld", "!", "Ġ", "1", "2", "3", "4", "5", "ĠThe", "Ġcapital", "Ġof", "ĠFrance",
-    ]  # fmt: skip
+        "Hello",
+        "Ġworld",
+        "!",
+        "Ġ",
+        "1",
+        "2",
+        "3",
+        "4",
+        "5",
+        "ĠThe",
+        "Ġcapital",
+        "Ġof",
+        "ĠFrance",
+    ]
 
 
 def test_special_token_text_is_plain_in_encode(tok: Tokenizer) -> None:
@@ -89,10 +101,17 @@ def test_chat_template_structure(tok: Tokenizer) -> None:
     # Same ids as encoding the whole string with the markers as control tokens.
     newline = tok.encode("\n")
     assert ids == [
-        IM_START, *tok.encode("system\nYou are terse."), IM_END, *newline,
-        IM_START, *tok.encode("user\nWhat is 2+2?"), IM_END, *newline,
-        IM_START, *tok.encode("assistant\n"),
-    ]  # fmt: skip
+        IM_START,
+        *tok.encode("system\nYou are terse."),
+        IM_END,
+        *newline,
+        IM_START,
+        *tok.encode("user\nWhat is 2+2?"),
+        IM_END,
+        *newline,
+        IM_START,
+        *tok.encode("assistant\n"),
+    ]
     no_prompt = tok.apply_chat_template(messages, add_generation_prompt=False)
     assert ids[: len(no_prompt)] == no_prompt and no_prompt[-2:] == [IM_END, 198]
 

@@ -15,8 +15,9 @@ import torch
 from chatfleet.model.forward_context import ForwardContext
 
 
-def write_kv(kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-             slot_mapping: torch.Tensor) -> None:  # fmt: skip
+def write_kv(
+    kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor
+) -> None:
     """Store this step's K/V [T, kv_heads, D] at their slots."""
     _, num_blocks, block_size, kv_heads, dim = kv_cache.shape
     flat = kv_cache.view(2, num_blocks * block_size, kv_heads, dim)

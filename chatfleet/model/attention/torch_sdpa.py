@@ -47,7 +47,7 @@ class SdpaAttention(AttentionBackend):
             max_len = max(seq_lens[:nd])
             decode_slots = _slots_for(ctx.block_tables[:nd], max_len, block_size)
             lens = torch.tensor(seq_lens[:nd], device=device)
-            decode_mask = (torch.arange(max_len, device=device)[None, :] < lens[:, None])
+            decode_mask = torch.arange(max_len, device=device)[None, :] < lens[:, None]
             decode_mask = decode_mask[:, None, None, :]
         prefills = []
         start = nd
@@ -73,19 +73,28 @@ class SdpaAttention(AttentionBackend):
             k = flat[0][meta.decode_slots].transpose(1, 2)  # [Bd, KVH, L, D]
             v = flat[1][meta.decode_slots].transpose(1, 2)
             o = F.scaled_dot_product_attention(
-                q[:nd].unsqueeze(2).to(k.dtype), k, v, attn_mask=meta.decode_mask,
-                scale=self.scale, enable_gqa=True,
-            )  # fmt: skip
+                q[:nd].unsqueeze(2).to(k.dtype),
+                k,
+                v,
+                attn_mask=meta.decode_mask,
+                scale=self.scale,
+                enable_gqa=True,
+            )
             out[:nd] = o.reshape(nd, -1).to(q.dtype)
         for item in meta.prefills:
             k = flat[0][item.slots].transpose(0, 1).unsqueeze(0)  # [1, KVH, S, D]
             v = flat[1][item.slots].transpose(0, 1).unsqueeze(0)
             qi = q[item.start : item.start + item.query_len].transpose(0, 1).unsqueeze(0)
             o = F.scaled_dot_product_attention(
-                qi.to(k.dtype), k, v, attn_mask=item.mask, is_causal=item.mask is None,
-                scale=self.scale, enable_gqa=True,
-            )  # fmt: skip
-            out[item.start : item.start + item.query_len] = o[0].transpose(0, 1).reshape(
-                item.query_len, -1
+                qi.to(k.dtype),
+                k,
+                v,
+                attn_mask=item.mask,
+                is_causal=item.mask is None,
+                scale=self.scale,
+                enable_gqa=True,
+            )
+            out[item.start : item.start + item.query_len] = (
+                o[0].transpose(0, 1).reshape(item.query_len, -1)
             )
         return out

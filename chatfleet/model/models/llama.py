@@ -30,8 +30,14 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class LlamaLayer(torch.nn.Module):
-    def __init__(self, config: ModelConfig, weights: dict[str, torch.Tensor], prefix: str,
-                 fmt: str, dtype: torch.dtype) -> None:  # fmt: skip
+    def __init__(
+        self,
+        config: ModelConfig,
+        weights: dict[str, torch.Tensor],
+        prefix: str,
+        fmt: str,
+        dtype: torch.dtype,
+    ) -> None:
         super().__init__()
         w = lambda name: weights[f"{prefix}.{name}"]  # noqa: E731
         self.config = config
@@ -42,9 +48,15 @@ class LlamaLayer(torch.nn.Module):
         self.gate_up: Linear = make_linear(torch.cat([w("gate"), w("up")]), fmt)
         self.down: Linear = make_linear(w("down"), fmt)
 
-    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                kv_cache: torch.Tensor, attn: AttentionBackend,
-                ctx: ForwardContext) -> torch.Tensor:  # fmt: skip
+    def forward(
+        self,
+        h: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        kv_cache: torch.Tensor,
+        attn: AttentionBackend,
+        ctx: ForwardContext,
+    ) -> torch.Tensor:
         c = self.config
         num_tokens, eps = h.shape[0], c.rms_norm_eps
         qkv = self.qkv(F.rms_norm(h, (c.hidden_size,), self.attn_norm, eps))
@@ -64,8 +76,17 @@ class LlamaLayer(torch.nn.Module):
 class LlamaForCausalLM(torch.nn.Module):
     """forward(input_ids, ctx) -> hidden states; compute_logits(hidden) -> [N, vocab] fp32."""
 
-    def __init__(self, config: ModelConfig, weights: dict[str, torch.Tensor], fmt: str,
-                 dtype: torch.dtype, device: torch.device) -> None:  # fmt: skip
+    rope_cos: torch.Tensor
+    rope_sin: torch.Tensor
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        weights: dict[str, torch.Tensor],
+        fmt: str,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
         super().__init__()
         self.config = config
         self.embed = torch.nn.Parameter(weights["embed"].to(dtype), requires_grad=False)
@@ -80,8 +101,13 @@ class LlamaForCausalLM(torch.nn.Module):
         self.register_buffer("rope_sin", sin.to(dtype), persistent=False)
 
     @torch.inference_mode()
-    def forward(self, input_ids: torch.Tensor, ctx: ForwardContext, kv_caches: list[torch.Tensor],
-                attn: AttentionBackend) -> torch.Tensor:  # fmt: skip
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        ctx: ForwardContext,
+        kv_caches: list[torch.Tensor],
+        attn: AttentionBackend,
+    ) -> torch.Tensor:
         h = F.embedding(input_ids, self.embed)  # [T, hidden]
         cos = self.rope_cos[ctx.positions].unsqueeze(1)  # [T, 1, head_dim]
         sin = self.rope_sin[ctx.positions].unsqueeze(1)

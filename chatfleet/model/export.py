@@ -1,0 +1,72 @@
+"""Write a model as a HF directory (config.json, model.safetensors, tokenizer files).
+
+Peers that cannot read GGUF (vLLM's CPU build, transformers without gguf) get exactly the
+weights chatfleet serves; chatfleet reads the directory back with `--model DIR`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+from chatfleet.model.loader import load_weights
+from chatfleet.model.tokenizer import Tokenizer
+
+_HF_LAYER_NAMES = {
+    "attn_norm": "input_layernorm",
+    "q": "self_attn.q_proj",
+    "k": "self_attn.k_proj",
+    "v": "self_attn.v_proj",
+    "o": "self_attn.o_proj",
+    "ffn_norm": "post_attention_layernorm",
+    "gate": "mlp.gate_proj",
+    "up": "mlp.up_proj",
+    "down": "mlp.down_proj",
+}
+
+
+def _hf_name(name: str) -> str:
+    if name == "embed":
+        return "model.embed_tokens.weight"
+    if name == "norm":
+        return "model.norm.weight"
+    if name == "lm_head":
+        return "lm_head.weight"
+    _, layer, part = name.split(".")
+    return f"model.layers.{layer}.{_HF_LAYER_NAMES[part]}.weight"
+
+
+def export_hf_dir(model: str | None, out_dir: str, dtype: torch.dtype = torch.float32) -> None:
+    """Dequantized weights (canonical names are already in HF's rotate-half Q/K layout)."""
+    from safetensors.torch import save_file
+
+    config, weights = load_weights(model)
+    tokenizer = Tokenizer.from_model_path(model)
+    os.makedirs(out_dir, exist_ok=True)
+    tensors = {_hf_name(k): v.to(dtype).contiguous() for k, v in weights.items()}
+    save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    eos = tokenizer.eos_token_ids[0]
+    hf_config = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_act": "silu",
+        "hidden_size": config.hidden_size,
+        "intermediate_size": config.intermediate_size,
+        "num_attention_heads": config.num_heads,
+        "num_hidden_layers": config.num_layers,
+        "num_key_value_heads": config.num_kv_heads,
+        "head_dim": config.head_dim,
+        "rms_norm_eps": config.rms_norm_eps,
+        "rope_theta": config.rope_theta,
+        "max_position_embeddings": config.max_position_embeddings,
+        "vocab_size": config.vocab_size,
+        "tie_word_embeddings": config.tie_word_embeddings,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": eos,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+    }
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(hf_config, f, indent=2)
+    tokenizer.save_hf(out_dir)

@@ -1,0 +1,109 @@
+"""Disconnects, overload, graceful shutdown and engine death on real server processes."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import signal
+import time
+
+import httpx
+
+from tests.server.conftest import metric, start_server
+
+LONG = {
+    "messages": [{"role": "user", "content": "Write a long story about the sea."}],
+    "max_tokens": 400,
+    "ignore_eos": True,
+    "stream": True,
+}
+
+
+def _wait_until(predicate, timeout_s: float = 30.0, interval_s: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return False
+
+
+def test_disconnect_mid_stream_aborts_and_frees_blocks(server):
+    url = server.base_url
+    with httpx.Client(timeout=60) as client:
+        with client.stream("POST", f"{url}/v1/chat/completions", json=LONG) as r:
+            assert r.status_code == 200
+            lines = r.iter_lines()
+            got = [next(lines) for _ in range(6)]
+            assert any(line.startswith("data: ") for line in got)
+            assert metric(url, "vllm:num_requests_running") == 1
+    assert _wait_until(lambda: metric(url, "vllm:num_requests_running") == 0)
+    assert _wait_until(lambda: metric(url, "vllm:kv_cache_usage_perc") == 0.0)
+
+
+def test_overload_gets_503_with_retry_after(tmp_path):
+    srv = start_server(tmp_path, "--max-num-seqs", "2", "--max-queue-len", "2")
+    body = {
+        "messages": [{"role": "user", "content": "Count to twenty."}],
+        "max_tokens": 40,
+        "temperature": 0,
+        "ignore_eos": True,
+    }
+    try:
+
+        def call(_):
+            return httpx.post(f"{srv.base_url}/v1/chat/completions", json=body, timeout=120)
+
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            results = list(pool.map(call, range(12)))
+        codes = [r.status_code for r in results]
+        assert set(codes) <= {200, 503} and codes.count(503) > 0 and codes.count(200) >= 4
+        texts = set()
+        for r in results:
+            if r.status_code == 503:
+                assert int(r.headers["retry-after"]) >= 1
+                assert r.json()["error"]["code"] == "overloaded"
+            else:
+                assert r.json()["usage"]["completion_tokens"] == 40
+                texts.add(r.json()["choices"][0]["message"]["content"])
+        assert len(texts) == 1  # greedy: every admitted request got the same, full answer
+        assert httpx.get(f"{srv.base_url}/health", timeout=10).status_code == 200
+    finally:
+        assert srv.stop() == 0
+
+
+def test_sigterm_drains_in_flight_then_exits_zero(tmp_path):
+    srv = start_server(tmp_path, "--shutdown-timeout", "60")
+    body = {**LONG, "max_tokens": 60}
+    with httpx.Client(timeout=120) as client:
+        with client.stream("POST", f"{srv.base_url}/v1/chat/completions", json=body) as r:
+            lines = r.iter_lines()
+            next(lines)
+            srv.proc.send_signal(signal.SIGTERM)
+            assert _wait_until(
+                lambda: httpx.get(f"{srv.base_url}/ready", timeout=5).status_code == 503,
+                timeout_s=10,
+            )
+            refused = httpx.post(
+                f"{srv.base_url}/v1/chat/completions",
+                timeout=10,
+                json={"messages": [{"role": "user", "content": "hi"}]},
+            )
+            assert refused.status_code == 503 and "retry-after" in refused.headers
+            rest = [line for line in lines if line.startswith("data: ")]
+    assert rest[-1] == "data: [DONE]"
+    finish = [json.loads(x[6:]) for x in rest[:-1]]
+    assert finish[-1]["choices"][0]["finish_reason"] == "length"
+    assert srv.proc.wait(60) == 0
+
+
+def test_engine_death_errors_in_flight_and_exits_nonzero(tmp_path):
+    srv = start_server(tmp_path, env={"CHATFLEET_FAULT_INJECT_STEP": "20"})
+    with httpx.Client(timeout=60) as client:
+        with client.stream("POST", f"{srv.base_url}/v1/chat/completions", json=LONG) as r:
+            events = [line for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+    error = json.loads(events[-2][6:])
+    assert error["error"]["code"] == "engine_dead"
+    assert srv.proc.wait(30) == 1
+    assert "engine died" in srv.log()
