@@ -11,20 +11,11 @@ import os
 
 import torch
 
-from chatfleet.model.loader import load_weights
+from chatfleet.model.loader import HF_LAYER_NAMES, load_weights
 from chatfleet.model.tokenizer import Tokenizer
 
-_HF_LAYER_NAMES = {
-    "attn_norm": "input_layernorm",
-    "q": "self_attn.q_proj",
-    "k": "self_attn.k_proj",
-    "v": "self_attn.v_proj",
-    "o": "self_attn.o_proj",
-    "ffn_norm": "post_attention_layernorm",
-    "gate": "mlp.gate_proj",
-    "up": "mlp.up_proj",
-    "down": "mlp.down_proj",
-}
+# Canonical part -> HF module name: the loader's mapping, inverted.
+_HF_LAYER_NAMES = {part: hf for hf, part in HF_LAYER_NAMES.items()}
 
 
 def _hf_name(name: str) -> str:

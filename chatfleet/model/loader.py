@@ -32,7 +32,7 @@ _GGUF_LAYER_NAMES = {
     "ffn_up": "up",
     "ffn_down": "down",
 }
-_HF_LAYER_NAMES = {
+HF_LAYER_NAMES = {
     "input_layernorm": "attn_norm",
     "self_attn.q_proj": "q",
     "self_attn.k_proj": "k",
@@ -206,9 +206,9 @@ def _load_hf_dir(path: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
             canonical = base
         elif base.startswith("layers."):
             _, layer, part = base.split(".", 2)
-            if part not in _HF_LAYER_NAMES:
+            if part not in HF_LAYER_NAMES:
                 continue  # e.g. rotary inv_freq buffers
-            canonical = f"layers.{layer}.{_HF_LAYER_NAMES[part]}"
+            canonical = f"layers.{layer}.{HF_LAYER_NAMES[part]}"
         else:
             continue
         weights[canonical] = tensor.float()

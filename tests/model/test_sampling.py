@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from chatfleet import SamplingParams
@@ -39,28 +40,14 @@ def test_truncation_masks():
     ]
 
 
-def test_frequency_penalty_reduces_repetition(llm):
+@pytest.mark.parametrize("penalty", [{"frequency_penalty": 2.0}, {"repetition_penalty": 1.8}])
+def test_penalties_reduce_repetition(llm, penalty):
     prompt = "Repeat after me: cat cat cat cat cat cat cat cat"
-    base = SamplingParams(temperature=0, max_tokens=32, ignore_eos=True)
-    plain = llm.generate(prompt, base)[0].outputs[0].token_ids
-    penalized = (
-        llm.generate(
-            prompt,
-            SamplingParams(temperature=0, max_tokens=32, ignore_eos=True, frequency_penalty=2.0),
-        )[0]
-        .outputs[0]
-        .token_ids
+    plain = llm.generate(prompt, SamplingParams(temperature=0, max_tokens=32, ignore_eos=True))
+    penalized = llm.generate(
+        prompt, SamplingParams(temperature=0, max_tokens=32, ignore_eos=True, **penalty)
     )
-    assert len(set(penalized)) > len(set(plain))
-    rep = (
-        llm.generate(
-            prompt,
-            SamplingParams(temperature=0, max_tokens=32, ignore_eos=True, repetition_penalty=1.8),
-        )[0]
-        .outputs[0]
-        .token_ids
-    )
-    assert len(set(rep)) > len(set(plain))
+    assert len(set(penalized[0].outputs[0].token_ids)) > len(set(plain[0].outputs[0].token_ids))
 
 
 def test_logprobs_are_normalised_and_ranked(llm):
