@@ -45,6 +45,10 @@ class ModelRunner:
         self.device = torch.device(config.device)
         if self.device.type == "cpu":
             torch.set_num_threads(config.num_threads)
+        elif self.device.type == "cuda":
+            # NOTE: cuDNN's SDPA builds a graph per new shape (~6 ms of CPU each); decode shapes
+            # change every step, so flash / mem-efficient kernels are far faster here.
+            torch.backends.cuda.enable_cudnn_sdp(False)
         model_config, raw = weights if weights is not None else load_weights(config.model)
         fmt = resolve_weight_format(config.weight_format, self.device)
         self.dtype = torch.bfloat16 if fmt == "bf16" else torch.float32

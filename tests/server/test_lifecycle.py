@@ -107,3 +107,61 @@ def test_engine_death_errors_in_flight_and_exits_nonzero(tmp_path):
     assert error["error"]["code"] == "engine_dead"
     assert srv.proc.wait(30) == 1
     assert "engine died" in srv.log()
+
+
+def test_request_timeout_aborts_with_clear_error(tmp_path):
+    srv = start_server(tmp_path, "--request-timeout", "2")
+    try:
+        body = {**LONG, "max_tokens": 2000, "stream": False}
+        r = httpx.post(f"{srv.base_url}/v1/chat/completions", json=body, timeout=60)
+        assert r.status_code == 504 and r.json()["error"]["code"] == "request_timeout"
+        with httpx.stream(
+            "POST",
+            f"{srv.base_url}/v1/chat/completions",
+            timeout=60,
+            json={**LONG, "max_tokens": 2000},
+        ) as s:
+            events = [line for line in s.iter_lines() if line.startswith("data: ")]
+        assert events[-1] == "data: [DONE]"
+        assert json.loads(events[-2][6:])["error"]["code"] == "request_timeout"
+        assert _wait_until(lambda: metric(srv.base_url, "vllm:num_requests_running") == 0)
+    finally:
+        assert srv.stop() == 0
+
+
+VLLM_METRICS = [
+    "vllm:num_requests_running",
+    "vllm:num_requests_waiting",
+    "vllm:kv_cache_usage_perc",
+    "vllm:num_preemptions_total",
+    "vllm:prefix_cache_queries_total",
+    "vllm:prefix_cache_hits_total",
+    "vllm:prompt_tokens_total",
+    "vllm:generation_tokens_total",
+    "vllm:request_success_total",
+    "vllm:time_to_first_token_seconds_count",
+    "vllm:inter_token_latency_seconds_count",
+    "vllm:e2e_request_latency_seconds_count",
+    "vllm:request_queue_time_seconds_count",
+]
+
+
+def test_metrics_use_vllm_names_and_count_requests(server):
+    before = metric(server.base_url, "vllm:request_success_total") if _has_success(server) else 0
+    prompt = "Tell me about " + "the history of the printing press " * 8
+    for _ in range(2):  # the second request hits the first one's prompt blocks
+        r = httpx.post(
+            f"{server.base_url}/v1/completions",
+            timeout=60,
+            json={"prompt": prompt, "max_tokens": 5, "temperature": 0},
+        )
+        assert r.status_code == 200
+    for name in VLLM_METRICS:
+        metric(server.base_url, name)  # asserts presence
+    assert metric(server.base_url, "vllm:request_success_total") == before + 2
+    assert metric(server.base_url, "vllm:prefix_cache_hits_total") > 0
+    assert metric(server.base_url, "vllm:generation_tokens_total") >= 10
+
+
+def _has_success(server) -> bool:
+    return "vllm:request_success_total{" in httpx.get(f"{server.base_url}/metrics").text
