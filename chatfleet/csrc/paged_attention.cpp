@@ -76,6 +76,44 @@ inline void block_values(const float* p, const float* v, int64_t n_keys, int64_t
   }
 }
 
+#if defined(__AVX512F__)
+// e^x for x <= 0 (softmax after subtracting the max): range reduction x = n ln2 + r,
+// |r| <= ln2 / 2, degree-6 Taylor polynomial (relative error < 4e-7), then scale by 2^n.
+inline __m512 exp_nonpositive(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
+  __m512 p = _mm512_set1_ps(1.f / 720);
+  for (float c : {1.f / 120, 1.f / 24, 1.f / 6, 0.5f, 1.f, 1.f}) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+  return _mm512_scalef_ps(p, n);
+}
+#endif
+
+// s[t] <- exp(s[t] - max(s)); returns the sum (the caller folds 1/sum into the output).
+inline float softmax_unnormalized(float* s, int64_t len) {
+  float mx = -std::numeric_limits<float>::infinity();
+  for (int64_t t = 0; t < len; ++t) mx = s[t] > mx ? s[t] : mx;
+  float sum = 0.f;
+  int64_t t = 0;
+#if defined(__AVX512F__)
+  __m512 vsum = _mm512_setzero_ps();
+  const __m512 vmx = _mm512_set1_ps(mx);
+  for (; t + 16 <= len; t += 16) {
+    const __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(s + t), vmx));
+    _mm512_storeu_ps(s + t, e);
+    vsum = _mm512_add_ps(vsum, e);
+  }
+  sum = _mm512_reduce_add_ps(vsum);
+#endif
+  for (; t < len; ++t) {
+    s[t] = std::exp(s[t] - mx);
+    sum += s[t];
+  }
+  return sum;
+}
+
 }  // namespace
 
 torch::Tensor paged_decode(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache,
@@ -118,17 +156,7 @@ torch::Tensor paged_decode(torch::Tensor q, torch::Tensor k_cache, torch::Tensor
           block_scores(qp + (b * H + h * G) * D, kb + h * D, n, key_stride, G, D, fscale,
                        scores.data() + h * G * len + start, len);
       }
-      for (int64_t g = 0; g < H; ++g) {
-        float* s = scores.data() + g * len;
-        float mx = -std::numeric_limits<float>::infinity();
-        for (int64_t t = 0; t < len; ++t) mx = s[t] > mx ? s[t] : mx;
-        float sum = 0.f;
-        for (int64_t t = 0; t < len; ++t) {
-          s[t] = std::exp(s[t] - mx);
-          sum += s[t];
-        }
-        inv_sum[g] = 1.f / sum;
-      }
+      for (int64_t g = 0; g < H; ++g) inv_sum[g] = 1.f / softmax_unnormalized(scores.data() + g * len, len);
       std::fill(acc.begin(), acc.end(), 0.f);
       for (int64_t start = 0; start < len; start += BS) {
         const int64_t n = std::min(BS, len - start);
