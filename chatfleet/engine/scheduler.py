@@ -110,7 +110,6 @@ class Scheduler:
                 continue
             hits, num_hit_tokens = self.kv.get_computed_blocks(request)
             num_new = min(request.num_tokens - num_hit_tokens, budget)
-            request.num_computed_tokens = 0
             block_ids = self.kv.allocate_slots(request, num_new, hits)
             if block_ids is None:
                 break

@@ -28,7 +28,3 @@ class ForwardContext:
     @property
     def seq_lens(self) -> list[int]:
         return [c + q for c, q in zip(self.context_lens, self.query_lens, strict=True)]
-
-    @property
-    def num_decode_tokens(self) -> int:
-        return self.num_decodes

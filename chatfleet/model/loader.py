@@ -213,29 +213,3 @@ def _load_hf_dir(path: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
             continue
         weights[canonical] = tensor.float()
     return config, weights
-
-
-def random_weights(config: ModelConfig, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random weights of a config's shape, for benchmarks of larger Llama shapes."""
-    gen = torch.Generator().manual_seed(seed)
-    h, d = config.hidden_size, config.head_dim
-    shapes = {
-        "attn_norm": (h,),
-        "q": (config.num_heads * d, h),
-        "k": (config.num_kv_heads * d, h),
-        "v": (config.num_kv_heads * d, h),
-        "o": (h, config.num_heads * d),
-        "ffn_norm": (h,),
-        "gate": (config.intermediate_size, h),
-        "up": (config.intermediate_size, h),
-        "down": (h, config.intermediate_size),
-    }
-    weights = {"embed": torch.randn(config.vocab_size, h, generator=gen) * 0.02}
-    weights["norm"] = torch.ones(h)
-    for i in range(config.num_layers):
-        for part, shape in shapes.items():
-            if len(shape) == 1:
-                weights[f"layers.{i}.{part}"] = torch.ones(shape)
-            else:
-                weights[f"layers.{i}.{part}"] = torch.randn(shape, generator=gen) / shape[1] ** 0.5
-    return weights

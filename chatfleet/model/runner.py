@@ -36,12 +36,7 @@ def kv_block_bytes(model: ModelConfig, block_size: int, dtype: torch.dtype) -> i
 
 
 class ModelRunner:
-    def __init__(
-        self,
-        config: EngineConfig,
-        attention: str = "auto",
-        weights: tuple[ModelConfig, dict[str, torch.Tensor]] | None = None,
-    ) -> None:
+    def __init__(self, config: EngineConfig, attention: str = "auto") -> None:
         self.device = torch.device(config.device)
         if self.device.type == "cpu":
             torch.set_num_threads(config.num_threads)
@@ -49,7 +44,7 @@ class ModelRunner:
             # NOTE: cuDNN's SDPA builds a graph per new shape (~6 ms of CPU each); decode shapes
             # change every step, so flash / mem-efficient kernels are far faster here.
             torch.backends.cuda.enable_cudnn_sdp(False)
-        model_config, raw = weights if weights is not None else load_weights(config.model)
+        model_config, raw = load_weights(config.model)
         fmt = resolve_weight_format(config.weight_format, self.device)
         self.dtype = torch.bfloat16 if fmt == "bf16" else torch.float32
         self.model = LlamaForCausalLM(model_config, raw, fmt, self.dtype, self.device).eval()
