@@ -22,9 +22,6 @@ namespace {
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
-constexpr bool kHasAvx512 = true;
-#else
-constexpr bool kHasAvx512 = false;
 #endif
 
 // scores[g * stride + t] = scale * <q_g, k_t> for the keys of one block, G query heads.
@@ -171,7 +168,6 @@ torch::Tensor paged_decode(torch::Tensor q, torch::Tensor k_cache, torch::Tensor
       }
     }
   });
-  (void)kHasAvx512;
   return out;
 }
 

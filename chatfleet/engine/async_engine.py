@@ -112,7 +112,14 @@ class AsyncEngine:
                 self._submit(lambda: self.engine.abort_request(request_id))
 
     async def abort(self, request_id: str) -> None:
-        await asyncio.wrap_future(self._submit(lambda: self.engine.abort_request(request_id)))
+        """Abort from outside the stream: its reader gets a final output (finish "abort")."""
+
+        def run() -> None:
+            out = self.engine.abort_request(request_id)
+            if out is not None:
+                self._deliver(request_id, out)
+
+        await asyncio.wrap_future(self._submit(run))
 
     async def call(self, fn: Callable[[LLMEngine], Any]) -> Any:
         """Run fn(engine) on the engine thread (for stats that must be read consistently)."""

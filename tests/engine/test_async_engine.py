@@ -78,3 +78,22 @@ def test_invalid_request_raises_before_streaming(engine):
     with pytest.raises(InvalidRequestError):
         asyncio.run(main())
     engine.check_health()
+
+
+def test_abort_from_outside_ends_the_stream(engine):
+    params = SamplingParams(temperature=0, max_tokens=500, ignore_eos=True)
+
+    async def main():
+        outs = []
+        async for out in engine.generate("Tell me a long tale.", params, request_id="ext"):
+            outs.append(out)
+            if len(outs) == 2:
+                await engine.abort("ext")
+        free = await engine.call(lambda e: e.kv_cache_manager.pool.num_free_blocks)
+        total = await engine.call(lambda e: e.kv_cache_manager.pool.num_blocks)
+        return outs, free, total
+
+    outs, free, total = asyncio.run(asyncio.wait_for(main(), timeout=60))
+    assert outs[-1].finished and outs[-1].outputs[0].finish_reason == "abort"
+    assert len(outs[-1].outputs[0].token_ids) < 500
+    assert free == total
