@@ -1,11 +1,15 @@
-"""Shared fixtures: real engines on the real default model (loaded once per session)."""
+"""Shared fixtures: real engines on the real default model (loaded once per session), and one
+real `chatfleet serve` process for the server and bench tests."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import pytest
 
 from chatfleet import LLM
 from chatfleet.config import CacheConfig, SchedulerConfig
+from tests.server_process import ServerProcess, start_server
 
 # A modest KV budget keeps start-up fast; the default model needs ~46 KiB per token in fp32.
 TEST_CACHE = CacheConfig(kv_cache_memory_bytes=256 << 20)
@@ -25,3 +29,10 @@ def llm() -> LLM:
 def small_step_llm() -> LLM:
     """Tiny token budget: long prompts are chunked and mixed with decodes of others."""
     return make_llm(scheduler=SchedulerConfig(max_num_batched_tokens=48, max_num_seqs=16))
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory) -> Iterator[ServerProcess]:
+    srv = start_server(tmp_path_factory.mktemp("srv"), "--max-num-seqs", "16")
+    yield srv
+    srv.stop()

