@@ -2,8 +2,9 @@
 
 Times one decode step's worth of matmuls (30 layers of fused qkv, o, gate_up, down, plus the
 lm_head) for fp32, bf16, int8 weight-only (`_weight_int8pack_mm`), W8A8 dynamic int8
-(`_int_mm` with per-token activation scales, what chatfleet's int8 format runs) and int4
-weight-only (`_weight_int4pack_mm_for_cpu`). Weights are reused across calls, so figures are
+(`_int_mm` with per-token activation scales), int4 weight-only (`_weight_int4pack_mm_for_cpu`)
+and chatfleet's own int8 format (csrc/qlinear.cpp: 8-bit block weights, 16-bit block
+activations, VNNI). Weights are reused across calls, so figures are
 compute-side (cache-warm); the offline benchmark gives the memory-bound end-to-end view.
 
     .venv/bin/python benchmarks/matmul_formats.py --output results/matmul_formats.json
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from chatfleet.model.linear import quantize_rows_int8
+from chatfleet.model.linear import BlockInt8Linear
 
 SHAPES = {"qkv": (960, 576), "o": (576, 576), "gate_up": (3072, 576), "down": (576, 1536)}
 LM_HEAD = (49152, 576)
@@ -34,6 +35,12 @@ def timed_ms(fn, budget_s: float = 0.3, max_iters: int = 20) -> float:
     return (time.perf_counter() - start) / iters * 1e3
 
 
+def quantize_rows_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8: x ~= q * scale, scale [rows, 1]."""
+    scale = x.abs().amax(dim=-1, keepdim=True).clamp_(min=1e-12) / 127.0
+    return torch.round(x / scale).to(torch.int8), scale
+
+
 def format_fns(w: torch.Tensor, x: torch.Tensor) -> dict:
     n, k = w.shape
     wb, xb = w.bfloat16(), x.bfloat16()
@@ -43,6 +50,7 @@ def format_fns(w: torch.Tensor, x: torch.Tensor) -> dict:
         torch.randint(0, 16, (n, k), dtype=torch.int32), 1
     )
     sz = torch.randn(k // 32, n, 2)
+    block_int8 = BlockInt8Linear(w)
 
     def w8a8():
         xq, xs = quantize_rows_int8(x)
@@ -54,6 +62,7 @@ def format_fns(w: torch.Tensor, x: torch.Tensor) -> dict:
         "int8_weight_only_bf16": lambda: torch._weight_int8pack_mm(xb, q8, s8.bfloat16()),
         "int8_w8a8": w8a8,
         "int4_weight_only_fp32": lambda: torch._weight_int4pack_mm_for_cpu(x, w4, 32, sz),
+        "int8_block_vnni": lambda: block_int8(x),
     }
 
 

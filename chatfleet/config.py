@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-WEIGHT_FORMATS = ("auto", "fp32", "bf16", "int8", "int4")
+WEIGHT_FORMATS = ("auto", "fp32", "bf16", "int8")
+KV_CACHE_DTYPES = ("auto", "fp32", "fp16", "bf16")
 
 
 @dataclass(frozen=True)
@@ -43,10 +44,14 @@ class CacheConfig:
     kv_cache_memory_bytes: int = 2 << 30
     enable_prefix_caching: bool = True
     num_blocks_override: int | None = None  # tests use tiny pools to force preemption
+    # auto: fp16 on CPU (half the bytes decode attention reads), the compute dtype on CUDA.
+    kv_cache_dtype: str = "auto"
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.kv_cache_memory_bytes < 1:
             raise ValueError("block_size and kv_cache_memory_bytes must be positive")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache_dtype must be one of {KV_CACHE_DTYPES}")
 
 
 @dataclass(frozen=True)

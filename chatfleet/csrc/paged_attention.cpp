@@ -2,15 +2,18 @@
 // values straight out of the block table, so nothing is gathered or padded.
 //
 //   q            [B, H, D]            float32, one token per request
-//   k/v_cache    [NB, BS, KVH, D]     float32, one layer's cache
+//   k/v_cache    [NB, BS, KVH, D]     float32 or float16 (converted in registers), one layer
 //   block_tables [B, MB]              int64
 //   seq_lens     [B]                  int64, keys each request attends to
-//   out          [B, H, D]
+//   out          [B, H, D]            float32
 //
-// Work is split over requests; the G = H / KVH query heads of a kv head share every key and
-// value load. Each task reduces in a fixed order, so a request's result does not depend on the
-// rest of the batch.
+// One task per (request, kv head): its G = H / KVH query heads share every key and value
+// load, and their accumulators stay in registers. A task runs start to end on one thread in
+// a fixed order, so a request's result does not depend on the rest of the batch.
 #include <ATen/Parallel.h>
+#include <c10/util/Half.h>
+#include <immintrin.h>
+#include <omp.h>
 #include <torch/extension.h>
 
 #include <algorithm>
@@ -20,60 +23,11 @@
 
 namespace {
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
-
-// scores[g * stride + t] = scale * <q_g, k_t> for the keys of one block, G query heads.
-inline void block_scores(const float* q, const float* k, int64_t n_keys, int64_t key_stride,
-                         int64_t G, int64_t D, float scale, float* scores, int64_t stride) {
-#if defined(__AVX512F__)
-  if (D % 16 == 0 && D <= 128 && G <= 8) {
-    for (int64_t t = 0; t < n_keys; ++t) {
-      const float* kt = k + t * key_stride;
-      for (int64_t g = 0; g < G; ++g) {
-        __m512 acc = _mm512_setzero_ps();
-        for (int64_t d = 0; d < D; d += 16)
-          acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + g * D + d), _mm512_loadu_ps(kt + d), acc);
-        scores[g * stride + t] = scale * _mm512_reduce_add_ps(acc);
-      }
-    }
-    return;
-  }
-#endif
-  for (int64_t t = 0; t < n_keys; ++t) {
-    const float* kt = k + t * key_stride;
-    for (int64_t g = 0; g < G; ++g) {
-      float s = 0.f;
-      for (int64_t d = 0; d < D; ++d) s += q[g * D + d] * kt[d];
-      scores[g * stride + t] = scale * s;
-    }
-  }
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const c10::Half* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }
 
-// acc[g] += sum_t p[g * stride + t] * v_t over the keys of one block.
-inline void block_values(const float* p, const float* v, int64_t n_keys, int64_t key_stride,
-                         int64_t G, int64_t D, int64_t stride, float* acc) {
-  for (int64_t t = 0; t < n_keys; ++t) {
-    const float* vt = v + t * key_stride;
-    for (int64_t g = 0; g < G; ++g) {
-      const float w = p[g * stride + t];
-      float* a = acc + g * D;
-#if defined(__AVX512F__)
-      if (D % 16 == 0) {
-        const __m512 wv = _mm512_set1_ps(w);
-        for (int64_t d = 0; d < D; d += 16)
-          _mm512_storeu_ps(a + d, _mm512_fmadd_ps(wv, _mm512_loadu_ps(vt + d),
-                                                  _mm512_loadu_ps(a + d)));
-        continue;
-      }
-#endif
-      for (int64_t d = 0; d < D; ++d) a[d] += w * vt[d];
-    }
-  }
-}
-
-#if defined(__AVX512F__)
 // e^x for x <= 0 (softmax after subtracting the max): range reduction x = n ln2 + r,
 // |r| <= ln2 / 2, degree-6 Taylor polynomial (relative error < 4e-7), then scale by 2^n.
 inline __m512 exp_nonpositive(__m512 x) {
@@ -83,27 +37,24 @@ inline __m512 exp_nonpositive(__m512 x) {
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
   r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
   __m512 p = _mm512_set1_ps(1.f / 720);
-  for (float c : {1.f / 120, 1.f / 24, 1.f / 6, 0.5f, 1.f, 1.f}) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+  for (float c : {1.f / 120, 1.f / 24, 1.f / 6, 0.5f, 1.f, 1.f})
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
   return _mm512_scalef_ps(p, n);
 }
-#endif
 
 // s[t] <- exp(s[t] - max(s)); returns the sum (the caller folds 1/sum into the output).
 inline float softmax_unnormalized(float* s, int64_t len) {
   float mx = -std::numeric_limits<float>::infinity();
   for (int64_t t = 0; t < len; ++t) mx = s[t] > mx ? s[t] : mx;
-  float sum = 0.f;
-  int64_t t = 0;
-#if defined(__AVX512F__)
   __m512 vsum = _mm512_setzero_ps();
   const __m512 vmx = _mm512_set1_ps(mx);
+  int64_t t = 0;
   for (; t + 16 <= len; t += 16) {
     const __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(s + t), vmx));
     _mm512_storeu_ps(s + t, e);
     vsum = _mm512_add_ps(vsum, e);
   }
-  sum = _mm512_reduce_add_ps(vsum);
-#endif
+  float sum = _mm512_reduce_add_ps(vsum);
   for (; t < len; ++t) {
     s[t] = std::exp(s[t] - mx);
     sum += s[t];
@@ -111,66 +62,218 @@ inline float softmax_unnormalized(float* s, int64_t len) {
   return sum;
 }
 
+struct Task {
+  const float* q;         // [G, D] query heads of this kv head
+  const int64_t* table;   // block ids of the request
+  int64_t len;            // keys to attend to
+  int64_t block_size;
+  int64_t slot_stride;    // elements between consecutive slots (KVH * D)
+  int64_t head_offset;    // elements from a slot's start to this kv head
+  float scale;
+  float* out;             // [G, D]
+};
+
+// One (request, kv head): scores for all keys, softmax, then the weighted sum of values.
+template <typename T, int G, int D>
+void attend(const Task& task, const T* k_cache, const T* v_cache, std::vector<float>& scores) {
+  constexpr int V = D / 16;
+  const int64_t len = task.len, bs = task.block_size;
+  scores.resize(G * len);
+  float* s = scores.data();
+  {
+    __m512 qv[G][V];
+    for (int g = 0; g < G; ++g)
+      for (int v = 0; v < V; ++v)
+        qv[g][v] = _mm512_mul_ps(_mm512_loadu_ps(task.q + g * D + 16 * v),
+                                 _mm512_set1_ps(task.scale));
+    for (int64_t start = 0; start < len; start += bs) {
+      const int64_t n = std::min(bs, len - start);
+      const T* kb = k_cache + task.table[start / bs] * bs * task.slot_stride + task.head_offset;
+      for (int64_t t = 0; t < n; ++t) {
+        __m512 kv[V];
+        for (int v = 0; v < V; ++v) kv[v] = load16(kb + t * task.slot_stride + 16 * v);
+        for (int g = 0; g < G; ++g) {
+          __m512 acc = _mm512_mul_ps(qv[g][0], kv[0]);
+          for (int v = 1; v < V; ++v) acc = _mm512_fmadd_ps(qv[g][v], kv[v], acc);
+          s[g * len + start + t] = _mm512_reduce_add_ps(acc);
+        }
+      }
+    }
+  }
+  float inv[G];
+  for (int g = 0; g < G; ++g) inv[g] = 1.f / softmax_unnormalized(s + g * len, len);
+  __m512 acc[G][V];
+  for (int g = 0; g < G; ++g)
+    for (int v = 0; v < V; ++v) acc[g][v] = _mm512_setzero_ps();
+  for (int64_t start = 0; start < len; start += bs) {
+    const int64_t n = std::min(bs, len - start);
+    const T* vb = v_cache + task.table[start / bs] * bs * task.slot_stride + task.head_offset;
+    for (int64_t t = 0; t < n; ++t) {
+      __m512 vv[V];
+      for (int v = 0; v < V; ++v) vv[v] = load16(vb + t * task.slot_stride + 16 * v);
+      for (int g = 0; g < G; ++g) {
+        const __m512 p = _mm512_set1_ps(s[g * len + start + t]);
+        for (int v = 0; v < V; ++v) acc[g][v] = _mm512_fmadd_ps(p, vv[v], acc[g][v]);
+      }
+    }
+  }
+  for (int g = 0; g < G; ++g)
+    for (int v = 0; v < V; ++v)
+      _mm512_storeu_ps(task.out + g * D + 16 * v, _mm512_mul_ps(acc[g][v], _mm512_set1_ps(inv[g])));
+}
+
+template <typename T>
+using AttendFn = void (*)(const Task&, const T*, const T*, std::vector<float>&);
+
+// The (G, D) instantiation for this model shape; nullptr when unsupported.
+template <typename T>
+AttendFn<T> pick(int64_t G, int64_t D) {
+#define CHATFLEET_CASE(g)                              \
+  case g:                                              \
+    return D == 64 ? attend<T, g, 64> : attend<T, g, 128>;
+  if (D != 64 && D != 128) return nullptr;
+  switch (G) {
+    CHATFLEET_CASE(1)
+    CHATFLEET_CASE(2)
+    CHATFLEET_CASE(3)
+    CHATFLEET_CASE(4)
+    CHATFLEET_CASE(5)
+    CHATFLEET_CASE(6)
+    CHATFLEET_CASE(7)
+    CHATFLEET_CASE(8)
+    default:
+      return nullptr;
+  }
+#undef CHATFLEET_CASE
+}
+
+// Below this many keys in the whole batch, waking a second thread costs more than it saves.
+constexpr int64_t kMinKeysPerThread = 2048;
+
+template <typename T>
+void run(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+         const at::Tensor& block_tables, const at::Tensor& seq_lens, float scale,
+         int64_t num_threads, at::Tensor& out) {
+  const int64_t B = q.size(0), H = q.size(1), D = q.size(2);
+  const int64_t BS = k_cache.size(1), KVH = k_cache.size(2), G = H / KVH;
+  const int64_t MB = block_tables.size(1);
+  const AttendFn<T> fn = pick<T>(G, D);
+  TORCH_CHECK(fn != nullptr, "paged_decode: unsupported head_dim / group size ", D, " / ", G);
+  const float* qp = q.data_ptr<float>();
+  const T* kp = reinterpret_cast<const T*>(k_cache.data_ptr());
+  const T* vp = reinterpret_cast<const T*>(v_cache.data_ptr());
+  const int64_t* bt = block_tables.data_ptr<int64_t>();
+  const int64_t* sl = seq_lens.data_ptr<int64_t>();
+  float* op = out.data_ptr<float>();
+  int64_t total_keys = 0;
+  for (int64_t b = 0; b < B; ++b) total_keys += sl[b];
+  const int threads = static_cast<int>(
+      std::max<int64_t>(1, std::min(num_threads, total_keys / kMinKeysPerThread)));
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<float> scores;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t i = 0; i < B * KVH; ++i) {
+      const int64_t b = i / KVH, h = i % KVH;
+      const Task task{qp + (b * H + h * G) * D, bt + b * MB, sl[b],  BS, KVH * D, h * D, scale,
+                      op + (b * H + h * G) * D};
+      fn(task, kp, vp, scores);
+    }
+  }
+}
+
 }  // namespace
 
-torch::Tensor paged_decode(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache,
-                           torch::Tensor block_tables, torch::Tensor seq_lens, double scale) {
-  TORCH_CHECK(q.scalar_type() == torch::kFloat32 && k_cache.scalar_type() == torch::kFloat32 &&
-                  v_cache.scalar_type() == torch::kFloat32,
-              "paged_decode: float32 only");
-  TORCH_CHECK(block_tables.scalar_type() == torch::kInt64 && seq_lens.scalar_type() == torch::kInt64,
+at::Tensor paged_decode(at::Tensor q, at::Tensor k_cache, at::Tensor v_cache,
+                        at::Tensor block_tables, at::Tensor seq_lens, double scale,
+                        int64_t num_threads) {
+  TORCH_CHECK(q.scalar_type() == at::kFloat, "paged_decode: float32 queries");
+  TORCH_CHECK(k_cache.scalar_type() == v_cache.scalar_type(), "paged_decode: K/V dtypes differ");
+  TORCH_CHECK(block_tables.scalar_type() == at::kLong && seq_lens.scalar_type() == at::kLong,
               "paged_decode: int64 block tables and lengths");
   TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "paged_decode: contiguous cache");
   q = q.contiguous();
   block_tables = block_tables.contiguous();
   seq_lens = seq_lens.contiguous();
-  const int64_t B = q.size(0), H = q.size(1), D = q.size(2);
-  const int64_t BS = k_cache.size(1), KVH = k_cache.size(2);
-  const int64_t G = H / KVH, MB = block_tables.size(1);
-  const int64_t key_stride = KVH * D;  // consecutive slots of one kv head
-  auto out = torch::empty_like(q);
-  const float* qp = q.data_ptr<float>();
-  const float* kp = k_cache.data_ptr<float>();
-  const float* vp = v_cache.data_ptr<float>();
-  const int64_t* bt = block_tables.data_ptr<int64_t>();
-  const int64_t* sl = seq_lens.data_ptr<int64_t>();
-  float* op = out.data_ptr<float>();
-  const float fscale = static_cast<float>(scale);
-
-  // One task per request, all heads together: a slot's K (or V) row for every kv head is one
-  // contiguous run of KVH * D floats, so each cache line is read once.
-  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores;
-    std::vector<float> acc(H * D);
-    std::vector<float> inv_sum(H);
-    for (int64_t b = begin; b < end; ++b) {
-      const int64_t len = sl[b];
-      scores.resize(H * len);
-      for (int64_t start = 0; start < len; start += BS) {
-        const int64_t n = std::min(BS, len - start);
-        const float* kb = kp + bt[b * MB + start / BS] * BS * KVH * D;
-        for (int64_t h = 0; h < KVH; ++h)
-          block_scores(qp + (b * H + h * G) * D, kb + h * D, n, key_stride, G, D, fscale,
-                       scores.data() + h * G * len + start, len);
-      }
-      for (int64_t g = 0; g < H; ++g) inv_sum[g] = 1.f / softmax_unnormalized(scores.data() + g * len, len);
-      std::fill(acc.begin(), acc.end(), 0.f);
-      for (int64_t start = 0; start < len; start += BS) {
-        const int64_t n = std::min(BS, len - start);
-        const float* vb = vp + bt[b * MB + start / BS] * BS * KVH * D;
-        for (int64_t h = 0; h < KVH; ++h)
-          block_values(scores.data() + h * G * len + start, vb + h * D, n, key_stride, G, D, len,
-                       acc.data() + h * G * D);
-      }
-      for (int64_t g = 0; g < H; ++g) {
-        float* o = op + (b * H + g) * D;
-        for (int64_t d = 0; d < D; ++d) o[d] = acc[g * D + d] * inv_sum[g];
-      }
-    }
-  });
+  auto out = at::empty_like(q);
+  if (k_cache.scalar_type() == at::kFloat) {
+    run<float>(q, k_cache, v_cache, block_tables, seq_lens, scale, num_threads, out);
+  } else {
+    TORCH_CHECK(k_cache.scalar_type() == at::kHalf, "paged_decode: float32 or float16 cache");
+    run<c10::Half>(q, k_cache, v_cache, block_tables, seq_lens, scale, num_threads, out);
+  }
   return out;
+}
+
+namespace {
+
+template <typename T>
+inline T cast_to(float v) { return static_cast<T>(v); }
+
+// Rotate-half RoPE of one head (HF layout: pairs i and i + D/2) from src into dst.
+template <typename T>
+inline void rope_head(const float* src, const float* cos, const float* sin, int64_t D, T* dst) {
+  const int64_t half = D / 2;
+  for (int64_t i = 0; i < half; ++i) {
+    dst[i] = cast_to<T>(src[i] * cos[i] - src[i + half] * sin[i]);
+    dst[i + half] = cast_to<T>(src[i + half] * cos[i + half] + src[i] * sin[i + half]);
+  }
+}
+
+template <typename T>
+void rope_store(const at::Tensor& qkv, const at::Tensor& cos, const at::Tensor& sin,
+                const at::Tensor& slots, at::Tensor& k_cache, at::Tensor& v_cache, int64_t H,
+                at::Tensor& q_out) {
+  const int64_t T_ = qkv.size(0), KVH = k_cache.size(2), D = k_cache.size(3);
+  const int64_t width = qkv.size(1);
+  const float* x = qkv.data_ptr<float>();
+  const float *cp = cos.data_ptr<float>(), *sp = sin.data_ptr<float>();
+  const int64_t* slot = slots.data_ptr<int64_t>();
+  T* kc = reinterpret_cast<T*>(k_cache.data_ptr());
+  T* vc = reinterpret_cast<T*>(v_cache.data_ptr());
+  float* q = q_out.data_ptr<float>();
+  for (int64_t t = 0; t < T_; ++t) {
+    const float* row = x + t * width;
+    const float *c = cp + t * D, *s = sp + t * D;
+    for (int64_t h = 0; h < H; ++h) rope_head<float>(row + h * D, c, s, D, q + (t * H + h) * D);
+    T* kdst = kc + slot[t] * KVH * D;
+    T* vdst = vc + slot[t] * KVH * D;
+    for (int64_t h = 0; h < KVH; ++h) {
+      rope_head<T>(row + (H + h) * D, c, s, D, kdst + h * D);
+      for (int64_t d = 0; d < D; ++d) vdst[h * D + d] = cast_to<T>(row[(H + KVH + h) * D + d]);
+    }
+  }
+}
+
+}  // namespace
+
+// qkv [T, (H + 2 KVH) D] fp32 straight from the fused projection; cos/sin [T, D] for each
+// token's position; slots [T]. Writes RoPE'd K and V into the caches ([NB, BS, KVH, D], fp32
+// or fp16) and returns RoPE'd queries [T, H, D]: one pass instead of ~10 eager ops.
+at::Tensor rope_write_kv(at::Tensor qkv, at::Tensor cos, at::Tensor sin, at::Tensor slots,
+                         at::Tensor k_cache, at::Tensor v_cache, int64_t num_heads) {
+  TORCH_CHECK(qkv.scalar_type() == at::kFloat && cos.scalar_type() == at::kFloat &&
+                  sin.scalar_type() == at::kFloat,
+              "rope_write_kv: float32 activations");
+  TORCH_CHECK(slots.scalar_type() == at::kLong, "rope_write_kv: int64 slots");
+  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "rope_write_kv: contiguous");
+  qkv = qkv.contiguous();
+  cos = cos.contiguous();
+  sin = sin.contiguous();
+  slots = slots.contiguous();
+  const int64_t D = k_cache.size(3), KVH = k_cache.size(2);
+  TORCH_CHECK(qkv.size(1) == (num_heads + 2 * KVH) * D, "rope_write_kv: qkv width");
+  auto q = at::empty({qkv.size(0), num_heads, D}, qkv.options());
+  if (k_cache.scalar_type() == at::kFloat) {
+    rope_store<float>(qkv, cos, sin, slots, k_cache, v_cache, num_heads, q);
+  } else {
+    TORCH_CHECK(k_cache.scalar_type() == at::kHalf, "rope_write_kv: float32 or float16 cache");
+    rope_store<c10::Half>(qkv, cos, sin, slots, k_cache, v_cache, num_heads, q);
+  }
+  return q;
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_decode", &paged_decode, "paged attention for one query token per request");
+  m.def("rope_write_kv", &rope_write_kv, "RoPE on q/k and K/V cache write, fused");
 }

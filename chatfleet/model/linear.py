@@ -1,16 +1,21 @@
 """Weight formats for the matmuls, chosen by measurement (docs/benchmarks.md).
 
 On this CPU class (AVX-512 VNNI, no AMX / AVX512-BF16) bf16 and torch's int4 weight-only
-kernels are slower than fp32. W8A8 (`torch._int_mm`, per-token activation scales) is ~3x faster
-than fp32, but per-token activation rounding is chaotic across 30 layers: logprobs move by up
-to ~0.7 when the attention arithmetic changes in the last float bit, so greedy outputs depend
-on batch composition. fp32 is therefore the default on CPU and int8 an opt-in.
+kernels are slower than fp32, and torch's W8A8 (`_int_mm`, per-token activation scales) is fast
+but moves logprobs by up to ~0.7 (an outlier channel coarsens the whole token). chatfleet's
+`int8` format runs its own VNNI kernel instead: 8-bit weights and 16-bit activations, both
+scaled per 32 values, which matches fp32 on the same weights to float rounding while reading
+a quarter of the bytes. `auto` picks it on CPUs with AVX-512 VNNI, else fp32; bf16 on CUDA.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
+
+from chatfleet.model import kernels
 
 
 class Linear(torch.nn.Module):
@@ -25,6 +30,24 @@ class Linear(torch.nn.Module):
     def dequantized_weight(self) -> torch.Tensor:
         """The weight the format actually multiplies by, as fp32 [out, in] (for references)."""
         raise NotImplementedError
+
+    def fused(
+        self,
+        x: torch.Tensor,
+        norm: torch.Tensor | None = None,
+        eps: float = 0.0,
+        swiglu: bool = False,
+        residual: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """residual + self(prologue(x)), where the prologue is RMSNorm with weight `norm`, or
+        SwiGLU (x = [gate | up] -> silu(gate) * up). Formats with a kernel fuse all of it."""
+        if norm is not None:
+            x = F.rms_norm(x, (x.shape[-1],), norm, eps)
+        if swiglu:
+            gate, up = x.chunk(2, dim=-1)
+            x = F.silu(gate) * up
+        y = self(x)
+        return y if residual is None else residual + y
 
 
 class DenseLinear(Linear):
@@ -42,43 +65,115 @@ class DenseLinear(Linear):
         return self.weight.float()
 
 
-def quantize_rows_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-row int8: x ~= q * scale, scale [rows, 1]."""
-    scale = x.abs().amax(dim=-1, keepdim=True).clamp_(min=1e-12) / 127.0
-    return torch.round(x / scale).to(torch.int8), scale
+def quantize_blocks(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """blocks [n, nb, 32] -> (codes 0..255, scale [n, nb], zero [n, nb]), w ~= scale * code + zero.
+
+    Per block, the better of two grids: min..max in 255 steps (exact for Q4_1's 16 levels,
+    since 255 = 15 * 17) or symmetric amax / 127 around code 128 (exact for Q8_0).
+    """
+    lo, hi = blocks.amin(-1), blocks.amax(-1)
+    candidates = []
+    for scale, zero in (((hi - lo) / 255.0, lo), (torch.maximum(-lo, hi) / 127.0, None)):
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        zero = -128.0 * scale if zero is None else zero
+        codes = torch.round((blocks - zero[..., None]) / scale[..., None]).clamp_(0, 255)
+        error = (codes * scale[..., None] + zero[..., None] - blocks).abs().amax(-1)
+        candidates.append((codes, scale, zero, error))
+    (ca, sa, za, ea), (cs, ss, zs, es) = candidates
+    pick = es < ea  # [n, nb]
+    return (
+        torch.where(pick[..., None], cs, ca),
+        torch.where(pick, ss, sa),
+        torch.where(pick, zs, za),
+    )
 
 
-class Int8Linear(Linear):
-    """W8A8: per-output-channel int8 weights, per-token int8 activations, int32 accumulate."""
+class BlockInt8Linear(Linear):
+    """8-bit weights in 32-wide blocks (w = s * u + z) times activations quantized per 32-wide
+    block, accumulated in int32 by the VNNI kernel in csrc/qlinear.cpp.
+
+    Activations are rounded to 16 bits per 32 values; the weights of GGUF Q4_1 / Q8_0 blocks
+    are represented exactly (see `quantize_blocks`), so the result matches the fp32 matmul on
+    the same weights to float rounding, bit-identically whatever the batch.
+    """
 
     fmt = "int8"
-    qweight: torch.Tensor
-    wscale: torch.Tensor
+    packed: torch.Tensor
+    scales: torch.Tensor
+    zeros: torch.Tensor
+    TILE, BLOCK = 16, 32
 
     def __init__(self, weight: torch.Tensor) -> None:
         super().__init__(weight)
-        q, scale = quantize_rows_int8(weight.float())
-        # _int_mm runs fastest with the weight stored [out, in] and passed transposed.
-        self.register_buffer("qweight", q.contiguous())
-        self.register_buffer("wscale", scale.reshape(1, -1).float())
+        n, k = weight.shape
+        if n % self.TILE or k % self.BLOCK:
+            raise ValueError(f"int8 weights need out % 16 == 0 and in % 32 == 0, got {n}x{k}")
+        kernel = kernels.load("qlinear", requires=("avx512_vnni",))
+        if kernel is None:
+            raise ValueError("weight format int8 needs an AVX-512 VNNI CPU and a C++ compiler")
+        self.kernel: Any = kernel
+        codes, scale, zero = quantize_blocks(weight.float().reshape(n, k // self.BLOCK, -1))
+        # Weights that came from 4-bit blocks (Q4_1) sit on every 17th code: store them in 4 bits
+        # with a 17x scale, halving what a batch-1 step reads.
+        self.bits = 4 if bool((codes % 17 == 0).all()) else 8
+        if self.bits == 4:
+            codes, scale = codes // 17, scale * 17
+        # [n, nb, 32] -> [n/16, nb, 8, 16, 4]: vector j of a tile holds, per output row
+        # (lane), the 4 codes of columns 4j..4j+3 of the block (see qlinear.cpp).
+        tiled = codes.to(torch.uint8).reshape(n // 16, 16, k // self.BLOCK, 8, 4)
+        tiled = tiled.permute(0, 2, 3, 1, 4).contiguous()
+        if self.bits == 4:  # vector j in the low nibbles, vector j + 4 in the high ones
+            tiled = tiled[:, :, :4] | (tiled[:, :, 4:] << 4)
+        self.register_buffer("packed", tiled.contiguous())
+        by_tile = lambda t: t.reshape(n // 16, 16, -1).permute(0, 2, 1).contiguous()  # noqa: E731
+        # fp16 scales are exact for GGUF blocks (their d and m are fp16 already).
+        self.register_buffer("scales", by_tile(scale).half())
+        self.register_buffer("zeros", by_tile(zero).half())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xq, xscale = quantize_rows_int8(x.float())
-        acc = torch._int_mm(xq, self.qweight.t())  # [T, out] int32
-        return acc.float().mul_(xscale).mul_(self.wscale).to(x.dtype)
+        return self.fused(x)
+
+    def fused(
+        self,
+        x: torch.Tensor,
+        norm: torch.Tensor | None = None,
+        eps: float = 0.0,
+        swiglu: bool = False,
+        residual: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return self.kernel.qlinear(
+            x,
+            self.packed,
+            self.scales,
+            self.zeros,
+            kernels.num_threads(),
+            norm,
+            eps,
+            swiglu,
+            residual,
+        )
 
     def dequantized_weight(self) -> torch.Tensor:
-        return self.qweight.float() * self.wscale.t()
+        n, k = self.out_features, self.in_features
+        codes = self.packed
+        if self.bits == 4:
+            codes = torch.cat([codes & 0x0F, codes >> 4], dim=2)
+        codes = codes.permute(0, 3, 1, 2, 4).reshape(n, k // self.BLOCK, self.BLOCK)
+        untile = lambda t: t.permute(0, 2, 1).reshape(n, -1, 1)  # noqa: E731
+        scales, zeros = untile(self.scales.float()), untile(self.zeros.float())
+        return (codes.float() * scales + zeros).reshape(n, k)
 
 
 def make_linear(weight: torch.Tensor, fmt: str) -> Linear:
     if fmt == "int8":
-        return Int8Linear(weight)
+        return BlockInt8Linear(weight)
     return DenseLinear(weight, torch.bfloat16 if fmt == "bf16" else torch.float32)
 
 
 def resolve_weight_format(fmt: str, device: torch.device) -> str:
-    """'auto' -> fp32 on CPU (see module docstring), bf16 on CUDA."""
+    """'auto' -> int8 on VNNI CPUs where the kernel builds, else fp32; bf16 on CUDA."""
     if fmt != "auto":
         return fmt
-    return "bf16" if device.type == "cuda" else "fp32"
+    if device.type == "cuda":
+        return "bf16"
+    return "int8" if kernels.load("qlinear", requires=("avx512_vnni",)) is not None else "fp32"

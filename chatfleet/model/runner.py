@@ -10,7 +10,8 @@ import torch
 
 from chatfleet.config import CacheConfig, EngineConfig, ModelConfig
 from chatfleet.engine.outputs import ModelRunnerOutput, SchedulerOutput, TokenLogprobs
-from chatfleet.model.attention import BACKENDS, AttentionBackend, resolve_backend
+from chatfleet.model import kernels
+from chatfleet.model.attention import BACKENDS, AttentionBackend, load_kernel, resolve_backend
 from chatfleet.model.forward_context import ForwardContext
 from chatfleet.model.linear import resolve_weight_format
 from chatfleet.model.loader import load_weights
@@ -27,6 +28,7 @@ class RunnerInfo:
     block_size: int
     weight_format: str
     dtype: torch.dtype
+    kv_cache_dtype: torch.dtype
     device: torch.device
 
 
@@ -35,11 +37,26 @@ def kv_block_bytes(model: ModelConfig, block_size: int, dtype: torch.dtype) -> i
     return 2 * model.num_layers * block_size * model.num_kv_heads * model.head_dim * elem
 
 
+_KV_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_kv_cache_dtype(name: str, device: torch.device, compute: torch.dtype) -> torch.dtype:
+    """'auto' -> fp16 on CPU when the paged kernel (which widens it in registers) builds, else
+    the compute dtype. fp16 keeps 11 bits of mantissa: K/V rounding moves logits by ~1e-3."""
+    if name != "auto":
+        return _KV_DTYPES[name]
+    if device.type == "cpu" and compute == torch.float32 and load_kernel() is not None:
+        return torch.float16
+    return compute
+
+
 class ModelRunner:
     def __init__(self, config: EngineConfig, attention: str = "auto") -> None:
         self.device = torch.device(config.device)
         if self.device.type == "cpu":
-            torch.set_num_threads(config.num_threads)
+            # Eager torch ops on one thread, the C++ kernels on all (see kernels.set_num_threads).
+            torch.set_num_threads(1)
+            kernels.set_num_threads(config.num_threads)
         elif self.device.type == "cuda":
             # NOTE: cuDNN's SDPA builds a graph per new shape (~6 ms of CPU each); decode shapes
             # change every step, so flash / mem-efficient kernels are far faster here.
@@ -48,7 +65,8 @@ class ModelRunner:
         fmt = resolve_weight_format(config.weight_format, self.device)
         self.dtype = torch.bfloat16 if fmt == "bf16" else torch.float32
         self.model = LlamaForCausalLM(model_config, raw, fmt, self.dtype, self.device).eval()
-        self.attention = resolve_backend(attention, self.device, self.dtype)
+        self.kv_dtype = resolve_kv_cache_dtype(config.cache.kv_cache_dtype, self.device, self.dtype)
+        self.attention = resolve_backend(attention, self.device, self.kv_dtype)
         self.attn: AttentionBackend = BACKENDS[self.attention](
             model_config.num_heads, model_config.num_kv_heads, model_config.head_dim
         )
@@ -57,11 +75,11 @@ class ModelRunner:
         shape = (2, num_blocks, self.block_size, model_config.num_kv_heads, model_config.head_dim)
         # Zero-filled: padded slots are masked out of attention, but 0 * NaN garbage is NaN.
         self.kv_caches = [
-            torch.zeros(shape, dtype=self.dtype, device=self.device)
+            torch.zeros(shape, dtype=self.kv_dtype, device=self.device)
             for _ in range(model_config.num_layers)
         ]
         self.info = RunnerInfo(
-            model_config, num_blocks, self.block_size, fmt, self.dtype, self.device
+            model_config, num_blocks, self.block_size, fmt, self.dtype, self.kv_dtype, self.device
         )
         self.sampler = Sampler()
         self._generator = torch.Generator(device=self.device).manual_seed(config.seed)
@@ -71,7 +89,7 @@ class ModelRunner:
         if cache.num_blocks_override is not None:
             return cache.num_blocks_override
         return max(
-            1, cache.kv_cache_memory_bytes // kv_block_bytes(model, cache.block_size, self.dtype)
+            1, cache.kv_cache_memory_bytes // kv_block_bytes(model, cache.block_size, self.kv_dtype)
         )
 
     def build_context(self, out: SchedulerOutput) -> tuple[torch.Tensor, ForwardContext, list]:

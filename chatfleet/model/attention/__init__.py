@@ -15,12 +15,13 @@ BACKENDS: dict[str, type[AttentionBackend]] = {
 
 
 def resolve_backend(name: str, device: torch.device, kv_dtype: torch.dtype) -> str:
-    """'auto' -> the C++ paged kernel on CPU with an fp32 cache when it builds, else sdpa."""
+    """'auto' -> the C++ paged kernel on CPU (fp32 / fp16 cache) when it builds, else sdpa."""
     if name != "auto":
         if name not in BACKENDS:
             raise ValueError(f"unknown attention backend {name!r}; known: {sorted(BACKENDS)}")
         return name
-    if device.type == "cpu" and kv_dtype == torch.float32 and load_kernel() is not None:
+    cpu_dtypes = (torch.float32, torch.float16)
+    if device.type == "cpu" and kv_dtype in cpu_dtypes and load_kernel() is not None:
         return CpuPagedAttention.name
     return SdpaAttention.name
 

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from chatfleet.model.forward_context import ForwardContext
+from chatfleet.model.rope import apply_rope
 
 
 def write_kv(
@@ -33,6 +34,24 @@ class AttentionBackend(ABC):
     def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int) -> None:
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.scale = head_dim**-0.5
+
+    def rope_write_kv(
+        self,
+        qkv: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        kv_cache: torch.Tensor,
+        ctx: ForwardContext,
+    ) -> torch.Tensor:
+        """qkv [T, (H + 2 KVH) D] from the fused projection, cos/sin [T, D] -> RoPE'd queries
+        [T, H, D]; RoPE'd keys and the values go into the cache at ctx.slot_mapping."""
+        num_tokens, dim = qkv.shape[0], self.head_dim
+        # q and k get RoPE together: view them as (num_heads + num_kv_heads) heads.
+        qk_width = (self.num_heads + self.num_kv_heads) * dim
+        qk = apply_rope(qkv[:, :qk_width].view(num_tokens, -1, dim), cos[:, None], sin[:, None])
+        v = qkv[:, qk_width:].view(num_tokens, self.num_kv_heads, dim)
+        write_kv(kv_cache, qk[:, self.num_heads :], v, ctx.slot_mapping)
+        return qk[:, : self.num_heads]
 
     def build_metadata(self, ctx: ForwardContext, block_size: int) -> Any:
         """Precompute per-step indices and masks (called once per step, not per layer)."""

@@ -1,44 +1,24 @@
 """CPU backend: decodes through a small C++ kernel that reads K/V straight from the paged
 cache (no gather, no padding to the longest request); prefill chunks use SDPA like `sdpa`.
 
-The extension is compiled on first use (about a minute on 2 cores) and cached by torch under
-~/.cache/torch_extensions; if no compiler is available, `load_kernel()` returns None and the
-engine uses the `sdpa` backend instead.
+The kernel is built on first use (chatfleet.model.kernels); if it cannot be built,
+`load_kernel()` returns None and the engine uses the `sdpa` backend instead.
 """
 
 from __future__ import annotations
 
-import functools
-import logging
-import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from chatfleet.model import kernels
 from chatfleet.model.attention.torch_sdpa import SdpaAttention, SdpaMetadata
 from chatfleet.model.forward_context import ForwardContext
 
-logger = logging.getLogger(__name__)
-_SOURCE = os.path.join(os.path.dirname(__file__), "..", "..", "csrc", "paged_attention.cpp")
 
-
-@functools.cache
 def load_kernel() -> Any | None:
-    try:
-        from torch.utils.cpp_extension import load
-
-        return load(
-            name="chatfleet_paged_attention",
-            sources=[os.path.abspath(_SOURCE)],
-            # Vectorized for the build machine; AMX tiles are never emitted by the compiler.
-            extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp"],
-            extra_ldflags=["-fopenmp"],
-            verbose=False,
-        )
-    except Exception as e:  # no compiler / headers: fall back to the pure-torch backend
-        logger.warning("paged attention kernel unavailable (%s); using sdpa", e)
-        return None
+    return kernels.load("paged_attention")
 
 
 @dataclass
@@ -63,6 +43,22 @@ class CpuPagedAttention(SdpaAttention):
             meta.decode_seq_lens = torch.tensor(ctx.seq_lens[:nd], dtype=torch.long)
         return meta
 
+    def rope_write_kv(
+        self,
+        qkv: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        kv_cache: torch.Tensor,
+        ctx: ForwardContext,
+    ) -> torch.Tensor:
+        if qkv.dtype != torch.float32:
+            return super().rope_write_kv(qkv, cos, sin, kv_cache, ctx)
+        kernel = load_kernel()
+        assert kernel is not None, "resolve_backend picks 'cpu' only when the kernel loads"
+        return kernel.rope_write_kv(
+            qkv, cos, sin, ctx.slot_mapping, kv_cache[0], kv_cache[1], self.num_heads
+        )
+
     def forward(self, q: torch.Tensor, kv_cache: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         meta: CpuPagedMetadata = ctx.attn_metadata
         if meta.decode_block_tables is None:
@@ -77,6 +73,7 @@ class CpuPagedAttention(SdpaAttention):
             meta.decode_block_tables,
             meta.decode_seq_lens,
             self.scale,
+            kernels.num_threads(),
         )
         if nd == q.shape[0]:
             return decoded.reshape(nd, -1)

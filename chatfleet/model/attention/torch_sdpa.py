@@ -73,9 +73,9 @@ class SdpaAttention(AttentionBackend):
             k = flat[0][meta.decode_slots].transpose(1, 2)  # [Bd, KVH, L, D]
             v = flat[1][meta.decode_slots].transpose(1, 2)
             o = F.scaled_dot_product_attention(
-                q[:nd].unsqueeze(2).to(k.dtype),
-                k,
-                v,
+                q[:nd].unsqueeze(2),
+                k.to(q.dtype),
+                v.to(q.dtype),
                 attn_mask=meta.decode_mask,
                 scale=self.scale,
                 enable_gqa=True,
@@ -86,9 +86,9 @@ class SdpaAttention(AttentionBackend):
             v = flat[1][item.slots].transpose(0, 1).unsqueeze(0)
             qi = q[item.start : item.start + item.query_len].transpose(0, 1).unsqueeze(0)
             o = F.scaled_dot_product_attention(
-                qi.to(k.dtype),
-                k,
-                v,
+                qi,
+                k.to(q.dtype),
+                v.to(q.dtype),
                 attn_mask=item.mask,
                 is_causal=item.mask is None,
                 scale=self.scale,

@@ -8,25 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from chatfleet.config import ModelConfig
-from chatfleet.model.attention.base import AttentionBackend, write_kv
+from chatfleet.model.attention.base import AttentionBackend
 from chatfleet.model.forward_context import ForwardContext
 from chatfleet.model.linear import Linear, make_linear
-
-
-def rope_cos_sin(config: ModelConfig, max_len: int, device: torch.device):
-    """cos/sin tables [max_len, head_dim] for rotate-half RoPE (HF layout)."""
-    dim = config.head_dim
-    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
-    angles = torch.outer(torch.arange(max_len, dtype=torch.float64), inv_freq)
-    angles = torch.cat([angles, angles], dim=-1)
-    return angles.cos().float().to(device), angles.sin().float().to(device)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [T, heads, D]; cos/sin [T, 1, D]. rotate_half(x) = [-x2, x1]."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
+from chatfleet.model.rope import rope_cos_sin
 
 
 class LlamaLayer(torch.nn.Module):
@@ -57,20 +42,14 @@ class LlamaLayer(torch.nn.Module):
         attn: AttentionBackend,
         ctx: ForwardContext,
     ) -> torch.Tensor:
-        c = self.config
-        num_tokens, eps = h.shape[0], c.rms_norm_eps
-        qkv = self.qkv(F.rms_norm(h, (c.hidden_size,), self.attn_norm, eps))
-        q_heads, kv_heads = c.num_heads, c.num_kv_heads
-        # q and k get RoPE together: view them as (num_heads + num_kv_heads) heads.
-        qk = qkv[:, : (q_heads + kv_heads) * c.head_dim].view(num_tokens, -1, c.head_dim)
-        qk = apply_rope(qk, cos, sin)
-        q, k = qk[:, :q_heads], qk[:, q_heads:]
-        v = qkv[:, (q_heads + kv_heads) * c.head_dim :].view(num_tokens, kv_heads, c.head_dim)
-        write_kv(kv_cache, k, v, ctx.slot_mapping)
-        h = h + self.o(attn.forward(q, kv_cache, ctx))
-        gate_up = self.gate_up(F.rms_norm(h, (c.hidden_size,), self.ffn_norm, eps))
-        gate, up = gate_up.chunk(2, dim=-1)
-        return h + self.down(F.silu(gate) * up)
+        # Six calls per layer: each matmul takes the op before it (RMSNorm, SwiGLU) and the
+        # residual add with it, so fast formats can fuse them (see Linear.fused).
+        eps = self.config.rms_norm_eps
+        qkv = self.qkv.fused(h, norm=self.attn_norm, eps=eps)
+        q = attn.rope_write_kv(qkv, cos, sin, kv_cache, ctx)
+        h = self.o.fused(attn.forward(q, kv_cache, ctx), residual=h)
+        gate_up = self.gate_up.fused(h, norm=self.ffn_norm, eps=eps)
+        return self.down.fused(gate_up, swiglu=True, residual=h)
 
 
 class LlamaForCausalLM(torch.nn.Module):
@@ -109,8 +88,8 @@ class LlamaForCausalLM(torch.nn.Module):
         attn: AttentionBackend,
     ) -> torch.Tensor:
         h = F.embedding(input_ids, self.embed)  # [T, hidden]
-        cos = self.rope_cos[ctx.positions].unsqueeze(1)  # [T, 1, head_dim]
-        sin = self.rope_sin[ctx.positions].unsqueeze(1)
+        cos = self.rope_cos[ctx.positions]  # [T, head_dim]
+        sin = self.rope_sin[ctx.positions]
         for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
             h = layer(h, cos, sin, kv_cache, attn, ctx)
         return F.rms_norm(h, (self.config.hidden_size,), self.norm, self.config.rms_norm_eps)

@@ -1,0 +1,63 @@
+"""C++ CPU kernels under chatfleet/csrc, compiled on first use and cached by torch.
+
+The build takes about a minute per kernel on 2 cores and lands in ~/.cache/torch_extensions;
+without a compiler (or on a CPU lacking the instructions) `load()` returns None and callers
+fall back to pure-torch paths.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from typing import Any
+
+logger = logging.getLogger(__name__)
+_CSRC = os.path.join(os.path.dirname(__file__), "..", "csrc")
+_num_threads = 1
+
+
+def set_num_threads(num_threads: int) -> None:
+    """Threads the C++ kernels may use (they take it per call; torch's own ops run on one).
+
+    NOTE: on the small VMs this runs on, waking a second core costs tens of microseconds, more
+    than most of a decode step's elementwise ops take alone; only the big kernels split work.
+    """
+    global _num_threads
+    _num_threads = max(1, num_threads)
+
+
+def num_threads() -> int:
+    return _num_threads
+
+
+def cpu_has(flag: str) -> bool:
+    """True when /proc/cpuinfo lists the ISA flag (Linux); False elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(flag in line.split() for line in f if line.startswith("flags"))
+    except OSError:
+        return False
+
+
+@functools.cache
+def load(name: str, *, requires: tuple[str, ...] = ()) -> Any | None:
+    """Build (once) and import chatfleet/csrc/{name}.cpp; None when it cannot run here."""
+    missing = [flag for flag in requires if not cpu_has(flag)]
+    if missing:
+        logger.info("kernel %s needs %s; using the torch fallback", name, ", ".join(missing))
+        return None
+    try:
+        from torch.utils.cpp_extension import load as build
+
+        return build(
+            name=f"chatfleet_{name}",
+            sources=[os.path.abspath(os.path.join(_CSRC, f"{name}.cpp"))],
+            # Vectorized for the build machine; AMX tiles are never emitted by the compiler.
+            extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp"],
+            extra_ldflags=["-fopenmp"],
+            verbose=False,
+        )
+    except Exception as e:  # no compiler / headers
+        logger.warning("kernel %s unavailable (%s); using the torch fallback", name, e)
+        return None
