@@ -328,7 +328,7 @@ def bench_format(
             )
             extra["weight_bytes_per_token"] = bytes_read_per_token(llm)
             extra["kv_bytes_per_context_token"] = kv_bytes_per_context_token(llm)
-            extra["num_threads"] = torch.get_num_threads()
+            extra["num_threads"] = args.num_threads
             extra["profile_decode_batch_1"] = profile_decode_step(llm, short, 1, args.profile_top)
         if concurrency == concurrencies[-1] and concurrency > 1:
             extra[f"profile_decode_batch_{concurrency}"] = profile_decode_step(
@@ -559,6 +559,8 @@ def main(argv: list[str] | None = None) -> None:
     report["chatfleet"] = {"primary_format": primary, "formats": formats}
     report["format_winners"] = format_winners(formats, extremes)
     if not args.skip_hf:
+        # The engine runs torch's own ops on one thread with its int8 kernels; HF gets them all.
+        torch.set_num_threads(args.num_threads)
         report["hf"] = bench_hf(prompts, short, tokenizer.eos_token_ids[0], args)
 
     out = Path(args.output)

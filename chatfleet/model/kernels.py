@@ -18,10 +18,10 @@ _num_threads = 1
 
 
 def set_num_threads(num_threads: int) -> None:
-    """Threads the C++ kernels may use (they take it per call; torch's own ops run on one).
+    """Threads the C++ kernels may use (they take it per call, like torch's own setting).
 
-    NOTE: on the small VMs this runs on, waking a second core costs tens of microseconds, more
-    than most of a decode step's elementwise ops take alone; only the big kernels split work.
+    NOTE: on the small VMs this runs on, waking a second core costs tens of microseconds, so
+    each kernel uses one thread when its work is small (see kMin*PerThread in csrc/).
     """
     global _num_threads
     _num_threads = max(1, num_threads)

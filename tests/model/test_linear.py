@@ -1,0 +1,80 @@
+"""The int8 weight format (csrc/qlinear.cpp) against fp32 math on the same weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from chatfleet import SamplingParams
+from chatfleet.model import kernels
+from chatfleet.model.linear import BlockInt8Linear, DenseLinear
+from tests.conftest import make_llm
+
+pytestmark = pytest.mark.skipif(
+    kernels.load("qlinear", requires=("avx512_vnni",)) is None,
+    reason="int8 kernel needs AVX-512 VNNI and a compiler",
+)
+
+
+def q4_1_weight(n: int, k: int, seed: int = 0) -> torch.Tensor:
+    """Values on a Q4_1 grid: per 32-block d * q + m, q in 0..15 (with both ends used)."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randint(0, 16, (n, k // 32, 32), generator=g).float()
+    q[..., 0], q[..., 1] = 0, 15
+    d = (torch.rand(n, k // 32, 1, generator=g) * 0.01 + 1e-3).half().float()
+    m = (-torch.rand(n, k // 32, 1, generator=g) * 0.05).half().float()
+    return (q * d + m).reshape(n, k)
+
+
+def q8_0_weight(n: int, k: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randint(-127, 128, (n, k // 32, 32), generator=g).float()
+    q[..., 0] = 127
+    d = (torch.rand(n, k // 32, 1, generator=g) * 0.01 + 1e-3).half().float()
+    return (q * d).reshape(n, k)
+
+
+@pytest.mark.parametrize(("make", "bits"), [(q4_1_weight, 4), (q8_0_weight, 8)])
+def test_gguf_blocks_are_stored_exactly(make, bits):
+    w = make(64, 96)
+    lin = BlockInt8Linear(w)
+    assert lin.bits == bits
+    assert torch.equal(lin.dequantized_weight(), w)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 4, 7, 64])
+def test_matches_fp32_with_fused_prologues_and_residual(rows):
+    torch.manual_seed(0)
+    w = q4_1_weight(48, 64)
+    lin, ref = BlockInt8Linear(w), DenseLinear(w, torch.float32)
+    x = torch.randn(rows, 64) * 3
+    x[:, 5] *= 40  # an outlier channel only coarsens its own block
+    norm, residual = torch.rand(64) + 0.5, torch.randn(rows, 48)
+    gate_up = torch.randn(rows, 128)
+    cases = [
+        (lin.fused(x), ref(x)),
+        (lin.fused(x, norm=norm, eps=1e-5), ref(F.rms_norm(x, (64,), norm, 1e-5))),
+        (lin.fused(gate_up, swiglu=True), ref(F.silu(gate_up[:, :64]) * gate_up[:, 64:])),
+        (lin.fused(x, residual=residual), residual + ref(x)),
+    ]
+    for got, want in cases:
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=2e-3 * want.abs().max().item())
+
+
+def test_rows_are_batch_invariant_bit_for_bit():
+    torch.manual_seed(1)
+    lin = BlockInt8Linear(q4_1_weight(96, 128))
+    x = torch.randn(37, 128)
+    batched = lin(x)
+    for i in (0, 4, 36):
+        assert torch.equal(lin(x[i : i + 1].clone())[0], batched[i])
+
+
+def test_int8_model_agrees_with_fp32_model(llm):
+    fp32 = make_llm(weight_format="fp32")
+    assert llm.engine.runner.info.weight_format == "int8"
+    prompts = ["What is the capital of France?", "Name three primary colors."]
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, logprobs=1)
+    for a, b in zip(llm.generate(prompts, params), fp32.generate(prompts, params), strict=True):
+        assert a.outputs[0].token_ids == b.outputs[0].token_ids
