@@ -274,6 +274,8 @@ at::Tensor rope_write_kv(at::Tensor qkv, at::Tensor cos, at::Tensor sin, at::Ten
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("paged_decode", &paged_decode, "paged attention for one query token per request");
-  m.def("rope_write_kv", &rope_write_kv, "RoPE on q/k and K/V cache write, fused");
+  m.def("paged_decode", &paged_decode, "paged attention for one query token per request",
+        py::call_guard<py::gil_scoped_release>());
+  m.def("rope_write_kv", &rope_write_kv, "RoPE on q/k and K/V cache write, fused",
+        py::call_guard<py::gil_scoped_release>());
 }

@@ -260,5 +260,6 @@ at::Tensor qlinear(at::Tensor x, at::Tensor w, at::Tensor s, at::Tensor z, int64
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("qlinear", &qlinear, "block-quantized linear (8-bit W, 16-bit x), fused prologue");
+  m.def("qlinear", &qlinear, "block-quantized linear (8-bit W, 16-bit x), fused prologue",
+        py::call_guard<py::gil_scoped_release>());
 }
