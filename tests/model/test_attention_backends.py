@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from chatfleet.model.attention import BACKENDS, load_kernel, write_kv
+from chatfleet.model.attention.cpu_paged import MAX_PAGED_QUERY_LEN
 from chatfleet.model.forward_context import ForwardContext
 
 HEADS, KV_HEADS, DIM, BLOCK, NUM_BLOCKS = 9, 3, 64, 16, 64
@@ -45,6 +46,8 @@ CASES = {
     "decodes only": ([1, 1, 1], [37, 5, 130]),
     "prefill only": ([40], [0]),
     "mixed with cached context": ([1, 1, 25, 7], [64, 3, 16, 90]),
+    # a chunk longer than MAX_PAGED_QUERY_LEN (SDPA) between paged rows: rows not a prefix
+    "long and short prefills": ([1, MAX_PAGED_QUERY_LEN + 72, 7], [10, 5, 90]),
 }
 
 

@@ -21,26 +21,54 @@ def load_kernel() -> Any | None:
     return kernels.load("paged_attention")
 
 
+# Prefill chunks up to this many tokens go through the paged kernel as one row per token (its
+# own causal length) instead of SDPA over gathered keys. Measured per layer, 9 heads, fp16
+# cache: 48 new tokens on 800 cached ones 1.4 ms vs SDPA's 2.5; 128 on 800, 3.3 vs 5.3;
+# 512 on 1500, 46 vs 25 (SDPA's GEMMs win once the chunk is long).
+MAX_PAGED_QUERY_LEN = 128
+
+
 @dataclass
 class CpuPagedMetadata(SdpaMetadata):
-    decode_block_tables: torch.Tensor | None = None  # [Bd, max_blocks]
-    decode_seq_lens: torch.Tensor | None = None  # [Bd]
+    """Rows for the paged kernel: every decode token and every token of a short prefill chunk,
+    each with its request's block table and its own causal length. `paged_rows` holds their
+    token indices, or is None when they are exactly the first `num_paged_rows` tokens."""
+
+    num_paged_rows: int = 0
+    paged_rows: torch.Tensor | None = None  # [R]
+    paged_block_tables: torch.Tensor | None = None  # [R, max_blocks]
+    paged_seq_lens: torch.Tensor | None = None  # [R]
 
 
 class CpuPagedAttention(SdpaAttention):
     name = "cpu"
 
     def build_metadata(self, ctx: ForwardContext, block_size: int) -> CpuPagedMetadata:
-        nd = ctx.num_decodes
-        # Decodes never use the gathered slots: build only the prefill part of the metadata.
-        prefill_only = SdpaAttention.build_metadata(self, _without_decodes(ctx), block_size)
-        meta = CpuPagedMetadata(None, None, [])
-        for item in prefill_only.prefills:
-            item.start += sum(ctx.query_lens[:nd])
-            meta.prefills.append(item)
-        if nd:
-            meta.decode_block_tables = ctx.block_tables[:nd]
-            meta.decode_seq_lens = torch.tensor(ctx.seq_lens[:nd], dtype=torch.long)
+        requests: list[int] = []  # request of each paged row
+        seq_lens: list[int] = []
+        rows: list[int] = []
+        long_prefills: list[int] = []
+        token_starts: list[int] = []
+        start = 0
+        for i, (qlen, ctx_len) in enumerate(zip(ctx.query_lens, ctx.context_lens, strict=True)):
+            token_starts.append(start)
+            if qlen <= MAX_PAGED_QUERY_LEN:
+                requests += [i] * qlen
+                seq_lens += range(ctx_len + 1, ctx_len + qlen + 1)
+                rows += range(start, start + qlen)
+            else:
+                long_prefills.append(i)
+            start += qlen
+        sdpa = SdpaAttention.build_metadata(self, _subset(ctx, long_prefills), block_size)
+        for item, i in zip(sdpa.prefills, long_prefills, strict=True):
+            item.start = token_starts[i]
+        meta = CpuPagedMetadata(None, None, sdpa.prefills, num_paged_rows=len(rows))
+        if rows:
+            device = ctx.block_tables.device
+            is_prefix = rows[-1] == len(rows) - 1
+            meta.paged_rows = None if is_prefix else torch.tensor(rows, device=device)
+            meta.paged_block_tables = ctx.block_tables[torch.tensor(requests, device=device)]
+            meta.paged_seq_lens = torch.tensor(seq_lens, dtype=torch.long)
         return meta
 
     def rope_write_kv(
@@ -61,34 +89,39 @@ class CpuPagedAttention(SdpaAttention):
 
     def forward(self, q: torch.Tensor, kv_cache: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         meta: CpuPagedMetadata = ctx.attn_metadata
-        if meta.decode_block_tables is None:
+        n = meta.num_paged_rows
+        if n == 0:
             return super().forward(q, kv_cache, ctx)
-        nd = meta.decode_block_tables.shape[0]
         kernel = load_kernel()
         assert kernel is not None, "resolve_backend picks 'cpu' only when the kernel loads"
-        decoded = kernel.paged_decode(
-            q[:nd],
+        rows = meta.paged_rows
+        attended = kernel.paged_decode(
+            q[:n] if rows is None else q[rows],
             kv_cache[0],
             kv_cache[1],
-            meta.decode_block_tables,
-            meta.decode_seq_lens,
+            meta.paged_block_tables,
+            meta.paged_seq_lens,
             self.scale,
             kernels.num_threads(),
-        )
-        if nd == q.shape[0]:
-            return decoded.reshape(nd, -1)
-        out = super().forward(q, kv_cache, ctx)  # prefills (decode slots are None here)
-        out[:nd] = decoded.reshape(nd, -1)
+        ).reshape(n, -1)
+        if n == q.shape[0]:
+            return attended
+        out = super().forward(q, kv_cache, ctx)  # long prefills; paged rows are left unset
+        if rows is None:
+            out[:n] = attended
+        else:
+            out[rows] = attended
         return out
 
 
-def _without_decodes(ctx: ForwardContext) -> ForwardContext:
-    nd = ctx.num_decodes
+def _subset(ctx: ForwardContext, requests: list[int]) -> ForwardContext:
+    """The context restricted to some (prefill) requests, for SDPA's metadata."""
+    index = torch.tensor(requests, dtype=torch.long, device=ctx.block_tables.device)
     return ForwardContext(
         ctx.positions,
         ctx.slot_mapping,
-        ctx.block_tables[nd:],
-        ctx.query_lens[nd:],
-        ctx.context_lens[nd:],
+        ctx.block_tables[index],
+        [ctx.query_lens[i] for i in requests],
+        [ctx.context_lens[i] for i in requests],
         0,
     )
