@@ -21,25 +21,13 @@
 #include <limits>
 #include <vector>
 
+#include "vec_math.h"
+
 namespace {
 
 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
 inline __m512 load16(const c10::Half* p) {
   return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-}
-
-// e^x for x <= 0 (softmax after subtracting the max): range reduction x = n ln2 + r,
-// |r| <= ln2 / 2, degree-6 Taylor polynomial (relative error < 4e-7), then scale by 2^n.
-inline __m512 exp_nonpositive(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
-  __m512 p = _mm512_set1_ps(1.f / 720);
-  for (float c : {1.f / 120, 1.f / 24, 1.f / 6, 0.5f, 1.f, 1.f})
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
-  return _mm512_scalef_ps(p, n);
 }
 
 // s[t] <- exp(s[t] - max(s)); returns the sum (the caller folds 1/sum into the output).
@@ -50,7 +38,7 @@ inline float softmax_unnormalized(float* s, int64_t len) {
   const __m512 vmx = _mm512_set1_ps(mx);
   int64_t t = 0;
   for (; t + 16 <= len; t += 16) {
-    const __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(s + t), vmx));
+    const __m512 e = chatfleet::exp_ps(_mm512_sub_ps(_mm512_loadu_ps(s + t), vmx));
     _mm512_storeu_ps(s + t, e);
     vsum = _mm512_add_ps(vsum, e);
   }

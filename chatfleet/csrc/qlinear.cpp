@@ -22,6 +22,8 @@
 #include <cstring>
 #include <vector>
 
+#include "vec_math.h"
+
 namespace {
 
 constexpr int kBlock = 32;
@@ -31,19 +33,6 @@ constexpr int kRowsPerPass = 4;  // rows of x sharing one load of a weight block
 constexpr float kMaxCode = 32512.0f;
 // Below this many multiply-adds per thread, waking another thread costs more than it saves.
 constexpr int64_t kMinMacsPerThread = 1 << 15;
-
-// e^x for x in [-87, 88]: x = n ln2 + r, |r| <= ln2 / 2, degree-6 polynomial, scale by 2^n.
-inline __m512 exp_ps(__m512 x) {
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
-  __m512 p = _mm512_set1_ps(1.f / 720);
-  for (float c : {1.f / 120, 1.f / 24, 1.f / 6, 0.5f, 1.f, 1.f})
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
-  return _mm512_scalef_ps(p, n);
-}
 
 // What happens to a row of x before it is quantized (fusing the op that feeds the matmul).
 struct Prologue {
@@ -58,7 +47,7 @@ void prepare_row(const float* x, int64_t K, const Prologue& pro, float* out) {
     for (int64_t k = 0; k < K; k += 16) {
       const __m512 g = _mm512_loadu_ps(x + k), u = _mm512_loadu_ps(x + K + k);
       const __m512 sig = _mm512_div_ps(
-          _mm512_set1_ps(1.0f), _mm512_add_ps(_mm512_set1_ps(1.0f), exp_ps(_mm512_sub_ps(
+          _mm512_set1_ps(1.0f), _mm512_add_ps(_mm512_set1_ps(1.0f), chatfleet::exp_ps(_mm512_sub_ps(
                                                                         _mm512_setzero_ps(), g))));
       _mm512_storeu_ps(out + k, _mm512_mul_ps(_mm512_mul_ps(g, sig), u));
     }

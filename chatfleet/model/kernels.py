@@ -8,6 +8,8 @@ fall back to pure-torch paths.
 from __future__ import annotations
 
 import functools
+import glob
+import hashlib
 import logging
 import os
 from typing import Any
@@ -40,6 +42,16 @@ def cpu_has(flag: str) -> bool:
         return False
 
 
+def _headers_flag() -> str:
+    """A define carrying the csrc headers' digest: torch rebuilds a JIT extension when its
+    sources or flags change, and does not look at the headers they include."""
+    digest = hashlib.sha1()
+    for header in sorted(glob.glob(os.path.join(_CSRC, "*.h"))):
+        with open(header, "rb") as f:
+            digest.update(f.read())
+    return f"-DCHATFLEET_HEADERS={digest.hexdigest()[:12]}"
+
+
 @functools.cache
 def load(name: str, *, requires: tuple[str, ...] = ()) -> Any | None:
     """Build (once) and import chatfleet/csrc/{name}.cpp; None when it cannot run here."""
@@ -54,7 +66,7 @@ def load(name: str, *, requires: tuple[str, ...] = ()) -> Any | None:
             name=f"chatfleet_{name}",
             sources=[os.path.abspath(os.path.join(_CSRC, f"{name}.cpp"))],
             # Vectorized for the build machine; AMX tiles are never emitted by the compiler.
-            extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp"],
+            extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp", _headers_flag()],
             extra_ldflags=["-fopenmp"],
             verbose=False,
         )
