@@ -24,7 +24,8 @@ lint: install
 	$(BIN)/ruff format --check chatfleet tests benchmarks
 
 typecheck: install
-	$(BIN)/mypy chatfleet/engine chatfleet/server chatfleet/config.py chatfleet/sampling_params.py
+	$(BIN)/mypy chatfleet/engine chatfleet/server chatfleet/router chatfleet/config.py \
+		chatfleet/sampling_params.py
 
 test: install lint typecheck
 	$(BIN)/python -m pytest -q tests

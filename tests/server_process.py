@@ -1,6 +1,7 @@
-"""Real `chatfleet serve` processes on 127.0.0.1, started and stopped by PID.
+"""Real chatfleet processes (`serve`, `router`, `up`) on 127.0.0.1, started and stopped by PID.
 
-Shared by tests/server and tests/bench; the session-wide `server` fixture is in tests/conftest.py.
+Shared by tests/server, tests/bench and tests/router; the session-wide `server` fixture is in
+tests/conftest.py.
 """
 
 from __future__ import annotations
@@ -44,36 +45,43 @@ class ServerProcess:
             return f.read()
 
 
-def start_server(tmp_path, *args: str, env: dict[str, str] | None = None) -> ServerProcess:
-    port = free_port()
-    log_path = str(tmp_path / f"server-{port}.log")
-    cmd = [
-        sys.executable,
-        "-m",
-        "chatfleet.entrypoints.cli",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--kv-cache-memory",
-        "256MiB",
-        *args,
-    ]
+def launch(
+    tmp_path, name: str, port: int, *args: str, env: dict[str, str] | None = None
+) -> ServerProcess:
+    """Start `chatfleet <args>` on 127.0.0.1:`port` without waiting for it."""
+    log_path = str(tmp_path / f"{name}-{port}.log")
+    cmd = [sys.executable, "-m", "chatfleet.entrypoints.cli", *args]
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
         )
-    server = ServerProcess(proc, f"http://127.0.0.1:{port}", log_path)
-    deadline = time.monotonic() + START_TIMEOUT_S
+    return ServerProcess(proc, f"http://127.0.0.1:{port}", log_path)
+
+
+def wait_ready(
+    server: ServerProcess, path: str = "/health", timeout_s: float = START_TIMEOUT_S
+) -> ServerProcess:
+    """Poll `path` until it answers 200; stop the process and raise if it never does."""
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
+        if server.proc.poll() is not None:
             raise RuntimeError(f"server exited early:\n{server.log()}")
         try:
-            if httpx.get(f"{server.base_url}/health", timeout=2).status_code == 200:
+            if httpx.get(f"{server.base_url}{path}", timeout=2).status_code == 200:
                 return server
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
     server.stop(signal.SIGKILL)
-    raise RuntimeError(f"server did not become healthy:\n{server.log()}")
+    raise RuntimeError(f"server did not become ready:\n{server.log()}")
+
+
+def launch_server(tmp_path, *args: str, env: dict[str, str] | None = None) -> ServerProcess:
+    """`chatfleet serve` on a free port with a small KV budget; not yet waited for."""
+    port = free_port()
+    serve = ["serve", "--host", "127.0.0.1", "--port", str(port), "--kv-cache-memory", "256MiB"]
+    return launch(tmp_path, "server", port, *serve, *args, env=env)
+
+
+def start_server(tmp_path, *args: str, env: dict[str, str] | None = None) -> ServerProcess:
+    return wait_ready(launch_server(tmp_path, *args, env=env))

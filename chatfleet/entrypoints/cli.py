@@ -1,4 +1,4 @@
-"""`chatfleet` command line: generate, chat, serve, bench, export-hf."""
+"""`chatfleet` command line: generate, chat, serve, router, up, bench, export-hf."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from chatfleet.entrypoints.bench import add_bench_args, add_plot_args, cmd_bench, cmd_plot
+from chatfleet.entrypoints.router import add_router_args, add_up_args, cmd_router, cmd_up
 from chatfleet.entrypoints.serve import add_serve_args, cmd_serve
 from chatfleet.errors import InvalidRequestError
 
@@ -92,6 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     _add_engine_args(serve)
     add_serve_args(serve)
     serve.set_defaults(func=cmd_serve)
+    router = sub.add_parser("router", help="OpenAI-compatible router over running replicas")
+    add_router_args(router)
+    router.add_argument("--replica", action="append", default=[], help="replica base URL")
+    router.set_defaults(func=cmd_router)
+    up = sub.add_parser("up", help="start N replicas and a router in front of them")
+    add_up_args(up)
+    up.set_defaults(func=cmd_up)
     bench = sub.add_parser("bench", help="serving benchmark against an OpenAI-compatible server")
     add_bench_args(bench)
     bench.set_defaults(func=cmd_bench)

@@ -42,9 +42,16 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-queue-len", type=int, default=256)
     p.add_argument("--request-timeout", type=float, default=600.0)
     p.add_argument("--shutdown-timeout", type=float, default=30.0)
+    p.add_argument(
+        "--num-threads",
+        type=int,
+        default=None,
+        help="CPU threads (default: all this process may use)",
+    )
 
 
 def configs(args: argparse.Namespace) -> tuple[EngineConfig, ServerConfig]:
+    threads = {} if args.num_threads is None else {"num_threads": args.num_threads}
     engine = EngineConfig(
         model=args.model,
         device=args.device,
@@ -58,6 +65,7 @@ def configs(args: argparse.Namespace) -> tuple[EngineConfig, ServerConfig]:
             max_num_batched_tokens=args.max_num_batched_tokens,
             max_model_len=args.max_model_len,
         ),
+        **threads,
     )
     names = tuple(args.served_model_name or ["SmolLM2-135M-Instruct"])
     server = ServerConfig(

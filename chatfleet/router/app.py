@@ -1,0 +1,150 @@
+"""The router's HTTP front: /v1/* proxied through the Router, plus its own health and metrics.
+
+POST /v1/chat/completions, /v1/completions   routed by the policy, streamed through
+GET  /v1/models                              from any eligible replica
+GET  /health                                 200 while the router process runs
+GET  /ready                                  200 when at least one replica is eligible
+GET  /metrics                                the router's Prometheus metrics
+GET  /router/replicas                        each replica's state (and its process, if managed)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from chatfleet.errors import ChatfleetError, InvalidRequestError
+from chatfleet.router.manager import ReplicaManager
+from chatfleet.router.proxy import NoReplicaError, Router
+from chatfleet.server.errors import NotFoundError, PayloadTooLargeError, to_error_response
+
+DISCONNECT_POLL_S = 0.1
+
+
+def _error_json(exc: BaseException) -> JSONResponse:
+    err = to_error_response(exc)
+    return JSONResponse(err.body, status_code=err.status_code, headers=err.headers)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(f"request body over {limit} bytes")
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > limit:
+            raise PayloadTooLargeError(f"request body over {limit} bytes")
+    return bytes(body)
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[Response]) -> Response:
+    """`work`'s response, or 499 if the client leaves first (then `work` is cancelled, which
+    closes the upstream request, so the replica aborts it too)."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                return Response(status_code=499)
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def replicas_json(router: Router, manager: ReplicaManager | None) -> list[dict[str, Any]]:
+    processes = {info.url: info for info in manager.list()} if manager is not None else {}
+    out = []
+    for s in router.pool.states():
+        item: dict[str, Any] = {
+            "url": s.replica_id,
+            "eligible": s.is_eligible,
+            "draining": s.is_draining,
+            "retiring": s.is_retiring,
+            "ejected": s.is_ejected,
+            "num_in_flight": s.num_in_flight,
+            "num_routed": s.num_routed,
+            "num_ejections": s.num_ejections,
+            "consecutive_failures": s.consecutive_failures,
+            "num_waiting": s.load.num_waiting,
+            "kv_cache_usage": s.load.kv_cache_usage,
+            "prefix_cache_queries": s.load.prefix_cache_queries,
+            "prefix_cache_hits": s.load.prefix_cache_hits,
+        }
+        info = processes.get(s.replica_id)
+        if info is not None:
+            item.update(pid=info.pid, status=info.status, num_restarts=info.num_restarts)
+        out.append(item)
+    return out
+
+
+def build_router_app(router: Router, manager: ReplicaManager | None = None) -> FastAPI:
+    """The FastAPI app; its lifespan starts and closes `router` (not `manager`)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await router.start()
+        try:
+            yield
+        finally:
+            await router.close()
+
+    app = FastAPI(title="chatfleet router", version="0.1.0", lifespan=lifespan)
+    app.state.router = router
+    limit = router.config.proxy.max_body_bytes
+
+    @app.exception_handler(ChatfleetError)
+    async def on_error(_: Request, exc: ChatfleetError) -> JSONResponse:
+        return _error_json(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            return _error_json(NotFoundError("no such route"))
+        err = InvalidRequestError(str(exc.detail))
+        return JSONResponse(to_error_response(err).body, status_code=exc.status_code)
+
+    async def proxy(request: Request) -> Response:
+        body = await _read_body(request, limit)
+        try:
+            payload = json.loads(body) if body else None
+        except ValueError:  # routed by load alone; the replica answers with its 400
+            payload = None
+        path = request.url.path
+        work = router.forward(request.method, path, body, request.headers, payload)
+        return await _unless_disconnected(request, work)
+
+    app.add_api_route("/v1/chat/completions", proxy, methods=["POST"])
+    app.add_api_route("/v1/completions", proxy, methods=["POST"])
+    app.add_api_route("/v1/models", proxy, methods=["GET"])
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready() -> Response:
+        if not router.pool.snapshot():
+            return _error_json(NoReplicaError("no eligible replica", retry_after_s=1))
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(router.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/router/replicas")
+    async def replicas() -> dict[str, Any]:
+        return {"policy": router.policy.name, "replicas": replicas_json(router, manager)}
+
+    return app

@@ -1,0 +1,311 @@
+"""Router: picks a replica per request and forwards it, streaming the answer through.
+
+    client --> Router.forward --> policy.choose(snapshot) --> replica
+                  ^  refused / failed before the first byte: next replica (bounded)
+                  +-- 429, 503, 500, 502, connection errors
+
+The replica's answer is relayed chunk by chunk as it arrives (SSE events are never torn: a
+partial event is held until its blank line). Once the first byte went to the client the
+request is never replayed: if the replica fails mid-stream the client gets an SSE `error`
+event and `[DONE]`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import httpx
+from fastapi.responses import Response, StreamingResponse
+
+from chatfleet.router.config import RouterConfig
+from chatfleet.router.health import HealthChecker
+from chatfleet.router.metrics import RouterMetrics
+from chatfleet.router.policies import make_policy
+from chatfleet.router.pool import ReplicaPool
+from chatfleet.router.prefix_index import PrefixIndex, block_hashes, prompt_text
+from chatfleet.router.snapshot import RouteRequest
+from chatfleet.server.errors import HTTPError, OverloadedError, to_error_response
+
+logger = logging.getLogger("chatfleet.router")
+
+# Not forwarded in either direction (RFC 9110 7.6.1), plus what httpx/uvicorn recompute.
+_HOP_HEADERS = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "date",  # uvicorn sets its own date and server
+        "server",
+    }
+)
+_RETRY_STATUSES = frozenset({429, 500, 502, 503})
+REPLICA_HEADER = "x-chatfleet-replica"
+
+
+class NoReplicaError(OverloadedError):
+    """No eligible replica (all down, draining or already tried): 503 with Retry-After."""
+
+    code = "no_replica_available"
+
+
+class ReplicaFailedError(HTTPError):
+    """The replica failed after the response began; sent as an SSE error event."""
+
+    status_code, type, code = 502, "server_error", "replica_failed"
+
+
+@dataclass(frozen=True)
+class _Retry:
+    reason: str  # for the retries metric
+    response: Response | None = None  # what the client gets if no other replica can serve
+
+
+def _forward_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k.lower() not in _HOP_HEADERS}
+
+
+def _error_code(body: bytes) -> str | None:
+    try:
+        error = json.loads(body).get("error") or {}
+        return error.get("code") if isinstance(error, dict) else None
+    except (ValueError, AttributeError):
+        return None
+
+
+class Router:
+    """Owns the pool, the policy, the prefix index, the metrics and the HTTP client.
+
+    `start()` opens the client, probes every replica once and starts probing in the
+    background; `close()` stops both. Add replicas with `pool.add(url)`.
+    """
+
+    def __init__(self, config: RouterConfig, replica_urls: list[str] | None = None) -> None:
+        self.config = config
+        self.policy = make_policy(config.policy)
+        self.pool = ReplicaPool(config.health, on_event=self._on_health_event)
+        self.index = PrefixIndex(config.prefix.max_blocks_per_replica)
+        self.metrics = RouterMetrics(self.pool)
+        self._seq = itertools.count()
+        self._client: httpx.AsyncClient | None = None
+        self._probe_task: asyncio.Task | None = None
+        for url in replica_urls or []:
+            self.pool.add(url.rstrip("/"))
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        assert self._client is not None, "Router.start() first"
+        return self._client
+
+    async def start(self) -> None:
+        p = self.config.proxy
+        timeout = httpx.Timeout(p.read_timeout_s, connect=p.connect_timeout_s)
+        limits = httpx.Limits(max_connections=p.max_connections, max_keepalive_connections=256)
+        self._client = httpx.AsyncClient(timeout=timeout, limits=limits)
+        checker = HealthChecker(self.pool, self.config.health, self._client)
+        await checker.probe_all()
+        self._probe_task = asyncio.create_task(checker.run())
+
+    async def close(self) -> None:
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe_task
+        if self._client is not None:
+            await self._client.aclose()
+
+    def forget(self, replica_id: str) -> None:
+        """The replica's KV cache is gone (ejected, restarted, removed): unlearn its prefixes."""
+        self.index.forget_replica(replica_id)
+
+    def _on_health_event(self, event: str, replica_id: str) -> None:
+        logger.warning("replica %s %s", replica_id, event)
+        if event == "ejected":
+            self.metrics.ejections.labels(replica_id).inc()
+            self.forget(replica_id)
+        elif event == "readmitted":
+            self.metrics.readmissions.labels(replica_id).inc()
+
+    def route_request(self, payload: Any, headers: Mapping[str, str]) -> tuple[RouteRequest, list]:
+        """The policy's view of a request, and its prompt's block hashes."""
+        hashes = block_hashes(prompt_text(payload), self.config.prefix)
+        session = headers.get(self.config.proxy.session_header)
+        if session is None and isinstance(payload, dict) and isinstance(payload.get("user"), str):
+            session = payload["user"]
+        request = RouteRequest(next(self._seq), len(hashes), self.index.match(hashes), session)
+        return request, hashes
+
+    async def forward(
+        self, method: str, path: str, body: bytes, headers: Mapping[str, str], payload: Any
+    ) -> Response:
+        """Send the request to replicas chosen by the policy until one accepts it.
+
+        Returns the first accepted response (streamed); when every attempt was refused, the
+        last refusal (429/503 with its Retry-After) or a 503 NoReplicaError.
+        """
+        request, hashes = self.route_request(payload, headers)
+        deadline = time.monotonic() + self.config.proxy.retry_deadline_s
+        fwd_headers = _forward_headers(headers)
+        tried: list[str] = []
+        last: _Retry | None = None
+        for _ in range(self.config.proxy.max_attempts):
+            replicas = self.pool.snapshot(exclude=tried)
+            if not replicas or time.monotonic() > deadline:
+                break
+            decision = self.policy.choose(request, replicas)
+            rid = decision.replica_id
+            self.metrics.decisions.labels(self.policy.name, decision.reason).inc()
+            if last is not None:
+                self.metrics.retries.labels(last.reason).inc()
+            if not tried:
+                self.metrics.prefix_query_blocks.inc(request.num_prefix_blocks)
+                self.metrics.prefix_hit_blocks.inc(request.matched_blocks.get(rid, 0))
+            tried.append(rid)
+            self.index.insert(hashes, rid)
+            outcome = await self._attempt(rid, method, path, body, fwd_headers)
+            if isinstance(outcome, Response):
+                self.metrics.requests.labels(str(outcome.status_code)).inc()
+                return outcome
+            last = outcome
+        if last is not None and last.response is not None:
+            self.metrics.requests.labels(str(last.response.status_code)).inc()
+            return last.response
+        self.metrics.requests.labels("503").inc()
+        reason = "every replica refused or failed" if tried else "no healthy replica"
+        raise NoReplicaError(f"{reason}; retry later", retry_after_s=1)
+
+    async def _attempt(
+        self, rid: str, method: str, path: str, body: bytes, headers: dict[str, str]
+    ) -> Response | _Retry:
+        """One try on one replica: a Response to return, or a _Retry to try elsewhere."""
+        self.pool.acquire(rid)
+        self.metrics.routed.labels(rid).inc()
+        upstream: httpx.Response | None = None
+        content, first = b"", None
+        try:
+            req = self.client.build_request(method, rid + path, content=body, headers=headers)
+            upstream = await self.client.send(req, stream=True)
+            if upstream.status_code >= 400:
+                content = await upstream.aread()
+            else:
+                chunks = upstream.aiter_raw()
+                first = await anext(chunks, None)
+        except httpx.HTTPError as e:  # no byte reached the client: safe to try elsewhere
+            await self._close(rid, upstream)
+            self.pool.record_failure(rid, time.monotonic())
+            return _Retry(type(e).__name__)
+        except BaseException:  # cancelled (the client left): the replica must stop too
+            await self._close(rid, upstream)
+            raise
+        if upstream.status_code >= 400:
+            await self._close(rid, upstream)
+            return self._refusal(rid, upstream, content)
+        self.pool.record_success(rid)
+        relay = _Relay(self, rid, upstream, first, chunks)
+        headers = _forward_headers(upstream.headers)
+        headers[REPLICA_HEADER] = rid
+        return _RelayResponse(relay, upstream.status_code, headers)
+
+    def _refusal(self, rid: str, upstream: httpx.Response, content: bytes) -> Response | _Retry:
+        """A 4xx/5xx answer: passed on, or (429, 500, 502, 503) a reason to try elsewhere."""
+        status = upstream.status_code
+        headers = _forward_headers(upstream.headers)
+        headers[REPLICA_HEADER] = rid
+        response = Response(content, status, headers=headers)
+        if status not in _RETRY_STATUSES:
+            self.pool.record_success(rid)  # the replica works; the request was bad
+            return response
+        if status == 503 and _error_code(content) == "shutting_down":
+            self.pool.mark_draining(rid)
+        elif status in (500, 502):
+            self.pool.record_failure(rid, time.monotonic())
+        return _Retry(f"status_{status}", response)
+
+    async def _close(self, rid: str, upstream: httpx.Response | None) -> None:
+        """Close the upstream response (if any) and give back the in-flight slot."""
+        # NOTE: shielded: on a client disconnect this runs inside a cancelled scope, and an
+        # upstream left open would keep the replica generating for nobody.
+        if upstream is not None:
+            with anyio.CancelScope(shield=True):
+                await upstream.aclose()
+        self.pool.release(rid)
+
+
+class _Relay:
+    """One accepted upstream response, relayed chunk by chunk; closed exactly once."""
+
+    def __init__(
+        self,
+        router: Router,
+        rid: str,
+        upstream: httpx.Response,
+        first: bytes | None,
+        chunks: AsyncIterator[bytes],
+    ) -> None:
+        self.router, self.rid, self.upstream = router, rid, upstream
+        self.first, self.chunks = first, chunks
+        self.is_sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
+        self.is_closed = False
+
+    async def close(self) -> None:
+        if not self.is_closed:
+            self.is_closed = True
+            await self.router._close(self.rid, self.upstream)
+
+    async def body(self) -> AsyncIterator[bytes]:
+        """The body as it arrives; if the replica fails, an SSE error event (or, for other
+        content, a dropped connection: a truncated JSON body must not look complete)."""
+        pending = b""  # SSE: the start of an event whose blank line has not arrived yet
+        try:
+            chunk = self.first
+            while chunk is not None:
+                if not self.is_sse:
+                    yield chunk
+                else:
+                    pending += chunk
+                    cut = pending.rfind(b"\n\n") + 2
+                    if cut > 1:
+                        yield pending[:cut]
+                        pending = pending[cut:]
+                chunk = await anext(self.chunks, None)
+            if pending:
+                yield pending
+        except httpx.HTTPError as e:
+            self.router.pool.record_failure(self.rid, time.monotonic())
+            self.router.metrics.stream_errors.labels(self.rid).inc()
+            logger.warning("replica %s failed mid-response: %r", self.rid, e)
+            if not self.is_sse:
+                raise ReplicaFailedError(f"replica {self.rid} failed mid-response") from e
+            error = to_error_response(ReplicaFailedError("the replica failed mid-stream"))
+            yield f"data: {json.dumps(error.body)}\n\ndata: [DONE]\n\n".encode()
+        finally:
+            await self.close()
+
+
+class _RelayResponse(StreamingResponse):
+    """Closes the relay even when streaming never started (the client left first)."""
+
+    def __init__(self, relay: _Relay, status_code: int, headers: dict[str, str]) -> None:
+        super().__init__(relay.body(), status_code, headers=headers)
+        self.relay = relay
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.relay.close()
