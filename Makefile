@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install up test lint typecheck
+.PHONY: install up test lint typecheck test-deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,15 +17,27 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 up: install
-	$(BIN)/chatfleet serve --host 127.0.0.1 --port 8001
+	$(BIN)/chatfleet stack
 
 lint: install
 	$(BIN)/ruff check chatfleet tests benchmarks
 	$(BIN)/ruff format --check chatfleet tests benchmarks
 
 typecheck: install
-	$(BIN)/mypy chatfleet/engine chatfleet/server chatfleet/router chatfleet/config.py \
-		chatfleet/sampling_params.py
+	$(BIN)/mypy chatfleet/engine chatfleet/server chatfleet/router chatfleet/gateway \
+		chatfleet/config.py chatfleet/sampling_params.py
 
-test: install lint typecheck
+# What the gateway tests run against: PostgreSQL 15, Redis, Debian's Chromium and the
+# playwright-core driver (into a gitignored node_modules); each skipped when present.
+NODE_TESTS := tests/gateway/browser
+test-deps:
+	@if ! command -v redis-server >/dev/null || [ ! -x /usr/bin/chromium ] || \
+		[ ! -x /usr/lib/postgresql/15/bin/initdb ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			redis-server chromium postgresql-15 >/dev/null; \
+	fi
+	@test -d $(NODE_TESTS)/node_modules/playwright-core || \
+		(cd $(NODE_TESTS) && npm ci --no-audit --no-fund --loglevel=error)
+
+test: install lint typecheck test-deps
 	$(BIN)/python -m pytest -q tests

@@ -1,4 +1,5 @@
-"""`chatfleet` command line: generate, chat, serve, router, up, bench, export-hf."""
+"""`chatfleet` command line: generate, chat, serve, router, up, gateway, keys, stack, bench,
+export-hf."""
 
 from __future__ import annotations
 
@@ -6,6 +7,14 @@ import argparse
 import sys
 
 from chatfleet.entrypoints.bench import add_bench_args, add_plot_args, cmd_bench, cmd_plot
+from chatfleet.entrypoints.gateway import (
+    add_gateway_args,
+    add_keys_args,
+    add_stack_args,
+    cmd_gateway,
+    cmd_keys,
+    cmd_stack,
+)
 from chatfleet.entrypoints.router import add_router_args, add_up_args, cmd_router, cmd_up
 from chatfleet.entrypoints.serve import add_serve_args, cmd_serve
 from chatfleet.errors import InvalidRequestError
@@ -100,6 +109,15 @@ def main(argv: list[str] | None = None) -> int:
     up = sub.add_parser("up", help="start N replicas and a router in front of them")
     add_up_args(up)
     up.set_defaults(func=cmd_up)
+    gateway = sub.add_parser("gateway", help="users, keys, limits, conversations, web chat")
+    add_gateway_args(gateway)
+    gateway.set_defaults(func=cmd_gateway)
+    keys = sub.add_parser("keys", help="create, list and revoke the gateway's API keys")
+    add_keys_args(keys)
+    keys.set_defaults(func=cmd_keys)
+    stack = sub.add_parser("stack", help="the whole stack: replicas, router and gateway")
+    add_stack_args(stack)
+    stack.set_defaults(func=cmd_stack)
     bench = sub.add_parser("bench", help="serving benchmark against an OpenAI-compatible server")
     add_bench_args(bench)
     bench.set_defaults(func=cmd_bench)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
@@ -15,13 +14,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatfleet.engine.protocol import EngineClient
 from chatfleet.errors import ChatfleetError, EngineDeadError, InvalidRequestError
+from chatfleet.server.body import read_json
 from chatfleet.server.config import ServerConfig
 from chatfleet.server.errors import (
     AuthenticationError,
     DrainingError,
     NotFoundError,
     OverloadedError,
-    PayloadTooLargeError,
     to_error_response,
 )
 from chatfleet.server.metrics import ServerMetrics
@@ -69,36 +68,6 @@ def _openapi_extra(model: type) -> dict[str, Any]:
     }
 
 
-def _json_depth_ok(value: Any, limit: int) -> bool:
-    stack = [(value, 1)]
-    while stack:
-        v, depth = stack.pop()
-        if depth > limit:
-            return False
-        if isinstance(v, dict):
-            stack.extend((x, depth + 1) for x in v.values())
-        elif isinstance(v, list):
-            stack.extend((x, depth + 1) for x in v)
-    return True
-
-
-def _has_lone_surrogate(value: Any) -> bool:
-    stack = [value]
-    while stack:
-        v = stack.pop()
-        if isinstance(v, str):
-            try:
-                v.encode("utf-8")
-            except UnicodeEncodeError:
-                return True
-        elif isinstance(v, dict):
-            stack.extend(v.keys())
-            stack.extend(v.values())
-        elif isinstance(v, list):
-            stack.extend(v)
-    return False
-
-
 @dataclass
 class AppState:
     engine: EngineClient
@@ -110,30 +79,7 @@ class AppState:
 
     async def read_json(self, request: Request) -> Any:
         """The body as JSON, or a 400/413 in OpenAI's shape (never a framework 422)."""
-        limit = self.config.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLargeError(f"request body over {limit} bytes")
-        body = bytearray()
-        async for part in request.stream():
-            body += part
-            if len(body) > limit:
-                raise PayloadTooLargeError(f"request body over {limit} bytes")
-        try:
-            text = bytes(body).decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidRequestError("the request body is not valid UTF-8") from None
-        try:
-            value = json.loads(text)
-        except RecursionError:
-            raise InvalidRequestError("JSON nested too deeply") from None
-        except ValueError as e:
-            raise InvalidRequestError(f"malformed JSON: {e}") from None
-        if not _json_depth_ok(value, self.config.max_json_depth):
-            raise InvalidRequestError(f"JSON nested deeper than {self.config.max_json_depth}")
-        if _has_lone_surrogate(value):
-            raise InvalidRequestError("the request contains invalid Unicode (lone surrogates)")
-        return value
+        return await read_json(request, self.config.max_body_bytes, self.config.max_json_depth)
 
     def authorize(self, request: Request) -> None:
         key = self.config.api_key

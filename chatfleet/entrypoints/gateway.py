@@ -1,0 +1,275 @@
+"""`chatfleet gateway` (the product layer over an OpenAI-compatible upstream), `chatfleet keys`
+(users and API keys, straight in the database) and `chatfleet stack` (`chatfleet up` plus a
+gateway in front: what `make up` runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from chatfleet.gateway.config import ChatConfig, GatewayConfig, LimitsConfig, UpstreamConfig
+
+logger = logging.getLogger("chatfleet.gateway")
+DEFAULT_DB = "sqlite:///.chatfleet/gateway.db"
+DEFAULT_ADMIN_KEY_FILE = ".chatfleet/admin-key"
+
+
+def _add_db_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--db",
+        default=os.environ.get("CHATFLEET_DB", DEFAULT_DB),
+        help="sqlite:///PATH or postgresql://... (default: $CHATFLEET_DB or %(default)s)",
+    )
+
+
+def add_gateway_args(p: argparse.ArgumentParser, with_upstream: bool = True) -> None:
+    d_limits, d_chat = LimitsConfig(), ChatConfig()
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    if with_upstream:
+        p.add_argument("--upstream", default=UpstreamConfig().url, help="OpenAI-compatible URL")
+    p.add_argument("--upstream-api-key", default=None)
+    p.add_argument("--upstream-model", default=None, help="model name sent upstream")
+    p.add_argument(
+        "--tokenizer",
+        default=None,
+        help="model file whose chat template counts prompt tokens (default: the default "
+        "model), or 'chars' to estimate from characters",
+    )
+    _add_db_arg(p)
+    p.add_argument("--limits", default=d_limits.backend, help="memory or redis://HOST:PORT/DB")
+    p.add_argument("--default-rpm", type=int, default=d_limits.default_rpm)
+    p.add_argument("--default-tpm", type=int, default=d_limits.default_tpm)
+    p.add_argument("--max-streams-per-key", type=int, default=d_limits.default_max_streams)
+    p.add_argument("--reply-max-tokens", type=int, default=d_chat.reply_max_tokens)
+    p.add_argument("--default-temperature", type=float, default=d_chat.default_temperature)
+    p.add_argument("--max-model-len", type=int, default=None, help="default: the upstream's")
+    p.add_argument("--trim-slack-tokens", type=int, default=d_chat.trim_slack_tokens)
+    p.add_argument("--flush-interval", type=float, default=d_chat.flush_interval_s)
+    p.add_argument("--stale-after", type=float, default=d_chat.stale_after_s)
+    p.add_argument(
+        "--admin-key-file",
+        default=DEFAULT_ADMIN_KEY_FILE,
+        help="where the admin key is kept (made on first start); '' for none",
+    )
+
+
+def gateway_config(args: argparse.Namespace, upstream_url: str) -> GatewayConfig:
+    return GatewayConfig(
+        db_url=args.db,
+        tokenizer=args.tokenizer,
+        upstream=UpstreamConfig(
+            url=upstream_url, api_key=args.upstream_api_key, model=args.upstream_model
+        ),
+        limits=LimitsConfig(
+            backend=args.limits,
+            default_rpm=args.default_rpm,
+            default_tpm=args.default_tpm,
+            default_max_streams=args.max_streams_per_key,
+        ),
+        chat=ChatConfig(
+            reply_max_tokens=args.reply_max_tokens,
+            default_temperature=args.default_temperature,
+            max_model_len=args.max_model_len,
+            trim_slack_tokens=args.trim_slack_tokens,
+            flush_interval_s=args.flush_interval,
+            stale_after_s=args.stale_after,
+        ),
+    )
+
+
+def admin_key(store: Any, path: str) -> str:
+    """The admin key kept in `path`, made (user "admin", file mode 0600) if it is missing,
+    revoked or not an admin's."""
+    from chatfleet.gateway import keys
+
+    if os.path.exists(path):
+        with open(path) as f:
+            plain = f.read().strip()
+        parsed = keys.parse_key(plain)
+        record = store.get_key(parsed[0]) if parsed else None
+        if (
+            parsed
+            and record is not None
+            and record.is_admin
+            and not record.is_revoked
+            and keys.verify_secret(parsed[1], record.salt, record.secret_hash)
+        ):
+            return plain
+    user = store.get_user_by_name("admin") or store.create_user("admin", is_admin=True)
+    _, plain = store.create_key(user.user_id, name="admin (made by chatfleet gateway)")
+    if os.path.dirname(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(plain + "\n")
+    return plain
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+async def serve_gateway(args: argparse.Namespace, upstream_url: str) -> None:
+    """Build the gateway and serve it until SIGTERM / SIGINT; print its URL (and admin key)."""
+    import uvicorn
+
+    from chatfleet.gateway.app import Gateway, build_gateway_app
+    from chatfleet.gateway.limits import open_limits
+    from chatfleet.gateway.prompt import COUNTERS
+    from chatfleet.gateway.store import open_store
+    from chatfleet.gateway.upstream import Upstream
+
+    config = gateway_config(args, upstream_url)
+    store = open_store(config.db_url)
+    key = admin_key(store, args.admin_key_file) if args.admin_key_file else None
+    counter_kind = "chars" if config.tokenizer == "chars" else "template"
+    counter = COUNTERS[counter_kind](config.tokenizer)
+    gateway = Gateway(
+        config, store, open_limits(config.limits.backend), Upstream(config.upstream), counter
+    )
+    app = build_gateway_app(gateway)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # NOTE: the signal is not re-raised once serve() returns (uvicorn's default), so
+            # `chatfleet stack` still stops the router and replicas it started.
+            if self.should_exit:
+                self.force_exit = True
+            self.should_exit = True
+
+    server = Server(
+        uvicorn.Config(
+            app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=10
+        )
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started and not task.done():
+        await asyncio.sleep(0.05)
+    if server.started:
+        print(f"chatfleet gateway on http://{args.host}:{args.port} -> {upstream_url}", flush=True)
+        if key is not None:
+            print(f"admin key: {key}  (kept in {args.admin_key_file})", flush=True)
+    await task
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    _setup_logging()
+    try:
+        asyncio.run(serve_gateway(args, args.upstream))
+    except ValueError as e:  # a bad URL or limit: say so, no traceback
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+def add_keys_args(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="keys_command", required=True)
+    create = sub.add_parser("create", help="make a key (and its user); printed once")
+    create.add_argument("--user", required=True)
+    create.add_argument("--name", default="", help="a label for the key")
+    create.add_argument("--rpm", type=int, default=None, help="requests per minute")
+    create.add_argument("--tpm", type=int, default=None, help="tokens per minute")
+    create.add_argument("--max-streams", type=int, default=None, help="concurrent streams")
+    create.add_argument("--admin", action="store_true", help="a new user is an admin")
+    list_ = sub.add_parser("list", help="keys (never their secrets)")
+    list_.add_argument("--user", default=None)
+    revoke = sub.add_parser("revoke", help="revoke a key by its id")
+    revoke.add_argument("key_id")
+    for q in (create, list_, revoke):
+        _add_db_arg(q)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from chatfleet.gateway.store import open_store
+
+    store = open_store(args.db)
+    try:
+        if args.keys_command == "create":
+            if any(v is not None and v < 1 for v in (args.rpm, args.tpm, args.max_streams)):
+                print("error: --rpm, --tpm and --max-streams must be positive", file=sys.stderr)
+                return 2
+            user = store.get_user_by_name(args.user) or store.create_user(args.user, args.admin)
+            record, plain = store.create_key(
+                user.user_id, args.name, args.rpm, args.tpm, args.max_streams
+            )
+            print(f"key {record.key_id} for user {user.name}; shown once:", file=sys.stderr)
+            print(plain, flush=True)
+            return 0
+        if args.keys_command == "list":
+            owner = store.get_user_by_name(args.user) if args.user else None
+            if args.user and owner is None:
+                print(f"error: no user {args.user!r}", file=sys.stderr)
+                return 1
+            for k in store.list_keys(owner.user_id if owner else None):
+                state = "revoked" if k.is_revoked else "active"
+                limits = f"rpm={k.rpm} tpm={k.tpm} max_streams={k.max_streams}"
+                print(f"{k.key_id}  {k.user_name:<16} {state:<8} {limits}  {k.name}")
+            return 0
+        if not store.revoke_key(args.key_id):
+            print(f"error: no key {args.key_id!r}", file=sys.stderr)
+            return 1
+        print(f"revoked {args.key_id}")
+        return 0
+    finally:
+        store.close()
+
+
+def add_stack_args(p: argparse.ArgumentParser) -> None:
+    add_gateway_args(p, with_upstream=False)
+    p.add_argument("--replicas", type=int, default=2)
+    p.add_argument("--router-port", type=int, default=8002)
+    p.add_argument("--up-args", default="", help="more `chatfleet up` flags")
+    p.add_argument("--ready-timeout", type=float, default=600.0)
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, timeout_s: float) -> bool:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def cmd_stack(args: argparse.Namespace) -> int:
+    """`chatfleet up` (router + replicas) as a child, then the gateway in this process; on
+    exit the gateway stops first, then `up` drains and stops its replicas."""
+    import shlex
+
+    _setup_logging()
+    router_url = f"http://{args.host}:{args.router_port}"
+    cmd = [sys.executable, "-m", "chatfleet.entrypoints.cli", "up", "--host", args.host]
+    cmd += ["--port", str(args.router_port), "--replicas", str(args.replicas)]
+    cmd += shlex.split(args.up_args)
+    # NOTE: a session of its own: Ctrl-C reaches only this process, which then stops `up`.
+    up = subprocess.Popen(cmd, start_new_session=True)
+    try:
+        print(f"starting {args.replicas} replicas and a router on {router_url} ...", flush=True)
+        if not _wait_ready(router_url, up, args.ready_timeout):
+            print("error: the router never became ready", file=sys.stderr, flush=True)
+            return 1
+        asyncio.run(serve_gateway(args, router_url))
+        return 0
+    finally:
+        if up.poll() is None:
+            up.send_signal(signal.SIGTERM)
+            try:
+                up.wait(120)
+            except subprocess.TimeoutExpired:
+                up.kill()
+                up.wait(10)

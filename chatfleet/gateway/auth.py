@@ -1,0 +1,43 @@
+"""Bearer API keys -> the stored key (with its user); typed 401/403 otherwise."""
+
+from __future__ import annotations
+
+from anyio import to_thread
+from fastapi import Request
+
+from chatfleet.gateway import keys
+from chatfleet.gateway.errors import AuthenticationError, ForbiddenError
+from chatfleet.gateway.store.base import ApiKey, GatewayStore
+
+
+def bearer_token(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+async def authenticate(store: GatewayStore, request: Request) -> ApiKey:
+    """The caller's key; AuthenticationError (401) if missing, wrong or revoked."""
+    token = bearer_token(request)
+    if token is None:
+        raise AuthenticationError(
+            "You didn't provide an API key. Send it as 'Authorization: Bearer KEY'."
+        )
+    parsed = keys.parse_key(token)
+    key = None if parsed is None else await to_thread.run_sync(store.get_key, parsed[0])
+    if (
+        parsed is None
+        or key is None
+        or not keys.verify_secret(parsed[1], key.salt, key.secret_hash)
+    ):
+        raise AuthenticationError("Incorrect API key provided.")
+    if key.is_revoked:
+        raise AuthenticationError("This API key has been revoked.")
+    return key
+
+
+def require_admin(key: ApiKey) -> None:
+    if not key.is_admin:
+        raise ForbiddenError("This route needs an admin key.")

@@ -1,0 +1,309 @@
+"""One assistant reply in a conversation: streamed to the client, recorded as it goes.
+
+    POST .../messages --> plan the prompt (trimmed history) --> admit (limits) --> upstream
+        accepted --> store user message + empty "streaming" reply (one transaction)
+        --> SSE to the client: start, delta..., end, [DONE]
+            (every flush_interval_s the partial text is written: the reply's heartbeat)
+        --> the reply ends "complete", "failed" (upstream error), or "stopped" (the client
+            left: the upstream request is closed, so the engine aborts it)
+
+Nothing is stored before the upstream accepts the request, so a refusal (429, 503, 400)
+leaves the conversation as it was. A gateway killed mid-reply leaves the row "streaming" with
+a stale heartbeat; readers report it "incomplete" and the sweeper stores that.
+Usage is the upstream's exact count; a stopped reply has none, so it is counted here
+(prompt as planned, the partial text re-tokenized).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import httpx
+from anyio import to_thread
+from fastapi.responses import StreamingResponse
+
+from chatfleet.errors import InvalidRequestError
+from chatfleet.gateway.config import ChatConfig
+from chatfleet.gateway.errors import ConflictError
+from chatfleet.gateway.limiter import Admission, Limiter
+from chatfleet.gateway.prompt import PromptPlan, TokenCounter, Turn, plan_prompt
+from chatfleet.gateway.schemas import ReplyOptions, effective_status, message_json
+from chatfleet.gateway.store.base import (
+    ApiKey,
+    Conversation,
+    GatewayStore,
+    Message,
+    ReplyEnd,
+    Usage,
+)
+from chatfleet.gateway.upstream import Upstream, parse_chat_chunk, sse_data
+
+logger = logging.getLogger("chatfleet.gateway")
+_NEW_SEQ = 1 << 62  # the message being sent has no seq until it is stored
+
+
+async def run_sync(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run a blocking store call on a worker thread."""
+    return await to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+
+
+def sse(obj: Any) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+def today() -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime())
+
+
+@dataclass
+class _Reply:
+    """Everything one streaming reply holds."""
+
+    key: ApiKey
+    plan: PromptPlan
+    admission: Admission
+    response: httpx.Response
+    user_message: Message | None
+    message: Message
+    parts: list[str] = field(default_factory=list)
+    status: str = "failed"
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    error: str | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+class _Heartbeat:
+    """Writes the partial text every `interval_s` and renews the stream's lease."""
+
+    def __init__(self, store: GatewayStore, reply: _Reply, interval_s: float, lease_s: float):
+        self.store, self.reply = store, reply
+        self.interval_s, self.renew_every_s = interval_s, lease_s / 3
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        last_renew = time.monotonic()
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await run_sync(
+                    self.store.update_reply, self.reply.message.message_id, self.reply.text
+                )
+                if time.monotonic() - last_renew >= self.renew_every_s:
+                    await self.reply.admission.renew()
+                    last_renew = time.monotonic()
+            except Exception as e:  # a busy database must not end the reply
+                logger.warning("heartbeat of %s failed: %r", self.reply.message.message_id, e)
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+
+class ChatService:
+    def __init__(
+        self,
+        store: GatewayStore,
+        upstream: Upstream,
+        limiter: Limiter,
+        counter: TokenCounter,
+        config: ChatConfig,
+    ) -> None:
+        self.store, self.upstream, self.limiter = store, upstream, limiter
+        self.counter, self.config = counter, config
+
+    async def reply(
+        self,
+        key: ApiKey,
+        conv: Conversation,
+        opts: ReplyOptions,
+        content: str | None,
+    ) -> StreamingResponse:
+        """Answer `content` (or, when None, regenerate the last reply) as an SSE stream.
+
+        Raises before anything is stored: ConflictError if a reply is still streaming,
+        InvalidRequestError / ContextLengthExceededError, RateLimitError, UpstreamError."""
+        history = await run_sync(self.store.list_messages, conv.conversation_id)
+        if any(effective_status(m, self.config.stale_after_s) == "streaming" for m in history):
+            raise ConflictError("A reply is still being written in this conversation.")
+        replace = None
+        if content is None:
+            if history and history[-1].role == "assistant":
+                replace, history = history[-1], history[:-1]
+            if not history:
+                raise InvalidRequestError("There is no message to answer again.")
+        elif len(content) > self.config.max_message_chars:
+            raise InvalidRequestError(
+                f"content is over {self.config.max_message_chars} characters", param="content"
+            )
+        turns = [Turn(m.seq, m.role, m.content) for m in history if m.role == "user" or m.content]
+        if content is not None:
+            turns.append(Turn(_NEW_SEQ, "user", content))
+        plan = await self._plan(conv, turns, opts)
+        admission = await self.limiter.admit(key, plan.num_prompt_tokens + plan.max_tokens, True)
+        try:
+            response = await self._open(conv, plan, opts)
+        except BaseException:
+            await admission.release()
+            raise
+        try:
+            title = None if conv.title or content is None else self._title(content)
+            replace_id = None if replace is None else replace.message_id
+            user_message, message = await run_sync(
+                self.store.start_reply, conv.conversation_id, content, replace_id, title
+            )
+            start = plan.context_start
+            if start == _NEW_SEQ and user_message is not None:
+                start = user_message.seq
+            if start != conv.context_start:
+                await run_sync(
+                    self.store.update_conversation, conv.conversation_id, context_start=start
+                )
+        except BaseException:
+            await response.aclose()
+            await admission.release()
+            raise
+        reply = _Reply(key, plan, admission, response, user_message, message)
+        headers = {**admission.headers, "cache-control": "no-cache", "x-accel-buffering": "no"}
+        return StreamingResponse(
+            self._relay(reply), media_type="text/event-stream", headers=headers
+        )
+
+    def _title(self, content: str) -> str:
+        line = " ".join(content.split())
+        n = self.config.title_chars
+        return line if len(line) <= n else line[: n - 1].rstrip() + "…"
+
+    async def _plan(self, conv: Conversation, turns: list[Turn], opts: ReplyOptions) -> PromptPlan:
+        if not turns or turns[-1].role != "user":
+            raise InvalidRequestError("The conversation does not end with a message to answer.")
+        c = self.config
+        max_model_len = c.max_model_len or await self.upstream.max_model_len()
+        max_tokens = min(opts.max_tokens or c.reply_max_tokens, c.reply_max_tokens)
+        return await run_sync(
+            plan_prompt,
+            self.counter,
+            conv.system_prompt,
+            turns,
+            max_model_len,
+            max_tokens,
+            conv.context_start,
+            c.trim_slack_tokens,
+        )
+
+    async def _open(self, conv: Conversation, plan: PromptPlan, opts: ReplyOptions) -> Any:
+        body: dict[str, Any] = {
+            "messages": plan.messages,
+            "max_tokens": plan.max_tokens,
+            "temperature": self.config.default_temperature
+            if opts.temperature is None
+            else opts.temperature,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            # The router's session policy keys on this (and on the session header).
+            "user": conv.conversation_id,
+        }
+        if self.upstream.config.model:
+            body["model"] = self.upstream.config.model
+        if opts.top_p is not None:
+            body["top_p"] = opts.top_p
+        if opts.seed is not None:
+            body["seed"] = opts.seed
+        headers = self.upstream.headers(session_id=conv.conversation_id)
+        return await self.upstream.open(
+            "POST", "/v1/chat/completions", json.dumps(body).encode(), headers
+        )
+
+    async def _relay(self, reply: _Reply) -> AsyncIterator[str]:
+        beat = _Heartbeat(
+            self.store, reply, self.config.flush_interval_s, self.limiter.config.stream_lease_s
+        )
+        beat.start()
+        stale = self.config.stale_after_s
+        try:
+            yield sse(
+                {
+                    "type": "start",
+                    "user_message": None
+                    if reply.user_message is None
+                    else message_json(reply.user_message, stale),
+                    "message": message_json(reply.message, stale),
+                    "context": {
+                        "num_dropped_messages": reply.plan.num_dropped,
+                        "max_tokens": reply.plan.max_tokens,
+                    },
+                }
+            )
+            async for piece in self._consume(reply):
+                yield piece
+        except BaseException as e:
+            stopped = isinstance(e, asyncio.CancelledError | GeneratorExit)
+            reply.status = "stopped" if stopped else "failed"
+            if not stopped:
+                reply.error = f"internal error: {type(e).__name__}"
+            with anyio.CancelScope(shield=True):
+                await self._finish(reply, beat)
+            raise
+        with anyio.CancelScope(shield=True):
+            message = await self._finish(reply, beat)
+        if message is not None:
+            yield sse({"type": "end", "message": message_json(message, stale)})
+        yield "data: [DONE]\n\n"
+
+    async def _consume(self, reply: _Reply) -> AsyncIterator[str]:
+        """Relay the upstream's deltas; sets the reply's status, finish reason, usage, error."""
+        try:
+            async for data in sse_data(reply.response):
+                if data == "[DONE]":
+                    break
+                chunk = parse_chat_chunk(data)
+                if chunk.error is not None:
+                    reply.error = chunk.error
+                    break
+                if chunk.text:
+                    reply.parts.append(chunk.text)
+                    yield sse({"type": "delta", "content": chunk.text})
+                reply.finish_reason = chunk.finish_reason or reply.finish_reason
+                reply.usage = chunk.usage or reply.usage
+        except httpx.HTTPError as e:
+            reply.error = f"the upstream failed mid-reply ({type(e).__name__})"
+        if reply.error is None and reply.finish_reason is None:
+            reply.error = "the upstream ended the reply without finishing it"
+        reply.status = "complete" if reply.error is None else "failed"
+
+    async def _finish(self, reply: _Reply, beat: _Heartbeat) -> Message | None:
+        """Store how the reply ended, count its usage, settle its limits. Runs once."""
+        await beat.stop()
+        # NOTE: closing an unfinished upstream response drops the connection, which is how
+        # the upstream (router or replica) learns to abort the request.
+        await reply.response.aclose()
+        usage = reply.usage
+        if usage is None:
+            completion = await run_sync(self.counter.count_text, reply.text)
+            usage = Usage(reply.plan.num_prompt_tokens, completion, 0)
+        end = ReplyEnd(reply.status, reply.text, reply.finish_reason, reply.error, usage)
+        try:
+            message = await run_sync(self.store.finish_reply, reply.message.message_id, end)
+            key = reply.key
+            await run_sync(self.store.record_usage, today(), key.user_id, key.key_id, usage)
+        finally:
+            await reply.admission.settle(usage.prompt_tokens + usage.completion_tokens)
+            await reply.admission.release()
+        return message

@@ -1,0 +1,130 @@
+"""Per-request admission against a key's limits: one request, a token reservation up front
+(prompt + max_tokens), a stream slot for streams; settled with the exact usage afterwards.
+
+    admit() --reserve--> Admission --settle(used)--> refund (reserved - used), or charge more
+                                   --release()-----> stream slot back, unsettled reservation
+                                                     refunded in full
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import secrets
+
+from chatfleet.gateway.config import LimitsConfig
+from chatfleet.gateway.errors import RateLimitError
+from chatfleet.gateway.limits import KeyLimits, LimitDecision, RateLimitStore
+from chatfleet.gateway.store.base import ApiKey
+
+
+def _duration(seconds: float) -> str:
+    """OpenAI's reset format: "250ms", "12s", "1m30s"."""
+    if seconds < 1:
+        return f"{math.ceil(seconds * 1000)}ms"
+    if seconds < 60:
+        return f"{math.ceil(seconds)}s"
+    return f"{int(seconds // 60)}m{math.ceil(seconds % 60)}s"
+
+
+def ratelimit_headers(limits: KeyLimits, d: LimitDecision) -> dict[str, str]:
+    return {
+        "x-ratelimit-limit-requests": str(limits.rpm),
+        "x-ratelimit-limit-tokens": str(limits.tpm),
+        "x-ratelimit-remaining-requests": str(d.remaining_requests),
+        "x-ratelimit-remaining-tokens": str(d.remaining_tokens),
+        "x-ratelimit-reset-requests": _duration(d.reset_requests_s),
+        "x-ratelimit-reset-tokens": _duration(d.reset_tokens_s),
+    }
+
+
+class Admission:
+    """What one admitted request holds; `settle` and `release` each act once."""
+
+    def __init__(
+        self,
+        limiter: Limiter,
+        key_id: str,
+        limits: KeyLimits,
+        num_reserved: int,
+        headers: dict[str, str],
+        stream_id: str | None,
+    ) -> None:
+        self.limiter, self.key_id, self.limits = limiter, key_id, limits
+        self.num_reserved = num_reserved
+        self.headers = headers
+        self.stream_id = stream_id
+        self.is_settled = False
+
+    async def settle(self, num_used: int) -> None:
+        """Refund the unused reservation (or charge what went over it)."""
+        if self.is_settled:
+            return
+        self.is_settled = True
+        delta = num_used - self.num_reserved
+        if delta:
+            await self.limiter.store.adjust_tokens(self.key_id, self.limits, delta)
+
+    async def renew(self) -> None:
+        if self.stream_id is not None:
+            lease = self.limiter.config.stream_lease_s
+            await self.limiter.store.renew_stream(self.key_id, self.stream_id, lease)
+
+    async def release(self) -> None:
+        """Give the stream slot back; a reservation never settled is refunded whole."""
+        await self.settle(0)
+        if self.stream_id is not None:
+            stream_id, self.stream_id = self.stream_id, None
+            await self.limiter.store.release_stream(self.key_id, stream_id)
+
+
+class Limiter:
+    def __init__(self, store: RateLimitStore, config: LimitsConfig) -> None:
+        self.store = store
+        self.config = config
+
+    def limits_for(self, key: ApiKey) -> KeyLimits:
+        c = self.config
+        return KeyLimits(
+            rpm=key.rpm or c.default_rpm,
+            tpm=key.tpm or c.default_tpm,
+            max_streams=key.max_streams or c.default_max_streams,
+        )
+
+    async def admit(self, key: ApiKey, num_tokens: int, is_stream: bool) -> Admission:
+        """Reserve or raise RateLimitError (429 with Retry-After and x-ratelimit-*)."""
+        limits = self.limits_for(key)
+        if num_tokens > limits.tpm:
+            raise RateLimitError(
+                f"Request too large: it needs up to {num_tokens} tokens (prompt + max_tokens) "
+                f"but this key's limit is {limits.tpm} tokens per minute; lower max_tokens.",
+                "tokens",
+                {"Retry-After": "60"},
+            )
+        d = await self.store.acquire(key.key_id, limits, num_tokens)
+        headers = ratelimit_headers(limits, d)
+        if not d.is_allowed:
+            limit = limits.rpm if d.refused == "requests" else limits.tpm
+            unit = "requests" if d.refused == "requests" else "tokens"
+            headers["Retry-After"] = str(max(1, math.ceil(d.retry_after_s)))
+            raise RateLimitError(
+                f"Rate limit reached for {unit} per minute (limit {limit}); "
+                f"retry in {d.retry_after_s:.1f}s.",
+                d.refused or "requests",
+                headers,
+            )
+        stream_id = None
+        if is_stream:
+            stream_id = secrets.token_hex(8)
+            lease = self.config.stream_lease_s
+            if not await self.store.acquire_stream(
+                key.key_id, stream_id, limits.max_streams, lease
+            ):
+                with contextlib.suppress(Exception):
+                    await self.store.adjust_tokens(key.key_id, limits, -num_tokens)
+                raise RateLimitError(
+                    f"Too many concurrent streams for this key (limit {limits.max_streams}).",
+                    "streams",
+                    {**headers, "Retry-After": "1"},
+                )
+        return Admission(self, key.key_id, limits, num_tokens, headers, stream_id)

@@ -1,0 +1,121 @@
+"""Request bodies of the /api/* routes (strict types; values checked here, once), and the
+JSON the routes return for stored records."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+from chatfleet.gateway.store.base import (
+    INTERRUPTED_ERROR,
+    ApiKey,
+    Conversation,
+    Message,
+    UsageRow,
+)
+
+Number = StrictInt | float
+MAX_TITLE_CHARS = 200
+
+
+class _Base(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+
+class NewConversation(_Base):
+    title: Annotated[StrictStr, Field(max_length=MAX_TITLE_CHARS)] = ""
+    system_prompt: Annotated[StrictStr, Field(max_length=20_000)] = ""
+
+
+class UpdateConversation(_Base):
+    title: Annotated[StrictStr, Field(min_length=1, max_length=MAX_TITLE_CHARS)]
+
+
+class ReplyOptions(_Base):
+    """Sampling knobs a conversation reply accepts (the gateway caps max_tokens)."""
+
+    max_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
+    temperature: Annotated[Number, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[Number, Field(gt=0, le=1)] | None = None
+    seed: StrictInt | None = None
+
+
+class NewMessage(ReplyOptions):
+    content: Annotated[StrictStr, Field(min_length=1)]
+
+
+class NewKey(_Base):
+    user: Annotated[StrictStr, Field(min_length=1, max_length=100)]
+    name: Annotated[StrictStr, Field(max_length=100)] = ""
+    rpm: Annotated[StrictInt, Field(ge=1)] | None = None
+    tpm: Annotated[StrictInt, Field(ge=1)] | None = None
+    max_streams: Annotated[StrictInt, Field(ge=1)] | None = None
+
+
+def effective_status(m: Message, stale_after_s: float, now: float | None = None) -> str:
+    """A "streaming" reply nobody has touched for `stale_after_s` lost its gateway."""
+    now = time.time() if now is None else now
+    if m.status == "streaming" and now - m.updated_at > stale_after_s:
+        return "incomplete"
+    return m.status
+
+
+def message_json(m: Message, stale_after_s: float) -> dict[str, Any]:
+    u = m.usage
+    status = effective_status(m, stale_after_s)
+    error = INTERRUPTED_ERROR if status != m.status else m.error
+    return {
+        "id": m.message_id,
+        "object": "conversation.message",
+        "conversation_id": m.conversation_id,
+        "role": m.role,
+        "content": m.content,
+        "status": status,
+        "finish_reason": m.finish_reason,
+        "error": error,
+        "created_at": m.created_at,
+        "usage": {
+            "prompt_tokens": u.prompt_tokens,
+            "completion_tokens": u.completion_tokens,
+            "total_tokens": u.prompt_tokens + u.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
+        },
+    }
+
+
+def conversation_json(c: Conversation) -> dict[str, Any]:
+    return {
+        "id": c.conversation_id,
+        "object": "conversation",
+        "title": c.title,
+        "system_prompt": c.system_prompt,
+        "created_at": c.created_at,
+        "updated_at": c.updated_at,
+    }
+
+
+def key_json(k: ApiKey) -> dict[str, Any]:
+    return {
+        "id": k.key_id,
+        "object": "api_key",
+        "user": k.user_name,
+        "is_admin": k.is_admin,
+        "name": k.name,
+        "rpm": k.rpm,
+        "tpm": k.tpm,
+        "max_streams": k.max_streams,
+        "created_at": k.created_at,
+        "revoked_at": k.revoked_at,
+    }
+
+
+def usage_json(rows: list[UsageRow]) -> dict[str, Any]:
+    fields = ("num_requests", "prompt_tokens", "cached_tokens", "completion_tokens")
+    data = [
+        {"day": r.day, "user": r.user_name, "key_id": r.key_id} | {f: getattr(r, f) for f in fields}
+        for r in rows
+    ]
+    total = {f: sum(getattr(r, f) for r in rows) for f in fields}
+    return {"object": "list", "data": data, "total": total}

@@ -1,0 +1,27 @@
+"""PostgreSQL dialect (psycopg 3): one database shared by several gateway processes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chatfleet.gateway.store.sql import Dialect
+
+# pg_advisory_xact_lock key: serializes migrations of gateways starting at the same time.
+_MIGRATION_LOCK_ID = 0x63686174  # "chat"
+
+
+def postgres_dialect(url: str) -> Dialect:
+    import psycopg
+
+    def connect() -> Any:
+        return psycopg.connect(url, autocommit=True, connect_timeout=10)
+
+    return Dialect(
+        name="postgresql",
+        connect=connect,
+        types={"serial": "BIGSERIAL PRIMARY KEY", "real": "DOUBLE PRECISION", "bigint": "BIGINT"},
+        placeholder="%s",
+        begin_write="BEGIN",
+        migration_lock=(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_ID})",),
+        integrity_error=psycopg.IntegrityError,
+    )

@@ -1,0 +1,98 @@
+"""The repository on both real databases: migrations (once, also when two processes start
+together), keys, conversations, the reply lifecycle, usage."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from chatfleet.errors import ChatfleetError
+from chatfleet.gateway.store import open_store
+from chatfleet.gateway.store.base import INTERRUPTED_ERROR, ReplyEnd, Usage
+from chatfleet.gateway.store.migrations import LATEST_VERSION
+
+
+def test_migrations_run_once_even_when_started_together(db_url):
+    stores, errors = [], []
+
+    def start() -> None:
+        try:
+            stores.append(open_store(db_url))
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=start) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and len(stores) == 3
+    assert sorted(len(s.applied_migrations) for s in stores) == [0, 0, LATEST_VERSION]
+    for s in stores:
+        s.close()
+    again = open_store(db_url)
+    assert again.applied_migrations == []
+    again.close()
+
+
+def test_store_round_trip(db_url):
+    store = open_store(db_url)
+    try:
+        alice = store.create_user("alice")
+        with pytest.raises(ChatfleetError, match="already exists"):
+            store.create_user("alice")
+        key, plain = store.create_key(alice.user_id, "laptop", rpm=5)
+        assert store.get_key(key.key_id) == key and key.rpm == 5 and key.user_name == "alice"
+        assert plain.split("_")[1] == key.key_id
+        assert store.revoke_key(key.key_id) and store.get_key(key.key_id).is_revoked
+        assert not store.revoke_key("missing")
+
+        conv = store.create_conversation(alice.user_id, system_prompt="be brief")
+        user, reply = store.start_reply(conv.conversation_id, "Hi", title="Hi")
+        assert (user.role, reply.role, reply.status) == ("user", "assistant", "streaming")
+        assert user.seq < reply.seq
+        store.update_reply(reply.message_id, "Hel")
+        assert store.list_messages(conv.conversation_id)[1].content == "Hel"
+        end = ReplyEnd("complete", "Hello", "stop", usage=Usage(10, 2, 8))
+        done = store.finish_reply(reply.message_id, end)
+        assert (done.status, done.content, done.usage) == ("complete", "Hello", Usage(10, 2, 8))
+        store.update_reply(reply.message_id, "late heartbeat")  # ignored once finished
+        assert store.list_messages(conv.conversation_id)[1].content == "Hello"
+
+        # Regenerate: the reply is replaced, the user message stays.
+        _, again = store.start_reply(conv.conversation_id, None, reply.message_id)
+        assert [m.message_id for m in store.list_messages(conv.conversation_id)] == [
+            user.message_id,
+            again.message_id,
+        ]
+        assert store.expire_stale_replies(time.time() - 3600) == 0  # fresh heartbeat
+        assert store.expire_stale_replies(time.time() + 1) == 1
+        stale = store.list_messages(conv.conversation_id)[1]
+        assert stale.status == "incomplete" and stale.error == INTERRUPTED_ERROR
+
+        updated = store.update_conversation(conv.conversation_id, title="Renamed", context_start=2)
+        assert (updated.title, updated.context_start) == ("Renamed", 2)
+        assert [c.conversation_id for c in store.list_conversations(alice.user_id, 10)] == [
+            conv.conversation_id
+        ]
+        store.record_usage("2030-01-02", alice.user_id, key.key_id, Usage(10, 2, 8))
+        store.record_usage("2030-01-02", alice.user_id, key.key_id, Usage(5, 1, 0))
+        (row,) = store.list_usage("2030-01-01", alice.user_id)
+        assert (row.num_requests, row.prompt_tokens, row.completion_tokens) == (2, 15, 3)
+        assert row.cached_tokens == 8 and row.user_name == "alice"
+        assert store.list_usage("2030-01-03") == []
+
+        assert store.delete_conversation(conv.conversation_id)
+        assert store.get_conversation(conv.conversation_id) is None
+        assert store.list_messages(conv.conversation_id) == []
+        assert not store.delete_conversation(conv.conversation_id)
+    finally:
+        store.close()
+
+
+def test_bad_database_urls_are_refused():
+    for url in ["mysql://x", "sqlite:///", "nonsense"]:
+        with pytest.raises(ValueError):
+            open_store(url)
