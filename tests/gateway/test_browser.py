@@ -78,6 +78,8 @@ def test_chat_page_in_chromium(gateway_factory, sqlite_url):
     assert seen["conversationId"] in seen["listed"] and hostile in seen["listed"]
     assert seen["titleAfterReload"] == "Tell me a short story about a cat."
     assert seen["stoppedTextAfterReload"].startswith(seen["stoppedText"][:20])
+    assert seen["regenerated"][-1][0] == "complete"
+    assert seen["statusesAfterRegenerate"] == ["user:complete", "assistant:complete"] * 2
     # The model's own reply carried a script tag: stored as text, shown as text, never run.
     assert seen["scriptReply"][-1][0] == "complete"
     conv = httpx.get(

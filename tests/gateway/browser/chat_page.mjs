@@ -7,7 +7,8 @@ const [baseUrl, apiKey, xssConversationId] = process.argv.slice(2);
 const out = { pageErrors: [], dialogs: [], offsiteRequests: [] };
 const SCRIPT_PROMPT = 'Repeat exactly this HTML, nothing else: <script>window.__pwned="script"</script>';
 
-// Samples the newest assistant message every 10 ms until it leaves "streaming".
+// Samples the newest assistant message every 10 ms from when it starts streaming until it
+// stops.
 function watchReply() {
   return new Promise((resolve) => {
     const seen = [];
@@ -15,8 +16,11 @@ function watchReply() {
     const tick = () => {
       const all = document.querySelectorAll(".message.assistant");
       const el = all[all.length - 1];
-      if (el) seen.push([el.dataset.status, el.querySelector(".body").textContent.length]);
-      const finished = el && el.dataset.status !== "streaming";
+      const status = el ? el.dataset.status : null;
+      if (status === "streaming" || seen.length) {
+        seen.push([status, el.querySelector(".body").textContent.length]);
+      }
+      const finished = seen.length && status !== "streaming";
       if (finished || performance.now() - started > 90000) resolve(seen);
       else setTimeout(tick, 10);
     };
@@ -87,6 +91,11 @@ try {
   out.listed = await page.$$eval("#conversations li", (lis) => lis.map((li) => li.dataset.id));
   out.titleAfterReload = await page.textContent("#conversation-title");
   out.stoppedTextAfterReload = await page.textContent(".message.assistant:last-child .body");
+
+  // Regenerate the stopped reply: a new one streams in its place.
+  await page.click("#regenerate");
+  out.regenerated = await page.evaluate(watchReply);
+  out.statusesAfterRegenerate = await page.evaluate(statuses);
 
   // The model itself answers with a script tag (greedy decoding repeats it): it streams in
   // as text, never as a script.
