@@ -26,6 +26,9 @@ def test_turns_of_a_conversation_stay_on_one_replica(tmp_path, server, gateway_f
     try:
         key = make_key(sqlite_url, "alice")
         gw = gateway_factory(sqlite_url, upstream=router.base_url)
+        # The gateway's first message also asks /v1/models (once, with no session): let that
+        # happen before counting, so each counted turn is one routed request.
+        say(gw.base_url, key, new_conversation(gw.base_url, key), "Hello.", max_tokens=1)
         placements: dict[str, set[str]] = {}
         for i in range(12):
             conv = new_conversation(gw.base_url, key)
