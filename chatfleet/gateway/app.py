@@ -56,7 +56,7 @@ from chatfleet.gateway.schemas import (
 from chatfleet.gateway.store.base import ApiKey, Conversation, GatewayStore
 from chatfleet.gateway.upstream import Upstream
 from chatfleet.server.body import parse_json, read_body
-from chatfleet.server.errors import to_error_response
+from chatfleet.server.errors import error_json, to_error_response
 from chatfleet.server.serving import parse
 
 logger = logging.getLogger("chatfleet.gateway")
@@ -114,11 +114,6 @@ class Gateway:
         return conv
 
 
-def _error_json(exc: BaseException) -> JSONResponse:
-    err = to_error_response(exc)
-    return JSONResponse(err.body, status_code=err.status_code, headers=err.headers)
-
-
 def _int_query(request: Request, name: str, default: int, lo: int, hi: int) -> int:
     raw = request.query_params.get(name)
     if raw is None:
@@ -152,23 +147,23 @@ def build_gateway_app(gw: Gateway) -> FastAPI:
 
     @app.exception_handler(ChatfleetError)
     async def on_error(_: Request, exc: ChatfleetError) -> JSONResponse:
-        return _error_json(exc)
+        return error_json(exc)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error_json(InvalidRequestError(str(exc.errors()[:1])))
+        return error_json(InvalidRequestError(str(exc.errors()[:1])))
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 404:
-            return _error_json(NotFoundError("No such route."))
+            return error_json(NotFoundError("No such route."))
         err = InvalidRequestError(str(exc.detail))
         return JSONResponse(to_error_response(err).body, status_code=exc.status_code)
 
     @app.exception_handler(Exception)
     async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
         logger.exception("unexpected error", exc_info=exc)
-        return _error_json(exc)
+        return error_json(exc)
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 

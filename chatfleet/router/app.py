@@ -23,26 +23,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from chatfleet.errors import ChatfleetError, InvalidRequestError
 from chatfleet.router.manager import ReplicaManager
 from chatfleet.router.proxy import NoReplicaError, Router
-from chatfleet.server.errors import NotFoundError, PayloadTooLargeError, to_error_response
+from chatfleet.server.body import read_body
+from chatfleet.server.errors import NotFoundError, error_json, to_error_response
 
 DISCONNECT_POLL_S = 0.1
-
-
-def _error_json(exc: BaseException) -> JSONResponse:
-    err = to_error_response(exc)
-    return JSONResponse(err.body, status_code=err.status_code, headers=err.headers)
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLargeError(f"request body over {limit} bytes")
-    body = bytearray()
-    async for part in request.stream():
-        body += part
-        if len(body) > limit:
-            raise PayloadTooLargeError(f"request body over {limit} bytes")
-    return bytes(body)
 
 
 async def _unless_disconnected(request: Request, work: Awaitable[Response]) -> Response:
@@ -106,17 +90,17 @@ def build_router_app(router: Router, manager: ReplicaManager | None = None) -> F
 
     @app.exception_handler(ChatfleetError)
     async def on_error(_: Request, exc: ChatfleetError) -> JSONResponse:
-        return _error_json(exc)
+        return error_json(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 404:
-            return _error_json(NotFoundError("no such route"))
+            return error_json(NotFoundError("no such route"))
         err = InvalidRequestError(str(exc.detail))
         return JSONResponse(to_error_response(err).body, status_code=exc.status_code)
 
     async def proxy(request: Request) -> Response:
-        body = await _read_body(request, limit)
+        body = await read_body(request, limit)
         try:
             payload = json.loads(body) if body else None
         except ValueError:  # routed by load alone; the replica answers with its 400
@@ -136,7 +120,7 @@ def build_router_app(router: Router, manager: ReplicaManager | None = None) -> F
     @app.get("/ready")
     async def ready() -> Response:
         if not router.pool.snapshot():
-            return _error_json(NoReplicaError("no eligible replica", retry_after_s=1))
+            return error_json(NoReplicaError("no eligible replica", retry_after_s=1))
         return JSONResponse({"status": "ready"})
 
     @app.get("/metrics")

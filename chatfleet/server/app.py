@@ -21,6 +21,7 @@ from chatfleet.server.errors import (
     DrainingError,
     NotFoundError,
     OverloadedError,
+    error_json,
     to_error_response,
 )
 from chatfleet.server.metrics import ServerMetrics
@@ -136,11 +137,6 @@ async def _release_after(body: AsyncIterable, release: Callable[[], None]) -> As
             await aclose()
 
 
-def _error_json(exc: BaseException) -> JSONResponse:
-    err = to_error_response(exc)
-    return JSONResponse(err.body, status_code=err.status_code, headers=err.headers)
-
-
 def build_app(engine: EngineClient, config: ServerConfig) -> FastAPI:
     app = FastAPI(title="chatfleet", version="0.1.0")
     metrics = ServerMetrics(config.model_names[0])
@@ -149,16 +145,16 @@ def build_app(engine: EngineClient, config: ServerConfig) -> FastAPI:
 
     @app.exception_handler(ChatfleetError)
     async def on_error(_: Request, exc: ChatfleetError) -> JSONResponse:
-        return _error_json(exc)
+        return error_json(exc)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error_json(InvalidRequestError(str(exc.errors()[:1])))
+        return error_json(InvalidRequestError(str(exc.errors()[:1])))
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 404:
-            return _error_json(NotFoundError("no such route"))
+            return error_json(NotFoundError("no such route"))
         err = InvalidRequestError(str(exc.detail))
         return JSONResponse(to_error_response(err).body, status_code=exc.status_code)
 
@@ -168,7 +164,7 @@ def build_app(engine: EngineClient, config: ServerConfig) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
-        return _error_json(exc)
+        return error_json(exc)
 
     @app.post("/v1/chat/completions", openapi_extra=_openapi_extra(ChatCompletionRequest))
     async def chat_completions(request: Request) -> Response:
@@ -207,7 +203,7 @@ def build_app(engine: EngineClient, config: ServerConfig) -> FastAPI:
     @app.get("/ready", responses={503: {"description": "Draining or engine dead"}})
     async def ready() -> Response:
         if state.draining or engine.is_dead:
-            return _error_json(DrainingError("not ready"))
+            return error_json(DrainingError("not ready"))
         return JSONResponse({"status": "ready"})
 
     @app.get("/metrics")

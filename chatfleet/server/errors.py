@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fastapi.responses import JSONResponse
+
 from chatfleet.errors import ChatfleetError, EngineDeadError, InvalidRequestError
 
 
@@ -71,3 +73,9 @@ def to_error_response(exc: BaseException) -> ErrorResponse:
         "error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}
     }
     return ErrorResponse(status, body, headers)
+
+
+def error_json(exc: BaseException) -> JSONResponse:
+    """The OpenAI-shaped JSON response for any exception (status, Retry-After included)."""
+    err = to_error_response(exc)
+    return JSONResponse(err.body, status_code=err.status_code, headers=err.headers)
