@@ -15,6 +15,7 @@ import sys
 import time
 from typing import Any
 
+from chatfleet.entrypoints.http import setup_logging, uvicorn_server
 from chatfleet.gateway.config import ChatConfig, GatewayConfig, LimitsConfig, UpstreamConfig
 
 logger = logging.getLogger("chatfleet.gateway")
@@ -114,15 +115,8 @@ def admin_key(store: Any, path: str) -> str:
     return plain
 
 
-def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-
-
 async def serve_gateway(args: argparse.Namespace, upstream_url: str) -> None:
     """Build the gateway and serve it until SIGTERM / SIGINT; print its URL (and admin key)."""
-    import uvicorn
-
     from chatfleet.gateway.app import Gateway, build_gateway_app
     from chatfleet.gateway.limits import open_limits
     from chatfleet.gateway.prompt import COUNTERS
@@ -139,19 +133,7 @@ async def serve_gateway(args: argparse.Namespace, upstream_url: str) -> None:
     )
     app = build_gateway_app(gateway)
 
-    class Server(uvicorn.Server):
-        def handle_exit(self, sig: int, frame: Any) -> None:
-            # NOTE: the signal is not re-raised once serve() returns (uvicorn's default), so
-            # `chatfleet stack` still stops the router and replicas it started.
-            if self.should_exit:
-                self.force_exit = True
-            self.should_exit = True
-
-    server = Server(
-        uvicorn.Config(
-            app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=10
-        )
-    )
+    server = uvicorn_server(app, args.host, args.port, graceful_s=10)
     task = asyncio.create_task(server.serve())
     while not server.started and not task.done():
         await asyncio.sleep(0.05)
@@ -163,7 +145,7 @@ async def serve_gateway(args: argparse.Namespace, upstream_url: str) -> None:
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
-    _setup_logging()
+    setup_logging()
     try:
         asyncio.run(serve_gateway(args, args.upstream))
     except ValueError as e:  # a bad URL or limit: say so, no traceback
@@ -251,7 +233,7 @@ def cmd_stack(args: argparse.Namespace) -> int:
     exit the gateway stops first, then `up` drains and stops its replicas."""
     import shlex
 
-    _setup_logging()
+    setup_logging()
     router_url = f"http://{args.host}:{args.router_port}"
     cmd = [sys.executable, "-m", "chatfleet.entrypoints.cli", "up", "--host", args.host]
     cmd += ["--port", str(args.router_port), "--replicas", str(args.replicas)]

@@ -13,8 +13,8 @@ import asyncio
 import logging
 import os
 import shlex
-from typing import Any
 
+from chatfleet.entrypoints.http import setup_logging, uvicorn_server
 from chatfleet.router.config import (
     HealthConfig,
     PolicyConfig,
@@ -102,42 +102,17 @@ def router_config(args: argparse.Namespace) -> RouterConfig:
     )
 
 
-def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per probe otherwise
-
-
-def _uvicorn_server(app: Any, args: argparse.Namespace) -> Any:
-    import uvicorn
-
-    class Server(uvicorn.Server):
-        def handle_exit(self, sig: int, frame: Any) -> None:
-            # NOTE: unlike uvicorn's own handler, the signal is not re-raised after serve()
-            # returns, so `up` gets to stop its replicas before the process ends.
-            if self.should_exit:
-                self.force_exit = True
-            self.should_exit = True
-
-    config = uvicorn.Config(
-        app,
-        host=args.host,
-        port=args.port,
-        log_level="warning",
-        timeout_graceful_shutdown=int(args.shutdown_timeout),
-    )
-    return Server(config)
-
-
 def cmd_router(args: argparse.Namespace) -> int:
     from chatfleet.router.app import build_router_app
     from chatfleet.router.proxy import Router
 
-    _setup_logging()
+    setup_logging()
     if not args.replica:
         print("error: give at least one --replica URL", flush=True)
         return 2
     router = Router(router_config(args), args.replica)
-    asyncio.run(_uvicorn_server(build_router_app(router), args).serve())
+    server = uvicorn_server(build_router_app(router), args.host, args.port, args.shutdown_timeout)
+    asyncio.run(server.serve())
     return 0
 
 
@@ -175,7 +150,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from chatfleet.router.local import LocalReplicaConfig, LocalReplicaManager
     from chatfleet.router.proxy import Router
 
-    _setup_logging()
+    setup_logging()
     min_n = args.min_replicas if args.min_replicas is not None else args.replicas
     max_n = args.max_replicas if args.max_replicas is not None else max(args.replicas, min_n)
     try:
@@ -201,7 +176,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         LocalReplicaConfig(args.host, args.replica_port_start, serve_args, args.log_dir)
     )
     router = Router(router_config(args))
-    server = _uvicorn_server(build_router_app(router, manager), args)
+    server = uvicorn_server(
+        build_router_app(router, manager), args.host, args.port, args.shutdown_timeout
+    )
 
     async def main() -> None:
         scaler_task = None

@@ -28,12 +28,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from chatfleet.errors import ChatfleetError, InvalidRequestError
+from chatfleet.errors import InvalidRequestError
 from chatfleet.gateway.auth import authenticate, require_admin
 from chatfleet.gateway.chat import ChatService, run_sync
 from chatfleet.gateway.config import GatewayConfig
@@ -56,7 +54,7 @@ from chatfleet.gateway.schemas import (
 from chatfleet.gateway.store.base import ApiKey, Conversation, GatewayStore
 from chatfleet.gateway.upstream import Upstream
 from chatfleet.server.body import parse_json, read_body
-from chatfleet.server.errors import error_json, to_error_response
+from chatfleet.server.handlers import install_error_handlers
 from chatfleet.server.serving import parse
 
 logger = logging.getLogger("chatfleet.gateway")
@@ -145,25 +143,7 @@ def build_gateway_app(gw: Gateway) -> FastAPI:
     app.state.gateway = gw
     stale = gw.config.chat.stale_after_s
 
-    @app.exception_handler(ChatfleetError)
-    async def on_error(_: Request, exc: ChatfleetError) -> JSONResponse:
-        return error_json(exc)
-
-    @app.exception_handler(RequestValidationError)
-    async def on_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_json(InvalidRequestError(str(exc.errors()[:1])))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def on_http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if exc.status_code == 404:
-            return error_json(NotFoundError("No such route."))
-        err = InvalidRequestError(str(exc.detail))
-        return JSONResponse(to_error_response(err).body, status_code=exc.status_code)
-
-    @app.exception_handler(Exception)
-    async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unexpected error", exc_info=exc)
-        return error_json(exc)
+    install_error_handlers(app, logger)
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 

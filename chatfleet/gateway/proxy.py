@@ -8,10 +8,9 @@ The upstream's own refusals (400, 429, 503, ...) reach the client unchanged.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -27,8 +26,8 @@ from chatfleet.gateway.prompt import CharTokenCounter, TokenCounter
 from chatfleet.gateway.store.base import ApiKey, GatewayStore, Usage
 from chatfleet.gateway.upstream import Upstream, parse_chat_chunk, parse_usage, sse_data
 from chatfleet.server.body import parse_json, read_body
+from chatfleet.server.handlers import unless_disconnected
 
-DISCONNECT_POLL_S = 0.2
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 
 
@@ -102,7 +101,7 @@ class OpenAIProxy:
         body = json.dumps(payload).encode()
         try:
             if not is_stream:
-                return await _unless_disconnected(
+                return await unless_disconnected(
                     request, self._complete(key, admission, path, body, headers)
                 )
             response = await self.upstream.open("POST", path, body, headers)
@@ -208,21 +207,3 @@ def _event(data: str) -> dict[str, Any] | None:
     except ValueError:
         return None
     return obj if isinstance(obj, dict) else None
-
-
-async def _unless_disconnected(request: Request, work: Awaitable[Response]) -> Response:
-    """`work`'s response, or 499 once the client has left (`work` is then cancelled, which
-    closes the upstream request so the engine aborts it)."""
-    task = asyncio.ensure_future(work)
-    try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
-            if done:
-                return task.result()
-            if await request.is_disconnected():
-                return Response(status_code=499)
-    finally:
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task

@@ -10,41 +10,19 @@ GET  /router/replicas                        each replica's state (and its proce
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from chatfleet.errors import ChatfleetError, InvalidRequestError
 from chatfleet.router.manager import ReplicaManager
 from chatfleet.router.proxy import NoReplicaError, Router
 from chatfleet.server.body import read_body
-from chatfleet.server.errors import NotFoundError, error_json, to_error_response
-
-DISCONNECT_POLL_S = 0.1
-
-
-async def _unless_disconnected(request: Request, work: Awaitable[Response]) -> Response:
-    """`work`'s response, or 499 if the client leaves first (then `work` is cancelled, which
-    closes the upstream request, so the replica aborts it too)."""
-    task = asyncio.ensure_future(work)
-    try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
-            if done:
-                return task.result()
-            if await request.is_disconnected():
-                return Response(status_code=499)
-    finally:
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+from chatfleet.server.errors import error_json
+from chatfleet.server.handlers import install_error_handlers, unless_disconnected
 
 
 def replicas_json(router: Router, manager: ReplicaManager | None) -> list[dict[str, Any]]:
@@ -88,16 +66,7 @@ def build_router_app(router: Router, manager: ReplicaManager | None = None) -> F
     app.state.router = router
     limit = router.config.proxy.max_body_bytes
 
-    @app.exception_handler(ChatfleetError)
-    async def on_error(_: Request, exc: ChatfleetError) -> JSONResponse:
-        return error_json(exc)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def on_http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if exc.status_code == 404:
-            return error_json(NotFoundError("no such route"))
-        err = InvalidRequestError(str(exc.detail))
-        return JSONResponse(to_error_response(err).body, status_code=exc.status_code)
+    install_error_handlers(app)
 
     async def proxy(request: Request) -> Response:
         body = await read_body(request, limit)
@@ -107,7 +76,7 @@ def build_router_app(router: Router, manager: ReplicaManager | None = None) -> F
             payload = None
         path = request.url.path
         work = router.forward(request.method, path, body, request.headers, payload)
-        return await _unless_disconnected(request, work)
+        return await unless_disconnected(request, work)
 
     app.add_api_route("/v1/chat/completions", proxy, methods=["POST"])
     app.add_api_route("/v1/completions", proxy, methods=["POST"])

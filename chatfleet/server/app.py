@@ -8,22 +8,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatfleet.engine.protocol import EngineClient
-from chatfleet.errors import ChatfleetError, EngineDeadError, InvalidRequestError
+from chatfleet.errors import EngineDeadError
 from chatfleet.server.body import read_json
 from chatfleet.server.config import ServerConfig
 from chatfleet.server.errors import (
     AuthenticationError,
     DrainingError,
-    NotFoundError,
     OverloadedError,
     error_json,
     to_error_response,
 )
+from chatfleet.server.handlers import install_error_handlers
 from chatfleet.server.metrics import ServerMetrics
 from chatfleet.server.protocol import ChatCompletionRequest, CompletionRequest
 from chatfleet.server.serving import ClientDisconnected, Job, OpenAIServing
@@ -143,28 +141,11 @@ def build_app(engine: EngineClient, config: ServerConfig) -> FastAPI:
     state = AppState(engine, config, metrics, OpenAIServing(engine, config, metrics))
     app.state.chatfleet = state
 
-    @app.exception_handler(ChatfleetError)
-    async def on_error(_: Request, exc: ChatfleetError) -> JSONResponse:
-        return error_json(exc)
-
-    @app.exception_handler(RequestValidationError)
-    async def on_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_json(InvalidRequestError(str(exc.errors()[:1])))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def on_http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if exc.status_code == 404:
-            return error_json(NotFoundError("no such route"))
-        err = InvalidRequestError(str(exc.detail))
-        return JSONResponse(to_error_response(err).body, status_code=exc.status_code)
+    install_error_handlers(app)
 
     @app.exception_handler(ClientDisconnected)
     async def on_disconnect(_: Request, exc: ClientDisconnected) -> Response:
         return Response(status_code=499)
-
-    @app.exception_handler(Exception)
-    async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
-        return error_json(exc)
 
     @app.post("/v1/chat/completions", openapi_extra=_openapi_extra(ChatCompletionRequest))
     async def chat_completions(request: Request) -> Response:
