@@ -3,7 +3,8 @@
 `up` starts N `chatfleet serve` processes on local ports and the router in front of them,
 restarts a replica that exits, and with --min-replicas/--max-replicas adds or drains replicas
 from queue depth and KV usage. SIGTERM or Ctrl-C stops the router, then every replica
-(each drains first).
+(each drains first). `up --backend ray` deploys the same engine, policies and routes on a
+Ray Serve cluster instead (chatfleet/ray_serve).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import shlex
 
 from chatfleet.entrypoints.http import setup_logging, uvicorn_server
+from chatfleet.ray_serve.cli import add_ray_args, cmd_up_ray
 from chatfleet.router.config import (
     HealthConfig,
     PolicyConfig,
@@ -142,6 +144,7 @@ def add_up_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale-up-after", type=float, default=10.0)
     p.add_argument("--scale-down-after", type=float, default=60.0)
     p.add_argument("--scale-cooldown", type=float, default=30.0)
+    add_ray_args(p)  # --backend ray and its flags
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -151,6 +154,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     from chatfleet.router.proxy import Router
 
     setup_logging()
+    if args.backend == "ray":
+        return cmd_up_ray(args, router_config(args))
     min_n = args.min_replicas if args.min_replicas is not None else args.replicas
     max_n = args.max_replicas if args.max_replicas is not None else max(args.replicas, min_n)
     try:

@@ -35,14 +35,19 @@ def replica_states(router: ServerProcess) -> dict[str, dict]:
     return {r["url"]: r for r in body["replicas"]}
 
 
-def stream_chat(url: str, max_tokens: int, started: list | None = None) -> dict:
+def stream_chat(
+    url: str,
+    max_tokens: int,
+    started: list | None = None,
+    content: str = "Tell me about lighthouses.",
+) -> dict:
     """One streamed chat completion. Returns its status, the replica that served it, whether
     it ended with [DONE], whether an SSE error event came, its completion_tokens (from usage),
     and whether any event arrived (`streamed`). Appends the replica to `started` (if given)
     once the first event arrived. Connection failures are results, not exceptions."""
     body = {
         "model": MODEL,
-        "messages": [{"role": "user", "content": "Tell me about lighthouses."}],
+        "messages": [{"role": "user", "content": content}],
         "max_tokens": max_tokens,
         "ignore_eos": True,
         "stream": True,

@@ -1,0 +1,129 @@
+"""RayEngineClient: the EngineClient the HTTP server is written against, over a Serve handle.
+
+    generate() --GenerateCall--> handle (ChatfleetRequestRouter picks a replica) --> replica
+       ^ the replica died / was unreachable before the first output: call again (bounded)
+       + after the first output: ReplicaFailedError, which the server sends as an SSE error
+
+Retries go through the request router again; it has been told the replica died or is
+unavailable (Serve calls its on_replica_actor_died / _unavailable hooks), so it avoids it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from ray.exceptions import RayError, RayTaskError
+from ray.serve.exceptions import RayServeException
+
+from chatfleet.engine.protocol import EngineStats
+from chatfleet.errors import ChatfleetError, EngineDeadError
+from chatfleet.model.tokenizer import Tokenizer
+from chatfleet.outputs import RequestOutput
+from chatfleet.ray_serve.calls import ROUTE_KEYS, GenerateCall
+from chatfleet.router.proxy import NoReplicaError, ReplicaFailedError
+from chatfleet.sampling_params import SamplingParams
+
+logger = logging.getLogger("chatfleet.ray")
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    max_attempts: int = 3  # replicas tried per request before its first output
+    retry_deadline_s: float = 30.0  # no new attempt starts after this long
+    backoff_s: float = 0.2  # before a retry: Serve may not have replaced the replica yet
+
+
+def _user_error(e: BaseException) -> ChatfleetError | None:
+    """The replica's typed error if it refused the request itself (bad input), else None.
+
+    An EngineDeadError is not the request's fault: another replica may serve it."""
+    cause = e.cause if isinstance(e, RayTaskError) else e
+    if isinstance(cause, ChatfleetError) and not isinstance(cause, EngineDeadError):
+        return cause
+    return None
+
+
+class RayEngineClient:
+    """Implements engine.protocol.EngineClient; built in the ingress replica."""
+
+    def __init__(
+        self, handle: Any, tokenizer: Tokenizer, max_model_len: int, retry: RetryConfig
+    ) -> None:
+        self.handle = handle.options(stream=True)
+        self.tokenizer = tokenizer
+        self._max_model_len = max_model_len
+        self.retry = retry
+        self._ids = itertools.count()
+        self._streams: dict[str, Any] = {}  # request_id -> DeploymentResponseGenerator
+
+    @property
+    def max_model_len(self) -> int:
+        return self._max_model_len
+
+    @property
+    def is_dead(self) -> bool:
+        return False  # replicas die and are replaced; the ingress itself stays up
+
+    async def generate(
+        self,
+        prompt: str | list[int],
+        params: SamplingParams,
+        request_id: str | None = None,
+        priority: int = 0,
+    ) -> AsyncIterator[RequestOutput]:
+        """Streams one request from a replica; retries on another replica while nothing has
+        been yielded. Raises the replica's typed error for bad input, ReplicaFailedError if
+        the replica failed mid-stream, NoReplicaError (503) when no attempt could start."""
+        call = GenerateCall(
+            prompt, params, request_id or f"ray-{next(self._ids)}", priority, ROUTE_KEYS.get()
+        )
+        deadline = time.monotonic() + self.retry.retry_deadline_s
+        last: BaseException | None = None
+        for attempt in range(self.retry.max_attempts):
+            if attempt and (time.monotonic() > deadline):
+                break
+            if attempt:
+                await asyncio.sleep(self.retry.backoff_s * attempt)
+            stream = self.handle.generate.remote(call)
+            self._streams[call.request_id] = stream
+            started = finished = False
+            try:
+                async for out in stream:
+                    started, finished = True, out.finished
+                    yield out
+                return
+            except (RayError, RayServeException) as e:
+                if (user_error := _user_error(e)) is not None:
+                    raise user_error from None
+                if started:
+                    logger.warning("replica failed mid-stream of %s: %r", call.request_id, e)
+                    raise ReplicaFailedError("the replica failed mid-stream") from e
+                logger.warning("attempt %d of %s failed: %r", attempt + 1, call.request_id, e)
+                last = e
+            finally:
+                self._streams.pop(call.request_id, None)
+                if not finished:
+                    stream.cancel()  # the client left, or the attempt failed: stop the replica
+        raise NoReplicaError(f"no replica could serve the request: {last!r}", retry_after_s=1)
+
+    async def abort(self, request_id: str) -> None:
+        stream = self._streams.get(request_id)
+        if stream is not None:
+            stream.cancel()
+
+    def check_health(self, max_stall_s: float = 30.0) -> None:
+        """The ingress is healthy while it runs; Serve health-checks each replica itself."""
+
+    async def get_stats(self) -> EngineStats:
+        """Routing stats are per replica (RayReplicaManager.stats); the ingress has none."""
+        return EngineStats(0, 0, 0.0, 0, 0, 0)
+
+    def shutdown(self, timeout_s: float = 5.0) -> None:
+        for stream in list(self._streams.values()):
+            stream.cancel()

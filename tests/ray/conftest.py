@@ -1,0 +1,110 @@
+"""One two-node Ray cluster for the whole package; deployments replaced per test.
+
+Skipped when Ray is not installed (`make test` installs `.[dev,ray]`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import shlex
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+ray = pytest.importorskip("ray")
+serve = pytest.importorskip("ray.serve")
+
+from chatfleet.ray_serve.app import deploy  # noqa: E402
+from chatfleet.ray_serve.config import RayDeployConfig  # noqa: E402
+from chatfleet.ray_serve.manager import RayReplicaManager  # noqa: E402
+from tests.ray.cluster import LocalCluster  # noqa: E402
+from tests.server_process import free_port  # noqa: E402
+
+MODEL = "SmolLM2-135M-Instruct"
+# Small replicas: one thread, a small KV cache; two or three share this machine's 2 cores.
+REPLICA_ARGS = tuple(
+    shlex.split(
+        "--num-threads 1 --kv-cache-memory 64MiB --max-num-seqs 8 --max-queue-len 16 "
+        "--max-model-len 2048"
+    )
+)
+
+
+@dataclasses.dataclass
+class Fleet:
+    """A running chatfleet application on the test cluster."""
+
+    config: RayDeployConfig
+    manager: RayReplicaManager
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.config.host}:{self.config.port}"
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        return asyncio.run(self.manager.stats())
+
+    def num_replicas(self) -> int:
+        return len(self.manager.list())
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.5) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return False
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[LocalCluster]:
+    c = LocalCluster().start()
+    try:
+        ray.init(address=c.address, namespace="chatfleet", log_to_driver=False)
+        yield c
+    finally:
+        try:
+            serve.shutdown()
+            ray.shutdown()
+        finally:
+            c.stop()
+
+
+@pytest.fixture(scope="session")
+def serve_port(cluster) -> int:
+    return free_port()  # Serve's proxy keeps the port of its first start
+
+
+def alive_nodes() -> int:
+    return sum(1 for n in ray.nodes() if n["Alive"])
+
+
+@pytest.fixture
+def two_nodes(cluster) -> LocalCluster:
+    """The worker node is up (a test before may have killed it)."""
+    if not cluster.worker_raylet_pids():
+        cluster.start_worker()
+    assert wait_until(lambda: alive_nodes() == 2, 60), "worker node did not join"
+    return cluster
+
+
+@pytest.fixture
+def fleet_factory(cluster, serve_port) -> Callable[..., Fleet]:
+    """Deploy (or update in place) the app with RayDeployConfig overrides; blocks until ready."""
+
+    def make(**overrides: Any) -> Fleet:
+        config = RayDeployConfig(
+            address=cluster.address,
+            port=serve_port,
+            replica_args=REPLICA_ARGS,
+            ingress_resources={"head_node": 0.01},  # the ingress must outlive the worker node
+            **overrides,
+        )
+        deploy(config)
+        return Fleet(config, RayReplicaManager(config))
+
+    return make
