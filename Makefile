@@ -25,7 +25,7 @@ lint: install
 
 typecheck: install
 	$(BIN)/mypy chatfleet/engine chatfleet/server chatfleet/router chatfleet/gateway \
-		chatfleet/config.py chatfleet/sampling_params.py
+		chatfleet/plan chatfleet/config.py chatfleet/sampling_params.py
 
 # What the gateway tests run against: PostgreSQL 15, Redis, Debian's Chromium and the
 # playwright-core driver (into a gitignored node_modules); each skipped when present.

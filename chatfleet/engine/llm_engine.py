@@ -13,9 +13,9 @@ from chatfleet.config import EngineConfig
 from chatfleet.engine.detokenizer import IncrementalDetokenizer
 from chatfleet.engine.kv_cache_manager import KVCacheManager
 from chatfleet.engine.outputs import EngineCoreOutput
-from chatfleet.engine.request import Request, RequestStatus
+from chatfleet.engine.request import Request, RequestStatus, check_fits
 from chatfleet.engine.scheduler import Scheduler
-from chatfleet.errors import ContextLengthExceededError, InvalidRequestError
+from chatfleet.errors import InvalidRequestError
 from chatfleet.model.runner import ModelRunner
 from chatfleet.model.tokenizer import Tokenizer
 from chatfleet.outputs import CompletionOutput, RequestOutput
@@ -71,21 +71,15 @@ class LLMEngine:
             raise InvalidRequestError("the prompt is empty", param=param)
         if any(not 0 <= t < self.model_config.vocab_size for t in prompt_token_ids):
             raise InvalidRequestError("prompt token id outside the vocabulary", param=param)
-        if num + params.max_tokens > self.max_model_len:
-            which = param if num >= self.max_model_len else "max_tokens"
-            raise ContextLengthExceededError(
-                f"This model's maximum context length is {self.max_model_len} tokens. However, "
-                f"you requested {num + params.max_tokens} tokens ({num} in the prompt, "
-                f"{params.max_tokens} for the completion).",
-                param=which,
-            )
-        blocks_needed = -(-(num + params.max_tokens) // self.runner.block_size)
-        if blocks_needed > self.kv_cache_manager.pool.num_blocks:
-            raise ContextLengthExceededError(
-                f"the request needs {blocks_needed} KV blocks; the cache has "
-                f"{self.kv_cache_manager.pool.num_blocks}",
-                param="max_tokens",
-            )
+        pool = self.kv_cache_manager.pool
+        check_fits(
+            num,
+            params.max_tokens,
+            self.max_model_len,
+            self.runner.block_size,
+            pool.num_blocks,
+            param,
+        )
 
     def add_request(
         self, request_id: str, prompt: str | list[int], params: SamplingParams, priority: int = 0

@@ -10,6 +10,7 @@ import enum
 import time
 from dataclasses import dataclass, field
 
+from chatfleet.errors import ContextLengthExceededError
 from chatfleet.sampling_params import SamplingParams
 
 
@@ -87,3 +88,30 @@ class Request:
 
     def append_output_token(self, token_id: int) -> None:
         self.token_ids.append(token_id)
+
+
+def check_fits(
+    num_prompt_tokens: int,
+    max_tokens: int,
+    max_model_len: int,
+    block_size: int,
+    num_blocks: int,
+    param: str = "prompt",
+) -> None:
+    """Raises ContextLengthExceededError when a request can never fit the context or the KV
+    pool (shared with the fleet simulator, which runs the same admission rules)."""
+    num = num_prompt_tokens
+    if num + max_tokens > max_model_len:
+        which = param if num >= max_model_len else "max_tokens"
+        raise ContextLengthExceededError(
+            f"This model's maximum context length is {max_model_len} tokens. However, "
+            f"you requested {num + max_tokens} tokens ({num} in the prompt, "
+            f"{max_tokens} for the completion).",
+            param=which,
+        )
+    blocks_needed = -(-(num + max_tokens) // block_size)
+    if blocks_needed > num_blocks:
+        raise ContextLengthExceededError(
+            f"the request needs {blocks_needed} KV blocks; the cache has {num_blocks}",
+            param="max_tokens",
+        )

@@ -1,5 +1,5 @@
 """`chatfleet` command line: generate, chat, serve, router, up, gateway, keys, stack, bench,
-export-hf."""
+plan, export-hf."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from chatfleet.entrypoints.gateway import (
     cmd_keys,
     cmd_stack,
 )
+from chatfleet.entrypoints.plan import add_calibrate_args, add_plan_args, cmd_calibrate, cmd_plan
 from chatfleet.entrypoints.router import add_router_args, add_up_args, cmd_router, cmd_up
 from chatfleet.entrypoints.serve import add_serve_args, cmd_serve
 from chatfleet.errors import InvalidRequestError
@@ -126,6 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     plot = bench_sub.add_parser("plot", help="latency CDFs and throughput PNGs from results")
     add_plot_args(plot)
     plot.set_defaults(func=cmd_plot)
+    plan = sub.add_parser("plan", help="fleet size and cost for a user base at given SLOs")
+    add_plan_args(plan)
+    plan.set_defaults(func=cmd_plan)
+    plan_sub = plan.add_subparsers(dest="plan_command")
+    calibrate = plan_sub.add_parser("calibrate", help="time engine steps; fit steps.json")
+    add_calibrate_args(calibrate)
+    calibrate.set_defaults(func=cmd_calibrate)
     export = sub.add_parser("export-hf", help="write the model as a HF safetensors directory")
     export.add_argument("--model", default=None)
     export.add_argument("--out", required=True)

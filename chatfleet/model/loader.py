@@ -87,10 +87,9 @@ def _unpermute_rope(w: np.ndarray, num_heads: int) -> np.ndarray:
     )
 
 
-def _load_gguf(path: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    from gguf.quants import dequantize
-
-    meta, tensors = read_gguf(path)
+def config_from_gguf(meta: dict, tensor_names: set[str]) -> ModelConfig:
+    """ModelConfig from a GGUF's metadata (and tensor names: a missing `output.weight` means
+    tied embeddings). ValueError for a non-Llama architecture."""
     arch = meta.get("general.architecture")
     if arch != "llama":
         raise ValueError(f"unsupported GGUF architecture {arch!r} (Llama family only)")
@@ -100,8 +99,7 @@ def _load_gguf(path: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
 
     num_heads = int(key("attention.head_count"))
     num_kv_heads = int(key("attention.head_count_kv", num_heads))
-    tensor_names = {t.name for t in tensors}
-    config = ModelConfig(
+    return ModelConfig(
         vocab_size=int(key("vocab_size", 0) or len(meta["tokenizer.ggml.tokens"])),
         hidden_size=int(key("embedding_length")),
         num_layers=int(key("block_count")),
@@ -113,6 +111,14 @@ def _load_gguf(path: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
         max_position_embeddings=int(key("context_length", 2048)),
         tie_word_embeddings="output.weight" not in tensor_names,
     )
+
+
+def _load_gguf(path: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    from gguf.quants import dequantize
+
+    meta, tensors = read_gguf(path)
+    config = config_from_gguf(meta, {t.name for t in tensors})
+    num_heads, num_kv_heads = config.num_heads, config.num_kv_heads
     weights: dict[str, torch.Tensor] = {}
     for t in tensors:
         array = _dequantize(t.data, t.qtype, dequantize)

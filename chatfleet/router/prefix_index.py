@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from chatfleet.router.config import PrefixConfig
+from chatfleet.router.snapshot import RouteRequest
 
 _SEP = "\x1e"  # between messages; cannot be confused with text a user typed as a role marker
 
@@ -65,6 +66,15 @@ def block_hashes(text: str, config: PrefixConfig) -> list[int]:
         parent = digest.digest()
         hashes.append(int.from_bytes(parent, "little"))
     return hashes
+
+
+def route_request(
+    payload: Any, seq: int, index: PrefixIndex, config: PrefixConfig, session_key: str | None
+) -> tuple[RouteRequest, list[int]]:
+    """The policy's view of a request and its prompt's block hashes (which the caller inserts
+    into `index` for the replica it picks). Shared by the router and the fleet simulator."""
+    hashes = block_hashes(prompt_text(payload), config)
+    return RouteRequest(seq, len(hashes), index.match(hashes), session_key), hashes
 
 
 class PrefixIndex:

@@ -31,7 +31,7 @@ from chatfleet.router.health import HealthChecker
 from chatfleet.router.metrics import RouterMetrics
 from chatfleet.router.policies import make_policy
 from chatfleet.router.pool import ReplicaPool
-from chatfleet.router.prefix_index import PrefixIndex, block_hashes, prompt_text
+from chatfleet.router.prefix_index import PrefixIndex, route_request
 from chatfleet.router.snapshot import RouteRequest
 from chatfleet.server.errors import HTTPError, OverloadedError, to_error_response
 
@@ -143,12 +143,10 @@ class Router:
 
     def route_request(self, payload: Any, headers: Mapping[str, str]) -> tuple[RouteRequest, list]:
         """The policy's view of a request, and its prompt's block hashes."""
-        hashes = block_hashes(prompt_text(payload), self.config.prefix)
         session = headers.get(self.config.proxy.session_header)
         if session is None and isinstance(payload, dict) and isinstance(payload.get("user"), str):
             session = payload["user"]
-        request = RouteRequest(next(self._seq), len(hashes), self.index.match(hashes), session)
-        return request, hashes
+        return route_request(payload, next(self._seq), self.index, self.config.prefix, session)
 
     async def forward(
         self, method: str, path: str, body: bytes, headers: Mapping[str, str], payload: Any

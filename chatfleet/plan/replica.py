@@ -1,0 +1,93 @@
+"""One simulated engine replica: the real Scheduler and KVCacheManager, a step-time model
+in place of the model runner, and made-up sampled tokens.
+
+    start_step(): scheduler.schedule() -> StepShape -> step_time_s   (the step "runs")
+    finish_step(): sampled ids for rows that sample -> scheduler.update_from_output()
+
+Admission, chunked prefill, prefix caching, preemption and stops are the engine's own code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from chatfleet.config import SchedulerConfig
+from chatfleet.engine.kv_cache_manager import KVCacheManager
+from chatfleet.engine.outputs import EngineCoreOutput, ModelRunnerOutput, SchedulerOutput
+from chatfleet.engine.request import Request
+from chatfleet.engine.scheduler import Scheduler
+from chatfleet.plan.step_model import StepShape, StepTimeModel
+from chatfleet.router.pool import ReplicaLoad
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    """What one replica is: its scheduler limits, KV pool and admission bound."""
+
+    scheduler: SchedulerConfig
+    num_blocks: int
+    block_size: int = 16
+    enable_prefix_caching: bool = True
+    max_queue_len: int = 256  # the server refuses (503) past max_num_seqs + this in flight
+
+
+@dataclass
+class ReplicaStats:
+    num_steps: int = 0
+    busy_s: float = 0.0
+    max_kv_usage: float = 0.0
+
+
+class SimReplica:
+    def __init__(self, replica_id: str, spec: ReplicaSpec, step_model: StepTimeModel) -> None:
+        self.replica_id = replica_id
+        self.spec = spec
+        self.kv = KVCacheManager(spec.num_blocks, spec.block_size, spec.enable_prefix_caching)
+        self.scheduler = Scheduler(spec.scheduler, self.kv)
+        self.step_model = step_model
+        self.stats = ReplicaStats()
+        self.num_in_flight = 0  # admitted by the "server", not yet finished
+        self._step: SchedulerOutput | None = None
+
+    @property
+    def is_busy(self) -> bool:
+        return self._step is not None
+
+    def can_admit(self) -> bool:
+        """The server's admission control (503 beyond it)."""
+        return self.num_in_flight < self.spec.scheduler.max_num_seqs + self.spec.max_queue_len
+
+    def add(self, request: Request) -> None:
+        self.num_in_flight += 1
+        self.scheduler.add_request(request)
+
+    def start_step(self) -> float | None:
+        """Schedule a step; its duration in seconds, or None when there is nothing to run."""
+        assert self._step is None, "a step is already running"
+        if not self.scheduler.has_unfinished():
+            return None
+        out = self.scheduler.schedule()
+        if out.is_empty:
+            return None
+        self._step = out
+        seconds = self.step_model.step_time_s(StepShape.of(out))
+        self.stats.num_steps += 1
+        self.stats.busy_s += seconds
+        self.stats.max_kv_usage = max(self.stats.max_kv_usage, self.kv.usage)
+        return seconds
+
+    def finish_step(self, next_token: Callable[[Request], int]) -> list[EngineCoreOutput]:
+        """End the running step: every row that samples gets `next_token(request)`."""
+        out, self._step = self._step, None
+        assert out is not None, "no step is running"
+        sampled = {s.request.request_id: next_token(s.request) for s in out.scheduled if s.samples}
+        outputs = self.scheduler.update_from_output(out, ModelRunnerOutput(sampled))
+        self.num_in_flight -= sum(o.finished for o in outputs)
+        return outputs
+
+    def load(self) -> ReplicaLoad:
+        """What the router would scrape from this replica's /metrics now."""
+        s = self.scheduler
+        stats = self.kv.stats
+        return ReplicaLoad(s.num_waiting, s.num_running, self.kv.usage, stats.queries, stats.hits)

@@ -1,0 +1,184 @@
+"""Step-time models: how long one engine step takes, from the shape of what it computes.
+
+A step's cost depends on what the scheduler put in it, summarized as a `StepShape`:
+
+    prefill chunk of n tokens after `start` cached ones:  n tokens through the weights,
+                                                          n * (start + (n + 1) / 2) attention pairs
+    decode of a sequence with c tokens of context:        1 token, c attention reads
+    every sequence that samples:                          one LM-head row + the sampler
+
+`LinearStepModel` is the measured model: a non-negative least-squares fit of step times
+timed on real engine steps (`chatfleet plan calibrate`), stored as JSON. The roofline model for
+GPUs is in roofline.py. Both answer `step_time_s(shape)`.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from chatfleet.engine.outputs import SchedulerOutput
+
+
+@dataclass(frozen=True)
+class StepShape:
+    num_prefill_tokens: int = 0
+    num_prefill_seqs: int = 0
+    prefill_attention_pairs: float = 0.0  # query x key pairs of the prefill chunks
+    prefill_context_tokens: int = 0  # keys the prefill chunks attend to (cached + new), summed
+    num_decode_seqs: int = 0
+    decode_context_tokens: int = 0  # keys read by the decodes, summed
+    num_sampled: int = 0  # rows that get logits and a sampled token
+
+    @property
+    def num_batched_tokens(self) -> int:
+        return self.num_prefill_tokens + self.num_decode_seqs
+
+    @property
+    def num_seqs(self) -> int:
+        return self.num_prefill_seqs + self.num_decode_seqs
+
+    @staticmethod
+    def of(out: SchedulerOutput) -> StepShape:
+        """The shape of a scheduled step (read before update_from_output advances it)."""
+        pre_tokens = pre_seqs = pre_ctx = dec_seqs = dec_ctx = sampled = 0
+        pairs = 0.0
+        for s in out.scheduled:
+            n, start = s.num_new_tokens, s.start
+            sampled += s.samples
+            # NOTE: like the runner, a one-token chunk is a decode (it attends like one).
+            if n == 1:
+                dec_seqs += 1
+                dec_ctx += start + 1
+            else:
+                pre_seqs += 1
+                pre_tokens += n
+                pre_ctx += start + n
+                pairs += n * (start + (n + 1) / 2)
+        return StepShape(pre_tokens, pre_seqs, pairs, pre_ctx, dec_seqs, dec_ctx, sampled)
+
+
+class StepTimeModel(ABC):
+    """Seconds one engine step takes; pure."""
+
+    kind: str
+
+    @abstractmethod
+    def step_time_s(self, shape: StepShape) -> float: ...
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """Every parameter, for the plan's list of assumptions."""
+
+
+@dataclass(frozen=True)
+class ConstantStepModel(StepTimeModel):
+    """Every step takes the same time (tests: M/D/1 queues)."""
+
+    seconds: float
+    kind = "constant"
+
+    def step_time_s(self, shape: StepShape) -> float:
+        return self.seconds
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "seconds": self.seconds}
+
+
+FEATURES = (
+    "constant",
+    "num_batched_tokens",
+    "num_sampled",
+    "decode_context_tokens",
+    "prefill_attention_pairs",
+)
+
+
+def features(shape: StepShape) -> list[float]:
+    return [
+        1.0,
+        shape.num_batched_tokens,
+        shape.num_sampled,
+        shape.decode_context_tokens,
+        shape.prefill_attention_pairs,
+    ]
+
+
+@dataclass(frozen=True)
+class StepSample:
+    """One timed step."""
+
+    shape: StepShape
+    seconds: float
+
+
+@dataclass(frozen=True)
+class LinearStepModel(StepTimeModel):
+    """step_time = sum(coefficient * feature), coefficients >= 0, fit on timed steps."""
+
+    coefficients: tuple[float, ...]  # seconds per unit of each of FEATURES
+    fit_error: dict[str, float]  # relative error of the fit on its samples (mean, p90)
+    meta: dict[str, Any]  # where and how it was measured
+    kind = "measured"
+
+    def step_time_s(self, shape: StepShape) -> float:
+        return float(sum(c * x for c, x in zip(self.coefficients, features(shape), strict=True)))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "coefficients_s": dict(zip(FEATURES, self.coefficients, strict=True)),
+            "fit_error": self.fit_error,
+            **self.meta,
+        }
+
+    @staticmethod
+    def fit(samples: Sequence[StepSample], meta: dict[str, Any]) -> LinearStepModel:
+        """Non-negative least squares on relative error (rows divided by the measured time,
+        so a 10 ms decode weighs as much as a 500 ms prefill)."""
+        if len(samples) < len(FEATURES):
+            raise ValueError(f"need at least {len(FEATURES)} timed steps, got {len(samples)}")
+        x = np.array([features(s.shape) for s in samples], dtype=np.float64)
+        y = np.array([s.seconds for s in samples], dtype=np.float64)
+        coef = _nnls(x / y[:, None], np.ones_like(y))
+        rel = np.abs(x @ coef - y) / y
+        error = {"mean": float(rel.mean()), "p90": float(np.percentile(rel, 90))}
+        return LinearStepModel(tuple(float(c) for c in coef), error, dict(meta))
+
+    def save(self, path: str | Path) -> None:
+        data = {"kind": self.kind, **self.describe()}
+        Path(path).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+
+    @staticmethod
+    def load(path: str | Path) -> LinearStepModel:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        if data.get("kind") != "measured":
+            raise ValueError(f"{path}: not a measured step model (chatfleet plan calibrate)")
+        coef = data["coefficients_s"]
+        meta = {k: v for k, v in data.items() if k not in ("kind", "coefficients_s", "fit_error")}
+        return LinearStepModel(tuple(float(coef[f]) for f in FEATURES), data["fit_error"], meta)
+
+
+def _nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Least squares with x >= 0: refit without the most negative coefficient until none is.
+
+    NOTE: a simple active-set variant; enough for five well-scaled features (numpy has no
+    NNLS and scipy is not a dependency).
+    """
+    scale = np.abs(a).max(axis=0)
+    scale[scale == 0] = 1.0
+    a = a / scale
+    active = list(range(a.shape[1]))
+    while True:
+        x = np.zeros(a.shape[1])
+        x[active] = np.linalg.lstsq(a[:, active], b, rcond=None)[0]
+        negative = [i for i in active if x[i] < 0]
+        if not negative:
+            return x / scale
+        active.remove(min(negative, key=lambda i: x[i]))

@@ -1,0 +1,51 @@
+"""`chatfleet plan` end to end on a small simulated fleet, and a small real calibration."""
+
+from __future__ import annotations
+
+import json
+
+from chatfleet.config import CacheConfig, EngineConfig
+from chatfleet.entrypoints.cli import main
+from chatfleet.plan.calibrate import CalibrationGrid, calibrate_in_process
+from chatfleet.plan.step_model import StepShape
+
+
+def test_plan_prints_fleet_cost_and_assumptions(tmp_path, capsys):
+    report, out_json = tmp_path / "plan.md", tmp_path / "plan.json"
+    args = ["plan", "--users", "1M", "--messages-per-user-day", "5", "--peak-to-mean", "3"]
+    args += ["--slo", "ttft_p99:1000,tpot_p99:60", "--model-shape", "llama-8b"]
+    args += ["--accelerator", "h100", "--lengths", "fixed:300,40", "--turns", "2"]
+    args += ["--max-num-seqs", "16", "--sim-requests", "150", "--sim-duration", "10"]
+    args += ["--report", str(report), "--json", str(out_json)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    for text in ("replicas", "accelerators", "tokens/s", "KV cache per replica", "cost per day"):
+        assert text in out
+    assert "cost per million tokens" in out and "never simulated" in out
+    plan = json.loads(out_json.read_text())
+    # 1M users x 5 / 86400 x 3 = 173.6 req/s at peak.
+    assert abs(plan["plan"]["peak_rate"] - 1e6 * 5 / 86400 * 3) < 1e-6
+    replicas = plan["plan"]["replicas"]
+    assert replicas * plan["plan"]["capacity_per_replica"] >= plan["plan"]["peak_rate"]
+    assert plan["cost_per_day"] == replicas * 2.99 * 24
+    text = report.read_text()
+    assert "round_robin" in text and "cache_aware" in text and "knee.png" in text
+    assert (tmp_path / "plan_knee.png").stat().st_size > 1000
+
+
+def test_plan_rejects_bad_arguments(capsys):
+    assert main(["plan", "--users", "1M", "--accelerator", "tpu9"]) == 2
+    assert "unknown accelerator" in capsys.readouterr().err
+    assert main(["plan"]) == 2
+
+
+def test_calibrate_times_real_engine_steps():
+    """A tiny grid on the real default model: the fit is positive and ranks shapes sanely."""
+    config = EngineConfig(num_threads=1, cache=CacheConfig(kv_cache_memory_bytes=64 << 20))
+    grid = CalibrationGrid((1, 4), (16, 128), (0, 64), num_decode_steps=2, num_warmup_steps=2)
+    model = calibrate_in_process(config, grid)
+    assert model.meta["num_samples"] >= 10
+    assert all(c >= 0 for c in model.coefficients)
+    one = model.step_time_s(StepShape(num_decode_seqs=1, decode_context_tokens=64, num_sampled=1))
+    prefill = model.step_time_s(StepShape(256, 1, 256 * 128.5, 256, 0, 0, 1))
+    assert 0 < one < prefill
