@@ -74,7 +74,6 @@ class RayDeployConfig:
             "target_ongoing_requests": self.target_ongoing_requests,
             "upscale_delay_s": self.upscale_delay_s,
             "downscale_delay_s": self.downscale_delay_s,
-            "metrics_interval_s": 1.0,
             "look_back_period_s": 5.0,
         }
 
