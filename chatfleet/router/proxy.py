@@ -32,6 +32,7 @@ from chatfleet.router.metrics import RouterMetrics
 from chatfleet.router.policies import make_policy
 from chatfleet.router.pool import ReplicaPool
 from chatfleet.router.prefix_index import PrefixIndex, route_request
+from chatfleet.router.session import session_key
 from chatfleet.router.snapshot import RouteRequest
 from chatfleet.server.errors import HTTPError, OverloadedError, to_error_response
 
@@ -143,9 +144,7 @@ class Router:
 
     def route_request(self, payload: Any, headers: Mapping[str, str]) -> tuple[RouteRequest, list]:
         """The policy's view of a request, and its prompt's block hashes."""
-        session = headers.get(self.config.proxy.session_header)
-        if session is None and isinstance(payload, dict) and isinstance(payload.get("user"), str):
-            session = payload["user"]
+        session = session_key(payload, headers, self.config.proxy.session_header)
         return route_request(payload, next(self._seq), self.index, self.config.prefix, session)
 
     async def forward(
