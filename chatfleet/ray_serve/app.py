@@ -20,7 +20,7 @@ from chatfleet.config import EngineConfig
 from chatfleet.entrypoints.cli import _add_engine_args
 from chatfleet.entrypoints.serve import add_serve_args, configs
 from chatfleet.ray_serve.client import RetryConfig
-from chatfleet.ray_serve.config import RayDeployConfig
+from chatfleet.ray_serve.config import RayDeployConfig, load_file
 from chatfleet.ray_serve.ingress import Ingress
 from chatfleet.ray_serve.replica import EngineReplica
 from chatfleet.ray_serve.request_router import ChatfleetRequestRouter
@@ -116,3 +116,12 @@ def deploy(config: RayDeployConfig, num_replicas: int | None = None) -> None:
     """Deploy (or update in place) the application; returns once it is running."""
     connect(config)
     serve.run(build_application(config, num_replicas), name=config.app_name, route_prefix="/")
+
+
+def app_builder(args: dict[str, Any]) -> Any:
+    """The application for Serve's own tooling (`serve run`, `serve deploy`, KubeRay's
+    RayService): import path `chatfleet.ray_serve.app:app_builder`, args either
+    `{config: deploy.yaml}` or the deploy.yaml settings inline (inline ones win)."""
+    values = load_file(args["config"]) if "config" in args else {}
+    values.update({k: v for k, v in args.items() if k != "config"})
+    return build_application(RayDeployConfig().with_overrides(values))

@@ -1,0 +1,60 @@
+"""RayDeployConfig from flags and deploy.yaml, and the Serve options it maps to (no cluster)."""
+
+from __future__ import annotations
+
+import pytest
+
+from chatfleet.entrypoints.cli import main
+from chatfleet.ray_serve.app import app_builder, build_application, serve_configs
+from chatfleet.ray_serve.config import RayDeployConfig, load_file
+
+DEPLOY_YAML = """
+address: auto
+num_replicas: 2
+min_replicas: 1
+max_replicas: 4
+target_ongoing_requests: 6
+replica_cpus: 2
+replica_resources: {worker_node: 1}
+replica_args: --kv-cache-memory 1GiB --max-num-seqs 32
+policy: {name: least_loaded}
+"""
+
+
+def test_yaml_overrides_and_autoscaling_mapping(tmp_path):
+    path = tmp_path / "deploy.yaml"
+    path.write_text(DEPLOY_YAML)
+    config = RayDeployConfig(port=9000).with_overrides(load_file(str(path)))
+    assert config.port == 9000 and config.address == "auto"
+    assert config.policy.name == "least_loaded" and config.prefix.block_chars == 64
+    assert config.replica_args == ("--kv-cache-memory", "1GiB", "--max-num-seqs", "32")
+    assert config.autoscaling_config() == {
+        "min_replicas": 1,
+        "max_replicas": 4,
+        "initial_replicas": 2,
+        "target_ongoing_requests": 6,
+        "upscale_delay_s": 10.0,
+        "downscale_delay_s": 60.0,
+        "look_back_period_s": 5.0,
+    }
+    engine, server = serve_configs(config)
+    assert engine.cache.kv_cache_memory_bytes == 1 << 30 and server.max_num_seqs == 32
+    assert RayDeployConfig(num_replicas=3).autoscaling_config() is None
+
+
+def test_bad_settings_are_refused(tmp_path):
+    with pytest.raises(KeyError):
+        RayDeployConfig().with_overrides({"num_replica": 2})
+    with pytest.raises(ValueError):
+        RayDeployConfig(min_replicas=3, max_replicas=2)
+    with pytest.raises(ValueError):
+        RayDeployConfig(request_router="random")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("num_replica: 2\n")
+    assert main(["up", "--backend", "ray", "--config", str(bad)]) == 2
+
+
+def test_application_builds_for_serve_tooling():
+    app = build_application(RayDeployConfig(num_replicas=2))
+    assert app is not None
+    assert app_builder({"num_replicas": 1, "policy": {"name": "session"}}) is not None
