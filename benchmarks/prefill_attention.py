@@ -44,11 +44,14 @@ def one_case(kernel, query_len: int, context_len: int, repeats: int) -> dict:
         o = F.scaled_dot_product_attention(qi, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
         return o[0].transpose(0, 1).reshape(query_len, -1)
 
-    tables = table[None, :].expand(query_len, -1).contiguous()
+    tables = table[None, :].contiguous()
+    row_starts = torch.tensor([0, query_len])
     lens = context_len + 1 + torch.arange(query_len)
 
     def paged() -> torch.Tensor:  # one kernel row per query token, its own causal length
-        out = kernel.paged_decode(q, kc, vc, tables, lens, scale, kernels.num_threads())
+        out = kernel.paged_attention(
+            q, kc, vc, tables, row_starts, lens, scale, kernels.num_threads()
+        )
         return out.reshape(query_len, -1)
 
     return {

@@ -79,3 +79,20 @@ def test_cpu_kernel_is_batch_invariant():
     one.attn_metadata = backend.build_metadata(one, BLOCK)
     alone = backend.forward(q[2:3], cache, one)
     assert torch.equal(together[2:3], alone)
+
+
+def test_cpu_kernel_prefill_rows_are_batch_invariant():
+    """A short prefill chunk (the multi-row tile path) gives the same bits alone as beside
+    decodes and other chunks, whatever tiles and threads the batch leads to."""
+    if load_kernel() is None:
+        pytest.skip("no C++ compiler for the CPU kernel")
+    q, cache, ctx = _batch([1, 1, 20, 9], [50, 7, 300, 19], seed=4)
+    backend = BACKENDS["cpu"](HEADS, KV_HEADS, DIM)
+    ctx.attn_metadata = backend.build_metadata(ctx, BLOCK)
+    together = backend.forward(q, cache, ctx)
+    one = ForwardContext(
+        ctx.positions[2:22], ctx.slot_mapping[2:22], ctx.block_tables[2:3], [20], [300], 0
+    )
+    one.attn_metadata = backend.build_metadata(one, BLOCK)
+    alone = backend.forward(q[2:22], cache, one)
+    assert torch.equal(together[2:22], alone)

@@ -1,5 +1,6 @@
-"""CPU backend: decodes through a small C++ kernel that reads K/V straight from the paged
-cache (no gather, no padding to the longest request); prefill chunks use SDPA like `sdpa`.
+"""CPU backend: decodes and short prefill chunks go through a small C++ kernel that reads K/V
+straight from the paged cache (no gather, no padding to the longest request); long prefill
+chunks use SDPA like `sdpa`.
 
 The kernel is built on first use (chatfleet.model.kernels); if it cannot be built,
 `load_kernel()` returns None and the engine uses the `sdpa` backend instead.
@@ -31,12 +32,13 @@ MAX_PAGED_QUERY_LEN = 128
 @dataclass
 class CpuPagedMetadata(SdpaMetadata):
     """Rows for the paged kernel: every decode token and every token of a short prefill chunk,
-    each with its request's block table and its own causal length. `paged_rows` holds their
-    token indices, or is None when they are exactly the first `num_paged_rows` tokens."""
+    each with its own causal length, grouped by request. `paged_rows` holds their token
+    indices, or is None when they are exactly the first `num_paged_rows` tokens."""
 
     num_paged_rows: int = 0
     paged_rows: torch.Tensor | None = None  # [R]
-    paged_block_tables: torch.Tensor | None = None  # [R, max_blocks]
+    paged_block_tables: torch.Tensor | None = None  # [N, max_blocks], one per paged request
+    paged_row_starts: torch.Tensor | None = None  # [N + 1]: request i owns rows [s[i], s[i+1])
     paged_seq_lens: torch.Tensor | None = None  # [R]
 
 
@@ -44,7 +46,8 @@ class CpuPagedAttention(SdpaAttention):
     name = "cpu"
 
     def build_metadata(self, ctx: ForwardContext, block_size: int) -> CpuPagedMetadata:
-        requests: list[int] = []  # request of each paged row
+        requests: list[int] = []  # requests with paged rows
+        row_starts = [0]
         seq_lens: list[int] = []
         rows: list[int] = []
         long_prefills: list[int] = []
@@ -53,7 +56,8 @@ class CpuPagedAttention(SdpaAttention):
         for i, (qlen, ctx_len) in enumerate(zip(ctx.query_lens, ctx.context_lens, strict=True)):
             token_starts.append(start)
             if qlen <= MAX_PAGED_QUERY_LEN:
-                requests += [i] * qlen
+                requests.append(i)
+                row_starts.append(row_starts[-1] + qlen)
                 seq_lens += range(ctx_len + 1, ctx_len + qlen + 1)
                 rows += range(start, start + qlen)
             else:
@@ -68,6 +72,7 @@ class CpuPagedAttention(SdpaAttention):
             is_prefix = rows[-1] == len(rows) - 1
             meta.paged_rows = None if is_prefix else torch.tensor(rows, device=device)
             meta.paged_block_tables = ctx.block_tables[torch.tensor(requests, device=device)]
+            meta.paged_row_starts = torch.tensor(row_starts, dtype=torch.long)
             meta.paged_seq_lens = torch.tensor(seq_lens, dtype=torch.long)
         return meta
 
@@ -95,11 +100,12 @@ class CpuPagedAttention(SdpaAttention):
         kernel = load_kernel()
         assert kernel is not None, "resolve_backend picks 'cpu' only when the kernel loads"
         rows = meta.paged_rows
-        attended = kernel.paged_decode(
+        attended = kernel.paged_attention(
             q[:n] if rows is None else q[rows],
             kv_cache[0],
             kv_cache[1],
             meta.paged_block_tables,
+            meta.paged_row_starts,
             meta.paged_seq_lens,
             self.scale,
             kernels.num_threads(),
