@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -76,6 +77,9 @@ def main() -> int:
     from chatfleet.ray_serve.config import RayDeployConfig
     from chatfleet.ray_serve.manager import RayReplicaManager
 
+    # NOTE: a throwaway local instance on 127.0.0.1; left unset, ray.init() turns token auth
+    # on and writes ~/.ray/auth_token, which later `ray start` clusters then half-adopt.
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(num_cpus=4, include_dashboard=False, object_store_memory=10**8)
     replica_args = f"--num-threads 1 --kv-cache-memory {args.kv_budget} --max-num-seqs 16"
     runs = []

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +23,9 @@ from tests.server_process import free_port
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 # Fast node-death detection: a killed raylet is declared dead in ~3 s instead of ~15 s.
 FAST_HEALTH_ENV = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
+# NOTE: explicit, for every node and the driver: with the mode unset, Ray turns token auth
+# on for some processes (a ~/.ray/auth_token left by any local ray.init()) and not others.
+AUTH_ENV = {"RAY_AUTH_MODE": "disabled"}
 
 
 def _cmdline(pid: int) -> str:
@@ -39,10 +44,10 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-def _pids_matching(needles: list[str]) -> set[int]:
+def _pids_matching(pattern: str) -> set[int]:
     found = set()
     for name in os.listdir("/proc"):
-        if name.isdigit() and any(n in _cmdline(int(name)) for n in needles):
+        if name.isdigit() and re.search(pattern, _cmdline(int(name))):
             found.add(int(name))
     return found
 
@@ -83,7 +88,11 @@ class LocalCluster:
         cmd = [RAY, "start", f"--temp-dir={self.root}/{name}", f"--num-cpus={self.node_cpus}"]
         cmd += ["--object-store-memory=100000000", "--disable-usage-stats", *args]
         out = subprocess.run(
-            cmd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=120
+            cmd,
+            env={**os.environ, **AUTH_ENV, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         if out.returncode != 0:
             raise RuntimeError(f"ray start {name} failed:\n{out.stdout}\n{out.stderr}")
@@ -104,13 +113,17 @@ class LocalCluster:
         self._start("worker", f"--address={self.address}", '--resources={"worker_node": 1}')
 
     def worker_raylet_pids(self) -> set[int]:
-        return {
-            p for p in _pids_matching([f"{self.root}/worker/"]) if "raylet/raylet" in _cmdline(p)
-        }
+        worker = re.escape(f"{self.root}/worker/")
+        return {p for p in _pids_matching(worker) if "raylet/raylet" in _cmdline(p)}
 
     def kill_worker_node(self) -> None:
         """SIGKILL the worker node's raylet: its replicas (children) die with it."""
         kill_pids(self.worker_raylet_pids(), grace_s=5.0)
 
     def stop(self) -> None:
-        kill_pids(_with_descendants(_pids_matching([f"{self.root}/", f":{self.gcs_port}"])))
+        """Stop every process of this cluster: those naming its temp dir or its GCS address
+        (the client server names only the latter), and their children."""
+        assert self.root.startswith("/tmp/cfray-") and self.gcs_port > 1024
+        pattern = rf"{re.escape(self.root)}/|:{self.gcs_port}\b"
+        kill_pids(_with_descendants(_pids_matching(pattern)))
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import shlex
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +21,7 @@ serve = pytest.importorskip("ray.serve")
 from chatfleet.ray_serve.app import deploy  # noqa: E402
 from chatfleet.ray_serve.config import RayDeployConfig  # noqa: E402
 from chatfleet.ray_serve.manager import RayReplicaManager  # noqa: E402
-from tests.ray.cluster import LocalCluster  # noqa: E402
+from tests.ray.cluster import AUTH_ENV, LocalCluster  # noqa: E402
 from tests.server_process import free_port  # noqa: E402
 
 MODEL = "SmolLM2-135M-Instruct"
@@ -62,16 +63,25 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: floa
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[LocalCluster]:
-    c = LocalCluster().start()
+    c = LocalCluster()
+    saved = {k: os.environ.get(k) for k in AUTH_ENV}
+    os.environ.update(AUTH_ENV)
     try:
+        c.start()
         ray.init(address=c.address, namespace="chatfleet", log_to_driver=False)
         yield c
     finally:
         try:
-            serve.shutdown()
-            ray.shutdown()
+            if ray.is_initialized():
+                serve.shutdown()
+                ray.shutdown()
         finally:
             c.stop()
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 @pytest.fixture(scope="session")
