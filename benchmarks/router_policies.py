@@ -21,15 +21,14 @@ import argparse
 import json
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
-BIN = Path(sys.executable).parent
+from local_fleet import BIN, get_json, start_up
+
 POLICIES = ("round_robin", "cache_aware")
 WORKLOADS = {
     "shared-prefix": shlex.split(
@@ -40,17 +39,6 @@ WORKLOADS = {
         "--dataset multi-turn --num-prompts 24 --num-turns 3 --max-tokens 64 --concurrency 4"
     ),
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=10) as r:
-        return json.loads(r.read())
 
 
 def _metric_sums(url: str) -> dict[str, float]:
@@ -64,37 +52,14 @@ def _metric_sums(url: str) -> dict[str, float]:
     return sums
 
 
-def _start_up(
-    args: argparse.Namespace, policy: str, log_path: Path
-) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    cmd = [str(BIN / "chatfleet"), "up", "--port", str(port), "--replicas", str(args.replicas)]
-    cmd += ["--policy", policy, "--replica-threads", "1", "--replica-port-start", str(port + 1)]
-    cmd += ["--replica-args", f"--kv-cache-memory {args.kv_budget} --max-num-seqs 16"]
-    cmd += ["--log-dir", str(log_path.with_suffix(""))]
-    proc = subprocess.Popen(cmd, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)  # noqa: SIM115
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"`chatfleet up` exited; see {log_path}")
-        try:
-            replicas = _get_json(f"{url}/router/replicas")["replicas"]
-            if len(replicas) == args.replicas and all(r["eligible"] for r in replicas):
-                return proc, url
-        except OSError:
-            pass
-        time.sleep(1)
-    proc.kill()
-    raise RuntimeError("replicas did not come up")
-
-
 def run_one(
     args: argparse.Namespace, workload: str, policy: str, out_dir: Path, log_dir: Path
 ) -> dict:
-    proc, url = _start_up(args, policy, log_dir / f"up-{workload}-{policy}.log")
+    replica_args = f"--kv-cache-memory {args.kv_budget} --max-num-seqs 16"
+    log_path = log_dir / f"up-{workload}-{policy}.log"
+    proc, url = start_up(args.replicas, policy, replica_args, log_path)
     try:
-        replica_urls = [r["url"] for r in _get_json(f"{url}/router/replicas")["replicas"]]
+        replica_urls = [r["url"] for r in get_json(f"{url}/router/replicas")["replicas"]]
         bench_json = out_dir / f"bench-{workload}-{policy}.json"
         cmd = [str(BIN / "chatfleet"), "bench", "--base-url", url, *WORKLOADS[workload]]
         cmd += ["--seed", str(args.seed), "--no-progress", "--output", str(bench_json)]

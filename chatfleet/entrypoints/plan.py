@@ -69,11 +69,14 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
 def add_calibrate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="GGUF or HF dir (default: SmolLM2-135M)")
     p.add_argument("--base-url", default=None, help="measure a running server instead")
+    p.add_argument(
+        "--step-model", default=None, help="with --base-url: keep this model, fit the overhead"
+    )
     p.add_argument("--output", required=True, help="steps.json")
     p.add_argument("--weight-format", default="auto", choices=["auto", "fp32", "bf16", "int8"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--num-threads", type=int, default=None)
-    p.add_argument("--max-num-batched-tokens", type=int, default=512)
+    p.add_argument("--max-num-batched-tokens", type=int, default=512, help="the server's budget")
     p.add_argument("--grid", choices=["quick", "full"], default="full")
 
 
@@ -232,10 +235,20 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from chatfleet.plan.calibrate import CalibrationGrid, calibrate_in_process
 
     log = functools.partial(print, file=sys.stderr, flush=True)
-    if args.base_url:
+    if args.base_url and args.step_model:
+        from chatfleet.plan.http_calibrate import measure_overhead
+        from chatfleet.plan.step_model import LinearStepModel
+
+        model = LinearStepModel.load(args.step_model)
+        budget = args.max_num_batched_tokens
+        overhead_s = measure_overhead(args.base_url, model, budget)
+        meta = {**model.meta, "request_overhead_s": overhead_s, "overhead_from": args.base_url}
+        model = dataclasses.replace(model, meta=meta)
+        log(f"calibrate: request overhead {overhead_s * 1e3:.1f} ms outside engine steps")
+    elif args.base_url:
         from chatfleet.plan.http_calibrate import calibrate_http
 
-        model = calibrate_http(args.base_url, log)
+        model = calibrate_http(args.base_url, args.max_num_batched_tokens, log)
     else:
         grid = CalibrationGrid()
         if args.grid == "quick":

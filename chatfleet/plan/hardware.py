@@ -1,7 +1,7 @@
 """Accelerator profiles and model shapes: the inputs of the roofline step-time model.
 
 Figures are the vendors' published peaks (dense, no sparsity); docs/capacity.md cites each
-source. Prices are mid-range on-demand list prices (early 2026) and only a default: pass
+source. Prices are on-demand list prices (2025-26, sources in docs) and only a default: pass
 `--price-per-hour` for the price you actually pay.
 """
 
@@ -31,9 +31,9 @@ ACCELERATORS: dict[str, AcceleratorProfile] = {
     a.name: a
     for a in (
         AcceleratorProfile("h100", 3.35e12, 989e12, 80 * GB, 900 * GB, 2.99),
-        AcceleratorProfile("h200", 4.8e12, 989e12, 141 * GB, 900 * GB, 3.79),
+        AcceleratorProfile("h200", 4.8e12, 989e12, 141 * GB, 900 * GB, 3.37),
         AcceleratorProfile("a100", 2.039e12, 312e12, 80 * GB, 600 * GB, 1.99),
-        AcceleratorProfile("l4", 300e9, 121e12, 24 * GB, 64 * GB, 0.80),
+        AcceleratorProfile("l4", 300e9, 121e12, 24 * GB, 64 * GB, 0.44),
     )
 }
 

@@ -107,8 +107,11 @@ class Simulation:
         fleet: FleetSpec,
         step_model: StepTimeModel,
         seed: int = 0,
+        shared_prefix_tokens: int = 0,
     ) -> None:
         self.fleet = fleet
+        # Every conversation starts with the same tokens (the chat template's system prompt).
+        self._shared_prefix = _random_tokens(random.Random(f"{seed}:shared"), shared_prefix_tokens)
         ids = [f"replica-{i:04d}" for i in range(fleet.num_replicas)]
         self.replicas = [SimReplica(rid, fleet.replica, step_model) for rid in ids]
         self._index_of = {rid: i for i, rid in enumerate(ids)}
@@ -158,7 +161,12 @@ class Simulation:
     def _on_turn(self, t: float, state: _ConversationState) -> None:
         k = state.next_turn
         turn = state.conversation.turns[k]
-        prompt = state.history + _random_tokens(state.rng, turn.num_new_prompt_tokens)
+        new = turn.num_new_prompt_tokens
+        if state.history:
+            prompt = state.history + _random_tokens(state.rng, new)
+        else:  # a first turn starts with the shared prefix (leaving it one token of its own)
+            shared = self._shared_prefix[: new - 1]
+            prompt = shared + _random_tokens(state.rng, new - len(shared))
         max_tokens = turn.num_output_tokens
         spec = self.fleet.replica
         if not self._within_rate_limit(state, t, len(prompt) + max_tokens):
@@ -271,6 +279,10 @@ class Simulation:
 
 
 def simulate(
-    conversations: list[Conversation], fleet: FleetSpec, step_model: StepTimeModel, seed: int = 0
+    conversations: list[Conversation],
+    fleet: FleetSpec,
+    step_model: StepTimeModel,
+    seed: int = 0,
+    shared_prefix_tokens: int = 0,
 ) -> SimResult:
-    return Simulation(conversations, fleet, step_model, seed).run()
+    return Simulation(conversations, fleet, step_model, seed, shared_prefix_tokens).run()

@@ -140,15 +140,11 @@ class LinearStepModel(StepTimeModel):
 
     @staticmethod
     def fit(samples: Sequence[StepSample], meta: dict[str, Any]) -> LinearStepModel:
-        """Non-negative least squares on relative error (rows divided by the measured time,
-        so a 10 ms decode weighs as much as a 500 ms prefill)."""
+        """Non-negative least squares on the timed steps (see `fit_rows`)."""
         if len(samples) < len(FEATURES):
             raise ValueError(f"need at least {len(FEATURES)} timed steps, got {len(samples)}")
         x = np.array([features(s.shape) for s in samples], dtype=np.float64)
-        y = np.array([s.seconds for s in samples], dtype=np.float64)
-        coef = _nnls(x / y[:, None], np.ones_like(y))
-        rel = np.abs(x @ coef - y) / y
-        error = {"mean": float(rel.mean()), "p90": float(np.percentile(rel, 90))}
+        coef, error = fit_rows(x, np.array([s.seconds for s in samples], dtype=np.float64))
         return LinearStepModel(tuple(float(c) for c in coef), error, dict(meta))
 
     def save(self, path: str | Path) -> None:
@@ -163,6 +159,15 @@ class LinearStepModel(StepTimeModel):
         coef = data["coefficients_s"]
         meta = {k: v for k, v in data.items() if k not in ("kind", "coefficients_s", "fit_error")}
         return LinearStepModel(tuple(float(coef[f]) for f in FEATURES), data["fit_error"], meta)
+
+
+def fit_rows(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+    """Coefficients >= 0 minimizing the relative error of x @ coef against y (rows divided
+    by the measured time, so a 10 ms decode weighs as much as a 500 ms prefill), and that
+    error on the rows (mean, p90)."""
+    coef = _nnls(x / y[:, None], np.ones_like(y))
+    rel = np.abs(x @ coef - y) / y
+    return coef, {"mean": float(rel.mean()), "p90": float(np.percentile(rel, 90))}
 
 
 def _nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:

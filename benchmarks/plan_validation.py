@@ -1,0 +1,175 @@
+"""Does the fleet simulator predict a real fleet? `chatfleet plan`'s validation.
+
+1. Calibrate the step-time model on this machine: `chatfleet plan calibrate` times real engine
+   steps in process, on one thread (what each replica gets).
+2. Start a real fleet, `chatfleet up --replicas 2` (one thread per replica, router in front),
+   and measure the per-request overhead outside engine steps through the router
+   (`plan calibrate --base-url ROUTER --step-model steps.json`: TTFT of lone requests minus
+   the model's prefill time). Nothing of the workload below is used for calibration.
+3. Overload run: `chatfleet bench` (ShareGPT, Poisson arrivals far above capacity): the
+   measured saturation throughput.
+4. Runs at fractions of that rate (Poisson, `--request-rate`), each with its own seed.
+5. For every run, the simulator replays the same workload: the same arrival times (the bench's
+   own generator and seed), each request's prompt and output length from the run's records,
+   two replicas with the replicas' scheduler settings, the same routing policy. Predicted
+   and measured mean / p90 TTFT and TPOT and throughput are compared.
+
+    .venv/bin/python benchmarks/plan_validation.py --output docs/results/plan_validation.json
+
+Hold the CPU lock meanwhile: nothing else may run on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from local_fleet import BIN, start_up
+
+from chatfleet.bench.result import load_result, records_from_result
+from chatfleet.config import SchedulerConfig
+from chatfleet.plan.replica import ReplicaSpec
+from chatfleet.plan.search import steady_summary
+from chatfleet.plan.simulator import FleetSpec, ServingOverhead, simulate
+from chatfleet.plan.step_model import LinearStepModel
+from chatfleet.plan.workload import conversations, lengths_from_records, poisson_arrivals
+from chatfleet.router.config import PolicyConfig, RouterConfig
+
+KV_BLOCK_BYTES = 16 * 2 * 30 * 3 * 64 * 2  # SmolLM2-135M: 30 layers, 3 KV heads x 64, fp16
+
+
+def run_bench(url: str, args: argparse.Namespace, rate: float, seed: int, out: Path) -> dict:
+    cmd = [str(BIN / "chatfleet"), "bench", "--base-url", url, "--dataset", "sharegpt"]
+    cmd += ["--num-prompts", str(args.num_prompts), "--max-tokens", str(args.max_tokens)]
+    cmd += ["--request-rate", str(rate), "--seed", str(seed), "--ignore-eos", "--no-progress"]
+    cmd += ["--output", str(out)]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return load_result(out)
+
+
+def shared_prefix_tokens() -> int:
+    """Tokens every chat prompt starts with (the template's system prompt), from the tokenizer."""
+    from chatfleet.model.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_model_path(None)
+    a = tok.apply_chat_template([{"role": "user", "content": "alpha"}])
+    b = tok.apply_chat_template([{"role": "user", "content": "omega"}])
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def simulate_run(result: dict, args: argparse.Namespace, model: LinearStepModel) -> dict:
+    """The simulator on the run's workload: same arrivals, same lengths, same fleet."""
+    config = result["config"]
+    records = records_from_result(result)
+    lengths = lengths_from_records(records)
+    arrivals = poisson_arrivals(len(lengths), config["request_rate"], config["seed"])
+    scheduler = SchedulerConfig(args.max_num_seqs, args.max_num_batched_tokens, 8192)
+    num_blocks = args.kv_budget_mib * (1 << 20) // KV_BLOCK_BYTES
+    fleet = FleetSpec(
+        2,
+        ReplicaSpec(scheduler, num_blocks),
+        RouterConfig(policy=PolicyConfig(name=args.policy)),
+        ServingOverhead(ingress_s=float(model.meta.get("request_overhead_s", 0.0))),
+    )
+    sim = simulate(conversations(lengths, arrivals), fleet, model, config["seed"], args.prefix)
+    return {"summary": steady_summary(sim, 0.0), "hit_rate": sim.prefix_hit_rate}
+
+
+def compare(measured: dict, predicted) -> dict:
+    """Predicted vs measured: mean and p90 TTFT and TPOT, output-token and request throughput."""
+    rows = {}
+    for metric in ("ttft_ms", "tpot_ms"):
+        for stat in ("mean", "p90"):
+            m, p = measured[metric][stat], getattr(getattr(predicted, metric), stat)
+            rows[f"{metric[:-3]}_{stat}_ms"] = _pair(m, p)
+    for name in ("output_token_throughput", "request_throughput"):
+        rows[name] = _pair(measured[name], getattr(predicted, name))
+    return rows
+
+
+def _pair(measured: float, predicted: float) -> dict:
+    return {"measured": measured, "predicted": predicted, "error": predicted / measured - 1}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--output", default="docs/results/plan_validation.json")
+    p.add_argument("--num-prompts", type=int, default=120, help="requests per run")
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--max-num-seqs", type=int, default=32)
+    p.add_argument("--max-num-batched-tokens", type=int, default=512)
+    p.add_argument("--kv-budget-mib", type=int, default=1024)
+    p.add_argument("--policy", default="cache_aware")
+    p.add_argument("--fractions", default="0.3,0.5,0.7,0.85", help="of the saturation rate")
+    p.add_argument("--overload-rate", type=float, default=40.0, help="req/s, far past capacity")
+    p.add_argument("--steps", default=None, help="reuse a steps.json instead of calibrating")
+    p.add_argument("--seed", type=int, default=100)
+    args = p.parse_args()
+    output = Path(args.output)
+    out_dir = output.with_suffix("")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = Path(tempfile.mkdtemp(prefix="plan_validation-"))
+    print(f"logs in {log_dir}", flush=True)
+    steps = out_dir / "steps.json"
+    started = time.monotonic()
+    if args.steps is None:
+        cmd = [str(BIN / "chatfleet"), "plan", "calibrate", "--num-threads", "1"]
+        cmd += ["--max-num-batched-tokens", str(args.max_num_batched_tokens)]
+        subprocess.run([*cmd, "--output", str(steps)], check=True)
+    else:
+        steps.write_text(Path(args.steps).read_text())
+    args.prefix = shared_prefix_tokens()
+    replica_args = f"--kv-cache-memory {args.kv_budget_mib}MiB --max-num-seqs {args.max_num_seqs}"
+    replica_args += f" --max-num-batched-tokens {args.max_num_batched_tokens}"
+    proc, url = start_up(2, args.policy, replica_args, log_dir / "up.log")
+    runs = []
+    try:
+        cmd = [str(BIN / "chatfleet"), "plan", "calibrate", "--base-url", url]
+        cmd += ["--step-model", str(steps), "--output", str(steps)]
+        cmd += ["--max-num-batched-tokens", str(args.max_num_batched_tokens)]
+        subprocess.run(cmd, check=True)
+        model = LinearStepModel.load(steps)
+        plan = [("overload", args.overload_rate)]
+        for k, (label, rate) in enumerate(plan):
+            result = run_bench(url, args, rate, args.seed + k, out_dir / f"bench-{label}.json")
+            sim = simulate_run(result, args, model)
+            row = {"label": label, "rate": rate, "hit_rate_predicted": sim["hit_rate"]}
+            row.update(compare(result["summary"], sim["summary"]))
+            runs.append(row)
+            _print(row)
+            if label == "overload":
+                saturation = result["summary"]["request_throughput"]
+                for f in args.fractions.split(","):
+                    plan.append((f"{float(f):.2f}", round(float(f) * saturation, 3)))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(120)
+    config = {k: v for k, v in vars(args).items()}
+    config["wall_s"] = round(time.monotonic() - started)
+    data = {"config": config, "step_model": model.describe(), "runs": runs}
+    output.write_text(json.dumps(data, indent=1) + "\n")
+    print(output)
+    return 0
+
+
+def _print(row: dict) -> None:
+    cells = [f"{row['label']:>8} {row['rate']:6.2f} req/s"]
+    for name in ("ttft_mean_ms", "ttft_p90_ms", "tpot_mean_ms", "tpot_p90_ms"):
+        r = row[name]
+        cells.append(f"{name} {r['measured']:.0f}/{r['predicted']:.0f} ({r['error']:+.0%})")
+    r = row["request_throughput"]
+    cells.append(f"req/s {r['measured']:.2f}/{r['predicted']:.2f} ({r['error']:+.0%})")
+    print("  ".join(cells), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
