@@ -9,7 +9,6 @@ import asyncio
 import dataclasses
 import os
 import shlex
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -18,10 +17,11 @@ import pytest
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
-from chatfleet.ray_serve.app import deploy  # noqa: E402
+from chatfleet.ray_serve.app import connect, deploy  # noqa: E402
 from chatfleet.ray_serve.config import RayDeployConfig  # noqa: E402
 from chatfleet.ray_serve.manager import RayReplicaManager  # noqa: E402
 from tests.ray.cluster import AUTH_ENV, LocalCluster  # noqa: E402
+from tests.router.conftest import wait_until  # noqa: E402
 from tests.server_process import free_port  # noqa: E402
 
 MODEL = "SmolLM2-135M-Instruct"
@@ -50,15 +50,6 @@ class Fleet:
 
     def num_replicas(self) -> int:
         return len(self.manager.list())
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.5) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return False
 
 
 @pytest.fixture(scope="session")
@@ -106,7 +97,9 @@ def two_nodes(cluster) -> LocalCluster:
 def fleet_factory(cluster, serve_port) -> Callable[..., Fleet]:
     """Deploy (or update in place) the app with RayDeployConfig overrides; blocks until ready."""
 
-    def make(**overrides: Any) -> Fleet:
+    def make(fresh: bool = True, **overrides: Any) -> Fleet:
+        """`fresh`: delete the app first, so Serve places every replica anew (spread over the
+        nodes) instead of updating it in place beside the old replicas."""
         config = RayDeployConfig(
             address=cluster.address,
             port=serve_port,
@@ -114,6 +107,9 @@ def fleet_factory(cluster, serve_port) -> Callable[..., Fleet]:
             ingress_resources={"head_node": 0.01},  # the ingress must outlive the worker node
             **overrides,
         )
+        if fresh:
+            connect(config)
+            serve.delete(config.app_name)
         deploy(config)
         return Fleet(config, RayReplicaManager(config))
 

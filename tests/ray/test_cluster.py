@@ -57,7 +57,7 @@ def test_replicas_on_two_nodes_stream_through_ingress_and_gateway(
 
 
 def test_manager_lists_checks_and_drains_replicas(two_nodes, fleet_factory):
-    fleet = fleet_factory(num_replicas=2)
+    fleet = fleet_factory(fresh=False, num_replicas=2)
     manager = fleet.manager
     ids = [r.replica_id for r in manager.list()]
     assert len(ids) == 2

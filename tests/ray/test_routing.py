@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from benchmarks.ray_routing import play
 
-# 10 prefixes of ~300 words, interleaved: one replica's 64 MiB cache (~2,800 tokens) holds
-# about half, so spreading each prefix over both replicas evicts, keeping them apart does not.
+# 12 prefixes of ~300 words (~400 tokens), interleaved: one replica's 64 MiB cache (~2,800
+# tokens) holds about half, so spreading each prefix over both replicas evicts, keeping them
+# apart does not.
 WORKLOAD = (
-    "--dataset shared-prefix --num-groups 10 --num-prompts 40 --prefix-len 300 "
+    "--dataset shared-prefix --num-groups 12 --num-prompts 48 --prefix-len 300 "
     "--input-len 16 --output-len 4 --max-tokens 4 --concurrency 2"
 )
 
@@ -21,4 +22,4 @@ def test_cache_aware_beats_power_of_two_on_shared_prefixes(fleet_factory, tmp_pa
         assert result["num_failed"] == 0
         rates[router] = result["hit_rate"]
     print(f"prefix-cache hit rate: {rates}")
-    assert rates["chatfleet"] > rates["power_of_two"] + 0.15, rates
+    assert rates["chatfleet"] > 1.3 * rates["power_of_two"], rates
