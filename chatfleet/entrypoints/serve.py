@@ -93,7 +93,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     exit_code = 0
 
     class Server(uvicorn.Server):
-        def handle_exit(self, sig: int, frame) -> None:  # type: ignore[override]
+        def handle_exit(self, sig: int, frame) -> None:
             if state.draining:  # a second signal: stop now
                 super().handle_exit(sig, frame)
                 return
