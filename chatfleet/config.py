@@ -79,6 +79,9 @@ class EngineConfig:
     device: str = "cpu"
     weight_format: str = "auto"
     num_threads: int = field(default_factory=_default_threads)
+    # Decode-only steps in one C++ call where it applies (model/fused_decode.py); off gives
+    # the same bits through the per-layer path (tests compare the two).
+    fused_decode: bool = True
     seed: int = 0
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)

@@ -66,7 +66,16 @@ def load(name: str, *, requires: tuple[str, ...] = ()) -> Any | None:
             name=f"chatfleet_{name}",
             sources=[os.path.abspath(os.path.join(_CSRC, f"{name}.cpp"))],
             # Vectorized for the build machine; AMX tiles are never emitted by the compiler.
-            extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp", _headers_flag()],
+            # NOTE: no -ffast-math and no FMA contraction: the kernels write their FMAs out, and
+            # the compiler must not round the same inline function differently in two kernels
+            # (the fused decode step has to match the per-layer ops bit for bit).
+            extra_cflags=[
+                "-O3",
+                "-march=native",
+                "-ffp-contract=off",
+                "-fopenmp",
+                _headers_flag(),
+            ],
             extra_ldflags=["-fopenmp"],
             verbose=False,
         )

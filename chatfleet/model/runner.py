@@ -13,6 +13,7 @@ from chatfleet.engine.outputs import ModelRunnerOutput, SchedulerOutput, TokenLo
 from chatfleet.model import kernels
 from chatfleet.model.attention import BACKENDS, AttentionBackend, load_kernel, resolve_backend
 from chatfleet.model.forward_context import ForwardContext
+from chatfleet.model.fused_decode import FusedDecode
 from chatfleet.model.linear import resolve_weight_format
 from chatfleet.model.loader import load_weights
 from chatfleet.model.models.llama import LlamaForCausalLM
@@ -72,6 +73,8 @@ class ModelRunner:
         self.attn: AttentionBackend = BACKENDS[self.attention](
             model_config.num_heads, model_config.num_kv_heads, model_config.head_dim
         )
+        if config.fused_decode:
+            self.model.fused_decode = FusedDecode.build(self.model, self.attention)
         self.block_size = config.cache.block_size
         num_blocks = self._num_blocks(model_config, config.cache)
         shape = (2, num_blocks, self.block_size, model_config.num_kv_heads, model_config.head_dim)

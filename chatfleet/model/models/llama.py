@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from chatfleet.config import ModelConfig
 from chatfleet.model.attention.base import AttentionBackend
 from chatfleet.model.forward_context import ForwardContext
+from chatfleet.model.fused_decode import FusedDecode
 from chatfleet.model.linear import Linear, make_linear
 from chatfleet.model.rope import rope_cos_sin
 
@@ -78,6 +79,8 @@ class LlamaForCausalLM(torch.nn.Module):
         cos, sin = rope_cos_sin(config, config.max_position_embeddings, device)
         self.register_buffer("rope_cos", cos.to(dtype), persistent=False)
         self.register_buffer("rope_sin", sin.to(dtype), persistent=False)
+        # Set by the runner where it applies (int8 weights, cpu attention).
+        self.fused_decode: FusedDecode | None = None
 
     @torch.inference_mode()
     def forward(
@@ -90,8 +93,11 @@ class LlamaForCausalLM(torch.nn.Module):
         h = F.embedding(input_ids, self.embed)  # [T, hidden]
         cos = self.rope_cos[ctx.positions]  # [T, head_dim]
         sin = self.rope_sin[ctx.positions]
-        for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
-            h = layer(h, cos, sin, kv_cache, attn, ctx)
+        if self.fused_decode is not None and self.fused_decode.applies(ctx):
+            h = self.fused_decode(h, cos, sin, ctx, kv_caches, attn.scale)
+        else:
+            for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
+                h = layer(h, cos, sin, kv_cache, attn, ctx)
         return F.rms_norm(h, (self.config.hidden_size,), self.norm, self.config.rms_norm_eps)
 
     @torch.inference_mode()

@@ -1,0 +1,331 @@
+// Paged attention on the CPU: query rows read their keys and values straight out of the block
+// table, so nothing is gathered or padded. A row is one query token with its own causal
+// length: a decode token, or one token of a short prefill chunk.
+//
+//   q            [R, H, D]            float32 rows, grouped by request
+//   k/v_cache    [NB, BS, KVH, D]     float32 or float16 (converted in registers), one layer
+//   block_tables [N, MB]              int64, one per request
+//   row_starts   [N + 1]              int64: request i owns rows row_starts[i] .. row_starts[i+1]
+//   seq_lens     [R]                  int64, keys each row attends to
+//   out          [R, H, D]            float32
+//
+// Tasks are (request, kv head, tile of up to kRowTile rows): the G = H / KVH query heads of
+// every row in the tile share each key and value load. A lone row (a decode) keeps its
+// accumulators in registers and reduces each dot product horizontally; a tile of several rows
+// transposes 16 keys at a time, so each dot product is a chain of broadcast FMAs with no
+// horizontal step (2.2x fewer instructions per key at 8 rows of 3 heads). Either way a row's
+// arithmetic depends only on how many rows its request has in the step, never on the rest of
+// the batch or the thread count.
+// Shared by the paged_attention op (paged_attention.cpp) and the fused decode step
+// (decode_step.cpp).
+#pragma once
+
+#include <c10/util/Exception.h>
+#include <c10/util/Half.h>
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "vec_math.h"
+
+namespace chatfleet::attn {
+
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const c10::Half* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+
+// s[t] <- exp(s[t] - max(s)); returns the sum (the caller folds 1/sum into the output).
+inline float softmax_unnormalized(float* s, int64_t len) {
+  __m512 vmax = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  int64_t t = 0;
+  for (; t + 16 <= len; t += 16) vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(s + t));
+  float mx = _mm512_reduce_max_ps(vmax);
+  for (; t < len; ++t) mx = s[t] > mx ? s[t] : mx;
+  __m512 vsum = _mm512_setzero_ps();
+  const __m512 vmx = _mm512_set1_ps(mx);
+  for (t = 0; t + 16 <= len; t += 16) {
+    const __m512 e = chatfleet::exp_ps(_mm512_sub_ps(_mm512_loadu_ps(s + t), vmx));
+    _mm512_storeu_ps(s + t, e);
+    vsum = _mm512_add_ps(vsum, e);
+  }
+  float sum = _mm512_reduce_add_ps(vsum);
+  for (; t < len; ++t) {
+    s[t] = std::exp(s[t] - mx);
+    sum += s[t];
+  }
+  return sum;
+}
+
+struct Task {
+  const float* q;         // [G, D] query heads of this kv head
+  const int64_t* table;   // block ids of the request
+  int64_t len;            // keys to attend to
+  int64_t block_size;
+  int64_t slot_stride;    // elements between consecutive slots (KVH * D)
+  int64_t head_offset;    // elements from a slot's start to this kv head
+  float scale;
+  float* out;             // [G, D]
+};
+
+// One (request, kv head): scores for all keys, softmax, then the weighted sum of values.
+template <typename T, int G, int D>
+void attend(const Task& task, const T* k_cache, const T* v_cache, std::vector<float>& scores) {
+  constexpr int V = D / 16;
+  const int64_t len = task.len, bs = task.block_size;
+  scores.resize(G * len);
+  float* s = scores.data();
+  {
+    __m512 qv[G][V];
+    for (int g = 0; g < G; ++g)
+      for (int v = 0; v < V; ++v)
+        qv[g][v] = _mm512_mul_ps(_mm512_loadu_ps(task.q + g * D + 16 * v),
+                                 _mm512_set1_ps(task.scale));
+    for (int64_t start = 0; start < len; start += bs) {
+      const int64_t n = std::min(bs, len - start);
+      const T* kb = k_cache + task.table[start / bs] * bs * task.slot_stride + task.head_offset;
+      for (int64_t t = 0; t < n; ++t) {
+        __m512 kv[V];
+        for (int v = 0; v < V; ++v) kv[v] = load16(kb + t * task.slot_stride + 16 * v);
+        for (int g = 0; g < G; ++g) {
+          __m512 acc = _mm512_mul_ps(qv[g][0], kv[0]);
+          for (int v = 1; v < V; ++v) acc = _mm512_fmadd_ps(qv[g][v], kv[v], acc);
+          s[g * len + start + t] = _mm512_reduce_add_ps(acc);
+        }
+      }
+    }
+  }
+  float inv[G];
+  for (int g = 0; g < G; ++g) inv[g] = 1.f / softmax_unnormalized(s + g * len, len);
+  __m512 acc[G][V];
+  for (int g = 0; g < G; ++g)
+    for (int v = 0; v < V; ++v) acc[g][v] = _mm512_setzero_ps();
+  for (int64_t start = 0; start < len; start += bs) {
+    const int64_t n = std::min(bs, len - start);
+    const T* vb = v_cache + task.table[start / bs] * bs * task.slot_stride + task.head_offset;
+    for (int64_t t = 0; t < n; ++t) {
+      __m512 vv[V];
+      for (int v = 0; v < V; ++v) vv[v] = load16(vb + t * task.slot_stride + 16 * v);
+      for (int g = 0; g < G; ++g) {
+        const __m512 p = _mm512_set1_ps(s[g * len + start + t]);
+        for (int v = 0; v < V; ++v) acc[g][v] = _mm512_fmadd_ps(p, vv[v], acc[g][v]);
+      }
+    }
+  }
+  for (int g = 0; g < G; ++g)
+    for (int v = 0; v < V; ++v)
+      _mm512_storeu_ps(task.out + g * D + 16 * v, _mm512_mul_ps(acc[g][v], _mm512_set1_ps(inv[g])));
+}
+
+constexpr int kRowTile = 8;  // rows per task: 8 x 3 heads = 24 query vectors per key tile
+
+// In-place 16x16 transpose: r[i][j] -> r[j][i].
+inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  // Per 128-bit lane k: t[4i + 0/1/2/3] -> columns 4k + 0/1/2/3 of rows 4i .. 4i + 3.
+  for (int i = 0; i < 4; ++i) {
+    const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
+    const __m512d c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
+    r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+  }
+  // Gather lane k of r[j], r[4 + j], r[8 + j], r[12 + j]: column 4k + j of all 16 rows.
+  for (int j = 0; j < 4; ++j) {
+    const __m512 u0 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88);
+    const __m512 u1 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xDD);
+    const __m512 u2 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88);
+    const __m512 u3 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xDD);
+    t[j] = _mm512_shuffle_f32x4(u0, u2, 0x88);
+    t[8 + j] = _mm512_shuffle_f32x4(u0, u2, 0xDD);
+    t[4 + j] = _mm512_shuffle_f32x4(u1, u3, 0x88);
+    t[12 + j] = _mm512_shuffle_f32x4(u1, u3, 0xDD);
+  }
+  for (int i = 0; i < 16; ++i) r[i] = t[i];
+}
+
+struct TileTask {
+  const float* q;         // [rows, H, D]: the tile's first row, head 0
+  const int64_t* table;   // block ids of the request
+  const int64_t* lens;    // [rows] keys each row attends to
+  int64_t rows;
+  int64_t H;
+  int64_t block_size;
+  int64_t slot_stride;    // elements between consecutive slots (KVH * D)
+  int64_t head_offset;    // elements from a slot's start to this kv head
+  int64_t kv_head;
+  float scale;
+  float* out;             // [rows, H, D]
+};
+
+struct TileScratch {
+  std::vector<float> q, s, o, k, v;
+};
+
+// Several rows of one request and one kv head. Query vector m is (row m / G, head m % G).
+template <typename T, int G, int D>
+void attend_tile(const TileTask& task, const T* k_cache, const T* v_cache, TileScratch& w) {
+  constexpr int V = D / 16, QB = 4;  // QB query vectors per register block
+  const int64_t M = task.rows * G, MP = (M + QB - 1) / QB * QB, bs = task.block_size;
+  int64_t max_len = 0;
+  for (int64_t r = 0; r < task.rows; ++r) max_len = std::max(max_len, task.lens[r]);
+  const int64_t L = (max_len + 15) / 16 * 16;
+  w.q.assign(MP * D, 0.f);
+  w.s.resize(MP * L);
+  w.o.assign(M * D, 0.f);
+  w.k.resize(D * 16);
+  w.v.resize(16 * D);
+  for (int64_t m = 0; m < M; ++m) {
+    const float* src = task.q + ((m / G) * task.H + task.kv_head * G + m % G) * D;
+    for (int64_t d = 0; d < D; ++d) w.q[m * D + d] = src[d] * task.scale;
+  }
+  // Offsets of 16 consecutive keys from `start` (a multiple of 16), walking the block table
+  // without a division per key.
+  int64_t offs[16];
+  auto key_offsets = [&](int64_t start, int64_t n) {
+    int64_t b = start / bs, j = start % bs;
+    for (int64_t t = 0; t < n; ++t) {
+      offs[t] = (task.table[b] * bs + j) * task.slot_stride + task.head_offset;
+      if (++j == bs) j = 0, ++b;
+    }
+  };
+  // Scores: kt[d][0..16] holds dimension d of 16 keys, so q . k for 16 keys is D broadcast
+  // FMAs, split in two chains (d < D/2, d >= D/2) that are added at the end.
+  float* kt = w.k.data();
+  for (int64_t start = 0; start < L; start += 16) {
+    const int64_t n = std::min<int64_t>(16, max_len - start);
+    key_offsets(start, n);
+    for (int c = 0; c < V; ++c) {
+      __m512 r[16];
+      for (int t = 0; t < 16; ++t)
+        r[t] = t < n ? load16(k_cache + offs[t] + 16 * c) : _mm512_setzero_ps();
+      transpose16(r);
+      for (int i = 0; i < 16; ++i) _mm512_storeu_ps(kt + (16 * c + i) * 16, r[i]);
+    }
+    for (int64_t m0 = 0; m0 < MP; m0 += QB) {
+      __m512 lo[QB], hi[QB];
+      for (int j = 0; j < QB; ++j) lo[j] = hi[j] = _mm512_setzero_ps();
+      const float* qb = w.q.data() + m0 * D;
+      for (int d = 0; d < D / 2; ++d) {
+        const __m512 k0 = _mm512_loadu_ps(kt + d * 16);
+        const __m512 k1 = _mm512_loadu_ps(kt + (d + D / 2) * 16);
+        for (int j = 0; j < QB; ++j) {
+          lo[j] = _mm512_fmadd_ps(_mm512_set1_ps(qb[j * D + d]), k0, lo[j]);
+          hi[j] = _mm512_fmadd_ps(_mm512_set1_ps(qb[j * D + d + D / 2]), k1, hi[j]);
+        }
+      }
+      for (int j = 0; j < QB; ++j)
+        _mm512_storeu_ps(w.s.data() + (m0 + j) * L + start, _mm512_add_ps(lo[j], hi[j]));
+    }
+  }
+  float inv[kRowTile * G];
+  for (int64_t m = 0; m < M; ++m)
+    inv[m] = 1.f / softmax_unnormalized(w.s.data() + m * L, task.lens[m / G]);
+  // Values: each query vector's output accumulates over its keys in order.
+  float* vt = w.v.data();
+  for (int64_t start = 0; start < max_len; start += 16) {
+    const int64_t n = std::min<int64_t>(16, max_len - start);
+    key_offsets(start, n);
+    for (int64_t t = 0; t < n; ++t)
+      for (int c = 0; c < V; ++c)
+        _mm512_storeu_ps(vt + t * D + 16 * c, load16(v_cache + offs[t] + 16 * c));
+    // A row's G heads at once: G x V independent accumulator chains keep the FMA units busy
+    // (one head alone would wait on FMA latency).
+    for (int64_t r = 0; r < task.rows; ++r) {
+      const int64_t tn = std::min<int64_t>(n, task.lens[r] - start);
+      if (tn <= 0) continue;
+      const float* p = w.s.data() + r * G * L + start;
+      float* o = w.o.data() + r * G * D;
+      __m512 acc[G][V];
+      for (int g = 0; g < G; ++g)
+        for (int c = 0; c < V; ++c) acc[g][c] = _mm512_loadu_ps(o + g * D + 16 * c);
+      for (int64_t t = 0; t < tn; ++t) {
+        __m512 vv[V];
+        for (int c = 0; c < V; ++c) vv[c] = _mm512_loadu_ps(vt + t * D + 16 * c);
+        for (int g = 0; g < G; ++g) {
+          const __m512 pt = _mm512_set1_ps(p[g * L + t]);
+          for (int c = 0; c < V; ++c) acc[g][c] = _mm512_fmadd_ps(pt, vv[c], acc[g][c]);
+        }
+      }
+      for (int g = 0; g < G; ++g)
+        for (int c = 0; c < V; ++c) _mm512_storeu_ps(o + g * D + 16 * c, acc[g][c]);
+    }
+  }
+  for (int64_t m = 0; m < M; ++m) {
+    float* dst = task.out + ((m / G) * task.H + task.kv_head * G + m % G) * D;
+    const __m512 scale = _mm512_set1_ps(inv[m]);
+    for (int c = 0; c < V; ++c)
+      _mm512_storeu_ps(dst + 16 * c,
+                       _mm512_mul_ps(_mm512_loadu_ps(w.o.data() + m * D + 16 * c), scale));
+  }
+}
+
+template <typename T>
+struct Kernels {
+  void (*row)(const Task&, const T*, const T*, std::vector<float>&);
+  void (*tile)(const TileTask&, const T*, const T*, TileScratch&);
+};
+
+// The (G, D) instantiations for this model shape; nullptr members when unsupported.
+template <typename T>
+Kernels<T> pick(int64_t G, int64_t D) {
+#define CHATFLEET_CASE(g)                                                         \
+  case g:                                                                         \
+    return D == 64 ? Kernels<T>{attend<T, g, 64>, attend_tile<T, g, 64>}          \
+                   : Kernels<T>{attend<T, g, 128>, attend_tile<T, g, 128>};
+  if (D != 64 && D != 128) return {nullptr, nullptr};
+  switch (G) {
+    CHATFLEET_CASE(1)
+    CHATFLEET_CASE(2)
+    CHATFLEET_CASE(3)
+    CHATFLEET_CASE(4)
+    CHATFLEET_CASE(5)
+    CHATFLEET_CASE(6)
+    CHATFLEET_CASE(7)
+    CHATFLEET_CASE(8)
+    default:
+      return {nullptr, nullptr};
+  }
+#undef CHATFLEET_CASE
+}
+
+
+
+inline void store16(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
+inline void store16(c10::Half* p, __m512 v) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
+                      _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
+// Rotate-half RoPE of one head (HF layout: pairs i and i + D/2) from src into dst.
+// NOTE: explicit FMAs, not a loop left to the compiler: its choice of contractions depends on
+// where the loop is inlined, and the fused decode step must round exactly like the unfused op.
+template <typename T>
+inline void rope_head(const float* src, const float* cos, const float* sin, int64_t D, T* dst) {
+  const int64_t half = D / 2;
+  TORCH_CHECK(half % 16 == 0, "rope: head_dim must be a multiple of 32");
+  for (int64_t i = 0; i < half; i += 16) {
+    const __m512 x0 = _mm512_loadu_ps(src + i), x1 = _mm512_loadu_ps(src + half + i);
+    const __m512 c0 = _mm512_loadu_ps(cos + i), c1 = _mm512_loadu_ps(cos + half + i);
+    const __m512 s0 = _mm512_loadu_ps(sin + i), s1 = _mm512_loadu_ps(sin + half + i);
+    store16(dst + i, _mm512_fnmadd_ps(x1, s0, _mm512_mul_ps(x0, c0)));
+    store16(dst + half + i, _mm512_fmadd_ps(x0, s1, _mm512_mul_ps(x1, c1)));
+  }
+}
+
+// One head of values into the cache (widths are multiples of 16, checked by rope_head).
+template <typename T>
+inline void copy_head(const float* src, int64_t D, T* dst) {
+  for (int64_t d = 0; d < D; d += 16) store16(dst + d, _mm512_loadu_ps(src + d));
+}
+
+}  // namespace chatfleet::attn

@@ -1,0 +1,81 @@
+"""Decode-only steps through one C++ call for all decoder layers (csrc/decode_step.cpp).
+
+At batch 1 a step is ~180 small kernel calls; the Python between them and their OpenMP
+fork/joins leave the memory bus idle for about a third of the step. The fused call runs the
+same kernels (int8 linears, RoPE + KV write, paged attention) inside one parallel region, bit
+for bit what the unfused path computes, so it is used whenever it applies: int8 weights, the
+cpu attention backend, and a step in which every request decodes one token.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from chatfleet.model import kernels
+from chatfleet.model.forward_context import ForwardContext
+from chatfleet.model.linear import BlockInt8Linear
+
+
+def load_kernel() -> Any | None:
+    return kernels.load("decode_step", requires=("avx512_vnni",))
+
+
+class FusedDecode:
+    """The per-layer tensors of an int8 Llama, gathered once, and the call that runs them."""
+
+    def __init__(self, layers: torch.nn.ModuleList, num_heads: int, eps: float, kernel: Any):
+        self.kernel = kernel
+        self.num_heads = num_heads
+        self.eps = eps
+        self.weights: list[torch.Tensor] = []
+        self.norms: list[torch.Tensor] = []
+        for layer in layers:
+            for linear in (layer.qkv, layer.o, layer.gate_up, layer.down):
+                self.weights += [linear.packed, linear.scales, linear.zeros]
+            self.norms += [layer.attn_norm.data, layer.ffn_norm.data]
+
+    @classmethod
+    def build(cls, model: torch.nn.Module, attention: str) -> FusedDecode | None:
+        """None unless every decoder linear is int8, attention is the cpu backend and the
+        kernel builds here."""
+        linears = [m for layer in model.layers for m in (layer.qkv, layer.o, layer.gate_up)]
+        linears += [layer.down for layer in model.layers]
+        if attention != "cpu" or not all(isinstance(m, BlockInt8Linear) for m in linears):
+            return None
+        kernel = load_kernel()
+        if kernel is None:
+            return None
+        config = model.config
+        return cls(model.layers, config.num_heads, config.rms_norm_eps, kernel)
+
+    @staticmethod
+    def applies(ctx: ForwardContext) -> bool:
+        return ctx.num_decodes == len(ctx.query_lens)
+
+    def __call__(
+        self,
+        h: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        ctx: ForwardContext,
+        kv_caches: list[torch.Tensor],
+        scale: float,
+    ) -> torch.Tensor:
+        seq_lens = torch.tensor([c + 1 for c in ctx.context_lens], dtype=torch.long)
+        return self.kernel.decode_layers(
+            h,
+            self.weights,
+            self.norms,
+            kv_caches,
+            cos,
+            sin,
+            ctx.slot_mapping,
+            ctx.block_tables,
+            seq_lens,
+            self.num_heads,
+            self.eps,
+            scale,
+            kernels.num_threads(),
+        )
