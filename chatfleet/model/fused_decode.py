@@ -25,7 +25,7 @@ def load_kernel() -> Any | None:
 class FusedDecode:
     """The per-layer tensors of an int8 Llama, gathered once, and the call that runs them."""
 
-    def __init__(self, layers: torch.nn.ModuleList, num_heads: int, eps: float, kernel: Any):
+    def __init__(self, layers: Any, num_heads: int, eps: float, kernel: Any) -> None:
         self.kernel = kernel
         self.num_heads = num_heads
         self.eps = eps
@@ -37,7 +37,7 @@ class FusedDecode:
             self.norms += [layer.attn_norm.data, layer.ffn_norm.data]
 
     @classmethod
-    def build(cls, model: torch.nn.Module, attention: str) -> FusedDecode | None:
+    def build(cls, model: Any, attention: str) -> FusedDecode | None:
         """None unless every decoder linear is int8, attention is the cpu backend and the
         kernel builds here."""
         linears = [m for layer in model.layers for m in (layer.qkv, layer.o, layer.gate_up)]
