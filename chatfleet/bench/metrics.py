@@ -12,7 +12,7 @@ Only successful requests enter latencies, token totals and throughputs.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,24 +37,34 @@ class SloParams:
         return self.ttft_ms is None and self.tpot_ms is None and self.e2e_ms is None
 
 
-def parse_slo(text: str | None) -> SloParams:
-    """'ttft:500,tpot:50' -> SloParams; ValueError naming the bad part."""
-    if not text:
-        return SloParams()
-    names = {"ttft": "ttft_ms", "tpot": "tpot_ms", "e2e": "e2e_ms", "e2el": "e2e_ms"}
-    values: dict[str, float] = {}
+def parse_targets(
+    text: str, is_name: Callable[[str], bool], expected: str
+) -> list[tuple[str, float]]:
+    """'a:500,b:50' -> [("a", 500.0), ("b", 50.0)] (names lower-cased); ValueError naming the
+    bad part, with `expected` saying what a part should look like."""
+    out = []
     for part in text.split(","):
         name, sep, value = part.strip().partition(":")
-        if not sep or name.strip().lower() not in names:
-            raise ValueError(f"bad SLO {part!r}: expected NAME:MS with NAME in ttft, tpot, e2e")
+        name = name.strip().lower()
+        if not sep or not is_name(name):
+            raise ValueError(f"bad SLO {part!r}: expected {expected}")
         try:
             ms = float(value)
         except ValueError:
             raise ValueError(f"bad SLO {part!r}: {value!r} is not a number") from None
         if not ms > 0:
             raise ValueError(f"bad SLO {part!r}: the target must be positive")
-        values[names[name.strip().lower()]] = ms
-    return SloParams(**values)
+        out.append((name, ms))
+    return out
+
+
+def parse_slo(text: str | None) -> SloParams:
+    """'ttft:500,tpot:50' -> SloParams; ValueError naming the bad part."""
+    if not text:
+        return SloParams()
+    names = {"ttft": "ttft_ms", "tpot": "tpot_ms", "e2e": "e2e_ms", "e2el": "e2e_ms"}
+    pairs = parse_targets(text, names.__contains__, "NAME:MS with NAME in ttft, tpot, e2e")
+    return SloParams(**{names[name]: ms for name, ms in pairs})
 
 
 def meets_slo(record: RequestRecord, slo: SloParams) -> bool:

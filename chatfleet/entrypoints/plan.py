@@ -57,6 +57,8 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--turns", type=int, default=3, help="turns per conversation")
     p.add_argument("--max-tokens", type=int, default=512, help="cap on answer lengths")
     p.add_argument("--think-time", type=float, default=20.0, help="seconds between turns")
+    p.add_argument("--system-prompt-tokens", type=int, default=0, help="added, shared by all")
+    p.add_argument("--no-prefix-caching", action="store_true")
     p.add_argument("--overhead-ms", type=float, default=None, help="per request, outside steps")
     p.add_argument("--sim-replicas", type=int, default=2, help="replicas simulated")
     p.add_argument("--sim-requests", type=int, default=2000, help="requests per load point")
@@ -100,6 +102,17 @@ def _lengths(args: argparse.Namespace) -> list:
     raise ValueError(f"--lengths: expected sharegpt, fixed:IN,OUT or bench:FILE, got {kind!r}")
 
 
+def _with_system_prompt(lengths: list, num_tokens: int) -> list:
+    """Every conversation's first turn starts with the same `num_tokens` more tokens."""
+    if not num_tokens:
+        return lengths
+    return [
+        (dataclasses.replace(t[0], num_new_prompt_tokens=t[0].num_new_prompt_tokens + num_tokens),)
+        + tuple(t[1:])
+        for t in lengths
+    ]
+
+
 def _step_model(args: argparse.Namespace, shape: Any, accel: Any) -> tuple[Any, float, float]:
     """(step model, KV bytes per replica, ingress overhead in seconds)."""
     from chatfleet.plan.roofline import RooflineParams, RooflineStepModel
@@ -132,7 +145,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         accel = get_accelerator(args.accelerator)
         shape = load_model_shape(args.model_shape, args.weight_bytes)
         step_model, kv_bytes, overhead_s = _step_model(args, shape, accel)
-        lengths = _lengths(args)
+        lengths = _with_system_prompt(_lengths(args), args.system_prompt_tokens)
         router = RouterConfig(policy=PolicyConfig(name=args.policy))
         scheduler = SchedulerConfig(
             args.max_num_seqs, args.max_num_batched_tokens, args.max_model_len
@@ -145,7 +158,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     num_blocks = int(kv_bytes // (shape.kv_bytes_per_token * block_size))
     fleet = FleetSpec(
         args.sim_replicas,
-        ReplicaSpec(scheduler, num_blocks, block_size),
+        ReplicaSpec(scheduler, num_blocks, block_size, not args.no_prefix_caching),
         router,
         ServingOverhead(ingress_s=overhead_s),
     )
@@ -158,6 +171,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         args.think_time,
         seed=args.seed,
         min_duration_s=args.sim_duration,
+        shared_prefix_tokens=args.system_prompt_tokens,
     )
     log = functools.partial(print, file=sys.stderr, flush=True)
     best, points = find_capacity(scenario, log=log)
@@ -208,14 +222,16 @@ def _assumptions(
         f"peak/mean {args.peak_to_mean:g}; one smooth daily peak (von Mises curve, 20:00)",
         f"conversations: up to {args.turns} turns, {args.think_time:g} s between an answer and "
         f"the next turn, each turn resends the history; lengths from {args.lengths}, answers "
-        f"capped at {args.max_tokens} tokens",
+        f"capped at {args.max_tokens} tokens; a shared system prompt of "
+        f"{args.system_prompt_tokens} tokens",
         f"model: {shape.name}, {shape.num_params / 1e9:.2f}B parameters, "
         f"{shape.weight_bytes_per_param:g} bytes/param, KV {shape.kv_bytes_per_token / 1024:.0f} "
         f"KiB/token",
         f"step-time model: {desc}",
         f"replica: max_num_seqs {sched.max_num_seqs}, max_num_batched_tokens "
         f"{sched.max_num_batched_tokens}, block size {fleet.replica.block_size}, "
-        f"{fleet.replica.num_blocks:,} KV blocks, prefix caching on",
+        f"{fleet.replica.num_blocks:,} KV blocks, prefix caching "
+        f"{'on' if fleet.replica.enable_prefix_caching else 'off'}",
         f"router: {fleet.router.policy.name}, load scraped every "
         f"{fleet.router.health.probe_interval_s:g} s",
         f"overhead outside engine steps: {fleet.overhead.ingress_s * 1e3:.1f} ms per request",

@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from chatfleet.bench.metrics import BenchSummary
+from chatfleet.bench.metrics import BenchSummary, parse_targets
 from chatfleet.plan.simulator import FleetSpec, SimResult, simulate
 from chatfleet.plan.step_model import StepTimeModel
 from chatfleet.plan.workload import Conversation, TurnShape, conversations, poisson_arrivals
@@ -30,21 +30,15 @@ class SloTargets:
     @staticmethod
     def parse(text: str) -> SloTargets:
         """'ttft_p99:500,tpot_p99:50' -> SloTargets; ValueError naming the bad part."""
-        out = []
-        for part in text.split(","):
-            name, sep, value = part.strip().partition(":")
+
+        def is_name(name: str) -> bool:
             metric, _, stat = name.partition("_")
-            if not sep or metric not in _METRICS or stat not in _STATS:
-                raise ValueError(
-                    f"bad SLO {part!r}: expected METRIC_STAT:MS, METRIC in {_METRICS}, "
-                    f"STAT in {_STATS}"
-                )
-            try:
-                ms = float(value)
-            except ValueError:
-                raise ValueError(f"bad SLO {part!r}: {value!r} is not a number") from None
-            if not ms > 0:
-                raise ValueError(f"bad SLO {part!r}: the target must be positive")
+            return metric in _METRICS and stat in _STATS
+
+        expected = f"METRIC_STAT:MS, METRIC in {_METRICS}, STAT in {_STATS}"
+        out = []
+        for name, ms in parse_targets(text, is_name, expected):
+            metric, _, stat = name.partition("_")
             out.append((metric, stat, ms))
         return SloTargets(tuple(out))
 
@@ -78,6 +72,7 @@ class Scenario:
     # Arrivals span at least this long, so an overloaded fleet has time to build a queue (a
     # short burst of finite requests would drain and look fine at any rate).
     min_duration_s: float = 60.0
+    shared_prefix_tokens: int = 0  # a system prompt every conversation starts with
 
     def conversations(self, rate_per_replica: float) -> list[Conversation]:
         turns = sum(len(t) for t in self.lengths) / len(self.lengths)
@@ -113,9 +108,9 @@ def steady_summary(result: SimResult, warmup_fraction: float) -> BenchSummary:
 
 
 def load_point(scenario: Scenario, rate_per_replica: float) -> LoadPoint:
-    result = simulate(
-        scenario.conversations(rate_per_replica), scenario.fleet, scenario.step_model, scenario.seed
-    )
+    convs = scenario.conversations(rate_per_replica)
+    s = scenario
+    result = simulate(convs, s.fleet, s.step_model, s.seed, s.shared_prefix_tokens)
     summary = steady_summary(result, scenario.warmup_fraction)
     misses = scenario.slo.misses(summary)
     return LoadPoint(rate_per_replica, summary, result.prefix_hit_rate, tuple(misses))
