@@ -49,4 +49,4 @@ def reference_logits(model: LlamaForCausalLM, token_ids: list[int]) -> torch.Ten
         h = h + layer.o(attn)
         gate, up = layer.gate_up(_rms(h, layer.ffn_norm.float(), c.rms_norm_eps)).chunk(2, -1)
         h = h + layer.down(torch.nn.functional.silu(gate) * up)
-    return model.compute_logits(_rms(h, model.norm.float(), c.rms_norm_eps))
+    return model.lm_head(_rms(h, model.norm.float(), c.rms_norm_eps)).float()

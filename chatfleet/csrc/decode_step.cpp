@@ -21,6 +21,10 @@
 namespace {
 
 namespace ql = chatfleet::ql;
+
+// Each thread asks for the first bytes of its weight slice before quantizing the matmul's input
+// and meeting the others at the barrier, so the memory bus does not idle through those.
+constexpr int64_t kPrefetchBytes = 16 << 10;
 namespace attn = chatfleet::attn;
 
 // [begin, end) of n items for thread tid of nt: contiguous, sizes differ by at most one.
@@ -87,12 +91,20 @@ void run_layers(at::Tensor& h, const std::vector<at::Tensor>& weights,
     auto linear = [&](const float* x, int64_t ld, ql::QuantizedRows& qx,
                       const ql::Prologue& pro, const Weight& wt, float* y,
                       const float* residual) {
+      const auto tiles = share(wt.n_tiles, tid, n);
+      {
+        const int64_t tile_bytes = qx.nb * ql::kBlock * ql::kTile * wt.bits / 8;
+        const char* first =
+            reinterpret_cast<const char*>(wt.packed.codes) + tiles.first * tile_bytes;
+        const int64_t len =
+            std::min<int64_t>(kPrefetchBytes, (tiles.second - tiles.first) * tile_bytes);
+        for (int64_t o = 0; o < len; o += 64) _mm_prefetch(first + o, _MM_HINT_T1);
+      }
       for (int64_t m = rows.first; m < rows.second; ++m) {
         ql::prepare_row(x + m * ld, qx.K, pro, row.data());
         ql::quantize_row(row.data(), m, qx);
       }
 #pragma omp barrier
-      const auto tiles = share(wt.n_tiles, tid, n);
       const ql::Output out{y, residual, wt.n_tiles * ql::kTile};
       ql::run_tiles(wt.packed, qx, M, wt.bits, tiles.first, tiles.second, out);
 #pragma omp barrier

@@ -54,7 +54,8 @@ class LlamaLayer(torch.nn.Module):
 
 
 class LlamaForCausalLM(torch.nn.Module):
-    """forward(input_ids, ctx) -> hidden states; compute_logits(hidden) -> [N, vocab] fp32."""
+    """forward(input_ids, ctx) -> last layer's hidden states (before the final norm);
+    compute_logits(hidden) -> [N, vocab] fp32."""
 
     rope_cos: torch.Tensor
     rope_sin: torch.Tensor
@@ -98,8 +99,10 @@ class LlamaForCausalLM(torch.nn.Module):
         else:
             for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
                 h = layer(h, cos, sin, kv_cache, attn, ctx)
-        return F.rms_norm(h, (self.config.hidden_size,), self.norm, self.config.rms_norm_eps)
+        return h
 
     @torch.inference_mode()
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden).float()
+        """Logits of the last layer's hidden states; the final RMSNorm runs here, fused into
+        the head's matmul, and only for the rows that sample."""
+        return self.lm_head.fused(hidden, norm=self.norm, eps=self.config.rms_norm_eps).float()
