@@ -46,7 +46,7 @@ void run(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cac
     for (int64_t r = rs[i]; r < rs[i + 1]; r += kRowTile) {
       const int64_t rows = std::min<int64_t>(kRowTile, rs[i + 1] - r);
       for (int64_t h = 0; h < KVH; ++h) work.push_back({i, r, rows, h});
-      total_keys += sl[r + rows - 1];
+      total_keys += sl[r + rows - 1] * rows;  // key-row pairs, as if each row ran alone
     }
   const int threads = static_cast<int>(
       std::max<int64_t>(1, std::min(num_threads, total_keys / kMinKeysPerThread)));
