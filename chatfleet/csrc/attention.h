@@ -11,11 +11,11 @@
 //
 // Tasks are (request, kv head, tile of up to kRowTile rows): the G = H / KVH query heads of
 // every row in the tile share each key and value load. A lone row (a decode) keeps its
-// accumulators in registers and reduces each dot product horizontally; a tile of several rows
-// transposes 16 keys at a time, so each dot product is a chain of broadcast FMAs with no
-// horizontal step (2.2x fewer instructions per key at 8 rows of 3 heads). Either way a row's
-// arithmetic depends only on how many rows its request has in the step, never on the rest of
-// the batch or the thread count.
+// accumulators in registers and sums the lanes of 16 dot products per head together; a tile of
+// several rows transposes 32 keys at a time, so each dot product is a chain of broadcast FMAs
+// with no horizontal step (2.2x fewer instructions per key at 8 rows of 3 heads). Either way a
+// row's arithmetic depends only on how many rows its request has in the step, never on the rest
+// of the batch or the thread count.
 // Shared by the paged_attention op (paged_attention.cpp) and the fused decode step
 // (decode_step.cpp).
 #pragma once
@@ -72,7 +72,30 @@ struct Task {
   float* out;             // [G, D]
 };
 
+// Lane sums of four vectors, partly: 128-bit block b of the result holds, at position j, the
+// sum of a_j's four lanes in block b. Six shuffles and three adds for four dot products, where
+// a full horizontal sum costs about eight operations for one.
+inline __m512 hsum4_partial(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
+  const __m512 x01 = _mm512_add_ps(_mm512_unpacklo_ps(a0, a1), _mm512_unpackhi_ps(a0, a1));
+  const __m512 x23 = _mm512_add_ps(_mm512_unpacklo_ps(a2, a3), _mm512_unpackhi_ps(a2, a3));
+  const __m512d p = _mm512_castps_pd(x01), q = _mm512_castps_pd(x23);
+  return _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(p, q)),
+                       _mm512_castpd_ps(_mm512_unpackhi_pd(p, q)));
+}
+
+// Finishes four hsum4_partial results: lanes 4j .. 4j + 3 of the result are y_j's totals.
+inline __m512 hsum_blocks(__m512 y0, __m512 y1, __m512 y2, __m512 y3) {
+  const __m512 v01 =
+      _mm512_add_ps(_mm512_shuffle_f32x4(y0, y1, 0x44), _mm512_shuffle_f32x4(y0, y1, 0xEE));
+  const __m512 v23 =
+      _mm512_add_ps(_mm512_shuffle_f32x4(y2, y3, 0x44), _mm512_shuffle_f32x4(y2, y3, 0xEE));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(v01, v23, 0x88),
+                       _mm512_shuffle_f32x4(v01, v23, 0xDD));
+}
+
 // One (request, kv head): scores for all keys, softmax, then the weighted sum of values.
+// Scores go 16 keys at a time: four keys' vectors stay in registers for all G heads, and the
+// lane sums of 16 dot products per head are done together (hsum4_partial, hsum_blocks).
 template <typename T, int G, int D>
 void attend(const Task& task, const T* k_cache, const T* v_cache, std::vector<float>& scores) {
   constexpr int V = D / 16;
@@ -80,23 +103,41 @@ void attend(const Task& task, const T* k_cache, const T* v_cache, std::vector<fl
   scores.resize(G * len);
   float* s = scores.data();
   {
-    __m512 qv[G][V];
+    alignas(64) float q[G][D];
     for (int g = 0; g < G; ++g)
       for (int v = 0; v < V; ++v)
-        qv[g][v] = _mm512_mul_ps(_mm512_loadu_ps(task.q + g * D + 16 * v),
-                                 _mm512_set1_ps(task.scale));
-    for (int64_t start = 0; start < len; start += bs) {
-      const int64_t n = std::min(bs, len - start);
-      const T* kb = k_cache + task.table[start / bs] * bs * task.slot_stride + task.head_offset;
-      for (int64_t t = 0; t < n; ++t) {
-        __m512 kv[V];
-        for (int v = 0; v < V; ++v) kv[v] = load16(kb + t * task.slot_stride + 16 * v);
+        _mm512_store_ps(q[g] + 16 * v, _mm512_mul_ps(_mm512_loadu_ps(task.q + g * D + 16 * v),
+                                                     _mm512_set1_ps(task.scale)));
+    const T* key[16];
+    for (int64_t start = 0; start < len; start += 16) {
+      const int64_t n = std::min<int64_t>(16, len - start);
+      {  // walk the block table without a division per key
+        int64_t b = start / bs, j = start % bs;
+        for (int64_t t = 0; t < n; ++t) {
+          key[t] = k_cache + (task.table[b] * bs + j) * task.slot_stride + task.head_offset;
+          if (++j == bs) j = 0, ++b;
+        }
+        for (int64_t t = n; t < 16; ++t) key[t] = key[n - 1];  // computed, never stored
+      }
+      __m512 y[G][4];
+      for (int grp = 0; grp < 4; ++grp) {
+        __m512 kv[4][V];
+        for (int j = 0; j < 4; ++j)
+          for (int v = 0; v < V; ++v) kv[j][v] = load16(key[4 * grp + j] + 16 * v);
         for (int g = 0; g < G; ++g) {
-          __m512 acc = _mm512_mul_ps(qv[g][0], kv[0]);
-          for (int v = 1; v < V; ++v) acc = _mm512_fmadd_ps(qv[g][v], kv[v], acc);
-          s[g * len + start + t] = _mm512_reduce_add_ps(acc);
+          __m512 a[4];
+          for (int j = 0; j < 4; ++j) {
+            a[j] = _mm512_mul_ps(_mm512_load_ps(q[g]), kv[j][0]);
+            for (int v = 1; v < V; ++v)
+              a[j] = _mm512_fmadd_ps(_mm512_load_ps(q[g] + 16 * v), kv[j][v], a[j]);
+          }
+          y[g][grp] = hsum4_partial(a[0], a[1], a[2], a[3]);
         }
       }
+      const __mmask16 mask = static_cast<__mmask16>((1u << n) - 1);
+      for (int g = 0; g < G; ++g)
+        _mm512_mask_storeu_ps(s + g * len + start, mask,
+                              hsum_blocks(y[g][0], y[g][1], y[g][2], y[g][3]));
     }
   }
   float inv[G];
@@ -174,23 +215,26 @@ struct TileScratch {
 // Several rows of one request and one kv head. Query vector m is (row m / G, head m % G).
 template <typename T, int G, int D>
 void attend_tile(const TileTask& task, const T* k_cache, const T* v_cache, TileScratch& w) {
-  constexpr int V = D / 16, QB = 4;  // QB query vectors per register block
+  // Scores are computed for QB query vectors x KB keys at a time: 12 accumulators, and each
+  // broadcast query element feeds two FMAs, so the loads (2 keys + 6 broadcasts per 12 FMAs)
+  // stay under the FMA ports' rate.
+  constexpr int V = D / 16, QB = 6, KB = 32;
   const int64_t M = task.rows * G, MP = (M + QB - 1) / QB * QB, bs = task.block_size;
   int64_t max_len = 0;
   for (int64_t r = 0; r < task.rows; ++r) max_len = std::max(max_len, task.lens[r]);
-  const int64_t L = (max_len + 15) / 16 * 16;
+  const int64_t L = (max_len + KB - 1) / KB * KB;
   w.q.assign(MP * D, 0.f);
   w.s.resize(MP * L);
   w.o.assign(M * D, 0.f);
-  w.k.resize(D * 16);
+  w.k.resize(D * KB);
   w.v.resize(16 * D);
   for (int64_t m = 0; m < M; ++m) {
     const float* src = task.q + ((m / G) * task.H + task.kv_head * G + m % G) * D;
     for (int64_t d = 0; d < D; ++d) w.q[m * D + d] = src[d] * task.scale;
   }
-  // Offsets of 16 consecutive keys from `start` (a multiple of 16), walking the block table
-  // without a division per key.
-  int64_t offs[16];
+  // Offsets of up to KB consecutive keys from `start` (a multiple of 16), walking the block
+  // table without a division per key.
+  int64_t offs[KB];
   auto key_offsets = [&](int64_t start, int64_t n) {
     int64_t b = start / bs, j = start % bs;
     for (int64_t t = 0; t < n; ++t) {
@@ -198,33 +242,38 @@ void attend_tile(const TileTask& task, const T* k_cache, const T* v_cache, TileS
       if (++j == bs) j = 0, ++b;
     }
   };
-  // Scores: kt[d][0..16] holds dimension d of 16 keys, so q . k for 16 keys is D broadcast
-  // FMAs, split in two chains (d < D/2, d >= D/2) that are added at the end.
+  // Scores: kt[d][0..KB] holds dimension d of KB keys (transposed 16 at a time), so q . k for
+  // KB keys is a chain of D broadcast FMAs per 16 keys.
   float* kt = w.k.data();
-  for (int64_t start = 0; start < L; start += 16) {
-    const int64_t n = std::min<int64_t>(16, max_len - start);
+  for (int64_t start = 0; start < L; start += KB) {
+    const int64_t n = std::min<int64_t>(KB, max_len - start);
     key_offsets(start, n);
-    for (int c = 0; c < V; ++c) {
-      __m512 r[16];
-      for (int t = 0; t < 16; ++t)
-        r[t] = t < n ? load16(k_cache + offs[t] + 16 * c) : _mm512_setzero_ps();
-      transpose16(r);
-      for (int i = 0; i < 16; ++i) _mm512_storeu_ps(kt + (16 * c + i) * 16, r[i]);
-    }
+    for (int half = 0; half < KB / 16; ++half)
+      for (int c = 0; c < V; ++c) {
+        __m512 r[16];
+        for (int t = 0; t < 16; ++t) {
+          const int64_t key = 16 * half + t;
+          r[t] = key < n ? load16(k_cache + offs[key] + 16 * c) : _mm512_setzero_ps();
+        }
+        transpose16(r);
+        for (int i = 0; i < 16; ++i) _mm512_storeu_ps(kt + (16 * c + i) * KB + 16 * half, r[i]);
+      }
     for (int64_t m0 = 0; m0 < MP; m0 += QB) {
-      __m512 lo[QB], hi[QB];
-      for (int j = 0; j < QB; ++j) lo[j] = hi[j] = _mm512_setzero_ps();
+      __m512 a0[QB], a1[QB];
+      for (int j = 0; j < QB; ++j) a0[j] = a1[j] = _mm512_setzero_ps();
       const float* qb = w.q.data() + m0 * D;
-      for (int d = 0; d < D / 2; ++d) {
-        const __m512 k0 = _mm512_loadu_ps(kt + d * 16);
-        const __m512 k1 = _mm512_loadu_ps(kt + (d + D / 2) * 16);
+      for (int d = 0; d < D; ++d) {
+        const __m512 k0 = _mm512_loadu_ps(kt + d * KB), k1 = _mm512_loadu_ps(kt + d * KB + 16);
         for (int j = 0; j < QB; ++j) {
-          lo[j] = _mm512_fmadd_ps(_mm512_set1_ps(qb[j * D + d]), k0, lo[j]);
-          hi[j] = _mm512_fmadd_ps(_mm512_set1_ps(qb[j * D + d + D / 2]), k1, hi[j]);
+          const __m512 b = _mm512_set1_ps(qb[j * D + d]);
+          a0[j] = _mm512_fmadd_ps(b, k0, a0[j]);
+          a1[j] = _mm512_fmadd_ps(b, k1, a1[j]);
         }
       }
-      for (int j = 0; j < QB; ++j)
-        _mm512_storeu_ps(w.s.data() + (m0 + j) * L + start, _mm512_add_ps(lo[j], hi[j]));
+      for (int j = 0; j < QB; ++j) {
+        _mm512_storeu_ps(w.s.data() + (m0 + j) * L + start, a0[j]);
+        _mm512_storeu_ps(w.s.data() + (m0 + j) * L + start + 16, a1[j]);
+      }
     }
   }
   float inv[kRowTile * G];

@@ -24,9 +24,10 @@ def load_kernel() -> Any | None:
 
 # Prefill chunks up to this many tokens go through the paged kernel as one row per token (its
 # own causal length) instead of SDPA over gathered keys. Measured per layer, 9 heads, fp16
-# cache: 48 new tokens on 800 cached ones 1.4 ms vs SDPA's 2.5; 128 on 800, 3.3 vs 5.3;
-# 512 on 1500, 46 vs 25 (SDPA's GEMMs win once the chunk is long).
-MAX_PAGED_QUERY_LEN = 128
+# cache (benchmarks/prefill_attention.py, tiled kernel): 48 new tokens on 800 cached 0.85 ms vs
+# SDPA's 1.87; 512 on 0, 2.5 vs 4.1; 512 on 1500, 15.5 vs 19.0. Longer chunks (a budget above
+# the default 512) were not measured and keep SDPA.
+MAX_PAGED_QUERY_LEN = 512
 
 
 @dataclass
