@@ -4,6 +4,11 @@ A block is in exactly one of two states:
     ref_count > 0   used by running requests (never evictable)
     ref_count == 0  on the free list; if it still has a hash it is a cached prefix block that
                     a later request may revive, and it is evicted lazily when popped for reuse.
+
+A free block may also be a *partial* block: the last, unfilled block of a finished request,
+indexed by its parent's hash and the tokens it holds. A later request whose next tokens start
+with those adopts it whole (never shared: it goes on writing its own tokens after them), which
+saves recomputing the tail of a previous chat turn (~half a block per turn on average).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ class KVCacheBlock:
     # For verification on a hash hit: the parent's hash and this block's token ids.
     parent_hash: int | None = None
     token_ids: tuple[int, ...] = ()
+    is_partial: bool = False  # indexed in BlockPool._partials (then block_hash is None)
 
 
 def hash_block(
@@ -42,6 +48,8 @@ class BlockPool:
             (b.block_id, b) for b in self.blocks
         )
         self._cached: dict[int, KVCacheBlock] = {}
+        # parent hash -> partial blocks (by id) continuing that prefix
+        self._partials: dict[int | None, dict[int, KVCacheBlock]] = {}
 
     @property
     def num_blocks(self) -> int:
@@ -61,11 +69,25 @@ class BlockPool:
             return None
         return block
 
+    def lookup_partial(
+        self, parent_hash: int | None, next_tokens: tuple[int, ...]
+    ) -> KVCacheBlock | None:
+        """The partial block after `parent_hash` holding the longest prefix of next_tokens."""
+        fits = [
+            b
+            for b in self._partials.get(parent_hash, {}).values()
+            if next_tokens[: len(b.token_ids)] == b.token_ids
+        ]
+        return max(fits, key=lambda b: len(b.token_ids), default=None)
+
     def touch(self, blocks: list[KVCacheBlock]) -> None:
-        """Take a reference on (possibly free) cached blocks; removes them from the free list."""
+        """Take a reference on (possibly free) cached blocks; removes them from the free list.
+        A partial block leaves the index: its new owner writes past its cached tokens."""
         for block in blocks:
             if block.ref_count == 0:
                 del self._free[block.block_id]
+            if block.is_partial:
+                self._evict(block)
             block.ref_count += 1
 
     def allocate(self, num_blocks: int) -> list[KVCacheBlock]:
@@ -104,7 +126,26 @@ class BlockPool:
         block.block_hash, block.parent_hash, block.token_ids = block_hash, parent_hash, token_ids
         self._cached.setdefault(block_hash, block)
 
+    def cache_partial(
+        self, block: KVCacheBlock, parent_hash: int | None, token_ids: tuple[int, ...]
+    ) -> None:
+        """Index a request's unfilled last block (exclusively owned, about to be freed) by the
+        tokens whose KV it holds."""
+        # NOTE: only an exclusively owned, unhashed block: a shared one is someone's prefix.
+        if not self.enable_caching or block.block_hash is not None or block.ref_count != 1:
+            return
+        if not token_ids:
+            return
+        block.parent_hash, block.token_ids, block.is_partial = parent_hash, token_ids, True
+        self._partials.setdefault(parent_hash, {})[block.block_id] = block
+
     def _evict(self, block: KVCacheBlock) -> None:
+        if block.is_partial:
+            siblings = self._partials[block.parent_hash]
+            del siblings[block.block_id]
+            if not siblings:
+                del self._partials[block.parent_hash]
+            block.parent_hash, block.token_ids, block.is_partial = None, (), False
         if block.block_hash is not None:
             if self._cached.get(block.block_hash) is block:
                 del self._cached[block.block_hash]
@@ -121,3 +162,7 @@ class BlockPool:
             assert on_free == (block.ref_count == 0), f"block {block.block_id} free-list mismatch"
         for h, block in self._cached.items():
             assert block.block_hash == h, "hash table points at a re-hashed block"
+        for parent, siblings in self._partials.items():
+            for block in siblings.values():
+                assert block.is_partial and block.parent_hash == parent, "stale partial index"
+                assert block.ref_count == 0 and block.block_hash is None, "owned partial block"

@@ -4,7 +4,8 @@ Token positions map onto a request's blocks like this (block_size 4):
     tokens:  t0 t1 t2 t3 | t4 t5 t6 t7 | t8 t9
     blocks:  [   b7     ] [    b2     ] [ b9 ...   ]   <- block table of the request
     slot of token i = block_table[i // block_size] * block_size + i % block_size
-Only full blocks are hashed, so only full blocks are ever shared.
+Only full blocks are hashed, so only full blocks are ever shared. A finished request's last,
+unfilled block is kept as a partial block (see block_pool) for one later request to adopt.
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ class KVCacheManager:
     def get_computed_blocks(self, request: Request) -> tuple[list[KVCacheBlock], int]:
         """Longest cached prefix of a waiting request: (blocks, number of tokens they hold).
 
-        At least one token is always left to compute, since its logits are needed.
-        Mutates nothing but request.block_hashes.
+        Full blocks first, then possibly one partial block continuing them. At least one token
+        is always left to compute, since its logits are needed. Mutates nothing but
+        request.block_hashes.
         """
         if not self.enable_caching:
             return [], 0
@@ -67,22 +69,34 @@ class KVCacheManager:
                 break
             hits.append(block)
             parent = block_hash
-        return hits, len(hits) * bs
+        start = len(hits) * bs
+        room = min(bs - 1, request.num_tokens - 1 - start)
+        partial = self.pool.lookup_partial(parent, tuple(tokens[start : start + room]))
+        if partial is None:
+            return hits, start
+        return [*hits, partial], start + len(partial.token_ids)
 
     def allocate_slots(
         self,
         request: Request,
         num_new_tokens: int,
         new_computed_blocks: list[KVCacheBlock] | None = None,
+        num_new_computed_tokens: int | None = None,
     ) -> list[int] | None:
         """Make room for num_new_tokens more tokens of request.
 
-        new_computed_blocks (on admission) are prefix-cache hits to adopt first. Returns the
-        request's full block-id list, or None (changing nothing) when the pool is too small.
+        new_computed_blocks (on admission) are prefix-cache hits to adopt first, holding
+        num_new_computed_tokens tokens (default: all full). Returns the request's full block-id
+        list, or None (changing nothing) when the pool is too small.
         """
         blocks = self._blocks.setdefault(request.request_id, [])
         adopted = new_computed_blocks or []
-        num_computed = request.num_computed_tokens + len(adopted) * self.block_size
+        num_adopted = (
+            len(adopted) * self.block_size
+            if num_new_computed_tokens is None
+            else num_new_computed_tokens
+        )
+        num_computed = request.num_computed_tokens + num_adopted
         total = num_computed + num_new_tokens
         num_required = -(-total // self.block_size) - len(blocks) - len(adopted)
         num_revived = sum(1 for b in adopted if b.ref_count == 0)
@@ -92,7 +106,7 @@ class KVCacheManager:
             return None
         if new_computed_blocks is not None:
             self.stats.queries += request.num_tokens
-            self.stats.hits += len(adopted) * self.block_size
+            self.stats.hits += num_adopted
         self.pool.touch(adopted)
         blocks.extend(adopted)
         if num_required > 0:
@@ -122,9 +136,19 @@ class KVCacheManager:
         self._num_hashed[request.request_id] = end
 
     def free(self, request: Request) -> None:
-        """Release every block of request (cached ones stay revivable until evicted)."""
+        """Release every block of request (cached ones stay revivable until evicted, and an
+        unfilled last block becomes a partial block)."""
         blocks = self._blocks.pop(request.request_id, [])
         self._num_hashed.pop(request.request_id, None)
+        full, rest = divmod(request.num_computed_tokens, self.block_size)
+        if self.enable_caching and rest and full < len(blocks):
+            self._update_hashes(request, full * self.block_size)
+            start = full * self.block_size
+            self.pool.cache_partial(
+                blocks[full],
+                request.block_hashes[full - 1] if full else None,
+                tuple(request.token_ids[start : start + rest]),
+            )
         self.pool.free(list(reversed(blocks)))
 
     def check_integrity(self) -> None:

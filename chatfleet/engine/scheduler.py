@@ -110,7 +110,7 @@ class Scheduler:
                 continue
             hits, num_hit_tokens = self.kv.get_computed_blocks(request)
             num_new = min(request.num_tokens - num_hit_tokens, budget)
-            block_ids = self.kv.allocate_slots(request, num_new, hits)
+            block_ids = self.kv.allocate_slots(request, num_new, hits, num_hit_tokens)
             if block_ids is None:
                 break
             heapq.heappop(self._waiting)

@@ -79,6 +79,25 @@ def test_prefix_caching_hits_and_matches_uncached(llm):
     assert cached.outputs[0].token_ids == uncached.outputs[0].token_ids
 
 
+def test_next_turn_reuses_every_computed_token_and_matches_uncached(llm):
+    """A chat's next turn (the previous prompt, its answer, a new message) hits every token
+    the previous request computed, its unfilled last block included, and decodes as a cold
+    engine does."""
+    params = SamplingParams(temperature=0, max_tokens=21, ignore_eos=True)
+    first = _long_prefix(llm, 150)
+    answer = llm.generate(first, params)[0].outputs[0].token_ids
+    second = first + answer + llm.tokenizer.encode(" And rule 9?")
+    assert (len(first) + len(answer) - 1) % llm.engine.runner.block_size  # ends mid-block
+    cached = llm.generate(second, params)[0]
+    assert cached.num_cached_tokens == len(first) + len(answer) - 1
+    llm.engine.kv_cache_manager.check_integrity()
+    uncached_llm = make_llm(
+        cache=CacheConfig(kv_cache_memory_bytes=256 << 20, enable_prefix_caching=False)
+    )
+    uncached = uncached_llm.generate(second, params)[0]
+    assert cached.outputs[0].token_ids == uncached.outputs[0].token_ids
+
+
 def test_preemption_gives_identical_outputs(llm):
     prompts = [f"{p} Please be detailed." for p in PROMPTS] * 2
     params = SamplingParams(temperature=0, max_tokens=48, ignore_eos=True)
