@@ -34,9 +34,10 @@ from local_fleet import BIN, start_up
 
 from chatfleet.bench.result import load_result, records_from_result
 from chatfleet.config import SchedulerConfig
+from chatfleet.plan.overhead import ServingOverhead
 from chatfleet.plan.replica import ReplicaSpec
 from chatfleet.plan.search import steady_summary
-from chatfleet.plan.simulator import FleetSpec, ServingOverhead, simulate
+from chatfleet.plan.simulator import FleetSpec, simulate
 from chatfleet.plan.step_model import LinearStepModel
 from chatfleet.plan.workload import conversations, lengths_from_records, poisson_arrivals
 from chatfleet.router.config import PolicyConfig, RouterConfig
@@ -78,7 +79,7 @@ def simulate_run(result: dict, args: argparse.Namespace, model: LinearStepModel)
         2,
         ReplicaSpec(scheduler, num_blocks),
         RouterConfig(policy=PolicyConfig(name=args.policy)),
-        ServingOverhead(ingress_s=float(model.meta.get("request_overhead_s", 0.0))),
+        ServingOverhead.from_meta(model.meta),
     )
     sim = simulate(conversations(lengths, arrivals), fleet, model, config["seed"], args.prefix)
     return {"summary": steady_summary(sim, 0.0), "hit_rate": sim.prefix_hit_rate}

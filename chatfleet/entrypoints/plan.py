@@ -113,19 +113,24 @@ def _with_system_prompt(lengths: list, num_tokens: int) -> list:
     ]
 
 
-def _step_model(args: argparse.Namespace, shape: Any, accel: Any) -> tuple[Any, float, float]:
-    """(step model, KV bytes per replica, ingress overhead in seconds)."""
+def _step_model(args: argparse.Namespace, shape: Any, accel: Any) -> tuple[Any, float, Any]:
+    """(step model, KV bytes per replica, ServingOverhead: measured with the step model,
+    its per-request part replaced by --overhead-ms when given)."""
+    from chatfleet.plan.overhead import ServingOverhead
     from chatfleet.plan.roofline import RooflineParams, RooflineStepModel
     from chatfleet.plan.step_model import LinearStepModel
 
-    overhead_s = 0.0 if args.overhead_ms is None else args.overhead_ms / 1e3
     if args.step_model:
-        model = LinearStepModel.load(args.step_model)
-        if args.overhead_ms is None:
-            overhead_s = float(model.meta.get("request_overhead_s", 0.0))
-        return model, args.kv_cache_memory or parse_bytes("2GiB"), overhead_s
-    roofline = RooflineStepModel(shape, accel, RooflineParams(tp=args.tp))
-    return roofline, args.kv_cache_memory or roofline.kv_cache_bytes(), overhead_s
+        model: Any = LinearStepModel.load(args.step_model)
+        overhead = ServingOverhead.from_meta(model.meta)
+        kv_bytes = args.kv_cache_memory or parse_bytes("2GiB")
+    else:
+        model = RooflineStepModel(shape, accel, RooflineParams(tp=args.tp))
+        overhead = ServingOverhead()
+        kv_bytes = args.kv_cache_memory or model.kv_cache_bytes()
+    if args.overhead_ms is not None:
+        overhead = dataclasses.replace(overhead, ingress_s=args.overhead_ms / 1e3)
+    return model, kv_bytes, overhead
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -138,13 +143,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from chatfleet.plan.replica import ReplicaSpec
     from chatfleet.plan.report import plan_json, plan_lines, write_report
     from chatfleet.plan.search import Scenario, SloTargets, find_capacity, load_point
-    from chatfleet.plan.simulator import FleetSpec, ServingOverhead
+    from chatfleet.plan.simulator import FleetSpec
     from chatfleet.router.config import PolicyConfig, RouterConfig
 
     try:
         accel = get_accelerator(args.accelerator)
         shape = load_model_shape(args.model_shape, args.weight_bytes)
-        step_model, kv_bytes, overhead_s = _step_model(args, shape, accel)
+        step_model, kv_bytes, overhead = _step_model(args, shape, accel)
         lengths = _with_system_prompt(_lengths(args), args.system_prompt_tokens)
         router = RouterConfig(policy=PolicyConfig(name=args.policy))
         scheduler = SchedulerConfig(
@@ -160,7 +165,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         args.sim_replicas,
         ReplicaSpec(scheduler, num_blocks, block_size, not args.no_prefix_caching),
         router,
-        ServingOverhead(ingress_s=overhead_s),
+        overhead,
     )
     scenario = Scenario(
         lengths,
@@ -183,7 +188,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     tp = 1 if args.step_model else args.tp
     plan = plan_fleet(demand, best, tp, price, kv_bytes, shape.kv_bytes_per_token)
     lines = plan_lines(plan, best, str(slo))
-    assumptions = _assumptions(args, scenario, step_model, shape, accel, price)
+    assumptions = _assumptions(args, scenario, best, step_model, shape, accel)
     print(f"chatfleet plan: {args.users:,.0f} users x {args.messages_per_user_day:g} messages/day")
     print("\n".join(lines))
     print("assumptions:")
@@ -212,8 +217,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _assumptions(
-    args: argparse.Namespace, scenario: Any, step_model: Any, shape: Any, accel: Any, price: float
+    args: argparse.Namespace, scenario: Any, best: Any, step_model: Any, shape: Any, accel: Any
 ) -> list[str]:
+    price = args.price_per_hour if args.price_per_hour is not None else accel.price_per_hour
     fleet = scenario.fleet
     sched = fleet.replica.scheduler
     desc = json.dumps(step_model.describe(), default=str)
@@ -234,7 +240,8 @@ def _assumptions(
         f"{'on' if fleet.replica.enable_prefix_caching else 'off'}",
         f"router: {fleet.router.policy.name}, load scraped every "
         f"{fleet.router.health.probe_interval_s:g} s",
-        f"overhead outside engine steps: {fleet.overhead.ingress_s * 1e3:.1f} ms per request",
+        "serving overhead outside engine steps (ms): "
+        + ", ".join(f"{k} {v * 1e3:.3g}" for k, v in fleet.overhead.to_meta().items()),
         f"price: ${price:.2f} per {accel.name} hour"
         + (" (given)" if args.price_per_hour is not None else " (list price, docs/capacity.md)"),
         f"simulated {fleet.num_replicas} replicas, {scenario.num_requests} requests per load "
@@ -252,15 +259,20 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     log = functools.partial(print, file=sys.stderr, flush=True)
     if args.base_url and args.step_model:
-        from chatfleet.plan.http_calibrate import measure_overhead
+        from chatfleet.plan.http_calibrate import measure_serving_overhead
+        from chatfleet.plan.overhead import META_KEY
         from chatfleet.plan.step_model import LinearStepModel
 
         model = LinearStepModel.load(args.step_model)
         budget = args.max_num_batched_tokens
-        overhead_s = measure_overhead(args.base_url, model, budget)
-        meta = {**model.meta, "request_overhead_s": overhead_s, "overhead_from": args.base_url}
+        overhead, report = measure_serving_overhead(args.base_url, model, budget, log=log)
+        meta = {k: v for k, v in model.meta.items() if k not in ("request_overhead_s",)}
+        meta |= {META_KEY: overhead.to_meta(), f"{META_KEY}_fit": report}
         model = dataclasses.replace(model, meta=meta)
-        log(f"calibrate: request overhead {overhead_s * 1e3:.1f} ms outside engine steps")
+        for term, value in overhead.to_meta().items():
+            lo, hi = report["terms_p10_p90"].get(term, (value, value))
+            spread = f"p10..p90 {lo * 1e3:+.3f}..{hi * 1e3:+.3f}"
+            log(f"calibrate: {term} {value * 1e3:+.3f} ms ({spread})")
     elif args.base_url:
         from chatfleet.plan.http_calibrate import calibrate_http
 
