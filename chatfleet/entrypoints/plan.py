@@ -64,6 +64,7 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sim-requests", type=int, default=2000, help="requests per load point")
     p.add_argument("--sim-duration", type=float, default=60.0, help="arrival seconds, at least")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--start-rate", type=float, default=1.0, help="req/s per replica, 1st probe")
     p.add_argument("--report", default=None, help="markdown report (plots next to it)")
     p.add_argument("--json", default=None, help="write the plan as JSON")
 
@@ -179,7 +180,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         shared_prefix_tokens=args.system_prompt_tokens,
     )
     log = functools.partial(print, file=sys.stderr, flush=True)
-    best, points = find_capacity(scenario, log=log)
+    best, points = find_capacity(scenario, args.start_rate, log=log)
     if best is None:
         print(f"no fleet meets {slo}: even a nearly idle replica misses it", file=sys.stderr)
         return 1
@@ -244,10 +245,14 @@ def _assumptions(
         + ", ".join(f"{k} {v * 1e3:.3g}" for k, v in fleet.overhead.to_meta().items()),
         f"price: ${price:.2f} per {accel.name} hour"
         + (" (given)" if args.price_per_hour is not None else " (list price, docs/capacity.md)"),
-        f"simulated {fleet.num_replicas} replicas, {scenario.num_requests} requests per load "
-        f"point (first {scenario.warmup_fraction:.0%} left out), seed {scenario.seed}; the "
-        "fleet is that per-replica rate scaled to the peak: 100M users are never simulated "
-        "one by one",
+        f"simulated {fleet.num_replicas} replicas, at least {scenario.num_requests} requests "
+        f"and {scenario.min_duration_s:g} s of arrivals per load point, seed {scenario.seed}; "
+        f"statistics of the requests that started in the steady window, {best.window_s[0]:.0f}"
+        f"-{best.window_s[1]:.0f} s at the chosen rate (after the median conversation's span, "
+        "before the drain)"
+        + ("" if best.is_steady else " - NOT steady: the run is too short, lengthen it")
+        + "; the fleet is that per-replica rate scaled to the peak: 100M users are never "
+        "simulated one by one",
         "not modelled: failures and retries after errors, network time between regions, "
         "cancelled requests, outputs ending early",
     ]
