@@ -56,6 +56,7 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lengths", default="sharegpt", help="sharegpt | fixed:IN,OUT | bench:FILE")
     p.add_argument("--turns", type=int, default=3, help="turns per conversation")
     p.add_argument("--max-tokens", type=int, default=512, help="cap on answer lengths")
+    p.add_argument("--output-scale", type=float, default=1.0, help="answers this many times longer")
     p.add_argument("--think-time", type=float, default=20.0, help="seconds between turns")
     p.add_argument("--system-prompt-tokens", type=int, default=0, help="added, shared by all")
     p.add_argument("--no-prefix-caching", action="store_true")
@@ -101,6 +102,19 @@ def _lengths(args: argparse.Namespace) -> list:
         tok = functools.partial(_tokenizer, None)
         return workload.sharegpt_lengths(num, args.turns, args.max_tokens, args.seed, tok)
     raise ValueError(f"--lengths: expected sharegpt, fixed:IN,OUT or bench:FILE, got {kind!r}")
+
+
+def _scaled_outputs(lengths: list, scale: float) -> list:
+    """Every answer `scale` times as long (a sensitivity knob; applied after --max-tokens)."""
+    if scale == 1.0:
+        return lengths
+    return [
+        tuple(
+            dataclasses.replace(t, num_output_tokens=max(1, round(t.num_output_tokens * scale)))
+            for t in turns
+        )
+        for turns in lengths
+    ]
 
 
 def _with_system_prompt(lengths: list, num_tokens: int) -> list:
@@ -151,7 +165,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         accel = get_accelerator(args.accelerator)
         shape = load_model_shape(args.model_shape, args.weight_bytes)
         step_model, kv_bytes, overhead = _step_model(args, shape, accel)
-        lengths = _with_system_prompt(_lengths(args), args.system_prompt_tokens)
+        lengths = _scaled_outputs(_lengths(args), args.output_scale)
+        lengths = _with_system_prompt(lengths, args.system_prompt_tokens)
         router = RouterConfig(policy=PolicyConfig(name=args.policy))
         scheduler = SchedulerConfig(
             args.max_num_seqs, args.max_num_batched_tokens, args.max_model_len
@@ -229,7 +244,8 @@ def _assumptions(
         f"peak/mean {args.peak_to_mean:g}; one smooth daily peak (von Mises curve, 20:00)",
         f"conversations: up to {args.turns} turns, {args.think_time:g} s between an answer and "
         f"the next turn, each turn resends the history; lengths from {args.lengths}, answers "
-        f"capped at {args.max_tokens} tokens; a shared system prompt of "
+        f"capped at {args.max_tokens} tokens, scaled by {args.output_scale:g}; a shared system "
+        f"prompt of "
         f"{args.system_prompt_tokens} tokens",
         f"model: {shape.name}, {shape.num_params / 1e9:.2f}B parameters, "
         f"{shape.weight_bytes_per_param:g} bytes/param, KV {shape.kv_bytes_per_token / 1024:.0f} "
