@@ -20,7 +20,7 @@ to it (overhead.py, `ServingOverhead`) on the same two kinds of measurement:
   decode gap  - model step     = step_s + streams per replica * sampled_token_s
 
 Residuals are fitted by weighted least squares (relative to the measured time, as the step
-model is), without sign constraints, and bootstrapped for their spread.
+model is), the step terms without sign constraints, and bootstrapped for their spread.
 """
 
 from __future__ import annotations
@@ -230,8 +230,18 @@ def overhead_rows(
 
 
 def fit_overhead(x: np.ndarray, resid: np.ndarray, measured: np.ndarray) -> np.ndarray:
-    """Least squares on residuals relative to the measured times (signs free)."""
-    return np.linalg.lstsq(x / measured[:, None], resid / measured, rcond=None)[0]
+    """Least squares on residuals relative to the measured times. The step terms are signed
+    (corrections of the step model); the ingress is a delay and cannot be negative, so a
+    negative one is refitted as 0 (the report keeps the unconstrained value)."""
+    a, b = x / measured[:, None], resid / measured
+    coef = np.linalg.lstsq(a, b, rcond=None)[0]
+    if coef[0] < 0:
+        coef = np.concatenate([[0.0], np.linalg.lstsq(a[:, 1:], b, rcond=None)[0]])
+    return coef
+
+
+def _unconstrained(x: np.ndarray, resid: np.ndarray, measured: np.ndarray) -> list[float]:
+    return np.linalg.lstsq(x / measured[:, None], resid / measured, rcond=None)[0].tolist()
 
 
 def bootstrap_spread(
@@ -285,6 +295,9 @@ def measure_serving_overhead(
         "num_replicas_behind": num_replicas,
         "plan": dataclasses.asdict(plan),
         "terms_p10_p90": dict(zip(OVERHEAD_TERMS, spread.tolist(), strict=True)),
+        "terms_unconstrained": dict(
+            zip(OVERHEAD_TERMS, _unconstrained(x, resid, measured), strict=True)
+        ),
         "ttft_by_words": _ttft_by_words(ttfts, model, budget),
         "gap_by_streams": {
             str(n): {

@@ -100,3 +100,13 @@ def test_measure_serving_overhead_on_a_real_server(server):
     assert overhead.step_s + overhead.sampled_token_s > 0
     for lo, hi in report["terms_p10_p90"].values():
         assert lo <= hi
+
+
+def test_a_negative_ingress_is_refitted_as_zero():
+    """A step model that over-predicts every lone prefill by 20 ms would need a negative
+    ingress; the fit keeps the ingress at 0 and moves the difference into the step terms."""
+    model = ConstantStepModel(0.030)
+    ttfts = [(w, w + 20, 0.010 + 0.0001 * (w + 20)) for w in (8, 32, 96, 256) * 3]
+    gaps = [GapSample(n, 50.0, 32, 0.030, 20) for n in (1, 2, 4) * 3]
+    x, resid, measured = overhead_rows(model, ttfts, gaps, 512, num_replicas=1)
+    assert fit_overhead(x, resid, measured)[0] == 0.0
