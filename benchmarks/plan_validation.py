@@ -114,6 +114,7 @@ def main() -> int:
     p.add_argument("--overload-rate", type=float, default=40.0, help="req/s, far past capacity")
     p.add_argument("--steps", default=None, help="reuse a steps.json instead of calibrating")
     p.add_argument("--seed", type=int, default=100)
+    p.add_argument("--port", type=int, default=None, help="the router's; replicas after it")
     args = p.parse_args()
     output = Path(args.output)
     out_dir = output.with_suffix("")
@@ -131,7 +132,7 @@ def main() -> int:
     args.prefix = shared_prefix_tokens()
     replica_args = f"--kv-cache-memory {args.kv_budget_mib}MiB --max-num-seqs {args.max_num_seqs}"
     replica_args += f" --max-num-batched-tokens {args.max_num_batched_tokens}"
-    proc, url = start_up(2, args.policy, replica_args, log_dir / "up.log")
+    proc, url = start_up(2, args.policy, replica_args, log_dir / "up.log", port=args.port)
     runs = []
     try:
         cmd = [str(BIN / "chatfleet"), "plan", "calibrate", "--base-url", url]
