@@ -28,13 +28,19 @@ def get_json(url: str) -> dict:
 
 
 def start_up(
-    replicas: int, policy: str, replica_args: str, log_path: Path, timeout_s: float = 300
+    replicas: int,
+    policy: str,
+    replica_args: str,
+    log_path: Path,
+    timeout_s: float = 300,
+    port: int | None = None,
 ) -> tuple[subprocess.Popen, str]:
     """(the `chatfleet up` process, the router's URL) once every replica is eligible.
 
-    Each replica runs on one thread; stop the process with SIGTERM.
+    The router listens on `port` (a free one if None), replicas on the ports after it. Each
+    replica runs on one thread; stop the process with SIGTERM.
     """
-    port = free_port()
+    port = port or free_port()
     cmd = [str(BIN / "chatfleet"), "up", "--port", str(port), "--replicas", str(replicas)]
     cmd += ["--policy", policy, "--replica-threads", "1", "--replica-port-start", str(port + 1)]
     cmd += ["--replica-args", replica_args, "--log-dir", str(log_path.with_suffix(""))]

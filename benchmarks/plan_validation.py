@@ -3,9 +3,10 @@
 1. Calibrate the step-time model on this machine: `chatfleet plan calibrate` times real engine
    steps in process, on one thread (what each replica gets).
 2. Start a real fleet, `chatfleet up --replicas 2` (one thread per replica, router in front),
-   and measure the per-request overhead outside engine steps through the router
-   (`plan calibrate --base-url ROUTER --step-model steps.json`: TTFT of lone requests minus
-   the model's prefill time). Nothing of the workload below is used for calibration.
+   and measure the serving overhead around the step model through the router
+   (`plan calibrate --base-url ROUTER --step-model steps.json`: lone requests' TTFT and the
+   inter-token gaps of 1-8 concurrent streams, less the model's times; see overhead.py).
+   Nothing of the workload below is used for calibration.
 3. Overload run: `chatfleet bench` (ShareGPT, Poisson arrivals far above capacity): the
    measured saturation throughput.
 4. Runs at fractions of that rate (Poisson, `--request-rate`), each with its own seed.
@@ -34,9 +35,9 @@ from local_fleet import BIN, start_up
 
 from chatfleet.bench.result import load_result, records_from_result
 from chatfleet.config import SchedulerConfig
+from chatfleet.plan.overhead import ServingOverhead
 from chatfleet.plan.replica import ReplicaSpec
-from chatfleet.plan.search import steady_summary
-from chatfleet.plan.simulator import FleetSpec, ServingOverhead, simulate
+from chatfleet.plan.simulator import FleetSpec, simulate
 from chatfleet.plan.step_model import LinearStepModel
 from chatfleet.plan.workload import conversations, lengths_from_records, poisson_arrivals
 from chatfleet.router.config import PolicyConfig, RouterConfig
@@ -67,7 +68,8 @@ def shared_prefix_tokens() -> int:
 
 
 def simulate_run(result: dict, args: argparse.Namespace, model: LinearStepModel) -> dict:
-    """The simulator on the run's workload: same arrivals, same lengths, same fleet."""
+    """The simulator on the run's workload: same arrivals, same lengths, same fleet; the
+    serving overhead measured with the step model unless --overhead none."""
     config = result["config"]
     records = records_from_result(result)
     lengths = lengths_from_records(records)
@@ -78,10 +80,11 @@ def simulate_run(result: dict, args: argparse.Namespace, model: LinearStepModel)
         2,
         ReplicaSpec(scheduler, num_blocks),
         RouterConfig(policy=PolicyConfig(name=args.policy)),
-        ServingOverhead(ingress_s=float(model.meta.get("request_overhead_s", 0.0))),
+        ServingOverhead.from_meta(model.meta) if args.overhead == "measured" else ServingOverhead(),
     )
     sim = simulate(conversations(lengths, arrivals), fleet, model, config["seed"], args.prefix)
-    return {"summary": steady_summary(sim, 0.0), "hit_rate": sim.prefix_hit_rate}
+    # Every request, as the bench summarizes its run.
+    return {"summary": sim.summary(), "hit_rate": sim.prefix_hit_rate}
 
 
 def compare(measured: dict, predicted) -> dict:
@@ -113,8 +116,13 @@ def main() -> int:
     p.add_argument("--overload-rate", type=float, default=40.0, help="req/s, far past capacity")
     p.add_argument("--steps", default=None, help="reuse a steps.json instead of calibrating")
     p.add_argument("--seed", type=int, default=100)
+    p.add_argument("--port", type=int, default=None, help="the router's; replicas after it")
+    p.add_argument("--overhead", choices=["measured", "none"], default="measured")
+    p.add_argument("--resimulate", default=None, help="no fleet: simulate a past run's DIR again")
     args = p.parse_args()
     output = Path(args.output)
+    if args.resimulate:
+        return resimulate(Path(args.resimulate), args, output)
     out_dir = output.with_suffix("")
     out_dir.mkdir(parents=True, exist_ok=True)
     log_dir = Path(tempfile.mkdtemp(prefix="plan_validation-"))
@@ -130,7 +138,7 @@ def main() -> int:
     args.prefix = shared_prefix_tokens()
     replica_args = f"--kv-cache-memory {args.kv_budget_mib}MiB --max-num-seqs {args.max_num_seqs}"
     replica_args += f" --max-num-batched-tokens {args.max_num_batched_tokens}"
-    proc, url = start_up(2, args.policy, replica_args, log_dir / "up.log")
+    proc, url = start_up(2, args.policy, replica_args, log_dir / "up.log", port=args.port)
     runs = []
     try:
         cmd = [str(BIN / "chatfleet"), "plan", "calibrate", "--base-url", url]
@@ -158,6 +166,24 @@ def main() -> int:
     data = {"config": config, "step_model": model.describe(), "runs": runs}
     output.write_text(json.dumps(data, indent=1) + "\n")
     print(output)
+    return 0
+
+
+def resimulate(run_dir: Path, args: argparse.Namespace, output: Path) -> int:
+    """The simulator again on a past run's bench results and step model (e.g. without the
+    serving overhead); writes --output like a full run."""
+    model = LinearStepModel.load(run_dir / "steps.json")
+    args.prefix = shared_prefix_tokens()
+    runs = []
+    for label in ["overload", *(f"{float(f):.2f}" for f in args.fractions.split(","))]:
+        result = load_result(run_dir / f"bench-{label}.json")
+        sim = simulate_run(result, args, model)
+        row = {"label": label, "rate": result["config"]["request_rate"]}
+        row.update(compare(result["summary"], sim["summary"]), hit_rate_predicted=sim["hit_rate"])
+        runs.append(row)
+        _print(row)
+    data = {"config": vars(args), "step_model": model.describe(), "runs": runs}
+    output.write_text(json.dumps(data, indent=1) + "\n")
     return 0
 
 

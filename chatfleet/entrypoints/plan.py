@@ -56,6 +56,7 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lengths", default="sharegpt", help="sharegpt | fixed:IN,OUT | bench:FILE")
     p.add_argument("--turns", type=int, default=3, help="turns per conversation")
     p.add_argument("--max-tokens", type=int, default=512, help="cap on answer lengths")
+    p.add_argument("--output-scale", type=float, default=1.0, help="answers this many times longer")
     p.add_argument("--think-time", type=float, default=20.0, help="seconds between turns")
     p.add_argument("--system-prompt-tokens", type=int, default=0, help="added, shared by all")
     p.add_argument("--no-prefix-caching", action="store_true")
@@ -64,6 +65,7 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sim-requests", type=int, default=2000, help="requests per load point")
     p.add_argument("--sim-duration", type=float, default=60.0, help="arrival seconds, at least")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--start-rate", type=float, default=1.0, help="req/s per replica, 1st probe")
     p.add_argument("--report", default=None, help="markdown report (plots next to it)")
     p.add_argument("--json", default=None, help="write the plan as JSON")
 
@@ -102,6 +104,19 @@ def _lengths(args: argparse.Namespace) -> list:
     raise ValueError(f"--lengths: expected sharegpt, fixed:IN,OUT or bench:FILE, got {kind!r}")
 
 
+def _scaled_outputs(lengths: list, scale: float) -> list:
+    """Every answer `scale` times as long (a sensitivity knob; applied after --max-tokens)."""
+    if scale == 1.0:
+        return lengths
+    return [
+        tuple(
+            dataclasses.replace(t, num_output_tokens=max(1, round(t.num_output_tokens * scale)))
+            for t in turns
+        )
+        for turns in lengths
+    ]
+
+
 def _with_system_prompt(lengths: list, num_tokens: int) -> list:
     """Every conversation's first turn starts with the same `num_tokens` more tokens."""
     if not num_tokens:
@@ -113,19 +128,24 @@ def _with_system_prompt(lengths: list, num_tokens: int) -> list:
     ]
 
 
-def _step_model(args: argparse.Namespace, shape: Any, accel: Any) -> tuple[Any, float, float]:
-    """(step model, KV bytes per replica, ingress overhead in seconds)."""
+def _step_model(args: argparse.Namespace, shape: Any, accel: Any) -> tuple[Any, float, Any]:
+    """(step model, KV bytes per replica, ServingOverhead: measured with the step model,
+    its per-request part replaced by --overhead-ms when given)."""
+    from chatfleet.plan.overhead import ServingOverhead
     from chatfleet.plan.roofline import RooflineParams, RooflineStepModel
     from chatfleet.plan.step_model import LinearStepModel
 
-    overhead_s = 0.0 if args.overhead_ms is None else args.overhead_ms / 1e3
     if args.step_model:
-        model = LinearStepModel.load(args.step_model)
-        if args.overhead_ms is None:
-            overhead_s = float(model.meta.get("request_overhead_s", 0.0))
-        return model, args.kv_cache_memory or parse_bytes("2GiB"), overhead_s
-    roofline = RooflineStepModel(shape, accel, RooflineParams(tp=args.tp))
-    return roofline, args.kv_cache_memory or roofline.kv_cache_bytes(), overhead_s
+        model: Any = LinearStepModel.load(args.step_model)
+        overhead = ServingOverhead.from_meta(model.meta)
+        kv_bytes = args.kv_cache_memory or parse_bytes("2GiB")
+    else:
+        model = RooflineStepModel(shape, accel, RooflineParams(tp=args.tp))
+        overhead = ServingOverhead()
+        kv_bytes = args.kv_cache_memory or model.kv_cache_bytes()
+    if args.overhead_ms is not None:
+        overhead = dataclasses.replace(overhead, ingress_s=args.overhead_ms / 1e3)
+    return model, kv_bytes, overhead
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -138,14 +158,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from chatfleet.plan.replica import ReplicaSpec
     from chatfleet.plan.report import plan_json, plan_lines, write_report
     from chatfleet.plan.search import Scenario, SloTargets, find_capacity, load_point
-    from chatfleet.plan.simulator import FleetSpec, ServingOverhead
+    from chatfleet.plan.simulator import FleetSpec
     from chatfleet.router.config import PolicyConfig, RouterConfig
 
     try:
         accel = get_accelerator(args.accelerator)
         shape = load_model_shape(args.model_shape, args.weight_bytes)
-        step_model, kv_bytes, overhead_s = _step_model(args, shape, accel)
-        lengths = _with_system_prompt(_lengths(args), args.system_prompt_tokens)
+        step_model, kv_bytes, overhead = _step_model(args, shape, accel)
+        lengths = _scaled_outputs(_lengths(args), args.output_scale)
+        lengths = _with_system_prompt(lengths, args.system_prompt_tokens)
         router = RouterConfig(policy=PolicyConfig(name=args.policy))
         scheduler = SchedulerConfig(
             args.max_num_seqs, args.max_num_batched_tokens, args.max_model_len
@@ -160,7 +181,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         args.sim_replicas,
         ReplicaSpec(scheduler, num_blocks, block_size, not args.no_prefix_caching),
         router,
-        ServingOverhead(ingress_s=overhead_s),
+        overhead,
     )
     scenario = Scenario(
         lengths,
@@ -174,7 +195,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         shared_prefix_tokens=args.system_prompt_tokens,
     )
     log = functools.partial(print, file=sys.stderr, flush=True)
-    best, points = find_capacity(scenario, log=log)
+    best, points = find_capacity(scenario, args.start_rate, log=log)
     if best is None:
         print(f"no fleet meets {slo}: even a nearly idle replica misses it", file=sys.stderr)
         return 1
@@ -183,7 +204,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     tp = 1 if args.step_model else args.tp
     plan = plan_fleet(demand, best, tp, price, kv_bytes, shape.kv_bytes_per_token)
     lines = plan_lines(plan, best, str(slo))
-    assumptions = _assumptions(args, scenario, step_model, shape, accel, price)
+    assumptions = _assumptions(args, scenario, best, step_model, shape, accel)
     print(f"chatfleet plan: {args.users:,.0f} users x {args.messages_per_user_day:g} messages/day")
     print("\n".join(lines))
     print("assumptions:")
@@ -212,8 +233,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _assumptions(
-    args: argparse.Namespace, scenario: Any, step_model: Any, shape: Any, accel: Any, price: float
+    args: argparse.Namespace, scenario: Any, best: Any, step_model: Any, shape: Any, accel: Any
 ) -> list[str]:
+    price = args.price_per_hour if args.price_per_hour is not None else accel.price_per_hour
     fleet = scenario.fleet
     sched = fleet.replica.scheduler
     desc = json.dumps(step_model.describe(), default=str)
@@ -222,7 +244,8 @@ def _assumptions(
         f"peak/mean {args.peak_to_mean:g}; one smooth daily peak (von Mises curve, 20:00)",
         f"conversations: up to {args.turns} turns, {args.think_time:g} s between an answer and "
         f"the next turn, each turn resends the history; lengths from {args.lengths}, answers "
-        f"capped at {args.max_tokens} tokens; a shared system prompt of "
+        f"capped at {args.max_tokens} tokens, scaled by {args.output_scale:g}; a shared system "
+        f"prompt of "
         f"{args.system_prompt_tokens} tokens",
         f"model: {shape.name}, {shape.num_params / 1e9:.2f}B parameters, "
         f"{shape.weight_bytes_per_param:g} bytes/param, KV {shape.kv_bytes_per_token / 1024:.0f} "
@@ -234,13 +257,18 @@ def _assumptions(
         f"{'on' if fleet.replica.enable_prefix_caching else 'off'}",
         f"router: {fleet.router.policy.name}, load scraped every "
         f"{fleet.router.health.probe_interval_s:g} s",
-        f"overhead outside engine steps: {fleet.overhead.ingress_s * 1e3:.1f} ms per request",
+        "serving overhead outside engine steps (ms): "
+        + ", ".join(f"{k} {v * 1e3:.3g}" for k, v in fleet.overhead.to_meta().items()),
         f"price: ${price:.2f} per {accel.name} hour"
         + (" (given)" if args.price_per_hour is not None else " (list price, docs/capacity.md)"),
-        f"simulated {fleet.num_replicas} replicas, {scenario.num_requests} requests per load "
-        f"point (first {scenario.warmup_fraction:.0%} left out), seed {scenario.seed}; the "
-        "fleet is that per-replica rate scaled to the peak: 100M users are never simulated "
-        "one by one",
+        f"simulated {fleet.num_replicas} replicas, at least {scenario.num_requests} requests "
+        f"and {scenario.min_duration_s:g} s of arrivals per load point, seed {scenario.seed}; "
+        f"statistics of the requests that started in the steady window, {best.window_s[0]:.0f}"
+        f"-{best.window_s[1]:.0f} s at the chosen rate (after the median conversation's span, "
+        "before the drain)"
+        + ("" if best.is_steady else " - NOT steady: the run is too short, lengthen it")
+        + "; the fleet is that per-replica rate scaled to the peak: 100M users are never "
+        "simulated one by one",
         "not modelled: failures and retries after errors, network time between regions, "
         "cancelled requests, outputs ending early",
     ]
@@ -252,15 +280,20 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     log = functools.partial(print, file=sys.stderr, flush=True)
     if args.base_url and args.step_model:
-        from chatfleet.plan.http_calibrate import measure_overhead
+        from chatfleet.plan.http_calibrate import measure_serving_overhead
+        from chatfleet.plan.overhead import META_KEY
         from chatfleet.plan.step_model import LinearStepModel
 
         model = LinearStepModel.load(args.step_model)
         budget = args.max_num_batched_tokens
-        overhead_s = measure_overhead(args.base_url, model, budget)
-        meta = {**model.meta, "request_overhead_s": overhead_s, "overhead_from": args.base_url}
+        overhead, report = measure_serving_overhead(args.base_url, model, budget, log=log)
+        meta = {k: v for k, v in model.meta.items() if k not in ("request_overhead_s",)}
+        meta |= {META_KEY: overhead.to_meta(), f"{META_KEY}_fit": report}
         model = dataclasses.replace(model, meta=meta)
-        log(f"calibrate: request overhead {overhead_s * 1e3:.1f} ms outside engine steps")
+        for term, value in overhead.to_meta().items():
+            lo, hi = report["terms_p10_p90"].get(term, (value, value))
+            spread = f"p10..p90 {lo * 1e3:+.3f}..{hi * 1e3:+.3f}"
+            log(f"calibrate: {term} {value * 1e3:+.3f} ms ({spread})")
     elif args.base_url:
         from chatfleet.plan.http_calibrate import calibrate_http
 

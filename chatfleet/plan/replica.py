@@ -1,7 +1,8 @@
 """One simulated engine replica: the real Scheduler and KVCacheManager, a step-time model
 in place of the model runner, and made-up sampled tokens.
 
-    start_step(): scheduler.schedule() -> StepShape -> step_time_s   (the step "runs")
+    start_step(): scheduler.schedule() -> StepShape -> step_time_s + serving overhead
+                  (the step "runs")
     finish_step(): sampled ids for rows that sample -> scheduler.update_from_output()
 
 Admission, chunked prefill, prefix caching, preemption and stops are the engine's own code.
@@ -17,6 +18,7 @@ from chatfleet.engine.kv_cache_manager import KVCacheManager
 from chatfleet.engine.outputs import EngineCoreOutput, ModelRunnerOutput, SchedulerOutput
 from chatfleet.engine.request import Request
 from chatfleet.engine.scheduler import Scheduler
+from chatfleet.plan.overhead import ServingOverhead
 from chatfleet.plan.step_model import StepShape, StepTimeModel
 from chatfleet.router.pool import ReplicaLoad
 
@@ -40,9 +42,16 @@ class ReplicaStats:
 
 
 class SimReplica:
-    def __init__(self, replica_id: str, spec: ReplicaSpec, step_model: StepTimeModel) -> None:
+    def __init__(
+        self,
+        replica_id: str,
+        spec: ReplicaSpec,
+        step_model: StepTimeModel,
+        overhead: ServingOverhead | None = None,
+    ) -> None:
         self.replica_id = replica_id
         self.spec = spec
+        self.overhead = overhead or ServingOverhead()
         self.kv = KVCacheManager(spec.num_blocks, spec.block_size, spec.enable_prefix_caching)
         self.scheduler = Scheduler(spec.scheduler, self.kv)
         self.step_model = step_model
@@ -71,7 +80,10 @@ class SimReplica:
         if out.is_empty:
             return None
         self._step = out
-        seconds = self.step_model.step_time_s(StepShape.of(out))
+        shape = StepShape.of(out)
+        # NOTE: measured overhead terms may be negative (an in-process model corrected to
+        # in-server steps); a step never takes less than no time.
+        seconds = max(0.0, self.step_model.step_time_s(shape) + self.overhead.step_extra_s(shape))
         self.stats.num_steps += 1
         self.stats.busy_s += seconds
         self.stats.max_kv_usage = max(self.stats.max_kv_usage, self.kv.usage)

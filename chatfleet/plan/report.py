@@ -121,5 +121,7 @@ def plan_json(plan: FleetPlan, point: LoadPoint, assumptions: list[str]) -> dict
         "cost_per_million_tokens": plan.cost_per_million(plan.tokens_per_day),
         "cost_per_million_output_tokens": plan.cost_per_million(plan.output_tokens_per_day),
         "capacity_point": dataclasses.asdict(point.summary),
+        "steady_window_s": list(point.window_s),
+        "is_steady": point.is_steady,
         "assumptions": assumptions,
     }

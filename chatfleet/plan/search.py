@@ -2,8 +2,9 @@
 
 A load point simulates a small fleet (`FleetSpec.num_replicas`, the same policy and router)
 at a per-replica request rate and reads the SLO statistics from the bench summary of the
-requests that started after a warm-up. The search doubles the rate until the SLOs fail, then
-bisects; the largest rate that met them is the replica's capacity at these SLOs.
+requests that started in the steady window (after the warm-up, before the drain). The search
+doubles the rate until the SLOs fail, then bisects; the largest rate that met them is the
+replica's capacity at these SLOs.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from chatfleet.bench.metrics import BenchSummary, parse_targets
-from chatfleet.plan.simulator import FleetSpec, SimResult, simulate
+from chatfleet.bench.record import RequestRecord
+from chatfleet.plan.simulator import FleetSpec, simulate
 from chatfleet.plan.step_model import StepTimeModel
 from chatfleet.plan.workload import Conversation, TurnShape, conversations, poisson_arrivals
 
@@ -86,34 +88,63 @@ class Scenario:
 @dataclass(frozen=True)
 class LoadPoint:
     rate_per_replica: float  # requests per second offered to each replica
-    summary: BenchSummary  # of the requests after the warm-up
+    summary: BenchSummary  # of the requests that started in the steady window
     prefix_hit_rate: float
     misses: tuple[str, ...]
+    window_s: tuple[float, float] = (0.0, 0.0)  # request starts summarized
+    is_steady: bool = True  # False: the run was too short for a full turn mix (see below)
 
     @property
     def meets_slo(self) -> bool:
         return not self.misses
 
 
-def steady_summary(result: SimResult, warmup_fraction: float) -> BenchSummary:
-    """The summary of the requests that started after the first `warmup_fraction` of the run
-    (an empty fleet at t=0 would flatter the latencies)."""
-    from chatfleet.bench.metrics import SloParams, summarize
+def steady_window(
+    records: list[RequestRecord], last_arrival_s: float, warmup_fraction: float
+) -> tuple[float, float, bool]:
+    """(first, last request start to summarize, whether that window is steady).
 
-    records = result.records
-    if not records:
-        return summarize(records, SloParams())
-    cut = max(r.start_s for r in records) * warmup_fraction
-    return summarize([r for r in records if r.start_s >= cut], SloParams())
+    The fleet is in steady state once every turn of a conversation can be in flight: after
+    the median conversation's span from its first to its last turn (and after
+    `warmup_fraction` of the arrivals), and until the last conversation arrives (after that
+    the fleet only drains; a short run that counted its drain looked better than a long one).
+    If the arrivals end before the turn mix is complete, the window after the warm-up
+    fraction is returned, flagged not steady.
+
+        arrivals  |-----------------------------------|
+        turns     |1    1 2  1 2 3  1 2 3 1 2 3 1 2 3 |2 3  3  (drain)
+                  [ warm-up ][      steady window     ]
+    """
+    first: dict[int, float] = {}
+    last: dict[int, float] = {}
+    for r in records:
+        first[r.session_index] = min(first.get(r.session_index, r.start_s), r.start_s)
+        last[r.session_index] = max(last.get(r.session_index, r.start_s), r.start_s)
+    spans = sorted(last[k] - first[k] for k in first)
+    warmup = max(spans[len(spans) // 2] if spans else 0.0, warmup_fraction * last_arrival_s)
+    if warmup < last_arrival_s * (1 - warmup_fraction):
+        return warmup, last_arrival_s, True
+    return warmup_fraction * last_arrival_s, float("inf"), False
 
 
 def load_point(scenario: Scenario, rate_per_replica: float) -> LoadPoint:
+    from chatfleet.bench.metrics import SloParams, summarize
+
     convs = scenario.conversations(rate_per_replica)
     s = scenario
     result = simulate(convs, s.fleet, s.step_model, s.seed, s.shared_prefix_tokens)
-    summary = steady_summary(result, scenario.warmup_fraction)
+    last_arrival = max(c.arrival_s for c in convs)
+    lo, hi, is_steady = steady_window(result.records, last_arrival, scenario.warmup_fraction)
+    summary = summarize([r for r in result.records if lo <= r.start_s <= hi], SloParams())
     misses = scenario.slo.misses(summary)
-    return LoadPoint(rate_per_replica, summary, result.prefix_hit_rate, tuple(misses))
+    return LoadPoint(
+        rate_per_replica,
+        summary,
+        result.prefix_hit_rate,
+        tuple(misses),
+        (lo, min(hi, max((r.start_s for r in result.records), default=0.0))),
+        is_steady,
+    )
 
 
 def find_capacity(
@@ -129,6 +160,8 @@ def find_capacity(
         point = load_point(scenario, rate)
         points.append(point)
         verdict = "ok" if point.meets_slo else "; ".join(point.misses)
+        if not point.is_steady:
+            verdict += " (NOT steady: arrivals end before a full turn mix; lengthen the run)"
         log(f"plan: {rate:.3g} req/s per replica: {verdict}")
         return point
 
