@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 
 from chatfleet.gateway.store.sql import Dialect
 
@@ -16,6 +17,24 @@ def sqlite_path(url: str) -> str:
     return url[len(prefix) :]
 
 
+def _enable_wal(conn: sqlite3.Connection, timeout_s: float) -> None:
+    """Switch to WAL, waiting out other connections that are switching it at the same time.
+
+    NOTE: turning a fresh database to WAL takes an exclusive lock and SQLite does not run the
+    busy handler for it, so a gateway opening the file while another one does gets "database
+    is locked" at once (seen when several gateways start together on a new database).
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 def sqlite_dialect(url: str) -> Dialect:
     path = sqlite_path(url)
 
@@ -23,7 +42,7 @@ def sqlite_dialect(url: str) -> Dialect:
         if os.path.dirname(path):
             os.makedirs(os.path.dirname(path), exist_ok=True)
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-        conn.execute("PRAGMA journal_mode=WAL")
+        _enable_wal(conn, timeout_s=30)
         # NOTE: NORMAL under WAL loses nothing when the process is killed (a commit is in the
         # WAL file before COMMIT returns); only a power cut may drop the last transactions.
         conn.execute("PRAGMA synchronous=NORMAL")
