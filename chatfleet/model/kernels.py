@@ -7,11 +7,13 @@ fall back to pure-torch paths.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import glob
 import hashlib
 import logging
 import os
+import time
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -52,6 +54,28 @@ def _headers_flag() -> str:
     return f"-DCHATFLEET_HEADERS={digest.hexdigest()[:12]}"
 
 
+# A build takes about a minute; a lock this old was left by a build that was killed.
+_STALE_LOCK_S = 900.0
+
+
+def _clear_stale_lock(build_dir: str) -> None:
+    """Remove a build lock left behind by a killed build.
+
+    NOTE: torch's JIT build takes a lock file in the build directory and waits for it to go
+    away, forever; a process killed while building (a server stopped during startup) leaves
+    it, and every later load of the kernel then hangs.
+    """
+    lock = os.path.join(build_dir, "lock")
+    try:
+        age_s = time.time() - os.path.getmtime(lock)
+    except OSError:
+        return
+    if age_s > _STALE_LOCK_S:
+        logger.warning("removing a stale kernel build lock (%.0f s old): %s", age_s, lock)
+        with contextlib.suppress(OSError):
+            os.remove(lock)
+
+
 @functools.cache
 def load(name: str, *, requires: tuple[str, ...] = ()) -> Any | None:
     """Build (once) and import chatfleet/csrc/{name}.cpp; None when it cannot run here."""
@@ -60,8 +84,10 @@ def load(name: str, *, requires: tuple[str, ...] = ()) -> Any | None:
         logger.info("kernel %s needs %s; using the torch fallback", name, ", ".join(missing))
         return None
     try:
+        from torch.utils.cpp_extension import _get_build_directory
         from torch.utils.cpp_extension import load as build
 
+        _clear_stale_lock(_get_build_directory(f"chatfleet_{name}", verbose=False))
         return build(
             name=f"chatfleet_{name}",
             sources=[os.path.abspath(os.path.join(_CSRC, f"{name}.cpp"))],
