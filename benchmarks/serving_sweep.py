@@ -101,6 +101,12 @@ def start(server: Server, out_dir: Path) -> bool:
     if not Path(server.argv[0]).exists():
         print(f"skip {server.name}: {server.argv[0]} missing (see benchmarks/peers)", flush=True)
         return False
+    try:  # a server left from an earlier run would be measured in this one's place
+        urllib.request.urlopen(server.url + "/v1/models", timeout=2).close()
+        print(f"skip {server.name}: port {server.port} already serves (stop it first)", flush=True)
+        return False
+    except OSError:
+        pass
     log = out_dir / f"{server.name}.log"
     started = time.monotonic()
     server.proc = subprocess.Popen(
