@@ -6,6 +6,7 @@ A step's cost depends on what the scheduler put in it, summarized as a `StepShap
                                                           n * (start + (n + 1) / 2) attention pairs
     decode of a sequence with c tokens of context:        1 token, c attention reads
     every sequence that samples:                          one LM-head row + the sampler
+    a step with any prefill chunk:                        the per-layer path's fixed cost
 
 `LinearStepModel` is the measured model: a non-negative least-squares fit of step times
 timed on real engine steps (`chatfleet plan calibrate`), stored as JSON. The roofline model for
@@ -97,6 +98,7 @@ FEATURES = (
     "num_sampled",
     "decode_context_tokens",
     "prefill_attention_pairs",
+    "prefill_step",
 )
 
 
@@ -107,6 +109,10 @@ def features(shape: StepShape) -> list[float]:
         shape.num_sampled,
         shape.decode_context_tokens,
         shape.prefill_attention_pairs,
+        # NOTE: the engine runs a decode-only step as one fused call and a step with a
+        # prefill chunk layer by layer, with a larger fixed cost. One intercept for both made
+        # the model slow in decodes (TPOT over-predicted) and fast in prefills (TTFT under).
+        float(shape.num_prefill_tokens > 0),
     ]
 
 
@@ -158,7 +164,9 @@ class LinearStepModel(StepTimeModel):
             raise ValueError(f"{path}: not a measured step model (chatfleet plan calibrate)")
         coef = data["coefficients_s"]
         meta = {k: v for k, v in data.items() if k not in ("kind", "coefficients_s", "fit_error")}
-        return LinearStepModel(tuple(float(coef[f]) for f in FEATURES), data["fit_error"], meta)
+        # A model saved before a feature existed had it at zero.
+        values = tuple(float(coef.get(f, 0.0)) for f in FEATURES)
+        return LinearStepModel(values, data["fit_error"], meta)
 
 
 def fit_rows(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
@@ -173,7 +181,7 @@ def fit_rows(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, dict[str, float]
 def _nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Least squares with x >= 0: refit without the most negative coefficient until none is.
 
-    NOTE: a simple active-set variant; enough for five well-scaled features (numpy has no
+    NOTE: a simple active-set variant; enough for six well-scaled features (numpy has no
     NNLS and scipy is not a dependency).
     """
     scale = np.abs(a).max(axis=0)

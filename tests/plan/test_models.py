@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -39,7 +40,7 @@ def _sampled(out):
 
 
 def test_fit_recovers_known_coefficients(tmp_path):
-    truth = (0.01, 2e-4, 5e-4, 1e-6, 2e-7)
+    truth = (0.01, 2e-4, 5e-4, 1e-6, 2e-7, 4e-3)
     rng = random.Random(0)
     samples = []
     for _ in range(200):
@@ -62,6 +63,13 @@ def test_fit_recovers_known_coefficients(tmp_path):
     loaded = LinearStepModel.load(tmp_path / "steps.json")
     assert loaded.coefficients == pytest.approx(model.coefficients)
     assert loaded.meta["method"] == "test"
+    # A model saved before the prefill-step term loads with that term at zero.
+    data = json.loads((tmp_path / "steps.json").read_text())
+    del data["coefficients_s"]["prefill_step"]
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    assert LinearStepModel.load(tmp_path / "old.json").coefficients == pytest.approx(
+        (*model.coefficients[:-1], 0.0)
+    )
 
 
 def test_roofline_decode_of_llama_8b_on_h100_is_weight_bytes_over_bandwidth():
