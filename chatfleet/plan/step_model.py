@@ -5,8 +5,8 @@ A step's cost depends on what the scheduler put in it, summarized as a `StepShap
     prefill chunk of n tokens after `start` cached ones:  n tokens through the weights,
                                                           n * (start + (n + 1) / 2) attention pairs
     decode of a sequence with c tokens of context:        1 token, c attention reads
-    every sequence that samples:                          one LM-head row + the sampler
-    a step with any prefill chunk:                        the per-layer path's fixed cost
+    every decode row samples (one LM-head row + the sampler), and so does the chunk that
+    ends a prompt; a step with any prefill chunk pays the per-layer path's fixed cost
 
 `LinearStepModel` is the measured model: a non-negative least-squares fit of step times
 timed on real engine steps (`chatfleet plan calibrate`), stored as JSON. The roofline model for
@@ -94,8 +94,8 @@ class ConstantStepModel(StepTimeModel):
 
 FEATURES = (
     "constant",
-    "num_batched_tokens",
-    "num_sampled",
+    "num_prefill_tokens",
+    "num_decode_seqs",
     "decode_context_tokens",
     "prefill_attention_pairs",
     "prefill_step",
@@ -103,15 +103,18 @@ FEATURES = (
 
 
 def features(shape: StepShape) -> list[float]:
+    # NOTE: the engine runs a decode-only step as one fused call and a step with a prefill
+    # chunk layer by layer, so prefill tokens and decode rows get a cost each, and a step with
+    # a prefill chunk a fixed cost of its own (6.8 ms more on one thread of the 2-core Xeon,
+    # session 6). A decode row's cost includes its LM-head row; the prefill-step term, the
+    # LM-head row of the chunk that ends a prompt (a separate sampled-row term would be
+    # collinear with these two).
     return [
         1.0,
-        shape.num_batched_tokens,
-        shape.num_sampled,
+        shape.num_prefill_tokens,
+        shape.num_decode_seqs,
         shape.decode_context_tokens,
         shape.prefill_attention_pairs,
-        # NOTE: the engine runs a decode-only step as one fused call and a step with a
-        # prefill chunk layer by layer, whose fixed cost is larger (6.8 ms more on one thread
-        # of the 2-core Xeon, session 6); one intercept for both averaged the two.
         float(shape.num_prefill_tokens > 0),
     ]
 
@@ -164,8 +167,16 @@ class LinearStepModel(StepTimeModel):
             raise ValueError(f"{path}: not a measured step model (chatfleet plan calibrate)")
         coef = data["coefficients_s"]
         meta = {k: v for k, v in data.items() if k not in ("kind", "coefficients_s", "fit_error")}
-        # A model saved before a feature existed had it at zero.
-        values = tuple(float(coef.get(f, 0.0)) for f in FEATURES)
+        if "num_batched_tokens" in coef:  # saved before session 6: convert
+            batched, sampled = coef["num_batched_tokens"], coef.get("num_sampled", 0.0)
+            coef = {
+                **coef,
+                "num_prefill_tokens": batched,
+                "num_decode_seqs": batched + sampled,
+                # one sampled row per prefill step, as in most of them
+                "prefill_step": coef.get("prefill_step", 0.0) + sampled,
+            }
+        values = tuple(float(coef[f]) for f in FEATURES)
         return LinearStepModel(values, data["fit_error"], meta)
 
 
