@@ -310,7 +310,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             scheduler=SchedulerConfig(max_num_batched_tokens=args.max_num_batched_tokens),
             **threads,
         )
-        model = calibrate_in_process(config, grid, log)
+        samples = str(Path(args.output).with_suffix(".samples.jsonl"))
+        model = calibrate_in_process(config, grid, log, samples)
     model.save(args.output)
     err = model.fit_error
     print(f"{args.output}: fit error mean {err['mean']:.1%}, p90 {err['p90']:.1%}")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from chatfleet.config import EngineConfig
-from chatfleet.plan.step_model import LinearStepModel, StepSample, StepShape
+from chatfleet.plan.step_model import LinearStepModel, StepSample, StepShape, save_samples
 from chatfleet.sampling_params import SamplingParams
 
 
@@ -110,12 +110,18 @@ def run_grid(
 
 
 def calibrate_in_process(
-    config: EngineConfig, grid: CalibrationGrid, log: Callable[[str], None] = lambda s: None
+    config: EngineConfig,
+    grid: CalibrationGrid,
+    log: Callable[[str], None] = lambda s: None,
+    samples_path: str | None = None,
 ) -> LinearStepModel:
+    """Time the grid and fit; the timed steps also go to samples_path when given."""
     from chatfleet.engine.llm_engine import LLMEngine
 
     engine = LLMEngine(config)
     samples = run_grid(engine, grid, log)
+    if samples_path is not None:
+        save_samples(samples, samples_path)
     meta = {
         "method": "in-process engine steps",
         "model": config.model or "default (SmolLM2-135M-Instruct GGUF)",

@@ -15,6 +15,7 @@ GPUs is in roofline.py. Both answer `step_time_s(shape)`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -125,6 +126,23 @@ class StepSample:
 
     shape: StepShape
     seconds: float
+
+
+def save_samples(samples: Sequence[StepSample], path: str | Path) -> None:
+    """The timed steps a model was fitted on, one JSON object per line (so a later change of
+    the model's terms can be refitted without timing again)."""
+    lines = [json.dumps({**dataclasses.asdict(s.shape), "seconds": s.seconds}) for s in samples]
+    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def load_samples(path: str | Path) -> list[StepSample]:
+    out = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            seconds = row.pop("seconds")
+            out.append(StepSample(StepShape(**row), seconds))
+    return out
 
 
 @dataclass(frozen=True)

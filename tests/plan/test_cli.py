@@ -7,7 +7,7 @@ import json
 from chatfleet.config import CacheConfig, EngineConfig
 from chatfleet.entrypoints.cli import main
 from chatfleet.plan.calibrate import CalibrationGrid, calibrate_in_process
-from chatfleet.plan.step_model import StepShape
+from chatfleet.plan.step_model import StepShape, load_samples
 
 
 def test_plan_prints_fleet_cost_and_assumptions(tmp_path, capsys):
@@ -39,12 +39,15 @@ def test_plan_rejects_bad_arguments(capsys):
     assert main(["plan"]) == 2
 
 
-def test_calibrate_times_real_engine_steps():
-    """A tiny grid on the real default model: the fit is positive and ranks shapes sanely."""
+def test_calibrate_times_real_engine_steps(tmp_path):
+    """A tiny grid on the real default model: the fit is positive and ranks shapes sanely,
+    and the timed steps it was fitted on are kept."""
     config = EngineConfig(num_threads=1, cache=CacheConfig(kv_cache_memory_bytes=64 << 20))
     grid = CalibrationGrid((1, 4), (16, 128), (0, 64), num_decode_steps=2, num_warmup_steps=2)
-    model = calibrate_in_process(config, grid)
+    samples = tmp_path / "steps.samples.jsonl"
+    model = calibrate_in_process(config, grid, samples_path=str(samples))
     assert model.meta["num_samples"] >= 10
+    assert len(load_samples(samples)) == model.meta["num_samples"]
     assert all(c >= 0 for c in model.coefficients)
     one = model.step_time_s(StepShape(num_decode_seqs=1, decode_context_tokens=64, num_sampled=1))
     prefill = model.step_time_s(StepShape(256, 1, 256 * 128.5, 256, 0, 0, 1))

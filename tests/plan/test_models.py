@@ -13,7 +13,14 @@ from chatfleet.engine.request import Request
 from chatfleet.engine.scheduler import Scheduler
 from chatfleet.plan.hardware import ACCELERATORS, load_model_shape
 from chatfleet.plan.roofline import RooflineParams, RooflineStepModel
-from chatfleet.plan.step_model import FEATURES, LinearStepModel, StepSample, StepShape
+from chatfleet.plan.step_model import (
+    FEATURES,
+    LinearStepModel,
+    StepSample,
+    StepShape,
+    load_samples,
+    save_samples,
+)
 from chatfleet.sampling_params import SamplingParams
 
 
@@ -56,6 +63,9 @@ def test_fit_recovers_known_coefficients(tmp_path):
         seconds = LinearStepModel(truth, {}, {}).step_time_s(shape) * rng.uniform(0.98, 1.02)
         samples.append(StepSample(shape, seconds))
     model = LinearStepModel.fit(samples, {"method": "test"})
+    save_samples(samples, tmp_path / "steps.samples.jsonl")
+    refit = LinearStepModel.fit(load_samples(tmp_path / "steps.samples.jsonl"), {})
+    assert refit.coefficients == model.coefficients  # the samples round-trip exactly
     for name, got, want in zip(FEATURES, model.coefficients, truth, strict=True):
         assert got == pytest.approx(want, rel=0.15), name
     assert model.fit_error["mean"] < 0.02
