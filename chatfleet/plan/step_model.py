@@ -5,8 +5,7 @@ A step's cost depends on what the scheduler put in it, summarized as a `StepShap
     prefill chunk of n tokens after `start` cached ones:  n tokens through the weights,
                                                           n * (start + (n + 1) / 2) attention pairs
     decode of a sequence with c tokens of context:        1 token, c attention reads
-    every decode row samples (one LM-head row + the sampler), and so does the chunk that
-    ends a prompt; a step with any prefill chunk pays the per-layer path's fixed cost
+    every sequence that samples:                          one LM-head row + the sampler
 
 `LinearStepModel` is the measured model: a non-negative least-squares fit of step times
 timed on real engine steps (`chatfleet plan calibrate`), stored as JSON. The roofline model for
@@ -95,28 +94,20 @@ class ConstantStepModel(StepTimeModel):
 
 FEATURES = (
     "constant",
-    "num_prefill_tokens",
-    "num_decode_seqs",
+    "num_batched_tokens",
+    "num_sampled",
     "decode_context_tokens",
     "prefill_attention_pairs",
-    "prefill_step",
 )
 
 
 def features(shape: StepShape) -> list[float]:
-    # NOTE: the engine runs a decode-only step as one fused call and a step with a prefill
-    # chunk layer by layer, so prefill tokens and decode rows get a cost each, and a step with
-    # a prefill chunk a fixed cost of its own (6.8 ms more on one thread of the 2-core Xeon,
-    # session 6). A decode row's cost includes its LM-head row; the prefill-step term, the
-    # LM-head row of the chunk that ends a prompt (a separate sampled-row term would be
-    # collinear with these two).
     return [
         1.0,
-        shape.num_prefill_tokens,
-        shape.num_decode_seqs,
+        shape.num_batched_tokens,
+        shape.num_sampled,
         shape.decode_context_tokens,
         shape.prefill_attention_pairs,
-        float(shape.num_prefill_tokens > 0),
     ]
 
 
@@ -129,8 +120,8 @@ class StepSample:
 
 
 def save_samples(samples: Sequence[StepSample], path: str | Path) -> None:
-    """The timed steps a model was fitted on, one JSON object per line (so a later change of
-    the model's terms can be refitted without timing again)."""
+    """The timed steps a model was fitted on, one JSON object per line (so the model's terms
+    can be changed and refitted later without timing again)."""
     lines = [json.dumps({**dataclasses.asdict(s.shape), "seconds": s.seconds}) for s in samples]
     Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
@@ -185,17 +176,7 @@ class LinearStepModel(StepTimeModel):
             raise ValueError(f"{path}: not a measured step model (chatfleet plan calibrate)")
         coef = data["coefficients_s"]
         meta = {k: v for k, v in data.items() if k not in ("kind", "coefficients_s", "fit_error")}
-        if "num_batched_tokens" in coef:  # saved before session 6: convert
-            batched, sampled = coef["num_batched_tokens"], coef.get("num_sampled", 0.0)
-            coef = {
-                **coef,
-                "num_prefill_tokens": batched,
-                "num_decode_seqs": batched + sampled,
-                # one sampled row per prefill step, as in most of them
-                "prefill_step": coef.get("prefill_step", 0.0) + sampled,
-            }
-        values = tuple(float(coef[f]) for f in FEATURES)
-        return LinearStepModel(values, data["fit_error"], meta)
+        return LinearStepModel(tuple(float(coef[f]) for f in FEATURES), data["fit_error"], meta)
 
 
 def fit_rows(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
@@ -210,7 +191,7 @@ def fit_rows(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, dict[str, float]
 def _nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Least squares with x >= 0: refit without the most negative coefficient until none is.
 
-    NOTE: a simple active-set variant; enough for six well-scaled features (numpy has no
+    NOTE: a simple active-set variant; enough for five well-scaled features (numpy has no
     NNLS and scipy is not a dependency).
     """
     scale = np.abs(a).max(axis=0)

@@ -51,7 +51,7 @@ def test_negative_terms_never_make_a_step_take_negative_time():
 def test_fit_recovers_known_terms_from_synthetic_measurements():
     """Measurements made up from a known step model plus known terms (and +-2% noise):
     the residual fit finds the terms again, and the bootstrap brackets them."""
-    model = LinearStepModel((0.01, 0.002, 0.003, 5e-6, 1e-6, 0.003), {}, {})
+    model = LinearStepModel((0.01, 0.002, 0.001, 5e-6, 1e-6), {}, {})
     truth = ServingOverhead(0.030, 0.0, 0.004, 0.0015, 0.0003)
     rng = np.random.default_rng(0)
     ttfts = []
@@ -79,7 +79,7 @@ def test_fit_recovers_known_terms_from_synthetic_measurements():
 
 def test_overhead_round_trips_through_step_model_meta(tmp_path):
     overhead = ServingOverhead(0.02, 0.0, 0.003, 0.001, -0.0002)
-    model = LinearStepModel((0.01, 0.0, 0.0, 0.0, 0.0, 0.0), {"mean": 0.0, "p90": 0.0}, {})
+    model = LinearStepModel((0.01, 0.0, 0.0, 0.0, 0.0), {"mean": 0.0, "p90": 0.0}, {})
     model = dataclasses.replace(model, meta={"serving_overhead": overhead.to_meta()})
     model.save(tmp_path / "steps.json")
     assert ServingOverhead.from_meta(LinearStepModel.load(tmp_path / "steps.json").meta) == overhead
