@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import httpx
 
@@ -94,17 +95,25 @@ def test_concurrent_streams_are_capped(gateway_factory, sqlite_url):
     key = make_key(sqlite_url, "alice", max_streams=1)
     gw = gateway_factory(sqlite_url)
     body = {**CHAT, "max_tokens": 8, "ignore_eos": True, "stream": True}
+    # NOTE: the first stream is long and its client leaves after the check: a stream of 8
+    # tokens could end (and free its slot) before the second request was admitted on a
+    # loaded machine, and the test saw 200 instead of 429.
+    long_body = {**body, "max_tokens": 250}
     seen = []
 
     def on_event(_: dict) -> bool:
-        if not seen:
-            seen.append(post_sse(gw.base_url, key, "/v1/chat/completions", body))
-        return False
+        seen.append(post_sse(gw.base_url, key, "/v1/chat/completions", body))
+        return True  # the client leaves; the gateway stops the stream and frees the slot
 
-    first = post_sse(gw.base_url, key, "/v1/chat/completions", body, on_event=on_event)
-    assert first.status == 200
+    first = post_sse(gw.base_url, key, "/v1/chat/completions", long_body, on_event=on_event)
+    assert first.status == 200 and len(first.events) == 1
     assert seen[0].status == 429 and seen[0].body["error"]["type"] == "streams"
-    again = post_sse(gw.base_url, key, "/v1/chat/completions", body)  # the slot came back
+    for _ in range(50):  # the slot comes back once the gateway has seen the client leave
+        again = post_sse(gw.base_url, key, "/v1/chat/completions", body)
+        if again.status == 200:
+            break
+        assert again.body["error"]["type"] == "streams"
+        time.sleep(0.2)
     assert again.status == 200
 
 
