@@ -32,8 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chatfleet.bench.metrics import parse_slo, summarize
-from chatfleet.bench.record import RequestRecord
-from chatfleet.bench.result import load_result
+from chatfleet.bench.result import load_result, records_from_result
 from chatfleet.model.loader import default_model_path
 
 PEERS = Path(os.environ.get("CHATFLEET_PEERS_DIR", Path.home() / ".cache" / "chatfleet-peers"))
@@ -214,25 +213,29 @@ def pooled_summary(paths: list[Path], goodput: str) -> dict:
     time and latency statistics cover every request."""
     records, offset = [], 0.0
     for path in paths:
-        run = [RequestRecord.from_json(r) for r in load_result(path)["requests"]]
+        run = records_from_result(load_result(path))
         records += [dataclasses.replace(r, start_s=r.start_s + offset) for r in run]
         offset = max((r.end_s for r in records), default=offset)
     return dataclasses.asdict(summarize(records, parse_slo(goodput)))
 
 
-def repeats_table(work: Workload, ttfts: dict[str, list[float]], pooled: dict[str, dict]) -> str:
-    """Mean TTFT per repeat and pooled, and chatfleet's cache ratio per repeat."""
+def repeats_table(
+    work: Workload, ttfts: dict[str, list[float | None]], pooled: dict[str, dict]
+) -> str:
+    """Mean TTFT per seed (None: that run failed) and pooled, and chatfleet's cache ratio
+    per seed; a server with a failed run has no pooled cell."""
     seeds = range(work.repeats)
     rows = [
         f"| {work.name}: mean TTFT ms | " + " | ".join(f"seed {k}" for k in seeds) + " | pooled |",
         "|---" * (work.repeats + 2) + "|",
     ]
     for name, values in ttfts.items():
-        cells = " | ".join(f"{v:.0f}" for v in values)
-        rows.append(f"| {name} | {cells} | {pooled[name]['ttft_ms']['mean']:.0f} |")
-    cached, uncached = ttfts.get("chatfleet"), ttfts.get(NO_CACHE)
-    if cached and uncached and len(cached) == len(uncached) == work.repeats:
-        ratios = " | ".join(f"{u / c:.2f}x" for c, u in zip(cached, uncached, strict=True))
+        cells = " | ".join("-" if v is None else f"{v:.0f}" for v in values)
+        total = f"{pooled[name]['ttft_ms']['mean']:.0f}" if name in pooled else "-"
+        rows.append(f"| {name} | {cells} | {total} |")
+    if "chatfleet" in pooled and NO_CACHE in pooled:
+        pairs = zip(ttfts["chatfleet"], ttfts[NO_CACHE], strict=True)
+        ratios = " | ".join(f"{u / c:.2f}x" for c, u in pairs if c and u)
         pooled_ratio = pooled[NO_CACHE]["ttft_ms"]["mean"] / pooled["chatfleet"]["ttft_ms"]["mean"]
         rows.append(f"| no cache / cache | {ratios} | **{pooled_ratio:.2f}x** |")
     return "\n".join(rows)
@@ -284,21 +287,22 @@ def main() -> None:
         up = [s for s in pool if start(s, out_dir)]
         for work in chosen:
             runs = [s for s in up if s.name != NO_CACHE or work.name.startswith("multi-turn")]
-            ttfts: dict[str, list[float]] = {}
+            ttfts: dict[str, list[float | None]] = {}  # per seed; None: the run failed
             for seed in range(work.repeats):
                 for server in runs:
                     summary = run_bench(server, work, out_dir, args.goodput, seed)
                     if summary is not None:
                         summaries.setdefault(work.name, {})[server.name] = summary
-                        ttfts.setdefault(server.name, []).append(summary["ttft_ms"]["mean"])
+                    mean = None if summary is None else summary["ttft_ms"]["mean"]
+                    ttfts.setdefault(server.name, []).append(mean)
             if work.repeats > 1:
                 pooled = {
-                    name: pooled_summary(
+                    s.name: pooled_summary(
                         [result_path(out_dir, s, work, k) for k in range(work.repeats)],
                         args.goodput,
                     )
                     for s in runs
-                    if len(ttfts.get(name := s.name, [])) == work.repeats
+                    if None not in ttfts[s.name]
                 }
                 summaries[work.name] = pooled
                 repeat_tables.append(repeats_table(work, ttfts, pooled))
