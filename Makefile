@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install up test lint typecheck test-deps
+.PHONY: install kernels up test lint typecheck test-deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -16,7 +16,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-up: install
+# The C++ kernels, built ahead (about 2 minutes cold, a no-op once cached) so that no server
+# builds them inside its start-up time.
+kernels: install
+	$(BIN)/python -m chatfleet.model.kernels
+
+up: install kernels
 	$(BIN)/chatfleet stack
 
 lint: install
@@ -39,5 +44,5 @@ test-deps:
 	@test -d $(NODE_TESTS)/node_modules/playwright-core || \
 		(cd $(NODE_TESTS) && npm ci --no-audit --no-fund --loglevel=error)
 
-test: install lint typecheck test-deps
+test: install lint typecheck test-deps kernels
 	$(BIN)/python -m pytest -q tests

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import httpx
 
-START_TIMEOUT_S = 120
+START_TIMEOUT_S = 300
 
 
 def free_port() -> int:

@@ -19,7 +19,7 @@ from chatfleet.model.linear import BlockInt8Linear
 
 
 def load_kernel() -> Any | None:
-    return kernels.load("decode_step", requires=("avx512_vnni",))
+    return kernels.load("decode_step")
 
 
 class FusedDecode:

@@ -1,19 +1,22 @@
-"""C++ CPU kernels under chatfleet/csrc, compiled on first use and cached by torch.
+"""C++ CPU kernels under chatfleet/csrc, compiled once and cached by torch.
 
-The build takes about a minute per kernel on 2 cores and lands in ~/.cache/torch_extensions;
-without a compiler (or on a CPU lacking the instructions) `load()` returns None and callers
-fall back to pure-torch paths.
+A cold build takes 30-50 s per kernel on 2 cores (about 2 minutes for all) and lands in
+~/.cache/torch_extensions. `make up` and `make test` build them ahead (`python -m
+chatfleet.model.kernels`), so a server never builds while starting. Without a compiler (or on
+a CPU lacking the instructions) `load()` returns None and callers fall back to pure-torch
+paths.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import glob
 import hashlib
 import logging
 import os
-import time
+from collections.abc import Iterator
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -54,32 +57,38 @@ def _headers_flag() -> str:
     return f"-DCHATFLEET_HEADERS={digest.hexdigest()[:12]}"
 
 
-# A build takes about a minute; a lock this old was left by a build that was killed.
-_STALE_LOCK_S = 900.0
+# Every kernel under csrc/ and the CPU flags it needs; `load()` and `build_all()` read it.
+KERNELS: dict[str, tuple[str, ...]] = {
+    "qlinear": ("avx512_vnni",),
+    "paged_attention": (),
+    "decode_step": ("avx512_vnni",),
+}
 
 
-def _clear_stale_lock(build_dir: str) -> None:
-    """Remove a build lock left behind by a killed build.
+@contextlib.contextmanager
+def _build_lock(build_dir: str) -> Iterator[None]:
+    """Hold an flock on the build directory for the whole (torch) build.
 
-    NOTE: torch's JIT build takes a lock file in the build directory and waits for it to go
-    away, forever; a process killed while building (a server stopped during startup) leaves
-    it, and every later load of the kernel then hangs.
+    NOTE: torch's JIT build marks a build in progress with a plain lock file and waits for it to
+    go away, forever; a process killed while building (a server stopped during startup) leaves
+    it, and every later load of the kernel hangs. An flock dies with its process, so once we
+    hold it no other chatfleet build is running and any torch lock file left there is stale.
     """
-    lock = os.path.join(build_dir, "lock")
-    try:
-        age_s = time.time() - os.path.getmtime(lock)
-    except OSError:
-        return
-    if age_s > _STALE_LOCK_S:
-        logger.warning("removing a stale kernel build lock (%.0f s old): %s", age_s, lock)
-        with contextlib.suppress(OSError):
-            os.remove(lock)
+    os.makedirs(build_dir, exist_ok=True)
+    with open(os.path.join(build_dir, "chatfleet.lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released by close, or by the kernel on death
+        stale = os.path.join(build_dir, "lock")
+        if os.path.exists(stale):
+            logger.warning("removing a kernel build lock left by a killed build: %s", stale)
+            with contextlib.suppress(OSError):
+                os.remove(stale)
+        yield
 
 
 @functools.cache
-def load(name: str, *, requires: tuple[str, ...] = ()) -> Any | None:
+def load(name: str) -> Any | None:
     """Build (once) and import chatfleet/csrc/{name}.cpp; None when it cannot run here."""
-    missing = [flag for flag in requires if not cpu_has(flag)]
+    missing = [flag for flag in KERNELS[name] if not cpu_has(flag)]
     if missing:
         logger.info("kernel %s needs %s; using the torch fallback", name, ", ".join(missing))
         return None
@@ -87,24 +96,37 @@ def load(name: str, *, requires: tuple[str, ...] = ()) -> Any | None:
         from torch.utils.cpp_extension import _get_build_directory
         from torch.utils.cpp_extension import load as build
 
-        _clear_stale_lock(_get_build_directory(f"chatfleet_{name}", verbose=False))
-        return build(
-            name=f"chatfleet_{name}",
-            sources=[os.path.abspath(os.path.join(_CSRC, f"{name}.cpp"))],
-            # Vectorized for the build machine; AMX tiles are never emitted by the compiler.
-            # NOTE: no -ffast-math and no FMA contraction: the kernels write their FMAs out, and
-            # the compiler must not round the same inline function differently in two kernels
-            # (the fused decode step has to match the per-layer ops bit for bit).
-            extra_cflags=[
-                "-O3",
-                "-march=native",
-                "-ffp-contract=off",
-                "-fopenmp",
-                _headers_flag(),
-            ],
-            extra_ldflags=["-fopenmp"],
-            verbose=False,
-        )
+        with _build_lock(_get_build_directory(f"chatfleet_{name}", verbose=False)):
+            return build(
+                name=f"chatfleet_{name}",
+                sources=[os.path.abspath(os.path.join(_CSRC, f"{name}.cpp"))],
+                # Vectorized for the build machine; AMX tiles are never emitted by the compiler.
+                # NOTE: no -ffast-math and no FMA contraction: the kernels write their FMAs
+                # out, and the compiler must not round the same inline function differently in
+                # two kernels (the fused decode step has to match the per-layer ops bit for
+                # bit).
+                extra_cflags=[
+                    "-O3",
+                    "-march=native",
+                    "-ffp-contract=off",
+                    "-fopenmp",
+                    _headers_flag(),
+                ],
+                extra_ldflags=["-fopenmp"],
+                verbose=False,
+            )
     except Exception as e:  # no compiler / headers
         logger.warning("kernel %s unavailable (%s); using the torch fallback", name, e)
         return None
+
+
+def build_all() -> dict[str, bool]:
+    """Build every kernel this CPU can run, so that no server has to build one while starting
+    (`make up` and `make test` run this once; a cached build is a no-op)."""
+    return {name: load(name) is not None for name in KERNELS}
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for kernel, ok in build_all().items():
+        print(f"kernel {kernel}: {'built' if ok else 'unavailable, torch fallback'}")

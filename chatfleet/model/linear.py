@@ -108,7 +108,7 @@ class BlockInt8Linear(Linear):
         n, k = weight.shape
         if n % self.TILE or k % self.BLOCK:
             raise ValueError(f"int8 weights need out % 16 == 0 and in % 32 == 0, got {n}x{k}")
-        kernel = kernels.load("qlinear", requires=("avx512_vnni",))
+        kernel = kernels.load("qlinear")
         if kernel is None:
             raise ValueError("weight format int8 needs an AVX-512 VNNI CPU and a C++ compiler")
         self.kernel: Any = kernel
@@ -176,4 +176,4 @@ def resolve_weight_format(fmt: str, device: torch.device) -> str:
         return fmt
     if device.type == "cuda":
         return "bf16"
-    return "int8" if kernels.load("qlinear", requires=("avx512_vnni",)) is not None else "fp32"
+    return "int8" if kernels.load("qlinear") is not None else "fp32"

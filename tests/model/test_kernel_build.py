@@ -2,23 +2,72 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
-import time
+import signal
+import threading
 from pathlib import Path
 
 from chatfleet.model import kernels
 
 
-def test_a_killed_builds_lock_is_removed_and_a_live_one_kept(tmp_path: Path) -> None:
-    # A build killed mid-way leaves its lock, and torch would wait on it forever.
-    stale, live = tmp_path / "stale", tmp_path / "live"
-    for d in (stale, live):
-        d.mkdir()
-        (d / "lock").touch()
-    old = time.time() - kernels._STALE_LOCK_S - 60
-    os.utime(stale / "lock", (old, old))
-    kernels._clear_stale_lock(str(stale))
-    kernels._clear_stale_lock(str(live))  # a build in progress elsewhere: left alone
-    kernels._clear_stale_lock(str(tmp_path / "missing"))  # no build directory yet
-    assert not (stale / "lock").exists()
-    assert (live / "lock").exists()
+def _build_and_die(build_dir: str, building) -> None:
+    # What a server killed mid-build leaves: torch's lock file, and our flock held until death.
+    with kernels._build_lock(build_dir):
+        Path(build_dir, "lock").touch()
+        building.set()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_build_killed_midway_does_not_block_the_next(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    building = ctx.Event()
+    child = ctx.Process(target=_build_and_die, args=(str(tmp_path), building))
+    child.start()
+    assert building.wait(60)
+    child.join(30)
+    assert child.exitcode == -signal.SIGKILL
+    assert (tmp_path / "lock").exists()  # torch would wait on this forever
+
+    entered = threading.Event()
+
+    def next_build() -> None:
+        with kernels._build_lock(str(tmp_path)):
+            entered.set()
+
+    t = threading.Thread(target=next_build, daemon=True)
+    t.start()
+    assert entered.wait(30), "the next build waited on the killed build's lock"
+    assert not (tmp_path / "lock").exists()
+
+
+def test_a_live_build_is_waited_for(tmp_path: Path) -> None:
+    order: list[str] = []
+    held, release = threading.Event(), threading.Event()
+
+    def first() -> None:
+        with kernels._build_lock(str(tmp_path)):
+            held.set()
+            release.wait(30)
+            order.append("first done")
+
+    def second() -> None:
+        with kernels._build_lock(str(tmp_path)):
+            order.append("second in")
+
+    a = threading.Thread(target=first, daemon=True)
+    a.start()
+    assert held.wait(30)
+    b = threading.Thread(target=second, daemon=True)
+    b.start()
+    b.join(0.5)
+    assert order == []  # flock is per open file: a second open in the same process waits too
+    release.set()
+    a.join(30)
+    b.join(30)
+    assert order == ["first done", "second in"]
+
+
+def test_every_registered_kernel_has_a_source() -> None:
+    for name in kernels.KERNELS:
+        assert os.path.exists(os.path.join(kernels._CSRC, f"{name}.cpp"))

@@ -19,7 +19,8 @@ def test_load_scales_out_within_bounds_and_back(two_nodes, fleet_factory):
         upscale_delay_s=1,
         downscale_delay_s=4,
     )
-    assert fleet.num_replicas() == 1
+    # A replica Serve replaced during the deploy can stay listed for a moment (seen once: 2).
+    assert wait_until(lambda: fleet.num_replicas() == 1, 60, interval_s=1), fleet.num_replicas()
     results: list[dict] = []
     stop = threading.Event()
 
