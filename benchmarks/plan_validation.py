@@ -15,6 +15,10 @@
    own generator and seed), each request's prompt and output length from the run's records,
    two replicas with the replicas' scheduler settings, the same routing policy. Predicted
    and measured mean / p90 TTFT and TPOT and throughput are compared.
+6. The replicas write step traces (`serve --step-trace`). Per run, the steps they ran are set
+   beside the simulated ones (how many, how long, how much prefill and decode per step) and
+   the step model is scored on the real steps: a miss is then either the step times (the
+   model on the same steps) or the batches (other steps).
 
     .venv/bin/python benchmarks/plan_validation.py --output docs/results/plan_validation.json
 
@@ -36,14 +40,19 @@ from local_fleet import BIN, start_up
 
 from chatfleet.bench.result import load_result, records_from_result
 from chatfleet.config import SchedulerConfig
+from chatfleet.engine.step_trace import read_trace
 from chatfleet.plan.overhead import ServingOverhead
 from chatfleet.plan.replica import ReplicaSpec
 from chatfleet.plan.simulator import FleetSpec, simulate
-from chatfleet.plan.step_model import LinearStepModel
+from chatfleet.plan.step_mix import StepMix, model_error
+from chatfleet.plan.step_model import LinearStepModel, StepSample, StepShape
 from chatfleet.plan.workload import conversations, lengths_from_records, poisson_arrivals
 from chatfleet.router.config import PolicyConfig, RouterConfig
 
 KV_BLOCK_BYTES = 16 * 2 * 30 * 3 * 64 * 2  # SmolLM2-135M: 30 layers, 3 KV heads x 64, fp16
+# A gap between two steps of one replica shorter than this: it had work waiting (an idle
+# engine loop waits for requests up to 50 ms at a time).
+BACK_TO_BACK_S = 0.01
 
 
 def run_bench(url: str, args: argparse.Namespace, rate: float, seed: int, out: Path) -> dict:
@@ -85,7 +94,27 @@ def simulate_run(result: dict, args: argparse.Namespace, model: LinearStepModel)
     )
     sim = simulate(conversations(lengths, arrivals), fleet, model, config["seed"], args.prefix)
     # Every request, as the bench summarizes its run.
-    return {"summary": sim.summary(), "hit_rate": sim.prefix_hit_rate}
+    return {"summary": sim.summary(), "hit_rate": sim.prefix_hit_rate, "steps": sim.steps}
+
+
+def traced_steps(trace_dir: Path, start: float, end: float) -> tuple[list[StepSample], float]:
+    """The steps every replica ran between two time.monotonic() readings, and the median gap
+    between a replica's back-to-back steps (its engine loop's own time)."""
+    samples, gaps = [], []
+    for path in sorted(trace_dir.glob("steps-*.jsonl")):
+        rows = [r for r in read_trace(str(path)) if start <= r["t"] <= end]
+        samples += [StepSample(StepShape.from_seqs(r["seqs"]), r["s"]) for r in rows]
+        gaps += [b["t"] - a["t"] - a["s"] for a, b in zip(rows, rows[1:], strict=False)]
+    back_to_back = sorted(g for g in gaps if g < BACK_TO_BACK_S)
+    return samples, back_to_back[len(back_to_back) // 2] if back_to_back else 0.0
+
+
+def compare_steps(measured: list[StepSample], gap_s: float, sim: StepMix, model) -> dict:
+    return {
+        "measured": StepMix.of(measured).summary() | {"median_gap_ms": gap_s * 1e3},
+        "simulated": sim.summary(),
+        "model_on_measured": model_error(model, measured),
+    }
 
 
 def compare(measured: dict, predicted) -> dict:
@@ -139,6 +168,7 @@ def main() -> int:
     args.prefix = shared_prefix_tokens()
     replica_args = f"--kv-cache-memory {args.kv_budget_mib}MiB --max-num-seqs {args.max_num_seqs}"
     replica_args += f" --max-num-batched-tokens {args.max_num_batched_tokens}"
+    replica_args += f" --step-trace {log_dir}/steps-{{pid}}.jsonl"
     proc, url = start_up(2, args.policy, replica_args, log_dir / "up.log", port=args.port)
     runs = []
     try:
@@ -150,10 +180,13 @@ def main() -> int:
         model = LinearStepModel.load(steps)
         plan = [("overload", args.overload_rate)]
         for k, (label, rate) in enumerate(plan):
+            begin = time.monotonic()
             result = run_bench(url, args, rate, args.seed + k, out_dir / f"bench-{label}.json")
+            steps, gap_s = traced_steps(log_dir, begin, time.monotonic())
             sim = simulate_run(result, args, model)
             row = {"label": label, "rate": rate, "hit_rate_predicted": sim["hit_rate"]}
             row.update(compare(result["summary"], sim["summary"]))
+            row["steps"] = compare_steps(steps, gap_s, sim["steps"], model)
             runs.append(row)
             _print(row)
             if label == "overload":
@@ -197,6 +230,16 @@ def _print(row: dict) -> None:
     r = row["request_throughput"]
     cells.append(f"req/s {r['measured']:.2f}/{r['predicted']:.2f} ({r['error']:+.0%})")
     print("  ".join(cells), flush=True)
+    if "steps" in row:  # real / simulated steps, and the step model on the real ones
+        steps = row["steps"]
+        m, s, e = steps["measured"], steps["simulated"], steps["model_on_measured"]
+        cells = [f"{'steps':>8} {m['num_steps']}/{s['num_steps']}"]
+        for name in ("mean_step_ms", "decode_rows_per_step", "prefill_step_share"):
+            cells.append(f"{name} {m[name]:.2f}/{s[name]:.2f}")
+        cells.append(f"gap {m['median_gap_ms']:.2f} ms")
+        if e["num_steps"]:
+            cells.append(f"model on real steps {e['total']:+.1%} (|err| {e['mean_abs']:.0%})")
+        print("  ".join(cells), flush=True)
 
 
 if __name__ == "__main__":

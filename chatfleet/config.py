@@ -83,6 +83,8 @@ class EngineConfig:
     # the same bits through the per-layer path (tests compare the two).
     fused_decode: bool = True
     seed: int = 0
+    # A JSONL trace of every step's timing and shape (engine/step_trace.py); `{pid}` allowed.
+    step_trace: str | None = None
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 

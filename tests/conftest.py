@@ -33,6 +33,9 @@ def small_step_llm() -> LLM:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory) -> Iterator[ServerProcess]:
-    srv = start_server(tmp_path_factory.mktemp("srv"), "--max-num-seqs", "16")
+    """Also writes a step trace: tmp/steps-{pid}.jsonl (see `step_trace_path`)."""
+    tmp = tmp_path_factory.mktemp("srv")
+    trace = str(tmp / "steps-{pid}.jsonl")
+    srv = start_server(tmp, "--max-num-seqs", "16", "--step-trace", trace)
     yield srv
     srv.stop()

@@ -174,7 +174,10 @@ class AsyncEngine:
             return
         self.engine = engine
         built.set_result(engine)
-        self._loop()
+        try:
+            self._loop()
+        finally:
+            engine.close()
 
     def _loop(self) -> None:
         while not self._stopping:

@@ -7,6 +7,7 @@ step() is the whole data flow of one iteration:
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 
 from chatfleet.config import EngineConfig
@@ -15,6 +16,7 @@ from chatfleet.engine.kv_cache_manager import KVCacheManager
 from chatfleet.engine.outputs import EngineCoreOutput
 from chatfleet.engine.request import Request, RequestStatus, check_fits
 from chatfleet.engine.scheduler import Scheduler
+from chatfleet.engine.step_trace import StepTrace, scheduled_seqs
 from chatfleet.errors import InvalidRequestError
 from chatfleet.model.runner import ModelRunner
 from chatfleet.model.tokenizer import Tokenizer
@@ -59,6 +61,7 @@ class LLMEngine:
         self.eos_token_ids = tuple(self.tokenizer.eos_token_ids)
         self._parents: dict[str, _ParentState] = {}
         self._child_to_parent: dict[str, tuple[_ParentState, int]] = {}
+        self._trace = StepTrace(config.step_trace) if config.step_trace else None
 
     # ---- requests ---------------------------------------------------------------------
     def validate_prompt(
@@ -141,10 +144,23 @@ class LLMEngine:
 
     # ---- one iteration ----------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
+        start = time.monotonic()
         scheduler_output = self.scheduler.schedule()
+        seqs = scheduled_seqs(scheduler_output) if self._trace is not None else []
         runner_output = self.runner.execute(scheduler_output)
         core_outputs = self.scheduler.update_from_output(scheduler_output, runner_output)
-        return self._process(core_outputs)
+        outputs = self._process(core_outputs)
+        if self._trace is not None and seqs:
+            self._trace.record(start, time.monotonic() - start, seqs)
+            if not self.has_unfinished_requests():  # idle next: let readers see it all
+                self._trace.flush()
+        return outputs
+
+    def close(self) -> None:
+        """Flush and close the step trace, if any (the engine stays usable without it)."""
+        if self._trace is not None:
+            self._trace.close()
+            self._trace = None
 
     def _process(self, core_outputs: list[EngineCoreOutput]) -> list[RequestOutput]:
         touched: dict[str, _ParentState] = {}

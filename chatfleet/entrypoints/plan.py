@@ -76,6 +76,13 @@ def add_calibrate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--step-model", default=None, help="with --base-url: keep this model, fit the overhead"
     )
+    p.add_argument(
+        "--trace",
+        nargs="+",
+        default=None,
+        metavar="FILE",
+        help="fit on the steps a server ran instead (chatfleet serve --step-trace)",
+    )
     p.add_argument("--output", required=True, help="steps.json")
     p.add_argument("--weight-format", default="auto", choices=["auto", "fp32", "bf16", "int8"])
     p.add_argument("--device", default="cpu")
@@ -279,7 +286,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from chatfleet.plan.calibrate import CalibrationGrid, calibrate_in_process
 
     log = functools.partial(print, file=sys.stderr, flush=True)
-    if args.base_url and args.step_model:
+    if args.trace:
+        from chatfleet.plan.step_model import LinearStepModel, samples_from_trace
+
+        served = [s for path in args.trace for s in samples_from_trace(path)]
+        meta = {"method": "served steps (step trace)", "traces": args.trace}
+        model = LinearStepModel.fit(served, meta | {"num_samples": len(served)})
+    elif args.base_url and args.step_model:
         from chatfleet.plan.http_calibrate import measure_serving_overhead
         from chatfleet.plan.overhead import META_KEY
         from chatfleet.plan.step_model import LinearStepModel

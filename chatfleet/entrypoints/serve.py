@@ -43,6 +43,13 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--request-timeout", type=float, default=600.0)
     p.add_argument("--shutdown-timeout", type=float, default=30.0)
     p.add_argument(
+        "--step-trace",
+        default=None,
+        metavar="PATH",
+        help="append every engine step's timing and shape to PATH as JSON lines ({pid} is "
+        "replaced by the process id; see chatfleet plan calibrate --trace)",
+    )
+    p.add_argument(
         "--num-threads",
         type=int,
         default=None,
@@ -65,6 +72,7 @@ def configs(args: argparse.Namespace) -> tuple[EngineConfig, ServerConfig]:
             max_num_batched_tokens=args.max_num_batched_tokens,
             max_model_len=args.max_model_len,
         ),
+        step_trace=args.step_trace,
         **threads,
     )
     names = tuple(args.served_model_name or ["SmolLM2-135M-Instruct"])

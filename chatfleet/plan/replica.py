@@ -11,7 +11,7 @@ Admission, chunked prefill, prefix caching, preemption and stops are the engine'
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from chatfleet.config import SchedulerConfig
 from chatfleet.engine.kv_cache_manager import KVCacheManager
@@ -19,6 +19,7 @@ from chatfleet.engine.outputs import EngineCoreOutput, ModelRunnerOutput, Schedu
 from chatfleet.engine.request import Request
 from chatfleet.engine.scheduler import Scheduler
 from chatfleet.plan.overhead import ServingOverhead
+from chatfleet.plan.step_mix import StepMix
 from chatfleet.plan.step_model import StepShape, StepTimeModel
 from chatfleet.router.pool import ReplicaLoad
 
@@ -36,9 +37,16 @@ class ReplicaSpec:
 
 @dataclass
 class ReplicaStats:
-    num_steps: int = 0
-    busy_s: float = 0.0
     max_kv_usage: float = 0.0
+    steps: StepMix = field(default_factory=StepMix)
+
+    @property
+    def num_steps(self) -> int:
+        return self.steps.num_steps
+
+    @property
+    def busy_s(self) -> float:
+        return self.steps.seconds
 
 
 class SimReplica:
@@ -84,8 +92,7 @@ class SimReplica:
         # NOTE: measured overhead terms may be negative (an in-process model corrected to
         # in-server steps); a step never takes less than no time.
         seconds = max(0.0, self.step_model.step_time_s(shape) + self.overhead.step_extra_s(shape))
-        self.stats.num_steps += 1
-        self.stats.busy_s += seconds
+        self.stats.steps.add(shape, seconds)
         self.stats.max_kv_usage = max(self.stats.max_kv_usage, self.kv.usage)
         return seconds
 

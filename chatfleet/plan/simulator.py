@@ -29,6 +29,7 @@ from chatfleet.gateway.limits.base import KeyLimits, gcra
 from chatfleet.plan.fleet import SimRouter
 from chatfleet.plan.overhead import ServingOverhead
 from chatfleet.plan.replica import ReplicaSpec, SimReplica
+from chatfleet.plan.step_mix import StepMix
 from chatfleet.plan.step_model import StepTimeModel
 from chatfleet.plan.workload import Conversation
 from chatfleet.router.config import RouterConfig
@@ -61,6 +62,7 @@ class SimResult:
     replicas: list[dict[str, Any]]  # per replica: steps, busy time, preemptions, cache counts
     router_query_blocks: int
     router_hit_blocks: int
+    steps: StepMix = field(default_factory=StepMix)  # every replica's steps, summed
 
     @property
     def prefix_hit_rate(self) -> float:
@@ -144,6 +146,7 @@ class Simulation:
             [self._replica_stats(r) for r in self.replicas],
             self.router.num_query_blocks,
             self.router.num_hit_blocks,
+            StepMix.total(r.stats.steps for r in self.replicas),
         )
 
     # ---- events -------------------------------------------------------------------------
@@ -274,6 +277,7 @@ class Simulation:
             "num_preemptions": replica.scheduler.num_preemptions,
             "prefix_cache_queries": replica.kv.stats.queries,
             "prefix_cache_hits": replica.kv.stats.hits,
+            "steps": replica.stats.steps.summary(),
         }
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from chatfleet.engine.outputs import SchedulerOutput
+from chatfleet.engine.step_trace import read_trace, scheduled_seqs
 
 
 @dataclass(frozen=True)
@@ -48,11 +49,16 @@ class StepShape:
     @staticmethod
     def of(out: SchedulerOutput) -> StepShape:
         """The shape of a scheduled step (read before update_from_output advances it)."""
+        return StepShape.from_seqs(scheduled_seqs(out))
+
+    @staticmethod
+    def from_seqs(seqs: Iterable[Sequence[int]]) -> StepShape:
+        """The shape of a step given [tokens fed, tokens computed before, sampled] per
+        sequence: a step trace's row (engine/step_trace.py)."""
         pre_tokens = pre_seqs = pre_ctx = dec_seqs = dec_ctx = sampled = 0
         pairs = 0.0
-        for s in out.scheduled:
-            n, start = s.num_new_tokens, s.start
-            sampled += s.samples
+        for n, start, samples in seqs:
+            sampled += samples
             # NOTE: like the runner, a one-token chunk is a decode (it attends like one).
             if n == 1:
                 dec_seqs += 1
@@ -134,6 +140,11 @@ def load_samples(path: str | Path) -> list[StepSample]:
             seconds = row.pop("seconds")
             out.append(StepSample(StepShape(**row), seconds))
     return out
+
+
+def samples_from_trace(path: str | Path) -> list[StepSample]:
+    """The steps a server ran (`chatfleet serve --step-trace`), as timed samples."""
+    return [StepSample(StepShape.from_seqs(row["seqs"]), row["s"]) for row in read_trace(str(path))]
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import random
 
-from chatfleet.config import CacheConfig, EngineConfig
+from chatfleet.config import CacheConfig, EngineConfig, SchedulerConfig
+from chatfleet.engine.llm_engine import LLMEngine
+from chatfleet.engine.step_trace import read_trace
 from chatfleet.entrypoints.cli import main
 from chatfleet.plan.calibrate import CalibrationGrid, calibrate_in_process
-from chatfleet.plan.step_model import StepShape, load_samples
+from chatfleet.plan.step_mix import model_error
+from chatfleet.plan.step_model import LinearStepModel, StepShape, load_samples, samples_from_trace
+from chatfleet.sampling_params import SamplingParams
 
 
 def test_plan_prints_fleet_cost_and_assumptions(tmp_path, capsys):
@@ -52,3 +58,39 @@ def test_calibrate_times_real_engine_steps(tmp_path):
     one = model.step_time_s(StepShape(num_decode_seqs=1, decode_context_tokens=64, num_sampled=1))
     prefill = model.step_time_s(StepShape(256, 1, 256 * 128.5, 256, 0, 0, 1))
     assert 0 < one < prefill
+
+
+def test_calibrate_fits_the_steps_a_server_ran(tmp_path, capsys):
+    """An engine's step trace (what `serve --step-trace` writes) holds every token it fed,
+    and `plan calibrate --trace` fits the step model on those steps."""
+    trace = tmp_path / "steps-{pid}.jsonl"
+    config = EngineConfig(
+        num_threads=1,
+        cache=CacheConfig(kv_cache_memory_bytes=64 << 20),
+        scheduler=SchedulerConfig(max_num_batched_tokens=48),
+        step_trace=str(trace),
+    )
+    engine = LLMEngine(config)
+    rng = random.Random(0)
+    prompts = [[rng.randrange(1000, 40000) for _ in range(n)] for n in (100, 20, 60, 7)]
+    for i, prompt in enumerate(prompts):
+        engine.add_request(f"r{i}", prompt, SamplingParams(max_tokens=4 + i, ignore_eos=True))
+    while engine.has_unfinished_requests():
+        engine.step()
+    engine.close()
+    path = str(trace).replace("{pid}", str(os.getpid()))
+    rows = read_trace(path)
+    samples = samples_from_trace(path)
+    assert len(samples) == len(rows) >= 10
+    fed = sum(n for row in rows for n, _, _ in row["seqs"])
+    # Every prompt token once, then one fed token per sampled token but the last.
+    assert fed == sum(map(len, prompts)) + sum(3 + i for i in range(len(prompts)))
+    assert sum(s.shape.num_sampled for s in samples) == sum(4 + i for i in range(len(prompts)))
+    assert max(s.shape.num_batched_tokens for s in samples) <= 48
+    out = tmp_path / "steps.json"
+    assert main(["plan", "calibrate", "--trace", path, "--output", str(out)]) == 0
+    model = LinearStepModel.load(out)
+    assert model.meta["method"] == "served steps (step trace)"
+    assert model.meta["num_samples"] == len(samples)
+    assert model_error(model, samples)["num_steps"] == len(samples)
+    assert "fit error" in capsys.readouterr().out

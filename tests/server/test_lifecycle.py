@@ -6,9 +6,11 @@ import concurrent.futures
 import json
 import signal
 import time
+from pathlib import Path
 
 import httpx
 
+from chatfleet.engine.step_trace import read_trace
 from tests.server.conftest import metric
 from tests.server_process import start_server
 
@@ -166,3 +168,24 @@ def test_metrics_use_vllm_names_and_count_requests(server):
 
 def _has_success(server) -> bool:
     return "vllm:request_success_total{" in httpx.get(f"{server.base_url}/metrics").text
+
+
+def test_step_trace_records_every_step_of_a_request(server):
+    """`serve --step-trace`: a lone request's steps are its prompt, in chunks, then one
+    decode row per further token (the fixture's path has the server's pid in it)."""
+    trace = Path(server.log_path).parent / f"steps-{server.proc.pid}.jsonl"
+    body = {"prompt": "The sea is", "max_tokens": 5, "ignore_eos": True, "temperature": 0}
+    # Alone on the server: wait for requests of earlier tests to end.
+    assert _wait_until(lambda: metric(server.base_url, "vllm:num_requests_running") == 0)
+    before = len(read_trace(str(trace))) if trace.exists() else 0
+    r = httpx.post(f"{server.base_url}/v1/completions", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    prompt = r.json()["usage"]["prompt_tokens"]
+    # Rows are flushed at least once a second while the server runs.
+    assert _wait_until(lambda: len(read_trace(str(trace))) >= before + 5, timeout_s=10)
+    rows = read_trace(str(trace))[before:]
+    assert [len(row["seqs"]) for row in rows] == [1] * 5
+    assert rows[0]["seqs"] == [[prompt, 0, 1]]
+    assert [row["seqs"][0] for row in rows[1:]] == [[1, prompt + i, 1] for i in range(4)]
+    assert all(row["s"] > 0 for row in rows)
+    assert all(b["t"] >= a["t"] + a["s"] for a, b in zip(rows, rows[1:], strict=False))
