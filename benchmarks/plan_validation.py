@@ -19,6 +19,12 @@
    beside the simulated ones (how many, how long, how much prefill and decode per step) and
    the step model is scored on the real steps: a miss is then either the step times (the
    model on the same steps) or the batches (other steps).
+7. A second step model, "trace", is fitted on the steps the fleet served in two calibration
+   runs before the validation runs (other seeds: other prompts and arrivals; overload, then
+   half its throughput), as `plan calibrate --trace` does. It sees what the in-process grid
+   cannot: on this 2-core machine a replica shares the cores with the other replica, the
+   router and the load generator, and its own event loop holds the GIL between the
+   layer-by-layer prefill's ops. Every run is simulated with both models.
 
     .venv/bin/python benchmarks/plan_validation.py --output docs/results/plan_validation.json
 
@@ -109,12 +115,34 @@ def traced_steps(trace_dir: Path, start: float, end: float) -> tuple[list[StepSa
     return samples, back_to_back[len(back_to_back) // 2] if back_to_back else 0.0
 
 
-def compare_steps(measured: list[StepSample], gap_s: float, sim: StepMix, model) -> dict:
-    return {
-        "measured": StepMix.of(measured).summary() | {"median_gap_ms": gap_s * 1e3},
-        "simulated": sim.summary(),
-        "model_on_measured": model_error(model, measured),
-    }
+def trace_calibration(url: str, args: argparse.Namespace, out_dir: Path, trace_dir: Path):
+    """The step model fitted on the steps the fleet ran in two calibration runs, seeds apart
+    from every validation run's: overload, then half of its throughput (`--trace`)."""
+    samples: list[StepSample] = []
+    rate, rates = args.overload_rate, []
+    for k in range(2):
+        begin = time.monotonic()
+        seed = args.seed + 1000 + k
+        result = run_bench(url, args, rate, seed, out_dir / f"calibration-{k}.json")
+        samples += traced_steps(trace_dir, begin, time.monotonic())[0]
+        rates.append(rate)
+        rate = round(0.5 * result["summary"]["request_throughput"], 3)
+    meta = {"method": "served steps (step trace)", "calibration_rates": rates}
+    meta |= {"calibration_seeds": [args.seed + 1000, args.seed + 1001]}
+    meta |= {"num_samples": len(samples), "weighted_by_time": True}
+    model = LinearStepModel.fit(samples, meta, weight_by_time=True)
+    model.save(out_dir / "steps_trace.json")
+    return model
+
+
+def predict(result: dict, args: argparse.Namespace, model, measured: list | None) -> dict:
+    """One model's prediction of a run, and (with the run's traced steps) its steps."""
+    sim = simulate_run(result, args, model)
+    out = {"hit_rate_predicted": sim["hit_rate"], **compare(result["summary"], sim["summary"])}
+    out["steps_simulated"] = sim["steps"].summary()
+    if measured is not None:
+        out["model_on_measured_steps"] = model_error(model, measured)
+    return out
 
 
 def compare(measured: dict, predicted) -> dict:
@@ -148,6 +176,9 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=100)
     p.add_argument("--port", type=int, default=None, help="the router's; replicas after it")
     p.add_argument("--overhead", choices=["measured", "none"], default="measured")
+    p.add_argument(
+        "--no-trace-calibration", action="store_true", help="the in-process grid model only"
+    )
     p.add_argument("--resimulate", default=None, help="no fleet: simulate a past run's DIR again")
     args = p.parse_args()
     output = Path(args.output)
@@ -177,16 +208,18 @@ def main() -> int:
             cmd += ["--step-model", str(steps), "--output", str(steps)]
             cmd += ["--max-num-batched-tokens", str(args.max_num_batched_tokens)]
             subprocess.run(cmd, check=True)
-        model = LinearStepModel.load(steps)
+        models = {"grid": LinearStepModel.load(steps)}
+        if not args.no_trace_calibration:
+            models["trace"] = trace_calibration(url, args, out_dir, log_dir)
         plan = [("overload", args.overload_rate)]
         for k, (label, rate) in enumerate(plan):
             begin = time.monotonic()
             result = run_bench(url, args, rate, args.seed + k, out_dir / f"bench-{label}.json")
-            steps, gap_s = traced_steps(log_dir, begin, time.monotonic())
-            sim = simulate_run(result, args, model)
-            row = {"label": label, "rate": rate, "hit_rate_predicted": sim["hit_rate"]}
-            row.update(compare(result["summary"], sim["summary"]))
-            row["steps"] = compare_steps(steps, gap_s, sim["steps"], model)
+            measured, gap_s = traced_steps(log_dir, begin, time.monotonic())
+            row: dict = {"label": label, "rate": rate}
+            row["steps_measured"] = StepMix.of(measured).summary() | {"median_gap_ms": gap_s * 1e3}
+            for name, model in models.items():
+                row[name] = predict(result, args, model, measured)
             runs.append(row)
             _print(row)
             if label == "overload":
@@ -198,7 +231,8 @@ def main() -> int:
         proc.wait(120)
     config = {k: v for k, v in vars(args).items()}
     config["wall_s"] = round(time.monotonic() - started)
-    data = {"config": config, "step_model": model.describe(), "runs": runs}
+    described = {name: model.describe() for name, model in models.items()}
+    data = {"config": config, "step_models": described, "runs": runs}
     output.write_text(json.dumps(data, indent=1) + "\n")
     print(output)
     return 0
@@ -207,39 +241,45 @@ def main() -> int:
 def resimulate(run_dir: Path, args: argparse.Namespace, output: Path) -> int:
     """The simulator again on a past run's bench results and step model (e.g. without the
     serving overhead); writes --output like a full run."""
-    model = LinearStepModel.load(run_dir / "steps.json")
+    models = {"grid": LinearStepModel.load(run_dir / "steps.json")}
+    if (run_dir / "steps_trace.json").exists():
+        models["trace"] = LinearStepModel.load(run_dir / "steps_trace.json")
     args.prefix = shared_prefix_tokens()
     runs = []
     for label in ["overload", *(f"{float(f):.2f}" for f in args.fractions.split(","))]:
         result = load_result(run_dir / f"bench-{label}.json")
-        sim = simulate_run(result, args, model)
-        row = {"label": label, "rate": result["config"]["request_rate"]}
-        row.update(compare(result["summary"], sim["summary"]), hit_rate_predicted=sim["hit_rate"])
+        row: dict = {"label": label, "rate": result["config"]["request_rate"]}
+        for name, model in models.items():
+            row[name] = predict(result, args, model, None)
         runs.append(row)
         _print(row)
-    data = {"config": vars(args), "step_model": model.describe(), "runs": runs}
+    described = {name: model.describe() for name, model in models.items()}
+    data = {"config": vars(args), "step_models": described, "runs": runs}
     output.write_text(json.dumps(data, indent=1) + "\n")
     return 0
 
 
 def _print(row: dict) -> None:
-    cells = [f"{row['label']:>8} {row['rate']:6.2f} req/s"]
-    for name in ("ttft_mean_ms", "ttft_p90_ms", "tpot_mean_ms", "tpot_p90_ms"):
-        r = row[name]
-        cells.append(f"{name} {r['measured']:.0f}/{r['predicted']:.0f} ({r['error']:+.0%})")
-    r = row["request_throughput"]
-    cells.append(f"req/s {r['measured']:.2f}/{r['predicted']:.2f} ({r['error']:+.0%})")
-    print("  ".join(cells), flush=True)
-    if "steps" in row:  # real / simulated steps, and the step model on the real ones
-        steps = row["steps"]
-        m, s, e = steps["measured"], steps["simulated"], steps["model_on_measured"]
-        cells = [f"{'steps':>8} {m['num_steps']}/{s['num_steps']}"]
-        for name in ("mean_step_ms", "decode_rows_per_step", "prefill_step_share"):
-            cells.append(f"{name} {m[name]:.2f}/{s[name]:.2f}")
-        cells.append(f"gap {m['median_gap_ms']:.2f} ms")
-        if e["num_steps"]:
-            cells.append(f"model on real steps {e['total']:+.1%} (|err| {e['mean_abs']:.0%})")
+    m = row.get("steps_measured")
+    for name in ("grid", "trace"):
+        if name not in row:
+            continue
+        pred = row[name]
+        cells = [f"{row['label']:>8} {row['rate']:6.2f} req/s {name:>5}"]
+        for metric in ("ttft_mean_ms", "ttft_p90_ms", "tpot_mean_ms", "tpot_p90_ms"):
+            r = pred[metric]
+            cells.append(f"{metric} {r['measured']:.0f}/{r['predicted']:.0f} ({r['error']:+.0%})")
+        r = pred["request_throughput"]
+        cells.append(f"req/s {r['measured']:.2f}/{r['predicted']:.2f} ({r['error']:+.0%})")
         print("  ".join(cells), flush=True)
+        if m is not None:  # real / simulated steps, and the model on the real steps
+            s, e = pred["steps_simulated"], pred["model_on_measured_steps"]
+            cells = [f"{'':>8} steps {m['num_steps']}/{s['num_steps']}"]
+            for key in ("mean_step_ms", "decode_rows_per_step", "prefill_step_share"):
+                cells.append(f"{key} {m[key]:.2f}/{s[key]:.2f}")
+            if e["num_steps"]:
+                cells.append(f"model on real steps {e['total']:+.1%} (|err| {e['mean_abs']:.0%})")
+            print("  ".join(cells), flush=True)
 
 
 if __name__ == "__main__":

@@ -291,7 +291,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
         served = [s for path in args.trace for s in samples_from_trace(path)]
         meta = {"method": "served steps (step trace)", "traces": args.trace}
-        model = LinearStepModel.fit(served, meta | {"num_samples": len(served)})
+        meta |= {"num_samples": len(served), "weighted_by_time": True}
+        model = LinearStepModel.fit(served, meta, weight_by_time=True)
     elif args.base_url and args.step_model:
         from chatfleet.plan.http_calibrate import measure_serving_overhead
         from chatfleet.plan.overhead import META_KEY

@@ -168,12 +168,15 @@ class LinearStepModel(StepTimeModel):
         }
 
     @staticmethod
-    def fit(samples: Sequence[StepSample], meta: dict[str, Any]) -> LinearStepModel:
+    def fit(
+        samples: Sequence[StepSample], meta: dict[str, Any], weight_by_time: bool = False
+    ) -> LinearStepModel:
         """Non-negative least squares on the timed steps (see `fit_rows`)."""
         if len(samples) < len(FEATURES):
             raise ValueError(f"need at least {len(FEATURES)} timed steps, got {len(samples)}")
         x = np.array([features(s.shape) for s in samples], dtype=np.float64)
-        coef, error = fit_rows(x, np.array([s.seconds for s in samples], dtype=np.float64))
+        y = np.array([s.seconds for s in samples], dtype=np.float64)
+        coef, error = fit_rows(x, y, weight_by_time)
         return LinearStepModel(tuple(float(c) for c in coef), error, dict(meta))
 
     def save(self, path: str | Path) -> None:
@@ -190,11 +193,20 @@ class LinearStepModel(StepTimeModel):
         return LinearStepModel(tuple(float(coef[f]) for f in FEATURES), data["fit_error"], meta)
 
 
-def fit_rows(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+def fit_rows(
+    x: np.ndarray, y: np.ndarray, weight_by_time: bool = False
+) -> tuple[np.ndarray, dict[str, float]]:
     """Coefficients >= 0 minimizing the relative error of x @ coef against y (rows divided
     by the measured time, so a 10 ms decode weighs as much as a 500 ms prefill), and that
-    error on the rows (mean, p90)."""
-    coef = _nnls(x / y[:, None], np.ones_like(y))
+    error on the rows (mean, p90).
+
+    `weight_by_time`: each row's squared relative error counts in proportion to its time.
+    For served steps (a trace), where thousands of one-row decodes outnumber the few big
+    batches and long prefills that hold most of the busy time: the fit is then right where
+    the fleet spends its time.
+    """
+    w = np.sqrt(y / y.mean()) if weight_by_time else np.ones_like(y)
+    coef = _nnls(x / y[:, None] * w[:, None], w)
     rel = np.abs(x @ coef - y) / y
     return coef, {"mean": float(rel.mean()), "p90": float(np.percentile(rel, 90))}
 

@@ -90,7 +90,7 @@ def test_calibrate_fits_the_steps_a_server_ran(tmp_path, capsys):
     out = tmp_path / "steps.json"
     assert main(["plan", "calibrate", "--trace", path, "--output", str(out)]) == 0
     model = LinearStepModel.load(out)
-    assert model.meta["method"] == "served steps (step trace)"
+    assert model.meta["method"] == "served steps (step trace)" and model.meta["weighted_by_time"]
     assert model.meta["num_samples"] == len(samples)
     assert model_error(model, samples)["num_steps"] == len(samples)
     assert "fit error" in capsys.readouterr().out

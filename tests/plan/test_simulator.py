@@ -55,6 +55,11 @@ def test_one_request_at_a_time_is_an_md1_queue():
     assert abs(mean_wait_s - wq_s) < 0.002, mean_wait_s
     # Service itself is exact: every request takes one prefill step and 3 decode steps.
     assert abs(summary.tpot_ms.mean - 10.0) < 1e-6
+    steps = result.steps  # summed over the fleet, as a real replica's step trace would be
+    assert (steps.num_steps, steps.num_prefill_steps) == (4 * 8000, 8000)
+    assert (steps.prefill_tokens, steps.decode_rows) == (32 * 8000, 3 * 8000)
+    assert abs(steps.seconds - 4 * 8000 * step_s) < 1e-6
+    assert steps.summary()["decode_rows_per_step"] == 0.75
 
 
 def test_overheads_add_to_latency_only():
