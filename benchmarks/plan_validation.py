@@ -19,12 +19,13 @@
    beside the simulated ones (how many, how long, how much prefill and decode per step) and
    the step model is scored on the real steps: a miss is then either the step times (the
    model on the same steps) or the batches (other steps).
-7. A second step model, "trace", is fitted on the steps the fleet served in two calibration
-   runs before the validation runs (other seeds: other prompts and arrivals; overload, then
-   half its throughput), as `plan calibrate --trace` does. It sees what the in-process grid
-   cannot: on this 2-core machine a replica shares the cores with the other replica, the
-   router and the load generator, and its own event loop holds the GIL between the
-   layer-by-layer prefill's ops. Every run is simulated with both models.
+7. A second step model, "trace", is fitted on the steps the fleet served in calibration runs
+   before the validation runs (other seeds: other prompts and arrivals; overload, then
+   `--calibration-fractions` of its throughput), as `plan calibrate --trace` does. It sees
+   what the in-process grid cannot: on this 2-core machine a replica's steps share the cores
+   with the other replica, the router and the load generator (a lone server's steps match
+   the grid's), and the machine's speed drifts between the grid's timing and the runs.
+   Every run is simulated with both models.
 
     .venv/bin/python benchmarks/plan_validation.py --output docs/results/plan_validation.json
 
@@ -34,6 +35,7 @@ Hold the CPU lock meanwhile: nothing else may run on the machine.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import signal
 import subprocess
@@ -50,7 +52,7 @@ from chatfleet.engine.step_trace import read_trace
 from chatfleet.plan.overhead import ServingOverhead
 from chatfleet.plan.replica import ReplicaSpec
 from chatfleet.plan.simulator import FleetSpec, simulate
-from chatfleet.plan.step_mix import StepMix, model_error
+from chatfleet.plan.step_mix import StepMix, model_error, model_error_by_class
 from chatfleet.plan.step_model import LinearStepModel, StepSample, StepShape
 from chatfleet.plan.workload import conversations, lengths_from_records, poisson_arrivals
 from chatfleet.router.config import PolicyConfig, RouterConfig
@@ -103,32 +105,41 @@ def simulate_run(result: dict, args: argparse.Namespace, model: LinearStepModel)
     return {"summary": sim.summary(), "hit_rate": sim.prefix_hit_rate, "steps": sim.steps}
 
 
-def traced_steps(trace_dir: Path, start: float, end: float) -> tuple[list[StepSample], float]:
-    """The steps every replica ran between two time.monotonic() readings, and the median gap
-    between a replica's back-to-back steps (its engine loop's own time)."""
-    samples, gaps = [], []
+def traced_steps(trace_dir: Path, start: float, end: float) -> tuple[list[StepSample], dict]:
+    """The steps every replica ran between two time.monotonic() readings; the median gap
+    between a replica's back-to-back steps (its engine loop's own time) and the share of the
+    time from a replica's first step to its last that it spent stepping (how close to
+    saturation the run was)."""
+    samples, gaps, busy, span = [], [], 0.0, 0.0
     for path in sorted(trace_dir.glob("steps-*.jsonl")):
         rows = [r for r in read_trace(str(path)) if start <= r["t"] <= end]
+        if not rows:
+            continue
         samples += [StepSample(StepShape.from_seqs(r["seqs"]), r["s"]) for r in rows]
         gaps += [b["t"] - a["t"] - a["s"] for a, b in zip(rows, rows[1:], strict=False)]
+        busy += sum(r["s"] for r in rows)
+        span += rows[-1]["t"] + rows[-1]["s"] - rows[0]["t"]
     back_to_back = sorted(g for g in gaps if g < BACK_TO_BACK_S)
-    return samples, back_to_back[len(back_to_back) // 2] if back_to_back else 0.0
+    gap_s = back_to_back[len(back_to_back) // 2] if back_to_back else 0.0
+    return samples, {"median_gap_ms": gap_s * 1e3, "busy_share": busy / span if span else 0.0}
 
 
 def trace_calibration(url: str, args: argparse.Namespace, out_dir: Path, trace_dir: Path):
-    """The step model fitted on the steps the fleet ran in two calibration runs, seeds apart
-    from every validation run's: overload, then half of its throughput (`--trace`)."""
+    """The step model fitted on the steps the fleet ran in calibration runs, seeds apart from
+    every validation run's: overload, then --calibration-fractions of its throughput."""
     samples: list[StepSample] = []
-    rate, rates = args.overload_rate, []
-    for k in range(2):
+    rates = [args.overload_rate]
+    seeds = [args.seed + 1000 + k for k in range(1 + len(args.calibration_fractions.split(",")))]
+    for k, seed in enumerate(seeds):
         begin = time.monotonic()
-        seed = args.seed + 1000 + k
-        result = run_bench(url, args, rate, seed, out_dir / f"calibration-{k}.json")
+        result = run_bench(url, args, rates[k], seed, out_dir / f"calibration-{k}.json")
         samples += traced_steps(trace_dir, begin, time.monotonic())[0]
-        rates.append(rate)
-        rate = round(0.5 * result["summary"]["request_throughput"], 3)
+        if k == 0:
+            saturation = result["summary"]["request_throughput"]
+            fractions = args.calibration_fractions.split(",")
+            rates += [round(float(f) * saturation, 3) for f in fractions]
     meta = {"method": "served steps (step trace)", "calibration_rates": rates}
-    meta |= {"calibration_seeds": [args.seed + 1000, args.seed + 1001]}
+    meta |= {"calibration_seeds": seeds}
     meta |= {"num_samples": len(samples), "weighted_by_time": True}
     model = LinearStepModel.fit(samples, meta, weight_by_time=True)
     model.save(out_dir / "steps_trace.json")
@@ -142,6 +153,7 @@ def predict(result: dict, args: argparse.Namespace, model, measured: list | None
     out["steps_simulated"] = sim["steps"].summary()
     if measured is not None:
         out["model_on_measured_steps"] = model_error(model, measured)
+        out["model_on_measured_by_class"] = model_error_by_class(model, measured)
     return out
 
 
@@ -179,6 +191,11 @@ def main() -> int:
     p.add_argument(
         "--no-trace-calibration", action="store_true", help="the in-process grid model only"
     )
+    p.add_argument(
+        "--calibration-fractions",
+        default="0.5",
+        help="trace calibration: runs at these fractions of its own overload run's throughput",
+    )
     p.add_argument("--resimulate", default=None, help="no fleet: simulate a past run's DIR again")
     args = p.parse_args()
     output = Path(args.output)
@@ -215,9 +232,11 @@ def main() -> int:
         for k, (label, rate) in enumerate(plan):
             begin = time.monotonic()
             result = run_bench(url, args, rate, args.seed + k, out_dir / f"bench-{label}.json")
-            measured, gap_s = traced_steps(log_dir, begin, time.monotonic())
-            row: dict = {"label": label, "rate": rate}
-            row["steps_measured"] = StepMix.of(measured).summary() | {"median_gap_ms": gap_s * 1e3}
+            end = time.monotonic()
+            measured, loop = traced_steps(log_dir, begin, end)
+            # The window cuts this run out of the traces (benchmarks/step_trace_report.py).
+            row: dict = {"label": label, "rate": rate, "trace_window": [begin, end]}
+            row["steps_measured"] = StepMix.of(measured).summary() | loop
             for name, model in models.items():
                 row[name] = predict(result, args, model, measured)
             runs.append(row)
@@ -229,6 +248,8 @@ def main() -> int:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(120)
+        for trace in log_dir.glob("steps-*.jsonl"):  # kept with the results, gzipped
+            (out_dir / f"{trace.name}.gz").write_bytes(gzip.compress(trace.read_bytes()))
     config = {k: v for k, v in vars(args).items()}
     config["wall_s"] = round(time.monotonic() - started)
     described = {name: model.describe() for name, model in models.items()}
@@ -274,7 +295,7 @@ def _print(row: dict) -> None:
         print("  ".join(cells), flush=True)
         if m is not None:  # real / simulated steps, and the model on the real steps
             s, e = pred["steps_simulated"], pred["model_on_measured_steps"]
-            cells = [f"{'':>8} steps {m['num_steps']}/{s['num_steps']}"]
+            cells = [f"{'':>8} busy {m['busy_share']:.0%} steps {m['num_steps']}/{s['num_steps']}"]
             for key in ("mean_step_ms", "decode_rows_per_step", "prefill_step_share"):
                 cells.append(f"{key} {m[key]:.2f}/{s[key]:.2f}")
             if e["num_steps"]:

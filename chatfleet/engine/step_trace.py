@@ -14,6 +14,7 @@ detokenization: the whole `LLMEngine.step`); seqs: one [tokens fed, tokens compu
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import time
@@ -54,9 +55,10 @@ class StepTrace:
 
 
 def read_trace(path: str) -> list[dict]:
-    """The rows of a trace; a last line cut off by a killed process is skipped."""
+    """The rows of a trace (gzipped when the name ends in .gz); a last line cut off by a
+    killed process is skipped."""
     rows = []
-    with open(path, encoding="utf-8") as f:
+    with (gzip.open if path.endswith(".gz") else open)(path, "rt", encoding="utf-8") as f:
         for line in f:
             try:
                 rows.append(json.loads(line))

@@ -58,6 +58,45 @@ class StepMix:
         }
 
 
+def step_class(shape: StepShape) -> str:
+    """A coarse kind of step: prefill chunks by size, else decode batches by rows."""
+    if shape.num_prefill_seqs:
+        n = shape.num_prefill_tokens
+        return "prefill <64" if n < 64 else "prefill 64-255" if n < 256 else "prefill 256+"
+    d = shape.num_decode_seqs
+    return (
+        "decode 1"
+        if d == 1
+        else "decode 2-4"
+        if d <= 4
+        else "decode 5-16"
+        if d <= 16
+        else "decode 17+"
+    )
+
+
+def model_error_by_class(
+    model: StepTimeModel, samples: Iterable[StepSample]
+) -> dict[str, dict[str, float]]:
+    """Per kind of step (`step_class`): count, mean measured and modelled time, and the
+    modelled / measured - 1 of their sums. Shows which steps a model gets wrong."""
+    sums: dict[str, list[float]] = {}
+    for s in samples:
+        row = sums.setdefault(step_class(s.shape), [0, 0.0, 0.0])
+        row[0] += 1
+        row[1] += s.seconds
+        row[2] += model.step_time_s(s.shape)
+    return {
+        name: {
+            "num_steps": n,
+            "measured_ms": 1e3 * real / n,
+            "model_ms": 1e3 * modelled / n,
+            "error": modelled / real - 1 if real > 0 else 0.0,
+        }
+        for name, (n, real, modelled) in sorted(sums.items())
+    }
+
+
 def model_error(model: StepTimeModel, samples: Iterable[StepSample]) -> dict[str, float]:
     """A step model against timed steps: summed predicted / summed measured time - 1 (what a
     throughput prediction inherits), and the mean and p90 relative error of single steps."""

@@ -11,7 +11,7 @@ from chatfleet.engine.llm_engine import LLMEngine
 from chatfleet.engine.step_trace import read_trace
 from chatfleet.entrypoints.cli import main
 from chatfleet.plan.calibrate import CalibrationGrid, calibrate_in_process
-from chatfleet.plan.step_mix import model_error
+from chatfleet.plan.step_mix import model_error, model_error_by_class
 from chatfleet.plan.step_model import LinearStepModel, StepShape, load_samples, samples_from_trace
 from chatfleet.sampling_params import SamplingParams
 
@@ -93,4 +93,7 @@ def test_calibrate_fits_the_steps_a_server_ran(tmp_path, capsys):
     assert model.meta["method"] == "served steps (step trace)" and model.meta["weighted_by_time"]
     assert model.meta["num_samples"] == len(samples)
     assert model_error(model, samples)["num_steps"] == len(samples)
+    by_class = model_error_by_class(model, samples)
+    assert sum(c["num_steps"] for c in by_class.values()) == len(samples)
+    assert {"decode 1", "prefill <64"} <= set(by_class)  # 48-token chunks; lone decodes at the end
     assert "fit error" in capsys.readouterr().out
