@@ -35,6 +35,7 @@ Hold the CPU lock meanwhile: nothing else may run on the machine.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
 import json
 import signal
@@ -111,7 +112,7 @@ def traced_steps(trace_dir: Path, start: float, end: float) -> tuple[list[StepSa
     time from a replica's first step to its last that it spent stepping (how close to
     saturation the run was)."""
     samples, gaps, busy, span = [], [], 0.0, 0.0
-    for path in sorted(trace_dir.glob("steps-*.jsonl")):
+    for path in sorted(trace_dir.glob("steps-*.jsonl*")):  # gzipped in a results directory
         rows = [r for r in read_trace(str(path)) if start <= r["t"] <= end]
         if not rows:
             continue
@@ -154,6 +155,27 @@ def predict(result: dict, args: argparse.Namespace, model, measured: list | None
     if measured is not None:
         out["model_on_measured_steps"] = model_error(model, measured)
         out["model_on_measured_by_class"] = model_error_by_class(model, measured)
+    return out
+
+
+def rescaled(model: LinearStepModel, measured: list[StepSample]) -> LinearStepModel:
+    """`model` with every coefficient scaled so that its time on the run's own real steps is
+    their measured time: a check of the simulator alone (queueing, batching, routing) with
+    the step times right on average, whatever the machine's speed did meanwhile."""
+    scale = sum(s.seconds for s in measured) / sum(model.step_time_s(s.shape) for s in measured)
+    coefficients = tuple(c * scale for c in model.coefficients)
+    return dataclasses.replace(
+        model, coefficients=coefficients, meta=model.meta | {"scaled": scale}
+    )
+
+
+def predict_all(result: dict, args: argparse.Namespace, models: dict, measured: list | None):
+    """Every model's prediction of a run; with its traced steps also the last model rescaled
+    to them ("rescaled", see `rescaled`)."""
+    out = {name: predict(result, args, model, measured) for name, model in models.items()}
+    if measured:
+        last = list(models.values())[-1]
+        out["rescaled"] = predict(result, args, rescaled(last, measured), measured)
     return out
 
 
@@ -237,8 +259,7 @@ def main() -> int:
             # The window cuts this run out of the traces (benchmarks/step_trace_report.py).
             row: dict = {"label": label, "rate": rate, "trace_window": [begin, end]}
             row["steps_measured"] = StepMix.of(measured).summary() | loop
-            for name, model in models.items():
-                row[name] = predict(result, args, model, measured)
+            row.update(predict_all(result, args, models, measured))
             runs.append(row)
             _print(row)
             if label == "overload":
@@ -266,12 +287,22 @@ def resimulate(run_dir: Path, args: argparse.Namespace, output: Path) -> int:
     if (run_dir / "steps_trace.json").exists():
         models["trace"] = LinearStepModel.load(run_dir / "steps_trace.json")
     args.prefix = shared_prefix_tokens()
+    # The run's own output: each run's window in the traces kept beside its results.
+    past = run_dir.with_suffix(".json")
+    windows = {}
+    if past.exists():
+        past_runs = json.loads(past.read_text())["runs"]
+        windows = {r["label"]: r["trace_window"] for r in past_runs if "trace_window" in r}
     runs = []
     for label in ["overload", *(f"{float(f):.2f}" for f in args.fractions.split(","))]:
         result = load_result(run_dir / f"bench-{label}.json")
         row: dict = {"label": label, "rate": result["config"]["request_rate"]}
-        for name, model in models.items():
-            row[name] = predict(result, args, model, None)
+        measured = None
+        if label in windows:
+            measured, loop = traced_steps(run_dir, *windows[label])
+            row["trace_window"] = windows[label]
+            row["steps_measured"] = StepMix.of(measured).summary() | loop
+        row.update(predict_all(result, args, models, measured))
         runs.append(row)
         _print(row)
     described = {name: model.describe() for name, model in models.items()}
@@ -282,7 +313,7 @@ def resimulate(run_dir: Path, args: argparse.Namespace, output: Path) -> int:
 
 def _print(row: dict) -> None:
     m = row.get("steps_measured")
-    for name in ("grid", "trace"):
+    for name in ("grid", "trace", "rescaled"):
         if name not in row:
             continue
         pred = row[name]
