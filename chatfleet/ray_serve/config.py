@@ -74,10 +74,9 @@ class RayDeployConfig:
             "target_ongoing_requests": self.target_ongoing_requests,
             "upscale_delay_s": self.upscale_delay_s,
             "downscale_delay_s": self.downscale_delay_s,
-            # Load is averaged over the last 5 s, from replica reports every 2 s (Ray wants the
-            # window longer than the interval; its 10 s default interval is not).
-            "metrics_interval_s": 2.0,
-            "look_back_period_s": 5.0,
+            # Load averaged over 12 s: Ray wants the window longer than its metrics interval
+            # (10 s; setting the interval is deprecated in favour of environment variables).
+            "look_back_period_s": 12.0,
         }
 
     def with_overrides(self, values: dict[str, Any]) -> RayDeployConfig:

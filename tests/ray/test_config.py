@@ -35,8 +35,7 @@ def test_yaml_overrides_and_autoscaling_mapping(tmp_path):
         "target_ongoing_requests": 6,
         "upscale_delay_s": 10.0,
         "downscale_delay_s": 60.0,
-        "metrics_interval_s": 2.0,
-        "look_back_period_s": 5.0,
+        "look_back_period_s": 12.0,
     }
     engine, server = serve_configs(config)
     assert engine.cache.kv_cache_memory_bytes == 1 << 30 and server.max_num_seqs == 32
