@@ -10,9 +10,11 @@
    simulates with the in-process model alone.
 3. Overload run: `chatfleet bench` (ShareGPT, Poisson arrivals far above capacity): the
    measured saturation throughput.
-4. Runs at fractions of that rate (Poisson, `--request-rate`), each with its own seed.
+4. Runs at fractions of that rate (Poisson, `--request-rate`), each with its own seed, each
+   on a freshly started fleet (cold prefix caches, as the simulated fleet's).
 5. For every run, the simulator replays the same workload: the same arrival times (the bench's
-   own generator and seed), each request's prompt and output length from the run's records,
+   own generator and seed), each request's prompt tokens (the bench's workload rebuilt and
+   templated) and output length from the run's records,
    two replicas with the replicas' scheduler settings, the same routing policy. Predicted
    and measured mean / p90 TTFT and TPOT and throughput are compared.
 6. The replicas write step traces (`serve --step-trace`). Per run, the steps they ran are set
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import gzip
 import json
 import signal
@@ -55,7 +58,7 @@ from chatfleet.plan.replica import ReplicaSpec
 from chatfleet.plan.simulator import FleetSpec, simulate
 from chatfleet.plan.step_mix import StepMix, model_error, model_error_by_class
 from chatfleet.plan.step_model import LinearStepModel, StepSample, StepShape
-from chatfleet.plan.workload import conversations, lengths_from_records, poisson_arrivals
+from chatfleet.plan.workload import conversations, poisson_arrivals, prompts_from_bench
 from chatfleet.router.config import PolicyConfig, RouterConfig
 
 KV_BLOCK_BYTES = 16 * 2 * 30 * 3 * 64 * 2  # SmolLM2-135M: 30 layers, 3 KV heads x 64, fp16
@@ -73,11 +76,16 @@ def run_bench(url: str, args: argparse.Namespace, rate: float, seed: int, out: P
     return load_result(out)
 
 
-def shared_prefix_tokens() -> int:
-    """Tokens every chat prompt starts with (the template's system prompt), from the tokenizer."""
+@functools.cache
+def tokenizer():
     from chatfleet.model.tokenizer import Tokenizer
 
-    tok = Tokenizer.from_model_path(None)
+    return Tokenizer.from_model_path(None)
+
+
+def shared_prefix_tokens() -> int:
+    """Tokens every chat prompt starts with (the template's system prompt), from the tokenizer."""
+    tok = tokenizer()
     a = tok.apply_chat_template([{"role": "user", "content": "alpha"}])
     b = tok.apply_chat_template([{"role": "user", "content": "omega"}])
     n = 0
@@ -91,7 +99,8 @@ def simulate_run(result: dict, args: argparse.Namespace, model: LinearStepModel)
     serving overhead measured with the step model unless --overhead none."""
     config = result["config"]
     records = records_from_result(result)
-    lengths = lengths_from_records(records)
+    # The real prompts' tokens, so shared prefixes hit the simulated caches as the real ones.
+    lengths = prompts_from_bench(config, records, tokenizer)
     arrivals = poisson_arrivals(len(lengths), config["request_rate"], config["seed"])
     scheduler = SchedulerConfig(args.max_num_seqs, args.max_num_batched_tokens, 8192)
     num_blocks = args.kv_budget_mib * (1 << 20) // KV_BLOCK_BYTES
@@ -252,6 +261,14 @@ def main() -> int:
             models["trace"] = trace_calibration(url, args, out_dir, log_dir)
         plan = [("overload", args.overload_rate)]
         for k, (label, rate) in enumerate(plan):
+            # A fresh fleet per run: the simulated one starts with empty prefix caches, and
+            # real ones warm from earlier runs served 7-13 of a run's 120 ShareGPT prompts
+            # from cache (seeds differ, the dataset repeats; session 7, run C).
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(120)
+            proc, url = start_up(
+                2, args.policy, replica_args, log_dir / f"up-{k}.log", port=args.port
+            )
             begin = time.monotonic()
             result = run_bench(url, args, rate, args.seed + k, out_dir / f"bench-{label}.json")
             end = time.monotonic()

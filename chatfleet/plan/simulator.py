@@ -159,7 +159,9 @@ class Simulation:
         k = state.next_turn
         turn = state.conversation.turns[k]
         new = turn.num_new_prompt_tokens
-        if state.history:
+        if turn.new_prompt_token_ids is not None:  # real tokens (the template's included)
+            prompt = state.history + list(turn.new_prompt_token_ids)
+        elif state.history:
             prompt = state.history + _random_tokens(state.rng, new)
         else:  # a first turn starts with the shared prefix (leaving it one token of its own)
             shared = self._shared_prefix[: new - 1]

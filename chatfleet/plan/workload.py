@@ -9,6 +9,7 @@ Poisson process (the bench's own generator) or follow a diurnal curve.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from collections import defaultdict
@@ -27,6 +28,9 @@ SECONDS_PER_DAY = 86400.0
 class TurnShape:
     num_new_prompt_tokens: int  # tokens this turn adds to the history (user message, template)
     num_output_tokens: int
+    # Those tokens themselves, when known (`prompts_from_bench`): the simulated prefix cache
+    # then finds what real prompts share. Else they are made up, unique to the conversation.
+    new_prompt_token_ids: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,33 @@ def lengths_from_records(records: Sequence[RequestRecord]) -> list[tuple[TurnSha
             turns.append(TurnShape(max(1, r.prompt_tokens - history), max(1, r.completion_tokens)))
             history = r.prompt_tokens + r.completion_tokens
         out.append(tuple(turns))
+    return out
+
+
+def prompts_from_bench(
+    config: dict, records: Sequence[RequestRecord], tokenizer: Callable[[], object]
+) -> list[tuple[TurnShape, ...]]:
+    """`lengths_from_records`, with every first turn's real token ids: the bench's workload
+    rebuilt from its result's config (dataset, seed, ...; deterministic) and put through the
+    chat template, so that prompts sharing a prefix (ShareGPT has many: one instruction, other
+    inputs) hit the simulated prefix caches as they hit the real ones. A turn whose tokens do
+    not count what the server counted keeps made-up ones."""
+    from chatfleet.bench.workload import WorkloadParams, build_messages, build_workload
+
+    names = {f.name for f in dataclasses.fields(WorkloadParams)}
+    tok = tokenizer()
+    params = WorkloadParams(**{k: v for k, v in config.items() if k in names})
+    sessions = build_workload(params, lambda: tok)  # type: ignore[arg-type,return-value]
+    indices = sorted(
+        {r.session_index for r in records if r.is_success and r.prompt_tokens is not None}
+    )
+    out = []
+    for index, turns in zip(indices, lengths_from_records(records), strict=True):
+        ids = tuple(tok.apply_chat_template(build_messages(sessions[index], 0, [])))  # type: ignore[attr-defined]
+        first = turns[0]
+        if len(ids) == first.num_new_prompt_tokens:
+            first = dataclasses.replace(first, new_prompt_token_ids=ids)
+        out.append((first, *turns[1:]))
     return out
 
 
