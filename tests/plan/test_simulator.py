@@ -94,3 +94,25 @@ def test_refusals_are_records_and_end_the_conversation():
         (0, 200, None),
         (1, 400, "context_length_exceeded"),
     ]
+
+
+def test_real_prompt_tokens_share_prefixes_in_the_simulated_cache():
+    """Turns that carry their real tokens hit the prefix cache where they share a prefix;
+    made-up tokens never do (without a shared system prompt)."""
+    instruction = tuple(range(1000, 1064))  # four 16-token blocks every prompt starts with
+
+    def run(known: bool):
+        shapes = [
+            (TurnShape(80, 4, instruction + tuple(range(2000 + 16 * i, 2016 + 16 * i))),)
+            if known
+            else (TurnShape(80, 4),)
+            for i in range(4)
+        ]
+        convs = conversations(shapes, [0.0, 1.0, 2.0, 3.0])  # one at a time
+        return simulate(convs, _fleet(), ConstantStepModel(0.01), seed=0)
+
+    known, made_up = run(True), run(False)
+    assert made_up.prefix_hit_rate == 0.0
+    # The last three find the instruction's 64 tokens cached: 3 * 64 of 4 * 80 prompt tokens.
+    assert known.prefix_hit_rate == 3 * 64 / (4 * 80)
+    assert all(r.is_success for r in known.records)
