@@ -57,7 +57,7 @@ from chatfleet.plan.overhead import ServingOverhead
 from chatfleet.plan.replica import ReplicaSpec
 from chatfleet.plan.simulator import FleetSpec, simulate
 from chatfleet.plan.step_mix import StepMix, model_error, model_error_by_class
-from chatfleet.plan.step_model import LinearStepModel, StepSample, StepShape
+from chatfleet.plan.step_model import LinearStepModel, StepSample, trace_sample
 from chatfleet.plan.workload import conversations, poisson_arrivals, prompts_from_bench
 from chatfleet.router.config import PolicyConfig, RouterConfig
 
@@ -125,7 +125,7 @@ def traced_steps(trace_dir: Path, start: float, end: float) -> tuple[list[StepSa
         rows = [r for r in read_trace(str(path)) if start <= r["t"] <= end]
         if not rows:
             continue
-        samples += [StepSample(StepShape.from_seqs(r["seqs"]), r["s"]) for r in rows]
+        samples += [trace_sample(r) for r in rows]
         gaps += [b["t"] - a["t"] - a["s"] for a, b in zip(rows, rows[1:], strict=False)]
         busy += sum(r["s"] for r in rows)
         span += rows[-1]["t"] + rows[-1]["s"] - rows[0]["t"]
@@ -174,7 +174,7 @@ def rescaled(model: LinearStepModel, measured: list[StepSample]) -> LinearStepMo
     scale = sum(s.seconds for s in measured) / sum(model.step_time_s(s.shape) for s in measured)
     coefficients = tuple(c * scale for c in model.coefficients)
     return dataclasses.replace(
-        model, coefficients=coefficients, meta=model.meta | {"scaled": scale}
+        model, coefficients=coefficients, meta=model.meta | {"scaled_to_run": scale}
     )
 
 

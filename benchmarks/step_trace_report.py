@@ -16,9 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-from chatfleet.engine.step_trace import read_trace
 from chatfleet.plan.step_mix import StepMix, model_error, model_error_by_class
-from chatfleet.plan.step_model import LinearStepModel, StepSample, StepShape
+from chatfleet.plan.step_model import LinearStepModel, samples_from_trace
 
 
 def main() -> int:
@@ -30,12 +29,7 @@ def main() -> int:
     p.add_argument("--json", default=None)
     args = p.parse_args()
     model = LinearStepModel.load(args.step_model)
-    samples = [
-        StepSample(StepShape.from_seqs(row["seqs"]), row["s"])
-        for path in args.traces
-        for row in read_trace(path)
-        if args.since <= row["t"] <= args.until
-    ]
+    samples = [s for path in args.traces for s in samples_from_trace(path, args.since, args.until)]
     if not samples:
         print("no steps in the traces (or in the time window)", file=sys.stderr)
         return 1

@@ -144,7 +144,7 @@ class LLMEngine:
 
     # ---- one iteration ----------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
-        start = time.monotonic()
+        start = time.monotonic() if self._trace is not None else 0.0
         scheduler_output = self.scheduler.schedule()
         seqs = scheduled_seqs(scheduler_output) if self._trace is not None else []
         runner_output = self.runner.execute(scheduler_output)

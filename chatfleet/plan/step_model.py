@@ -142,9 +142,17 @@ def load_samples(path: str | Path) -> list[StepSample]:
     return out
 
 
-def samples_from_trace(path: str | Path) -> list[StepSample]:
-    """The steps a server ran (`chatfleet serve --step-trace`), as timed samples."""
-    return [StepSample(StepShape.from_seqs(row["seqs"]), row["s"]) for row in read_trace(str(path))]
+def trace_sample(row: dict[str, Any]) -> StepSample:
+    """One row of a step trace (engine/step_trace.py) as a timed sample."""
+    return StepSample(StepShape.from_seqs(row["seqs"]), row["s"])
+
+
+def samples_from_trace(
+    path: str | Path, since: float = float("-inf"), until: float = float("inf")
+) -> list[StepSample]:
+    """The steps a server ran (`chatfleet serve --step-trace`), as timed samples; `since` and
+    `until` (time.monotonic() readings of the traced machine) cut one run out of a trace."""
+    return [trace_sample(r) for r in read_trace(str(path)) if since <= r["t"] <= until]
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import random
+from pathlib import Path
 
 from chatfleet.config import CacheConfig, EngineConfig, SchedulerConfig
 from chatfleet.engine.llm_engine import LLMEngine
@@ -93,6 +95,11 @@ def test_calibrate_fits_the_steps_a_server_ran(tmp_path, capsys):
     assert model.meta["method"] == "served steps (step trace)" and model.meta["weighted_by_time"]
     assert model.meta["num_samples"] == len(samples)
     assert model_error(model, samples)["num_steps"] == len(samples)
+    # Kept gzipped (docs/results) and cut by time, it reads back the same.
+    gz = tmp_path / "trace.jsonl.gz"
+    gz.write_bytes(gzip.compress(Path(path).read_bytes()))
+    assert samples_from_trace(str(gz)) == samples
+    assert samples_from_trace(str(gz), since=rows[1]["t"], until=rows[2]["t"]) == samples[1:3]
     by_class = model_error_by_class(model, samples)
     assert sum(c["num_steps"] for c in by_class.values()) == len(samples)
     assert {"decode 1", "prefill <64"} <= set(by_class)  # 48-token chunks; lone decodes at the end

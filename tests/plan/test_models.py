@@ -74,6 +74,26 @@ def test_fit_recovers_known_coefficients(tmp_path):
     assert loaded.meta["method"] == "test"
 
 
+def test_time_weighted_fit_is_right_where_the_time_is():
+    """Many short steps and a few long ones that no line through the features fits at once:
+    the time-weighted fit (served traces) misses the long steps by less, the plain relative
+    fit the short ones."""
+
+    def decode(rows: int) -> StepShape:
+        return StepShape(num_decode_seqs=rows, decode_context_tokens=100 * rows, num_sampled=rows)
+
+    samples = [StepSample(decode(1), 0.010)] * 200 + [StepSample(decode(4), 0.016)] * 200
+    samples += [StepSample(decode(32), 0.300)] * 4  # 1.2 s of the 7.4 s in all
+    plain = LinearStepModel.fit(samples, {})
+    timed = LinearStepModel.fit(samples, {}, weight_by_time=True)
+
+    def miss(model: LinearStepModel, rows: int, seconds: float) -> float:
+        return abs(model.step_time_s(decode(rows)) / seconds - 1)
+
+    assert miss(timed, 32, 0.300) < miss(plain, 32, 0.300)
+    assert miss(plain, 1, 0.010) < miss(timed, 1, 0.010)
+
+
 def test_roofline_decode_of_llama_8b_on_h100_is_weight_bytes_over_bandwidth():
     """Batch-1 decode is memory bound: ~16 GB of bf16 weights at 0.8 x 3.35 TB/s = 6.0 ms,
     plus the 1.5 ms step overhead; the KV of a short context adds almost nothing."""
