@@ -57,14 +57,11 @@ from chatfleet.plan.overhead import ServingOverhead
 from chatfleet.plan.replica import ReplicaSpec
 from chatfleet.plan.simulator import FleetSpec, simulate
 from chatfleet.plan.step_mix import StepMix, model_error, model_error_by_class
-from chatfleet.plan.step_model import LinearStepModel, StepSample, trace_sample
+from chatfleet.plan.step_model import LinearStepModel, StepSample, continues, trace_samples
 from chatfleet.plan.workload import conversations, poisson_arrivals, prompts_from_bench
 from chatfleet.router.config import PolicyConfig, RouterConfig
 
 KV_BLOCK_BYTES = 16 * 2 * 30 * 3 * 64 * 2  # SmolLM2-135M: 30 layers, 3 KV heads x 64, fp16
-# A gap between two steps of one replica shorter than this: it had work waiting (an idle
-# engine loop waits for requests up to 50 ms at a time).
-BACK_TO_BACK_S = 0.01
 
 
 def run_bench(url: str, args: argparse.Namespace, rate: float, seed: int, out: Path) -> dict:
@@ -116,44 +113,58 @@ def simulate_run(result: dict, args: argparse.Namespace, model: LinearStepModel)
 
 
 def traced_steps(trace_dir: Path, start: float, end: float) -> tuple[list[StepSample], dict]:
-    """The steps every replica ran between two time.monotonic() readings; the median gap
-    between a replica's back-to-back steps (its engine loop's own time) and the share of the
+    """The steps every replica ran between two time.monotonic() readings, timed by their
+    cycles (`trace_samples`); the engine loop's turn between a step and the next one that
+    carries on its work (median, and as a share of the time stepping), and the share of the
     time from a replica's first step to its last that it spent stepping (how close to
     saturation the run was)."""
-    samples, gaps, busy, span = [], [], 0.0, 0.0
+    samples, turns, busy, span = [], [], 0.0, 0.0
     for path in sorted(trace_dir.glob("steps-*.jsonl*")):  # gzipped in a results directory
-        rows = [r for r in read_trace(str(path)) if start <= r["t"] <= end]
+        every = read_trace(str(path))
+        rows = [r for r in every if start <= r["t"] <= end]
         if not rows:
             continue
-        samples += [trace_sample(r) for r in rows]
-        gaps += [b["t"] - a["t"] - a["s"] for a, b in zip(rows, rows[1:], strict=False)]
+        samples += trace_samples(every, start, end)
+        turns += [
+            b["t"] - a["t"] - a["s"]
+            for a, b in zip(rows, rows[1:], strict=False)
+            if continues(a, b)
+        ]
         busy += sum(r["s"] for r in rows)
         span += rows[-1]["t"] + rows[-1]["s"] - rows[0]["t"]
-    back_to_back = sorted(g for g in gaps if g < BACK_TO_BACK_S)
-    gap_s = back_to_back[len(back_to_back) // 2] if back_to_back else 0.0
-    return samples, {"median_gap_ms": gap_s * 1e3, "busy_share": busy / span if span else 0.0}
+    turns.sort()
+    loop = {"median_gap_ms": turns[len(turns) // 2] * 1e3 if turns else 0.0}
+    loop["loop_turn_share"] = sum(turns) / busy if busy else 0.0
+    return samples, loop | {"busy_share": busy / span if span else 0.0}
 
 
 def trace_calibration(url: str, args: argparse.Namespace, out_dir: Path, trace_dir: Path):
     """The step model fitted on the steps the fleet ran in calibration runs, seeds apart from
     every validation run's: overload, then --calibration-fractions of its throughput."""
-    samples: list[StepSample] = []
     rates = [args.overload_rate]
     seeds = [args.seed + 1000 + k for k in range(1 + len(args.calibration_fractions.split(",")))]
+    windows = []
     for k, seed in enumerate(seeds):
         begin = time.monotonic()
         result = run_bench(url, args, rates[k], seed, out_dir / f"calibration-{k}.json")
-        samples += traced_steps(trace_dir, begin, time.monotonic())[0]
+        windows.append((begin, time.monotonic()))
         if k == 0:
             saturation = result["summary"]["request_throughput"]
             fractions = args.calibration_fractions.split(",")
             rates += [round(float(f) * saturation, 3) for f in fractions]
-    meta = {"method": "served steps (step trace)", "calibration_rates": rates}
-    meta |= {"calibration_seeds": seeds}
-    meta |= {"num_samples": len(samples), "weighted_by_time": True}
-    model = LinearStepModel.fit(samples, meta, weight_by_time=True)
+    meta = {"calibration_rates": rates, "calibration_seeds": seeds}
+    model = fit_on_traces(trace_dir, windows, meta)
     model.save(out_dir / "steps_trace.json")
     return model
+
+
+def fit_on_traces(trace_dir: Path, windows: list, meta: dict) -> LinearStepModel:
+    """The step model fitted, as `plan calibrate --trace` does, on the steps the replicas
+    ran within the calibration runs' time windows."""
+    samples = [s for begin, end in windows for s in traced_steps(trace_dir, begin, end)[0]]
+    meta = {"method": "served steps (step trace)", **meta, "calibration_windows": windows}
+    meta |= {"num_samples": len(samples), "weighted_by_time": True}
+    return LinearStepModel.fit(samples, meta, weight_by_time=True)
 
 
 def predict(result: dict, args: argparse.Namespace, model, measured: list | None) -> dict:
@@ -228,6 +239,11 @@ def main() -> int:
         help="trace calibration: runs at these fractions of its own overload run's throughput",
     )
     p.add_argument("--resimulate", default=None, help="no fleet: simulate a past run's DIR again")
+    p.add_argument(
+        "--refit-trace",
+        action="store_true",
+        help="with --resimulate: fit the trace model again on the calibration runs' traces",
+    )
     args = p.parse_args()
     output = Path(args.output)
     if args.resimulate:
@@ -310,6 +326,14 @@ def resimulate(run_dir: Path, args: argparse.Namespace, output: Path) -> int:
     if past.exists():
         past_runs = json.loads(past.read_text())["runs"]
         windows = {r["label"]: r["trace_window"] for r in past_runs if "trace_window" in r}
+    if args.refit_trace and "trace" in models:
+        # The calibration runs' windows; runs before session 8 did not store them, and
+        # calibrated before their first validation run.
+        meta = models["trace"].meta
+        first = min(w[0] for w in windows.values())
+        calibration = meta.get("calibration_windows") or [(float("-inf"), first)]
+        keep = {k: meta[k] for k in ("calibration_rates", "calibration_seeds") if k in meta}
+        models["trace"] = fit_on_traces(run_dir, calibration, keep | {"refit": True})
     runs = []
     for label in ["overload", *(f"{float(f):.2f}" for f in args.fractions.split(","))]:
         result = load_result(run_dir / f"bench-{label}.json")

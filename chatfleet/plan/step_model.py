@@ -142,17 +142,45 @@ def load_samples(path: str | Path) -> list[StepSample]:
     return out
 
 
-def trace_sample(row: dict[str, Any]) -> StepSample:
-    """One row of a step trace (engine/step_trace.py) as a timed sample."""
-    return StepSample(StepShape.from_seqs(row["seqs"]), row["s"])
+def continues(step: dict[str, Any], following: dict[str, Any]) -> bool:
+    """Whether a trace row's next step carries on one of its sequences (a sequence's next
+    start is where this step left it): the engine had work waiting between the two."""
+    ends = {start + n for n, start, _ in step["seqs"]}
+    return any(start in ends for _, start, _ in following["seqs"])
+
+
+def trace_samples(
+    rows: Sequence[dict[str, Any]], since: float = float("-inf"), until: float = float("inf")
+) -> list[StepSample]:
+    """The rows of one replica's step trace (engine/step_trace.py) as timed samples, those
+    starting within [since, until].
+
+    A sample's time is the step's whole cycle: its duration plus, when the next step carries
+    on one of its sequences, the engine loop's turn in between (handing the step's outputs to
+    the server's event loop, taking new requests, and waiting for the GIL while the event loop
+    streams those tokens). A simulated replica runs its steps back to back, so this is the
+    time it has to be given: the turn is 3-5% of a served replica's busy time on this machine,
+    and near saturation a few percent of step time is tens of percent of TPOT (docs/
+    benchmarks.md, session 8). After a step that leaves the engine idle the wait is for new
+    work, not cost, and the step keeps its bare duration."""
+    out = []
+    for k, row in enumerate(rows):
+        if not since <= row["t"] <= until:
+            continue
+        seconds = row["s"]
+        if k + 1 < len(rows) and continues(row, rows[k + 1]):
+            seconds = rows[k + 1]["t"] - row["t"]
+        out.append(StepSample(StepShape.from_seqs(row["seqs"]), seconds))
+    return out
 
 
 def samples_from_trace(
     path: str | Path, since: float = float("-inf"), until: float = float("inf")
 ) -> list[StepSample]:
-    """The steps a server ran (`chatfleet serve --step-trace`), as timed samples; `since` and
-    `until` (time.monotonic() readings of the traced machine) cut one run out of a trace."""
-    return [trace_sample(r) for r in read_trace(str(path)) if since <= r["t"] <= until]
+    """The steps a server ran (`chatfleet serve --step-trace`), as timed samples (see
+    `trace_samples`); `since` and `until` (time.monotonic() readings of the traced machine)
+    cut one run out of a trace."""
+    return trace_samples(read_trace(str(path)), since, until)
 
 
 @dataclass(frozen=True)
