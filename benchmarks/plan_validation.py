@@ -28,6 +28,11 @@
    with the other replica, the router and the load generator (a lone server's steps match
    the grid's), and the machine's speed drifts between the grid's timing and the runs.
    Every run is simulated with both models.
+8. `--paired-calibration` adds a third, "paired": before each validation run, a calibration
+   run at the same request rate (another seed) on a fresh fleet, and the step model fitted on
+   its steps alone. It follows what one calibration minutes earlier cannot: the operating
+   point's own mix of interference, and the machine's drift (the same kind of step here moves
+   5-10% between runs ten minutes apart).
 
     .venv/bin/python benchmarks/plan_validation.py --output docs/results/plan_validation.json
 
@@ -190,12 +195,12 @@ def rescaled(model: LinearStepModel, measured: list[StepSample]) -> LinearStepMo
 
 
 def predict_all(result: dict, args: argparse.Namespace, models: dict, measured: list | None):
-    """Every model's prediction of a run; with its traced steps also the last model rescaled
-    to them ("rescaled", see `rescaled`)."""
+    """Every model's prediction of a run; with its traced steps also the trace model (else
+    the grid's) rescaled to them ("rescaled", see `rescaled`)."""
     out = {name: predict(result, args, model, measured) for name, model in models.items()}
     if measured:
-        last = list(models.values())[-1]
-        out["rescaled"] = predict(result, args, rescaled(last, measured), measured)
+        base = models.get("trace", models["grid"])
+        out["rescaled"] = predict(result, args, rescaled(base, measured), measured)
     return out
 
 
@@ -238,6 +243,11 @@ def main() -> int:
         default="0.5",
         help="trace calibration: runs at these fractions of its own overload run's throughput",
     )
+    p.add_argument(
+        "--paired-calibration",
+        action="store_true",
+        help="before each validation run, a calibration run at its rate: the 'paired' model",
+    )
     p.add_argument("--resimulate", default=None, help="no fleet: simulate a past run's DIR again")
     p.add_argument(
         "--refit-trace",
@@ -277,14 +287,20 @@ def main() -> int:
             models["trace"] = trace_calibration(url, args, out_dir, log_dir)
         plan = [("overload", args.overload_rate)]
         for k, (label, rate) in enumerate(plan):
+            run_models = dict(models)
+            if args.paired_calibration:
+                proc, url = restart(proc, args, replica_args, log_dir / f"up-paired-{k}.log")
+                begin = time.monotonic()
+                seed = args.seed + 2000 + k
+                run_bench(url, args, rate, seed, out_dir / f"paired-{label}.json")
+                meta = {"calibration_rates": [rate], "calibration_seeds": [seed]}
+                paired = fit_on_traces(log_dir, [(begin, time.monotonic())], meta)
+                paired.save(out_dir / f"steps_paired-{label}.json")
+                run_models["paired"] = paired
             # A fresh fleet per run: the simulated one starts with empty prefix caches, and
             # real ones warm from earlier runs served 7-13 of a run's 120 ShareGPT prompts
             # from cache (seeds differ, the dataset repeats; session 7, run C).
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(120)
-            proc, url = start_up(
-                2, args.policy, replica_args, log_dir / f"up-{k}.log", port=args.port
-            )
+            proc, url = restart(proc, args, replica_args, log_dir / f"up-{k}.log")
             begin = time.monotonic()
             result = run_bench(url, args, rate, args.seed + k, out_dir / f"bench-{label}.json")
             end = time.monotonic()
@@ -292,7 +308,7 @@ def main() -> int:
             # The window cuts this run out of the traces (benchmarks/step_trace_report.py).
             row: dict = {"label": label, "rate": rate, "trace_window": [begin, end]}
             row["steps_measured"] = StepMix.of(measured).summary() | loop
-            row.update(predict_all(result, args, models, measured))
+            row.update(predict_all(result, args, run_models, measured))
             runs.append(row)
             _print(row)
             if label == "overload":
@@ -311,6 +327,13 @@ def main() -> int:
     output.write_text(json.dumps(data, indent=1) + "\n")
     print(output)
     return 0
+
+
+def restart(proc: subprocess.Popen, args: argparse.Namespace, replica_args: str, log: Path):
+    """The fleet stopped and started again: empty prefix caches."""
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(120)
+    return start_up(2, args.policy, replica_args, log, port=args.port)
 
 
 def resimulate(run_dir: Path, args: argparse.Namespace, output: Path) -> int:
@@ -343,7 +366,10 @@ def resimulate(run_dir: Path, args: argparse.Namespace, output: Path) -> int:
             measured, loop = traced_steps(run_dir, *windows[label])
             row["trace_window"] = windows[label]
             row["steps_measured"] = StepMix.of(measured).summary() | loop
-        row.update(predict_all(result, args, models, measured))
+        run_models = dict(models)
+        if (run_dir / f"steps_paired-{label}.json").exists():
+            run_models["paired"] = LinearStepModel.load(run_dir / f"steps_paired-{label}.json")
+        row.update(predict_all(result, args, run_models, measured))
         runs.append(row)
         _print(row)
     described = {name: model.describe() for name, model in models.items()}
@@ -354,11 +380,11 @@ def resimulate(run_dir: Path, args: argparse.Namespace, output: Path) -> int:
 
 def _print(row: dict) -> None:
     m = row.get("steps_measured")
-    for name in ("grid", "trace", "rescaled"):
+    for name in ("grid", "trace", "paired", "rescaled"):
         if name not in row:
             continue
         pred = row[name]
-        cells = [f"{row['label']:>8} {row['rate']:6.2f} req/s {name:>5}"]
+        cells = [f"{row['label']:>8} {row['rate']:6.2f} req/s {name:>8}"]
         for metric in ("ttft_mean_ms", "ttft_p90_ms", "tpot_mean_ms", "tpot_p90_ms"):
             r = pred[metric]
             cells.append(f"{metric} {r['measured']:.0f}/{r['predicted']:.0f} ({r['error']:+.0%})")

@@ -6,6 +6,7 @@ import gzip
 import json
 import os
 import random
+import time
 from pathlib import Path
 
 from chatfleet.config import CacheConfig, EngineConfig, SchedulerConfig
@@ -79,15 +80,32 @@ def test_calibrate_fits_the_steps_a_server_ran(tmp_path, capsys):
         engine.add_request(f"r{i}", prompt, SamplingParams(max_tokens=4 + i, ignore_eos=True))
     while engine.has_unfinished_requests():
         engine.step()
+        time.sleep(0.002)  # the engine loop's turn between steps (a server's, stretched)
+    time.sleep(0.2)  # idle: the next request arrives 200 ms later
+    late = [rng.randrange(1000, 40000) for _ in range(30)]
+    engine.add_request("late", late, SamplingParams(max_tokens=3, ignore_eos=True))
+    while engine.has_unfinished_requests():
+        engine.step()
     engine.close()
+    prompts.append(late)
     path = str(trace).replace("{pid}", str(os.getpid()))
     rows = read_trace(path)
     samples = samples_from_trace(path)
     assert len(samples) == len(rows) >= 10
     fed = sum(n for row in rows for n, _, _ in row["seqs"])
     # Every prompt token once, then one fed token per sampled token but the last.
-    assert fed == sum(map(len, prompts)) + sum(3 + i for i in range(len(prompts)))
-    assert sum(s.shape.num_sampled for s in samples) == sum(4 + i for i in range(len(prompts)))
+    outputs = [4 + i for i in range(len(prompts) - 1)] + [3]
+    assert fed == sum(map(len, prompts)) + sum(n - 1 for n in outputs)
+    assert sum(s.shape.num_sampled for s in samples) == sum(outputs)
+    # A step's sample is its cycle: up to the next step when that one carries on its work
+    # (the loop's turn included), its bare duration before the engine went idle.
+    idle = [k for k in range(len(rows) - 1) if rows[k + 1]["t"] - rows[k]["t"] > 0.15]
+    assert len(idle) == 1
+    for k, (row, sample) in enumerate(zip(rows, samples, strict=True)):
+        if k == idle[0] or k == len(rows) - 1:
+            assert sample.seconds == row["s"]
+        else:
+            assert sample.seconds == rows[k + 1]["t"] - row["t"] >= row["s"] + 0.0019  # rounding
     assert max(s.shape.num_batched_tokens for s in samples) <= 48
     out = tmp_path / "steps.json"
     assert main(["plan", "calibrate", "--trace", path, "--output", str(out)]) == 0
