@@ -7,6 +7,13 @@ modelled mean time per kind.
 
 TRACE may be gzipped (docs/results keeps them so). --since/--until: time.monotonic()
 readings of the traced machine, to cut one run out of a longer trace.
+
+    .venv/bin/python benchmarks/step_trace_report.py --runs docs/results/plan_validation_s8
+
+A `benchmarks/plan_validation.py` run directory instead: its trace model against the steps of
+every run, calibration and validation, in the order they ran, kind by kind (does the machine
+drift, or does the model miss some load?), and the same for one model fitted on all of them
+(what no single set of coefficients can follow).
 """
 
 from __future__ import annotations
@@ -17,17 +24,22 @@ import sys
 from pathlib import Path
 
 from chatfleet.plan.step_mix import StepMix, model_error, model_error_by_class
-from chatfleet.plan.step_model import LinearStepModel, samples_from_trace
+from chatfleet.plan.step_model import LinearStepModel, StepSample, samples_from_trace
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("traces", nargs="+")
-    p.add_argument("--step-model", required=True)
+    p.add_argument("traces", nargs="*")
+    p.add_argument("--step-model", default=None)
     p.add_argument("--since", type=float, default=float("-inf"))
     p.add_argument("--until", type=float, default=float("inf"))
+    p.add_argument("--runs", default=None, help="a plan_validation run directory")
     p.add_argument("--json", default=None)
     args = p.parse_args()
+    if args.runs:
+        return runs_report(Path(args.runs), args.json)
+    if not args.traces or not args.step_model:
+        p.error("TRACE... and --step-model, or --runs DIR")
     model = LinearStepModel.load(args.step_model)
     samples = [s for path in args.traces for s in samples_from_trace(path, args.since, args.until)]
     if not samples:
@@ -51,6 +63,43 @@ def main() -> int:
     print(f"all: model {total['total']:+.1%} of measured time, |error| {total['mean_abs']:.0%}")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+def runs_report(run_dir: Path, json_path: str | None) -> int:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from plan_validation import traced_steps
+
+    model = LinearStepModel.load(run_dir / "steps_trace.json")
+    windows = [
+        (f"calibration {rate:g} req/s", w)
+        for rate, w in zip(
+            model.meta["calibration_rates"], model.meta["calibration_windows"], strict=True
+        )
+    ]
+    runs = json.loads(run_dir.with_suffix(".json").read_text())["runs"]
+    windows += [(f"run {r['label']}", r["trace_window"]) for r in runs]
+    windows.sort(key=lambda w: w[1][0])
+    steps: dict[str, list[StepSample]] = {name: traced_steps(run_dir, *w)[0] for name, w in windows}
+    every = [s for v in steps.values() for s in v]
+    meta = {"method": "served steps (step trace)", "fitted_on": "every run of " + str(run_dir)}
+    pooled = LinearStepModel.fit(every, meta, weight_by_time=True)
+    start = windows[0][1][0]
+    report = {}
+    for label, m in (("trace model", model), ("one model fitted on every run", pooled)):
+        print(f"{label}: model time / measured time - 1, by kind of step (steps)")
+        rows = report.setdefault(label, {})
+        for name, w in windows:
+            by_class = model_error_by_class(m, steps[name])
+            total = model_error(m, steps[name])["total"]
+            rows[name] = {"minute": (w[0] - start) / 60, "total": total, "by_class": by_class}
+            cells = [f"{c} {r['error']:+.1%} ({r['num_steps']})" for c, r in by_class.items()]
+            print(
+                f"  {name:<26} min {(w[0] - start) / 60:5.1f}  all {total:+.1%}  "
+                + ", ".join(cells)
+            )
+    if json_path:
+        Path(json_path).write_text(json.dumps(report, indent=1) + "\n")
     return 0
 
 

@@ -105,7 +105,9 @@ def test_calibrate_fits_the_steps_a_server_ran(tmp_path, capsys):
         if k == idle[0] or k == len(rows) - 1:
             assert sample.seconds == row["s"]
         else:
-            assert sample.seconds == rows[k + 1]["t"] - row["t"] >= row["s"] + 0.0019  # rounding
+            assert sample.seconds == rows[k + 1]["t"] - row["t"]
+            turn = 0.002 if k < idle[0] else 0.0  # the late request's steps ran back to back
+            assert sample.seconds >= row["s"] + turn - 2e-6  # t and s are rounded to 1 us
     assert max(s.shape.num_batched_tokens for s in samples) <= 48
     out = tmp_path / "steps.json"
     assert main(["plan", "calibrate", "--trace", path, "--output", str(out)]) == 0
