@@ -353,9 +353,13 @@ def resimulate(run_dir: Path, args: argparse.Namespace, output: Path) -> int:
         # The calibration runs' windows; runs before session 8 did not store them, and
         # calibrated before their first validation run.
         meta = models["trace"].meta
-        first = min(w[0] for w in windows.values())
-        calibration = meta.get("calibration_windows") or [(float("-inf"), first)]
         keep = {k: meta[k] for k in ("calibration_rates", "calibration_seeds") if k in meta}
+        calibration = meta.get("calibration_windows")
+        if not calibration:
+            # Everything before the first validation run: with --overhead measured that
+            # includes the overhead calibration's requests too.
+            calibration = [(float("-inf"), min(w[0] for w in windows.values()))]
+            keep["calibration_windows_guessed"] = True
         models["trace"] = fit_on_traces(run_dir, calibration, keep | {"refit": True})
     runs = []
     for label in ["overload", *(f"{float(f):.2f}" for f in args.fractions.split(","))]:

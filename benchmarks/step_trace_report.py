@@ -11,9 +11,9 @@ readings of the traced machine, to cut one run out of a longer trace.
     .venv/bin/python benchmarks/step_trace_report.py --runs docs/results/plan_validation_s8
 
 A `benchmarks/plan_validation.py` run directory instead: its trace model against the steps of
-every run, calibration and validation, in the order they ran, kind by kind (does the machine
-drift, or does the model miss some load?), and the same for one model fitted on all of them
-(what no single set of coefficients can follow).
+every run, calibration (paired ones too) and validation, in the order they ran, kind by kind
+(does the machine drift, or does the model miss some load?), and the same for one model fitted
+on all of them (what no single set of coefficients can follow).
 """
 
 from __future__ import annotations
@@ -71,12 +71,18 @@ def runs_report(run_dir: Path, json_path: str | None) -> int:
     from plan_validation import traced_steps
 
     model = LinearStepModel.load(run_dir / "steps_trace.json")
+    if "calibration_windows" not in model.meta:
+        print(f"{run_dir}: its trace model keeps no calibration windows (before session 8)")
+        return 1
+    rates, spans = model.meta["calibration_rates"], model.meta["calibration_windows"]
     windows = [
-        (f"calibration {rate:g} req/s", w)
-        for rate, w in zip(
-            model.meta["calibration_rates"], model.meta["calibration_windows"], strict=True
-        )
+        (f"calibration {k} ({rate:g} req/s)", w)
+        for k, (rate, w) in enumerate(zip(rates, spans, strict=True))
     ]
+    for path in sorted(run_dir.glob("steps_paired-*.json")):  # --paired-calibration
+        paired = LinearStepModel.load(path)
+        label = path.stem.removeprefix("steps_paired-")
+        windows += [(f"paired for {label}", w) for w in paired.meta["calibration_windows"]]
     runs = json.loads(run_dir.with_suffix(".json").read_text())["runs"]
     windows += [(f"run {r['label']}", r["trace_window"]) for r in runs]
     windows.sort(key=lambda w: w[1][0])

@@ -151,8 +151,9 @@ class LLMEngine:
         core_outputs = self.scheduler.update_from_output(scheduler_output, runner_output)
         outputs = self._process(core_outputs)
         if self._trace is not None and seqs:
-            self._trace.record(start, time.monotonic() - start, seqs)
-            if not self.has_unfinished_requests():  # idle next: let readers see it all
+            more = self.has_unfinished_requests()
+            self._trace.record(start, time.monotonic() - start, seqs, more)
+            if not more:  # idle next: let readers see it all
                 self._trace.flush()
         return outputs
 

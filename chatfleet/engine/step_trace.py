@@ -5,11 +5,12 @@ JSON line per step (`chatfleet serve --step-trace PATH`).
 served workload holds the steps a real server ran under real traffic, so the model can be
 checked on them, or fitted on them (`chatfleet plan calibrate --trace`). A row:
 
-    {"t": 12.345678, "s": 0.031, "seqs": [[n, start, samples], ...]}
+    {"t": 12.345678, "s": 0.031, "seqs": [[n, start, samples], ...], "more": 1}
 
 t: the step's start (time.monotonic, seconds); s: its duration (schedule, forward, sampling,
 detokenization: the whole `LLMEngine.step`); seqs: one [tokens fed, tokens computed before,
-1 if it sampled] per scheduled sequence.
+1 if it sampled] per scheduled sequence; more: 1 if the engine still had requests after the
+step (its loop goes straight on to the next one), 0 if it went idle.
 """
 
 from __future__ import annotations
@@ -40,8 +41,10 @@ class StepTrace:
         self._file: TextIO = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
         self._flushed = time.monotonic()
 
-    def record(self, start: float, seconds: float, seqs: list[tuple[int, int, int]]) -> None:
-        row = {"t": round(start, 6), "s": round(seconds, 6), "seqs": seqs}
+    def record(
+        self, start: float, seconds: float, seqs: list[tuple[int, int, int]], more: bool
+    ) -> None:
+        row = {"t": round(start, 6), "s": round(seconds, 6), "seqs": seqs, "more": int(more)}
         self._file.write(json.dumps(row, separators=(",", ":")) + "\n")
         if time.monotonic() - self._flushed > _FLUSH_EVERY_S:  # readable while the server runs
             self.flush()

@@ -188,4 +188,6 @@ def test_step_trace_records_every_step_of_a_request(server):
     assert rows[0]["seqs"] == [[prompt, 0, 1]]
     assert [row["seqs"][0] for row in rows[1:]] == [[1, prompt + i, 1] for i in range(4)]
     assert all(row["s"] > 0 for row in rows)
+    # The engine went straight on after every step but the last, then idled.
+    assert [row["more"] for row in rows] == [1, 1, 1, 1, 0]
     assert all(b["t"] >= a["t"] + a["s"] for a, b in zip(rows, rows[1:], strict=False))

@@ -77,8 +77,9 @@ class SdpaAttention(AttentionBackend):
             group = self.num_heads // kv_heads
             k = flat[0][meta.decode_slots].to(q.dtype)  # [Bd, L, KVH, D]
             v = flat[1][meta.decode_slots].to(q.dtype)
-            qd = q[:nd].reshape(nd, kv_heads, group, dim)
-            scores = torch.einsum("bhgd,blhd->bhgl", qd, k).float() * self.scale
+            # Scaled first, as SDPA does: an fp16 product of unscaled q and k can overflow.
+            qd = q[:nd].reshape(nd, kv_heads, group, dim) * self.scale
+            scores = torch.einsum("bhgd,blhd->bhgl", qd, k).float()
             scores = scores.masked_fill(~meta.decode_mask, float("-inf"))
             probs = scores.softmax(-1).to(q.dtype)
             out[:nd] = torch.einsum("bhgl,blhd->bhgd", probs, v).reshape(nd, -1)
