@@ -167,9 +167,7 @@ def fit_on_traces(trace_dir: Path, windows: list, meta: dict) -> LinearStepModel
     """The step model fitted, as `plan calibrate --trace` does, on the steps the replicas
     ran within the calibration runs' time windows."""
     samples = [s for begin, end in windows for s in traced_steps(trace_dir, begin, end)[0]]
-    meta = {"method": "served steps (step trace)", **meta, "calibration_windows": windows}
-    meta |= {"num_samples": len(samples), "weighted_by_time": True}
-    return LinearStepModel.fit(samples, meta, weight_by_time=True)
+    return LinearStepModel.fit_served(samples, meta | {"calibration_windows": windows})
 
 
 def predict(result: dict, args: argparse.Namespace, model, measured: list | None) -> dict:

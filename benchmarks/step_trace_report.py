@@ -88,8 +88,7 @@ def runs_report(run_dir: Path, json_path: str | None) -> int:
     windows.sort(key=lambda w: w[1][0])
     steps: dict[str, list[StepSample]] = {name: traced_steps(run_dir, *w)[0] for name, w in windows}
     every = [s for v in steps.values() for s in v]
-    meta = {"method": "served steps (step trace)", "fitted_on": "every run of " + str(run_dir)}
-    pooled = LinearStepModel.fit(every, meta, weight_by_time=True)
+    pooled = LinearStepModel.fit_served(every, {"fitted_on": f"every run of {run_dir}"})
     start = windows[0][1][0]
     report = {}
     for label, m in (("trace model", model), ("one model fitted on every run", pooled)):

@@ -290,9 +290,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         from chatfleet.plan.step_model import LinearStepModel, samples_from_trace
 
         served = [s for path in args.trace for s in samples_from_trace(path)]
-        meta = {"method": "served steps (step trace)", "traces": args.trace}
-        meta |= {"num_samples": len(served), "weighted_by_time": True}
-        model = LinearStepModel.fit(served, meta, weight_by_time=True)
+        model = LinearStepModel.fit_served(served, {"traces": args.trace})
     elif args.base_url and args.step_model:
         from chatfleet.plan.http_calibrate import measure_serving_overhead
         from chatfleet.plan.overhead import META_KEY

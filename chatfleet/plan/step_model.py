@@ -228,6 +228,12 @@ class LinearStepModel(StepTimeModel):
         coef, error = fit_rows(x, y, weight_by_time)
         return LinearStepModel(tuple(float(c) for c in coef), error, dict(meta))
 
+    @staticmethod
+    def fit_served(samples: Sequence[StepSample], meta: dict[str, Any]) -> LinearStepModel:
+        """The fit for steps a server ran (`trace_samples`), each weighted by its time."""
+        meta = {"method": "served steps (step trace)", **meta, "num_samples": len(samples)}
+        return LinearStepModel.fit(samples, meta | {"weighted_by_time": True}, weight_by_time=True)
+
     def save(self, path: str | Path) -> None:
         data = {"kind": self.kind, **self.describe()}
         Path(path).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")

@@ -19,6 +19,7 @@ from chatfleet.plan.step_model import (
     StepShape,
     load_samples,
     save_samples,
+    trace_samples,
 )
 from chatfleet.sampling_params import SamplingParams
 
@@ -121,3 +122,19 @@ def test_roofline_decode_of_llama_8b_on_h100_is_weight_bytes_over_bandwidth():
         ).kv_cache_bytes()
         > 100e9
     )
+
+
+def test_traces_without_the_more_field_are_read_by_position():
+    """Session 7's stored traces have no "more": a step counts its loop turn only when the
+    next one carries on one of its sequences, within an engine loop's turn (50 ms)."""
+    rows = [
+        {"t": 0.000, "s": 0.010, "seqs": [[40, 0, 1]]},  # prefill, then its first decode
+        {"t": 0.012, "s": 0.010, "seqs": [[1, 40, 1]]},  # the request ends here, at 41
+        # 2 s later a follow-up whose cached prefix ends at 41 too: a new request, not a turn
+        {"t": 2.000, "s": 0.010, "seqs": [[9, 41, 1]]},
+        {"t": 2.030, "s": 0.010, "seqs": [[30, 0, 1]]},  # someone else, started from scratch
+    ]
+    assert [round(s.seconds, 6) for s in trace_samples(rows)] == [0.012, 0.010, 0.010, 0.010]
+    # The field, where written, decides alone.
+    marked = [dict(r, more=1) for r in rows[:2]] + [dict(r, more=0) for r in rows[2:]]
+    assert [round(s.seconds, 6) for s in trace_samples(marked)] == [0.012, 1.988, 0.010, 0.010]
