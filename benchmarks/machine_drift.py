@@ -15,7 +15,7 @@ import argparse
 import sys
 import time
 
-from chatfleet.config import CacheConfig, EngineConfig
+from chatfleet.config.engine_config import CacheConfig, EngineConfig
 from chatfleet.engine.llm_engine import LLMEngine
 from chatfleet.plan.calibrate import CalibrationGrid, run_grid
 

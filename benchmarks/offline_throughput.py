@@ -37,10 +37,10 @@ import torch
 
 from chatfleet import LLM, SamplingParams
 from chatfleet.bench.datasets import load_sharegpt
-from chatfleet.config import CacheConfig, SchedulerConfig
+from chatfleet.config.engine_config import CacheConfig, SchedulerConfig
 from chatfleet.model.linear import resolve_weight_format
-from chatfleet.model.loader import default_model_path
-from chatfleet.model.tokenizer import Tokenizer
+from chatfleet.modelfile.paths import default_model_path
+from chatfleet.modelfile.tokenizer import Tokenizer
 
 MATMUL_FLAGS = (
     "avx2",

@@ -56,7 +56,8 @@ from pathlib import Path
 from local_fleet import BIN, start_up
 
 from chatfleet.bench.result import load_result, records_from_result
-from chatfleet.config import SchedulerConfig
+from chatfleet.config.engine_config import SchedulerConfig
+from chatfleet.config.router_config import PolicyConfig, RouterConfig
 from chatfleet.engine.step_trace import read_trace
 from chatfleet.plan.overhead import ServingOverhead
 from chatfleet.plan.replica import ReplicaSpec
@@ -64,7 +65,6 @@ from chatfleet.plan.simulator import FleetSpec, simulate
 from chatfleet.plan.step_mix import StepMix, model_error, model_error_by_class
 from chatfleet.plan.step_model import LinearStepModel, StepSample, continues, trace_samples
 from chatfleet.plan.workload import conversations, poisson_arrivals, prompts_from_bench
-from chatfleet.router.config import PolicyConfig, RouterConfig
 
 KV_BLOCK_BYTES = 16 * 2 * 30 * 3 * 64 * 2  # SmolLM2-135M: 30 layers, 3 KV heads x 64, fp16
 
@@ -80,7 +80,7 @@ def run_bench(url: str, args: argparse.Namespace, rate: float, seed: int, out: P
 
 @functools.cache
 def tokenizer():
-    from chatfleet.model.tokenizer import Tokenizer
+    from chatfleet.modelfile.tokenizer import Tokenizer
 
     return Tokenizer.from_model_path(None)
 

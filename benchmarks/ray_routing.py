@@ -73,8 +73,8 @@ def main() -> int:
     import ray
     from ray import serve
 
+    from chatfleet.config.deploy_config import RayDeployConfig
     from chatfleet.ray_serve.app import deploy
-    from chatfleet.ray_serve.config import RayDeployConfig
     from chatfleet.ray_serve.manager import RayReplicaManager
 
     # NOTE: a throwaway local instance on 127.0.0.1; left unset, ray.init() turns token auth

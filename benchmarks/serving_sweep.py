@@ -33,7 +33,7 @@ from pathlib import Path
 
 from chatfleet.bench.metrics import parse_slo, summarize
 from chatfleet.bench.result import load_result, records_from_result
-from chatfleet.model.loader import default_model_path
+from chatfleet.modelfile.paths import default_model_path
 
 PEERS = Path(os.environ.get("CHATFLEET_PEERS_DIR", Path.home() / ".cache" / "chatfleet-peers"))
 LLAMA_SERVER = PEERS / "llama.cpp-build-0.3.36" / "bin" / "llama-server"

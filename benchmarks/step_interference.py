@@ -26,7 +26,7 @@ import threading
 import time
 from pathlib import Path
 
-from chatfleet.config import CacheConfig, EngineConfig
+from chatfleet.config.engine_config import CacheConfig, EngineConfig
 from chatfleet.engine.llm_engine import LLMEngine
 from chatfleet.sampling_params import SamplingParams
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from chatfleet.engine.outputs import TokenLogprobs
+
+@dataclass
+class TokenLogprobs:
+    """Log-probabilities of the sampled token and of the top alternatives."""
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]]  # (token id, logprob), best first
 
 
 @dataclass

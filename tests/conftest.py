@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from chatfleet import LLM
-from chatfleet.config import CacheConfig, SchedulerConfig
+from chatfleet.config.engine_config import CacheConfig, SchedulerConfig
 from tests.server_process import ServerProcess, start_server
 
 # A modest KV budget keeps start-up fast; the default model needs ~46 KiB per token in fp32.

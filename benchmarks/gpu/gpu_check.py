@@ -14,7 +14,7 @@ import time
 import torch
 
 from chatfleet import LLM, SamplingParams
-from chatfleet.config import CacheConfig, SchedulerConfig
+from chatfleet.config.engine_config import CacheConfig, SchedulerConfig
 from tests.reference_model import reference_logits
 
 PROMPTS = [

@@ -11,7 +11,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from chatfleet import LLM, SamplingParams
-from chatfleet.config import CacheConfig
+from chatfleet.config.engine_config import CacheConfig
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from chatfleet.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+from chatfleet.config.engine_config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
 from chatfleet.model import loader
 from chatfleet.plan.calibrate import CalibrationGrid, run_grid
 from chatfleet.plan.hardware import MODEL_SHAPES, ModelShape, get_accelerator

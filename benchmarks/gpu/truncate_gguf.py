@@ -10,7 +10,7 @@ import sys
 
 from gguf import GGUFReader, GGUFValueType, GGUFWriter
 
-from chatfleet.model.loader import default_model_path
+from chatfleet.modelfile.paths import default_model_path
 
 
 def main(out_path: str, num_layers: int) -> None:

@@ -23,9 +23,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from chatfleet.config import EngineConfig
+from chatfleet.config.engine_config import EngineConfig
+from chatfleet.engine.engine_client import EngineStats
 from chatfleet.engine.llm_engine import LLMEngine
-from chatfleet.engine.protocol import EngineStats
 from chatfleet.errors import EngineDeadError
 from chatfleet.outputs import RequestOutput
 from chatfleet.sampling_params import SamplingParams
@@ -136,6 +136,10 @@ class AsyncEngine:
     @property
     def max_model_len(self) -> int:
         return self.engine.max_model_len
+
+    @property
+    def max_num_seqs(self) -> int:
+        return self.engine.config.scheduler.max_num_seqs
 
     async def get_stats(self) -> EngineStats:
         def read(e: LLMEngine) -> EngineStats:

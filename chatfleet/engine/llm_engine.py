@@ -10,16 +10,15 @@ import dataclasses
 import time
 from dataclasses import dataclass
 
-from chatfleet.config import EngineConfig
+from chatfleet.config.engine_config import EngineConfig
 from chatfleet.engine.detokenizer import IncrementalDetokenizer
 from chatfleet.engine.kv_cache_manager import KVCacheManager
-from chatfleet.engine.outputs import EngineCoreOutput
 from chatfleet.engine.request import Request, RequestStatus, check_fits
-from chatfleet.engine.scheduler import Scheduler
+from chatfleet.engine.scheduler import EngineCoreOutput, Scheduler
 from chatfleet.engine.step_trace import StepTrace, scheduled_seqs
 from chatfleet.errors import InvalidRequestError
 from chatfleet.model.runner import ModelRunner
-from chatfleet.model.tokenizer import Tokenizer
+from chatfleet.modelfile.tokenizer import Tokenizer
 from chatfleet.outputs import CompletionOutput, RequestOutput
 from chatfleet.sampling_params import SamplingParams
 

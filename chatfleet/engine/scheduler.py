@@ -10,16 +10,23 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
+from dataclasses import dataclass
 
-from chatfleet.config import SchedulerConfig
+from chatfleet.config.engine_config import SchedulerConfig
 from chatfleet.engine.kv_cache_manager import KVCacheManager
-from chatfleet.engine.outputs import (
-    EngineCoreOutput,
-    ModelRunnerOutput,
-    ScheduledRequest,
-    SchedulerOutput,
-)
 from chatfleet.engine.request import Request, RequestStatus
+from chatfleet.outputs import TokenLogprobs
+from chatfleet.step import ModelRunnerOutput, ScheduledRequest, SchedulerOutput
+
+
+@dataclass
+class EngineCoreOutput:
+    """What a step did to one request: new token(s) and whether it finished."""
+
+    request: Request
+    new_token_ids: list[int]
+    new_logprobs: list[TokenLogprobs]
+    finished: bool
 
 
 class Scheduler:
@@ -142,8 +149,8 @@ class Scheduler:
         """Advance computed counts, append sampled tokens, apply token-level stops."""
         outputs = []
         for item in scheduler_output.scheduled:
-            request = item.request
-            if request.is_finished:
+            request = self.requests.get(item.request.request_id)
+            if request is None:
                 continue  # aborted while the step ran
             request.num_computed_tokens += item.num_new_tokens
             token_id = runner_output.sampled.get(request.request_id)

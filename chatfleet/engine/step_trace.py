@@ -21,7 +21,7 @@ import os
 import time
 from typing import TextIO
 
-from chatfleet.engine.outputs import SchedulerOutput
+from chatfleet.step import SchedulerOutput
 
 _FLUSH_EVERY_S = 1.0
 

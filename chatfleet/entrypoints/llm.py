@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from dataclasses import fields
 from typing import Any
 
-from chatfleet.config import EngineConfig
+from chatfleet.config.engine_config import EngineConfig
 from chatfleet.engine.llm_engine import LLMEngine
 from chatfleet.outputs import RequestOutput
 from chatfleet.sampling_params import SamplingParams
@@ -18,6 +19,10 @@ class LLM:
     def __init__(self, model: str | None = None, attention: str = "auto", **config: Any) -> None:
         self.engine = LLMEngine(EngineConfig(model=model, **config), attention)
         self._ids = itertools.count()
+
+    @classmethod
+    def from_config(cls, config: EngineConfig, attention: str = "auto") -> LLM:
+        return cls(attention=attention, **{f.name: getattr(config, f.name) for f in fields(config)})
 
     @property
     def tokenizer(self):

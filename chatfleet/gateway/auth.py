@@ -1,13 +1,20 @@
-"""Bearer API keys -> the stored key (with its user); typed 401/403 otherwise."""
+"""Bearer API keys -> the stored key (with its user); typed 401/403 otherwise.
+
+Routes take the caller as a dependency: `key: CallerKey` (any valid key) or
+`key: AdminKey` (an admin's), and the gateway's components as `gw: GatewayDep`.
+"""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from anyio import to_thread
-from fastapi import Request
+from fastapi import Depends, Request
 
 from chatfleet.gateway import keys
-from chatfleet.gateway.errors import AuthenticationError, ForbiddenError
+from chatfleet.gateway.components import Gateway
 from chatfleet.gateway.store.base import ApiKey, GatewayStore
+from chatfleet.http.http_errors import AuthenticationError, ForbiddenError
 
 
 def bearer_token(request: Request) -> str | None:
@@ -41,3 +48,26 @@ async def authenticate(store: GatewayStore, request: Request) -> ApiKey:
 def require_admin(key: ApiKey) -> None:
     if not key.is_admin:
         raise ForbiddenError("This route needs an admin key.")
+
+
+def get_gateway(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+GatewayDep = Annotated[Gateway, Depends(get_gateway)]
+
+
+async def caller_key(request: Request, gw: GatewayDep) -> ApiKey:
+    return await authenticate(gw.store, request)
+
+
+CallerKey = Annotated[ApiKey, Depends(caller_key)]
+
+
+async def admin_key(key: CallerKey) -> ApiKey:
+    require_admin(key)
+    return key
+
+
+AdminKey = Annotated[ApiKey, Depends(admin_key)]

@@ -31,9 +31,8 @@ import httpx
 from anyio import to_thread
 from fastapi.responses import StreamingResponse
 
+from chatfleet.config.gateway_config import ChatConfig
 from chatfleet.errors import InvalidRequestError
-from chatfleet.gateway.config import ChatConfig
-from chatfleet.gateway.errors import ConflictError
 from chatfleet.gateway.limiter import Admission, Limiter
 from chatfleet.gateway.prompt import PromptPlan, TokenCounter, Turn, plan_prompt
 from chatfleet.gateway.schemas import ReplyOptions, effective_status, message_json
@@ -45,7 +44,9 @@ from chatfleet.gateway.store.base import (
     ReplyEnd,
     Usage,
 )
-from chatfleet.gateway.upstream import Upstream, parse_chat_chunk, sse_data
+from chatfleet.gateway.upstream import Upstream, parse_chat_chunk
+from chatfleet.http import sse
+from chatfleet.http.http_errors import ConflictError
 
 logger = logging.getLogger("chatfleet.gateway")
 _NEW_SEQ = 1 << 62  # the message being sent has no seq until it is stored
@@ -54,10 +55,6 @@ _NEW_SEQ = 1 << 62  # the message being sent has no seq until it is stored
 async def run_sync(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run a blocking store call on a worker thread."""
     return await to_thread.run_sync(functools.partial(fn, *args, **kwargs))
-
-
-def sse(obj: Any) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
 def today() -> str:
@@ -238,7 +235,7 @@ class ChatService:
         beat.start()
         stale = self.config.stale_after_s
         try:
-            yield sse(
+            yield sse.event(
                 {
                     "type": "start",
                     "user_message": None
@@ -264,13 +261,16 @@ class ChatService:
         with anyio.CancelScope(shield=True):
             message = await self._finish(reply, beat)
         if message is not None:
-            yield sse({"type": "end", "message": message_json(message, stale)})
-        yield "data: [DONE]\n\n"
+            yield sse.event({"type": "end", "message": message_json(message, stale)})
+        yield sse.DONE
 
     async def _consume(self, reply: _Reply) -> AsyncIterator[str]:
         """Relay the upstream's deltas; sets the reply's status, finish reason, usage, error."""
         try:
-            async for data in sse_data(reply.response):
+            async for data in sse.aiter_data(reply.response.aiter_lines()):
+                if data is None:
+                    yield sse.KEEP_ALIVE
+                    continue
                 if data == "[DONE]":
                     break
                 chunk = parse_chat_chunk(data)
@@ -279,7 +279,7 @@ class ChatService:
                     break
                 if chunk.text:
                     reply.parts.append(chunk.text)
-                    yield sse({"type": "delta", "content": chunk.text})
+                    yield sse.event({"type": "delta", "content": chunk.text})
                 reply.finish_reason = chunk.finish_reason or reply.finish_reason
                 reply.usage = chunk.usage or reply.usage
         except httpx.HTTPError as e:

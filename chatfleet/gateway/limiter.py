@@ -12,10 +12,24 @@ import contextlib
 import math
 import secrets
 
-from chatfleet.gateway.config import LimitsConfig
-from chatfleet.gateway.errors import RateLimitError
+from chatfleet.config.gateway_config import LimitsConfig
 from chatfleet.gateway.limits import KeyLimits, LimitDecision, RateLimitStore
 from chatfleet.gateway.store.base import ApiKey
+from chatfleet.http.http_errors import HTTPError
+
+
+class RateLimitError(HTTPError):
+    """A per-key limit refused the request: 429 with Retry-After and x-ratelimit-* headers.
+
+    `type` says which limit, as OpenAI does: "requests", "tokens" or "streams".
+    """
+
+    status_code, code = 429, "rate_limit_exceeded"
+
+    def __init__(self, message: str, kind: str, headers: dict[str, str]) -> None:
+        super().__init__(message)
+        self.type = kind
+        self.headers = headers
 
 
 def _duration(seconds: float) -> str:

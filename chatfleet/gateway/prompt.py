@@ -37,7 +37,7 @@ class TemplateTokenCounter(TokenCounter):
     """The model's own tokenizer and chat template (exact for a chatfleet upstream)."""
 
     def __init__(self, model_path: str | None) -> None:
-        from chatfleet.model.tokenizer import Tokenizer
+        from chatfleet.modelfile.tokenizer import Tokenizer
 
         self.tokenizer = Tokenizer.from_model_path(model_path)
 

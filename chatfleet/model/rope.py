@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from chatfleet.config import ModelConfig
+from chatfleet.config.engine_config import ModelConfig
 
 
 def rope_cos_sin(config: ModelConfig, max_len: int, device: torch.device):

@@ -8,8 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from chatfleet.config import CacheConfig, EngineConfig, ModelConfig
-from chatfleet.engine.outputs import ModelRunnerOutput, SchedulerOutput, TokenLogprobs
+from chatfleet.config.engine_config import CacheConfig, EngineConfig, ModelConfig
 from chatfleet.model import kernels
 from chatfleet.model.attention import BACKENDS, AttentionBackend, load_kernel, resolve_backend
 from chatfleet.model.forward_context import ForwardContext
@@ -18,6 +17,8 @@ from chatfleet.model.linear import resolve_weight_format
 from chatfleet.model.loader import load_weights
 from chatfleet.model.models.llama import LlamaForCausalLM
 from chatfleet.model.sampler import Sampler, SamplingRow
+from chatfleet.outputs import TokenLogprobs
+from chatfleet.step import ModelRunnerOutput, SchedulerOutput
 
 
 @dataclass(frozen=True)

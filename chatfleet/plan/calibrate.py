@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from chatfleet.config import EngineConfig
+from chatfleet.config.engine_config import EngineConfig
 from chatfleet.plan.step_model import LinearStepModel, StepSample, StepShape, save_samples
 from chatfleet.sampling_params import SamplingParams
 

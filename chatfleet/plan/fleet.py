@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 
-from chatfleet.router.config import RouterConfig
+from chatfleet.config.router_config import RouterConfig
 from chatfleet.router.policies import make_policy
 from chatfleet.router.pool import ProbeResult, ReplicaLoad, ReplicaPool
 from chatfleet.router.prefix_index import PrefixIndex, route_request

@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from chatfleet.config import ModelConfig
+from chatfleet.config.engine_config import ModelConfig
 
 GB = 1e9
 
@@ -116,8 +116,8 @@ def load_model_shape(name_or_path: str, weight_bytes_per_param: float = 2.0) -> 
         raise ValueError(f"unknown model shape {name_or_path!r}: not {sorted(MODEL_SHAPES)}")
     name = os.path.basename(name_or_path.rstrip("/"))
     if path.endswith(".gguf"):
-        from chatfleet.model.gguf_file import read_gguf
         from chatfleet.model.loader import config_from_gguf
+        from chatfleet.modelfile.gguf_file import read_gguf
 
         meta, tensors = read_gguf(path)
         config = config_from_gguf(meta, {t.name for t in tensors})

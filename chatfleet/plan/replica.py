@@ -13,15 +13,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from chatfleet.config import SchedulerConfig
+from chatfleet.config.engine_config import SchedulerConfig
 from chatfleet.engine.kv_cache_manager import KVCacheManager
-from chatfleet.engine.outputs import EngineCoreOutput, ModelRunnerOutput, SchedulerOutput
 from chatfleet.engine.request import Request
-from chatfleet.engine.scheduler import Scheduler
+from chatfleet.engine.scheduler import EngineCoreOutput, Scheduler
 from chatfleet.plan.overhead import ServingOverhead
 from chatfleet.plan.step_mix import StepMix
 from chatfleet.plan.step_model import StepShape, StepTimeModel
 from chatfleet.router.pool import ReplicaLoad
+from chatfleet.step import ModelRunnerOutput, SchedulerOutput, StepRequest
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ class SimReplica:
         self.stats.max_kv_usage = max(self.stats.max_kv_usage, self.kv.usage)
         return seconds
 
-    def finish_step(self, next_token: Callable[[Request], int]) -> list[EngineCoreOutput]:
+    def finish_step(self, next_token: Callable[[StepRequest], int]) -> list[EngineCoreOutput]:
         """End the running step: every row that samples gets `next_token(request)`."""
         out, self._step = self._step, None
         assert out is not None, "no step is running"

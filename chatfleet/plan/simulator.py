@@ -23,6 +23,7 @@ from typing import Any
 
 from chatfleet.bench.metrics import BenchSummary, SloParams, summarize
 from chatfleet.bench.record import RequestRecord, round_s
+from chatfleet.config.router_config import RouterConfig
 from chatfleet.engine.request import Request, check_fits
 from chatfleet.errors import ContextLengthExceededError
 from chatfleet.gateway.limits.base import KeyLimits, gcra
@@ -32,8 +33,8 @@ from chatfleet.plan.replica import ReplicaSpec, SimReplica
 from chatfleet.plan.step_mix import StepMix
 from chatfleet.plan.step_model import StepTimeModel
 from chatfleet.plan.workload import Conversation
-from chatfleet.router.config import RouterConfig
 from chatfleet.sampling_params import SamplingParams
+from chatfleet.step import StepRequest
 
 
 def _random_tokens(rng: random.Random, num: int) -> list[int]:
@@ -220,7 +221,7 @@ class Simulation:
         return self.replicas[self._index_of[replica_id]].can_admit()
 
     @staticmethod
-    def _next_token(request: Request) -> int:
+    def _next_token(request: StepRequest) -> int:
         """A made-up sampled token. NOTE: its value does not matter: a later turn repeats
         the history exactly, and no other conversation can match it, because prefix hashes
         chain from the first block (random prompt tokens). A random draw per token cost ~10%

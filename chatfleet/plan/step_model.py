@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from chatfleet.engine.outputs import SchedulerOutput
 from chatfleet.engine.step_trace import read_trace, scheduled_seqs
+from chatfleet.step import SchedulerOutput
 
 
 @dataclass(frozen=True)

@@ -109,6 +109,34 @@ def fixed_lengths(num_turns: int, prompt_tokens: int, output_tokens: int) -> lis
     return [tuple(TurnShape(prompt_tokens, output_tokens) for _ in range(num_turns))]
 
 
+def scale_outputs(
+    lengths: list[tuple[TurnShape, ...]], scale: float
+) -> list[tuple[TurnShape, ...]]:
+    """Every answer `scale` times as long (a sensitivity knob; applied after max_tokens)."""
+    if scale == 1.0:
+        return lengths
+    return [
+        tuple(
+            dataclasses.replace(t, num_output_tokens=max(1, round(t.num_output_tokens * scale)))
+            for t in turns
+        )
+        for turns in lengths
+    ]
+
+
+def with_system_prompt(
+    lengths: list[tuple[TurnShape, ...]], num_tokens: int
+) -> list[tuple[TurnShape, ...]]:
+    """Every conversation's first turn starts with the same `num_tokens` more tokens."""
+    if not num_tokens:
+        return lengths
+    return [
+        (dataclasses.replace(t[0], num_new_prompt_tokens=t[0].num_new_prompt_tokens + num_tokens),)
+        + tuple(t[1:])
+        for t in lengths
+    ]
+
+
 def lengths_from_records(records: Sequence[RequestRecord]) -> list[tuple[TurnShape, ...]]:
     """Per bench session, its turns' lengths as the server counted them (successes only).
 

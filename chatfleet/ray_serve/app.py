@@ -6,7 +6,6 @@ deploy(config): ray.init(address) -> serve.start (HTTP proxy on the head node on
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import importlib.metadata
@@ -16,26 +15,14 @@ import ray
 from ray import serve
 from ray.serve.config import RequestRouterConfig
 
-from chatfleet.config import EngineConfig
-from chatfleet.entrypoints.cli import _add_engine_args
-from chatfleet.entrypoints.serve import add_serve_args, configs
+from chatfleet.config.deploy_config import RayDeployConfig, load_file
 from chatfleet.ray_serve.client import RetryConfig
-from chatfleet.ray_serve.config import RayDeployConfig, load_file
-from chatfleet.ray_serve.ingress import Ingress
+from chatfleet.ray_serve.ingress import FleetLimits, Ingress
 from chatfleet.ray_serve.replica import EngineReplica
 from chatfleet.ray_serve.request_router import ChatfleetRequestRouter
-from chatfleet.server.config import ServerConfig
 
 ENGINE_DEPLOYMENT = "EngineReplica"
 INGRESS_DEPLOYMENT = "Ingress"
-
-
-def serve_configs(config: RayDeployConfig) -> tuple[EngineConfig, ServerConfig]:
-    """The replicas' engine and server settings, from `chatfleet serve` flags."""
-    parser = argparse.ArgumentParser(prog="replica_args", add_help=False)
-    _add_engine_args(parser)
-    add_serve_args(parser)
-    return configs(parser.parse_args(list(config.replica_args)))
 
 
 def _version(config: RayDeployConfig, part: str) -> str:
@@ -52,7 +39,8 @@ def _version(config: RayDeployConfig, part: str) -> str:
 
 def build_application(config: RayDeployConfig, num_replicas: int | None = None) -> Any:
     """The bound application; `num_replicas` overrides the fixed count (manager start/stop)."""
-    engine_config, server_config = serve_configs(config)
+    engine_config, server_config = config.replica.engine, config.replica.server
+    max_num_seqs = engine_config.scheduler.max_num_seqs
     router: dict[str, Any] = {
         "request_routing_stats_period_s": config.routing_stats_period_s,
         "request_routing_stats_timeout_s": max(5.0, 5 * config.routing_stats_period_s),
@@ -71,7 +59,7 @@ def build_application(config: RayDeployConfig, num_replicas: int | None = None) 
     )
     replica = serve.deployment(name=ENGINE_DEPLOYMENT)(EngineReplica).options(
         **count,
-        max_ongoing_requests=server_config.max_num_seqs + server_config.max_queue_len,
+        max_ongoing_requests=max_num_seqs + server_config.max_queue_len,
         ray_actor_options={
             "num_cpus": config.replica_cpus,
             "num_gpus": config.replica_gpus,
@@ -87,22 +75,17 @@ def build_application(config: RayDeployConfig, num_replicas: int | None = None) 
     # The ingress admits for the whole fleet: each replica's running + queue limits, times
     # the most replicas there can be.
     _, max_n = config.bounds
-    fleet = dataclasses.replace(
-        server_config,
-        max_num_seqs=server_config.max_num_seqs * max_n,
-        max_queue_len=server_config.max_queue_len * max_n,
-    )
+    fleet = dataclasses.replace(server_config, max_queue_len=server_config.max_queue_len * max_n)
+    limits = FleetLimits(max_num_seqs * max_n, engine_config.model)
     ingress = serve.deployment(name=INGRESS_DEPLOYMENT)(serve.ingress()(Ingress)).options(
         num_replicas=1,
-        max_ongoing_requests=fleet.max_num_seqs + fleet.max_queue_len,
+        max_ongoing_requests=limits.max_num_seqs + fleet.max_queue_len,
         ray_actor_options={"num_cpus": 0, "resources": dict(config.ingress_resources)},
         version=_version(config, INGRESS_DEPLOYMENT),
         _internal=True,
     )
     retry = RetryConfig(config.max_attempts, config.retry_deadline_s)
-    return ingress.bind(
-        replica.bind(engine_config), engine_config.model, fleet, retry, config.session_header
-    )
+    return ingress.bind(replica.bind(engine_config), limits, fleet, retry, config.session_header)
 
 
 def connect(config: RayDeployConfig) -> None:

@@ -21,12 +21,12 @@ from typing import Any
 from ray.exceptions import RayError, RayTaskError
 from ray.serve.exceptions import RayServeException
 
-from chatfleet.engine.protocol import EngineStats
+from chatfleet.engine.engine_client import EngineStats
 from chatfleet.errors import ChatfleetError, EngineDeadError
-from chatfleet.model.tokenizer import Tokenizer
+from chatfleet.http.http_errors import NoReplicaError, ReplicaFailedError
+from chatfleet.modelfile.tokenizer import Tokenizer
 from chatfleet.outputs import RequestOutput
 from chatfleet.ray_serve.calls import ROUTE_KEYS, GenerateCall
-from chatfleet.router.proxy import NoReplicaError, ReplicaFailedError
 from chatfleet.sampling_params import SamplingParams
 
 logger = logging.getLogger("chatfleet.ray")
@@ -50,14 +50,20 @@ def _user_error(e: BaseException) -> ChatfleetError | None:
 
 
 class RayEngineClient:
-    """Implements engine.protocol.EngineClient; built in the ingress replica."""
+    """Implements engine.engine_client.EngineClient; built in the ingress replica."""
 
     def __init__(
-        self, handle: Any, tokenizer: Tokenizer, max_model_len: int, retry: RetryConfig
+        self,
+        handle: Any,
+        tokenizer: Tokenizer,
+        max_model_len: int,
+        max_num_seqs: int,
+        retry: RetryConfig,
     ) -> None:
         self.handle = handle.options(stream=True)
         self.tokenizer = tokenizer
         self._max_model_len = max_model_len
+        self._max_num_seqs = max_num_seqs
         self.retry = retry
         self._ids = itertools.count()
         self._streams: dict[str, Any] = {}  # request_id -> DeploymentResponseGenerator
@@ -65,6 +71,11 @@ class RayEngineClient:
     @property
     def max_model_len(self) -> int:
         return self._max_model_len
+
+    @property
+    def max_num_seqs(self) -> int:
+        """The fleet's: every replica's running limit, at the most replicas there can be."""
+        return self._max_num_seqs
 
     @property
     def is_dead(self) -> bool:

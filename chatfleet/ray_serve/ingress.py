@@ -1,4 +1,4 @@
-"""Ingress: the OpenAI routes of `chatfleet serve` (server.app.build_app), over RayEngineClient.
+"""Ingress: the OpenAI routes of `chatfleet serve` (server/api_server.py) over RayEngineClient.
 
 Serve builds the ASGI app after the constructor (`__serve_build_asgi_app__`), so the app is
 made from this replica's handle to the engine replicas: the routes, validation, admission
@@ -7,13 +7,22 @@ control, SSE framing and error mapping are the server's own code, not a copy.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from chatfleet.model.tokenizer import Tokenizer
+from chatfleet.config.server_config import ServerConfig
+from chatfleet.modelfile.tokenizer import Tokenizer
 from chatfleet.ray_serve.calls import RouteKeysMiddleware
 from chatfleet.ray_serve.client import RayEngineClient, RetryConfig
-from chatfleet.server.app import build_app
-from chatfleet.server.config import ServerConfig
+from chatfleet.server.api_server import build_app
+
+
+@dataclass(frozen=True)
+class FleetLimits:
+    """What the ingress must know of the fleet before its first request."""
+
+    max_num_seqs: int  # running requests, all replicas together at their most
+    model: str | None  # the replicas' model file (for the tokenizer)
 
 
 class Ingress:
@@ -22,20 +31,26 @@ class Ingress:
     def __init__(
         self,
         engine_handle: Any,
-        model: str | None,
+        limits: FleetLimits,
         server_config: ServerConfig,
         retry: RetryConfig,
         session_header: str,
     ) -> None:
-        self.engine_handle, self.model, self.retry = engine_handle, model, retry
+        self.engine_handle, self.limits, self.retry = engine_handle, limits, retry
         self.server_config, self.session_header = server_config, session_header
 
     async def __serve_build_asgi_app__(self) -> Any:
         # NOTE: waits for one engine replica: the context length depends on the model file
         # and the replicas' settings, and the server must know it before its first request.
         facts = await self.engine_handle.facts.remote()
-        tokenizer = Tokenizer.from_model_path(self.model)
-        client = RayEngineClient(self.engine_handle, tokenizer, facts.max_model_len, self.retry)
+        tokenizer = Tokenizer.from_model_path(self.limits.model)
+        client = RayEngineClient(
+            self.engine_handle,
+            tokenizer,
+            facts.max_model_len,
+            self.limits.max_num_seqs,
+            self.retry,
+        )
         app = build_app(client, self.server_config)
         app.add_middleware(
             RouteKeysMiddleware,

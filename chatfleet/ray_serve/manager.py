@@ -20,8 +20,8 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayError
 
+from chatfleet.config.deploy_config import RayDeployConfig
 from chatfleet.ray_serve.app import ENGINE_DEPLOYMENT, deploy
-from chatfleet.ray_serve.config import RayDeployConfig
 from chatfleet.router.manager import ReplicaInfo, ReplicaManager
 
 SERVE_NAMESPACE = "serve"

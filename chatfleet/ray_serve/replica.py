@@ -17,7 +17,7 @@ from typing import Any
 
 import ray
 
-from chatfleet.config import EngineConfig
+from chatfleet.config.engine_config import EngineConfig
 from chatfleet.engine.async_engine import AsyncEngine
 from chatfleet.outputs import RequestOutput
 from chatfleet.ray_serve.calls import GenerateCall

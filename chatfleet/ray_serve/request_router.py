@@ -25,8 +25,8 @@ from ray.serve.request_router import (
     RunningReplica,
 )
 
+from chatfleet.config.router_config import PolicyConfig, PrefixConfig
 from chatfleet.ray_serve.calls import GenerateCall
-from chatfleet.router.config import PolicyConfig, PrefixConfig
 from chatfleet.router.policies import make_policy
 from chatfleet.router.prefix_index import PrefixIndex, block_hashes, prompt_text, route_request
 from chatfleet.router.snapshot import ReplicaView

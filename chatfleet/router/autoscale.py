@@ -16,34 +16,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from chatfleet.config.router_config import AutoscaleConfig
 from chatfleet.router.manager import ReplicaManager
 from chatfleet.router.pool import ReplicaState
 from chatfleet.router.proxy import Router
 
 logger = logging.getLogger("chatfleet.up")
-
-
-@dataclass(frozen=True)
-class AutoscaleConfig:
-    min_replicas: int
-    max_replicas: int
-    interval_s: float = 2.0
-    up_queue_len: float = 2.0  # mean requests waiting per replica above which to add one
-    up_kv_usage: float = 0.85  # or mean KV usage above which to add one
-    # Remove one when, with one replica fewer, the fleet would still be idle: nothing
-    # waiting, KV usage and in-flight per remaining replica below these.
-    down_kv_usage: float = 0.3
-    down_in_flight: float = 1.0
-    up_after_s: float = 10.0
-    down_after_s: float = 60.0
-    cooldown_s: float = 30.0
-    drain_timeout_s: float = 120.0
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.min_replicas <= self.max_replicas:
-            raise ValueError("need 1 <= min_replicas <= max_replicas")
-        if self.down_kv_usage >= self.up_kv_usage:
-            raise ValueError("down_kv_usage must be below up_kv_usage (hysteresis)")
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import time
 
 import httpx
 
-from chatfleet.router.config import HealthConfig
+from chatfleet.config.router_config import HealthConfig
 from chatfleet.router.pool import ProbeResult, ReplicaLoad, ReplicaPool
 
 logger = logging.getLogger("chatfleet.router")

@@ -18,21 +18,13 @@ import sys
 import time
 from dataclasses import dataclass
 
+from chatfleet.config import flags
+from chatfleet.config.router_config import LocalReplicaConfig
+from chatfleet.config.server_config import ServeConfig
 from chatfleet.router.manager import ReplicaInfo, ReplicaManager
 
 logger = logging.getLogger("chatfleet.up")
 _PR_SET_PDEATHSIG = 1
-
-
-@dataclass(frozen=True)
-class LocalReplicaConfig:
-    host: str = "127.0.0.1"
-    port_start: int = 8100  # replicas take the first free ports from here
-    serve_args: tuple[str, ...] = ()  # extra `chatfleet serve` flags for every replica
-    log_dir: str | None = None  # one log file per replica; None: inherit stdout/stderr
-    restart_backoff_s: float = 1.0
-    max_restart_backoff_s: float = 30.0
-    stable_after_s: float = 60.0
 
 
 @dataclass
@@ -65,8 +57,11 @@ def _port_is_free(host: str, port: int) -> bool:
 
 
 class LocalReplicaManager(ReplicaManager):
-    def __init__(self, config: LocalReplicaConfig) -> None:
+    def __init__(self, config: LocalReplicaConfig, replica: ServeConfig) -> None:
         self.config = config
+        # NOTE: the replica's settings travel as the flags they were parsed from
+        # (config/flags.py), so `chatfleet serve` rebuilds the same ServeConfig.
+        self._serve_argv = flags.to_argv(replica)
         self._replicas: dict[str, _LocalReplica] = {}  # by url, in start order
 
     def list(self) -> list[ReplicaInfo]:
@@ -84,7 +79,7 @@ class LocalReplicaManager(ReplicaManager):
     async def _spawn(self, port: int) -> asyncio.subprocess.Process:
         c = self.config
         cmd = [sys.executable, "-m", "chatfleet.entrypoints.cli", "serve"]
-        cmd += ["--host", c.host, "--port", str(port), *c.serve_args]
+        cmd += ["--host", c.host, "--port", str(port), *self._serve_argv]
         log = None
         if c.log_dir is not None:
             os.makedirs(c.log_dir, exist_ok=True)

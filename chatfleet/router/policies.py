@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import ClassVar
 
-from chatfleet.router.config import PolicyConfig
+from chatfleet.config.router_config import PolicyConfig
 from chatfleet.router.snapshot import ReplicaView, RouteDecision, RouteRequest
 
 

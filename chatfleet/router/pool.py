@@ -18,7 +18,7 @@ import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from chatfleet.router.config import HealthConfig
+from chatfleet.config.router_config import HealthConfig
 from chatfleet.router.snapshot import ReplicaView
 
 

@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from chatfleet.router.config import PrefixConfig
+from chatfleet.config.router_config import PrefixConfig
 from chatfleet.router.snapshot import RouteRequest
 
 _SEP = "\x1e"  # between messages; cannot be confused with text a user typed as a role marker

@@ -26,15 +26,17 @@ import anyio
 import httpx
 from fastapi.responses import Response, StreamingResponse
 
-from chatfleet.router.config import RouterConfig
+from chatfleet.config.router_config import RouterConfig
+from chatfleet.http import sse
+from chatfleet.http.http_client import make_async_client
+from chatfleet.http.http_errors import NoReplicaError, ReplicaFailedError
 from chatfleet.router.health import HealthChecker
-from chatfleet.router.metrics import RouterMetrics
 from chatfleet.router.policies import make_policy
 from chatfleet.router.pool import ReplicaPool
 from chatfleet.router.prefix_index import PrefixIndex, route_request
+from chatfleet.router.router_metrics import RouterMetrics
 from chatfleet.router.session import session_key
 from chatfleet.router.snapshot import RouteRequest
-from chatfleet.server.errors import HTTPError, OverloadedError, to_error_response
 
 logger = logging.getLogger("chatfleet.router")
 
@@ -57,18 +59,6 @@ _HOP_HEADERS = frozenset(
 )
 _RETRY_STATUSES = frozenset({429, 500, 502, 503})
 REPLICA_HEADER = "x-chatfleet-replica"
-
-
-class NoReplicaError(OverloadedError):
-    """No eligible replica (all down, draining or already tried): 503 with Retry-After."""
-
-    code = "no_replica_available"
-
-
-class ReplicaFailedError(HTTPError):
-    """The replica failed after the response began; sent as an SSE error event."""
-
-    status_code, type, code = 502, "server_error", "replica_failed"
 
 
 @dataclass(frozen=True)
@@ -115,9 +105,9 @@ class Router:
 
     async def start(self) -> None:
         p = self.config.proxy
-        timeout = httpx.Timeout(p.read_timeout_s, connect=p.connect_timeout_s)
-        limits = httpx.Limits(max_connections=p.max_connections, max_keepalive_connections=256)
-        self._client = httpx.AsyncClient(timeout=timeout, limits=limits)
+        self._client = make_async_client(
+            p.connect_timeout_s, p.read_timeout_s, p.max_connections, max_keepalive_connections=256
+        )
         checker = HealthChecker(self.pool, self.config.health, self._client)
         await checker.probe_all()
         self._probe_task = asyncio.create_task(checker.run())
@@ -267,29 +257,25 @@ class _Relay:
     async def body(self) -> AsyncIterator[bytes]:
         """The body as it arrives; if the replica fails, an SSE error event (or, for other
         content, a dropped connection: a truncated JSON body must not look complete)."""
-        pending = b""  # SSE: the start of an event whose blank line has not arrived yet
+        events = sse.EventSplitter()
         try:
             chunk = self.first
             while chunk is not None:
                 if not self.is_sse:
                     yield chunk
-                else:
-                    pending += chunk
-                    cut = pending.rfind(b"\n\n") + 2
-                    if cut > 1:
-                        yield pending[:cut]
-                        pending = pending[cut:]
+                elif complete := events.feed(chunk):
+                    yield complete
                 chunk = await anext(self.chunks, None)
-            if pending:
-                yield pending
+            if rest := events.flush():
+                yield rest
         except httpx.HTTPError as e:
             self.router.pool.record_failure(self.rid, time.monotonic())
             self.router.metrics.stream_errors.labels(self.rid).inc()
             logger.warning("replica %s failed mid-response: %r", self.rid, e)
             if not self.is_sse:
                 raise ReplicaFailedError(f"replica {self.rid} failed mid-response") from e
-            error = to_error_response(ReplicaFailedError("the replica failed mid-stream"))
-            yield f"data: {json.dumps(error.body)}\n\ndata: [DONE]\n\n".encode()
+            error = sse.error_event(ReplicaFailedError("the replica failed mid-stream"))
+            yield (error + sse.DONE).encode()
         finally:
             await self.close()
 

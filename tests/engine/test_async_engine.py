@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from chatfleet import SamplingParams
-from chatfleet.config import EngineConfig
+from chatfleet.config.engine_config import EngineConfig
 from chatfleet.engine.async_engine import AsyncEngine
 from chatfleet.errors import InvalidRequestError
 from tests.conftest import TEST_CACHE

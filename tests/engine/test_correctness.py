@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from chatfleet import SamplingParams
-from chatfleet.config import CacheConfig
+from chatfleet.config.engine_config import CacheConfig
 from tests.conftest import make_llm
 from tests.reference_model import reference_logits
 

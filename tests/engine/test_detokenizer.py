@@ -9,7 +9,7 @@ import pytest
 
 from chatfleet.engine import detokenizer
 from chatfleet.engine.detokenizer import IncrementalDetokenizer
-from chatfleet.model.tokenizer import Tokenizer
+from chatfleet.modelfile.tokenizer import Tokenizer
 
 MULTI_BYTE = "Héllo 👋 世界! Ça va? 🎉🚀 日本語のテキスト — naïve café ∑∞ 🧑‍🚀 done"
 STORY = "The answer is 42. END of story, the end."

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from chatfleet.config import SchedulerConfig
+from chatfleet.config.engine_config import SchedulerConfig
 from chatfleet.engine.kv_cache_manager import KVCacheManager
-from chatfleet.engine.outputs import ModelRunnerOutput
 from chatfleet.engine.request import Request, RequestStatus
 from chatfleet.engine.scheduler import Scheduler
 from chatfleet.sampling_params import SamplingParams
+from chatfleet.step import ModelRunnerOutput
 
 
 def _sched(num_blocks=64, budget=16, max_seqs=8) -> Scheduler:

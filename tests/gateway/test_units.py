@@ -7,11 +7,10 @@ import asyncio
 
 import pytest
 
+from chatfleet.config.gateway_config import LimitsConfig
 from chatfleet.errors import ContextLengthExceededError
 from chatfleet.gateway import keys
-from chatfleet.gateway.config import LimitsConfig
-from chatfleet.gateway.errors import RateLimitError
-from chatfleet.gateway.limiter import Limiter
+from chatfleet.gateway.limiter import Limiter, RateLimitError
 from chatfleet.gateway.limits.base import PERIOD_S, KeyLimits, gcra, gcra_adjust, remaining
 from chatfleet.gateway.limits.memory import MemoryRateLimitStore
 from chatfleet.gateway.prompt import CharTokenCounter, TemplateTokenCounter, Turn, plan_prompt

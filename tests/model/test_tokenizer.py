@@ -10,7 +10,7 @@ import tokenizers
 from tokenizers import decoders, models
 
 from chatfleet.errors import InvalidRequestError
-from chatfleet.model.tokenizer import Tokenizer
+from chatfleet.modelfile.tokenizer import Tokenizer
 
 IM_START, IM_END = 1, 2
 

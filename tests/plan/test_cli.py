@@ -9,7 +9,7 @@ import random
 import time
 from pathlib import Path
 
-from chatfleet.config import CacheConfig, EngineConfig, SchedulerConfig
+from chatfleet.config.engine_config import CacheConfig, EngineConfig, SchedulerConfig
 from chatfleet.engine.llm_engine import LLMEngine
 from chatfleet.engine.step_trace import read_trace
 from chatfleet.entrypoints.cli import main
@@ -25,7 +25,7 @@ def test_plan_prints_fleet_cost_and_assumptions(tmp_path, capsys):
     args += ["--slo", "ttft_p99:1000,tpot_p99:60", "--model-shape", "llama-8b"]
     args += ["--accelerator", "h100", "--lengths", "fixed:300,40", "--turns", "2"]
     args += ["--max-num-seqs", "16", "--sim-requests", "150", "--sim-duration", "10"]
-    args += ["--report", str(report), "--json", str(out_json)]
+    args += ["--think-time", "2", "--report", str(report), "--json", str(out_json)]
     assert main(args) == 0
     out = capsys.readouterr().out
     for text in ("replicas", "accelerators", "tokens/s", "KV cache per replica", "cost per day"):
@@ -37,9 +37,28 @@ def test_plan_prints_fleet_cost_and_assumptions(tmp_path, capsys):
     replicas = plan["plan"]["replicas"]
     assert replicas * plan["plan"]["capacity_per_replica"] >= plan["plan"]["peak_rate"]
     assert plan["cost_per_day"] == replicas * 2.99 * 24
+    # The default answer is a converged one: the simulated arrivals doubled until the fleet
+    # size settled, each search longer than the one before.
+    convergence = plan["convergence"]
+    steps = convergence["steps"]
+    assert convergence["converged"] and len(steps) >= 2
+    assert [s["sim_duration_s"] for s in steps] == [10 * 2**k for k in range(len(steps))]
+    assert steps[-1]["replicas"] == replicas
+    assert abs(steps[-1]["replicas"] - steps[-2]["replicas"]) <= 0.03 * steps[-2]["replicas"]
+    assert plan["is_steady"] and "converged: the fleet changed by" in out
     text = report.read_text()
     assert "round_robin" in text and "cache_aware" in text and "knee.png" in text
     assert (tmp_path / "plan_knee.png").stat().st_size > 1000
+
+
+def test_plan_says_when_it_did_not_converge(tmp_path, capsys):
+    out_json = tmp_path / "plan.json"
+    args = ["plan", "--users", "1M", "--lengths", "fixed:300,40", "--turns", "2"]
+    args += ["--sim-requests", "100", "--sim-duration", "5", "--max-sim-duration", "5"]
+    args += ["--json", str(out_json)]
+    assert main(args) == 0
+    assert "NOT converged by 5 s of arrivals" in capsys.readouterr().out
+    assert not json.loads(out_json.read_text())["convergence"]["converged"]
 
 
 def test_plan_rejects_bad_arguments(capsys):

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from chatfleet.config import SchedulerConfig
+from chatfleet.config.engine_config import SchedulerConfig
 from chatfleet.engine.kv_cache_manager import KVCacheManager
 from chatfleet.engine.request import Request
 from chatfleet.engine.scheduler import Scheduler
@@ -41,7 +41,7 @@ def test_step_shape_of_a_mixed_step():
 
 
 def _sampled(out):
-    from chatfleet.engine.outputs import ModelRunnerOutput
+    from chatfleet.step import ModelRunnerOutput
 
     return ModelRunnerOutput({s.request.request_id: 7 for s in out.scheduled if s.samples})
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from chatfleet.bench.record import RequestRecord
 from chatfleet.bench.workload import WorkloadParams, build_messages, build_workload
-from chatfleet.model.tokenizer import Tokenizer
+from chatfleet.modelfile.tokenizer import Tokenizer
 from chatfleet.plan.workload import prompts_from_bench
 
 

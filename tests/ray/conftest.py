@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-import shlex
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,8 +16,10 @@ import pytest
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
+from chatfleet.config.deploy_config import RayDeployConfig  # noqa: E402
+from chatfleet.config.flags import from_mapping  # noqa: E402
+from chatfleet.config.server_config import ServeConfig  # noqa: E402
 from chatfleet.ray_serve.app import connect, deploy  # noqa: E402
-from chatfleet.ray_serve.config import RayDeployConfig  # noqa: E402
 from chatfleet.ray_serve.manager import RayReplicaManager  # noqa: E402
 from tests.ray.cluster import AUTH_ENV, LocalCluster  # noqa: E402
 from tests.router.conftest import wait_until  # noqa: E402
@@ -26,11 +27,15 @@ from tests.server_process import free_port  # noqa: E402
 
 MODEL = "SmolLM2-135M-Instruct"
 # Small replicas: one thread, a small KV cache; two or three share this machine's 2 cores.
-REPLICA_ARGS = tuple(
-    shlex.split(
-        "--num-threads 1 --kv-cache-memory 64MiB --max-num-seqs 8 --max-queue-len 16 "
-        "--max-model-len 2048"
-    )
+REPLICA = from_mapping(
+    ServeConfig,
+    {
+        "num_threads": 1,
+        "kv_cache_memory": "64MiB",
+        "max_num_seqs": 8,
+        "max_queue_len": 16,
+        "max_model_len": 2048,
+    },
 )
 
 
@@ -103,7 +108,7 @@ def fleet_factory(cluster, serve_port) -> Callable[..., Fleet]:
         config = RayDeployConfig(
             address=cluster.address,
             port=serve_port,
-            replica_args=REPLICA_ARGS,
+            replica=REPLICA,
             ingress_resources={"head_node": 0.01},  # the ingress must outlive the worker node
             **overrides,
         )

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from chatfleet.config.deploy_config import RayDeployConfig, load_file
 from chatfleet.entrypoints.cli import main
-from chatfleet.ray_serve.app import app_builder, build_application, serve_configs
-from chatfleet.ray_serve.config import RayDeployConfig, load_file
+from chatfleet.ray_serve.app import app_builder, build_application
 
 DEPLOY_YAML = """
 address: auto
@@ -16,7 +16,7 @@ max_replicas: 4
 target_ongoing_requests: 6
 replica_cpus: 2
 replica_resources: {worker_node: 1}
-replica_args: --kv-cache-memory 1GiB --max-num-seqs 32
+replica: {kv-cache-memory: 1GiB, max_num_seqs: 32, served_model_name: [a, b]}
 policy: {name: least_loaded}
 """
 
@@ -27,7 +27,6 @@ def test_yaml_overrides_and_autoscaling_mapping(tmp_path):
     config = RayDeployConfig(port=9000).with_overrides(load_file(str(path)))
     assert config.port == 9000 and config.address == "auto"
     assert config.policy.name == "least_loaded" and config.prefix.block_chars == 64
-    assert config.replica_args == ("--kv-cache-memory", "1GiB", "--max-num-seqs", "32")
     assert config.autoscaling_config() == {
         "min_replicas": 1,
         "max_replicas": 4,
@@ -37,14 +36,19 @@ def test_yaml_overrides_and_autoscaling_mapping(tmp_path):
         "downscale_delay_s": 60.0,
         "look_back_period_s": 12.0,
     }
-    engine, server = serve_configs(config)
-    assert engine.cache.kv_cache_memory_bytes == 1 << 30 and server.max_num_seqs == 32
+    engine, server = config.replica.engine, config.replica.server
+    assert engine.cache.kv_cache_memory_bytes == 1 << 30 and engine.scheduler.max_num_seqs == 32
+    assert server.model_names == ("a", "b")
     assert RayDeployConfig(num_replicas=3).autoscaling_config() is None
 
 
 def test_bad_settings_are_refused(tmp_path):
     with pytest.raises(KeyError):
         RayDeployConfig().with_overrides({"num_replica": 2})
+    with pytest.raises(KeyError, match="kv_cache_memory"):
+        RayDeployConfig().with_overrides({"replica": {"kv_cache_mem": "1GiB"}})
+    with pytest.raises(ValueError, match="not a size"):
+        RayDeployConfig().with_overrides({"replica": {"kv_cache_memory": "lots"}})
     with pytest.raises(ValueError):
         RayDeployConfig(min_replicas=3, max_replicas=2)
     with pytest.raises(ValueError):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from chatfleet.router.autoscale import AutoscaleConfig, FleetLoad, ScalerState, decide
+from chatfleet.config.router_config import AutoscaleConfig
+from chatfleet.router.autoscale import FleetLoad, ScalerState, decide
 
 CONFIG = AutoscaleConfig(
     min_replicas=1, max_replicas=3, up_after_s=10, down_after_s=30, cooldown_s=20

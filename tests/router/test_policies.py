@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from chatfleet.router.config import PolicyConfig
+from chatfleet.config.router_config import PolicyConfig
 from chatfleet.router.policies import POLICIES, make_policy
 from chatfleet.router.snapshot import ReplicaView, RouteRequest
 

@@ -4,7 +4,7 @@ Time is passed in, so the health state machine is checked without sleeping."""
 
 from __future__ import annotations
 
-from chatfleet.router.config import HealthConfig
+from chatfleet.config.router_config import HealthConfig
 from chatfleet.router.pool import ProbeResult, ReplicaLoad, ReplicaPool
 
 OK = ProbeResult(is_healthy=True, is_ready=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from chatfleet.router.config import PrefixConfig
+from chatfleet.config.router_config import PrefixConfig
 from chatfleet.router.prefix_index import PrefixIndex, block_hashes, prompt_text
 
 CONFIG = PrefixConfig(block_chars=8)

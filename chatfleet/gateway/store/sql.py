@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from chatfleet.gateway import keys
-from chatfleet.gateway.errors import ConflictError
 from chatfleet.gateway.store import migrations
 from chatfleet.gateway.store.base import (
     INTERRUPTED_ERROR,
@@ -30,6 +29,7 @@ from chatfleet.gateway.store.base import (
     UsageRow,
     User,
 )
+from chatfleet.http.http_errors import ConflictError
 
 
 @dataclass(frozen=True)

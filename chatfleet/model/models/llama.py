@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from chatfleet.config import ModelConfig
+from chatfleet.config.engine_config import ModelConfig
 from chatfleet.model.attention.base import AttentionBackend
 from chatfleet.model.forward_context import ForwardContext
 from chatfleet.model.fused_decode import FusedDecode

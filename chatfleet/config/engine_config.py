@@ -1,0 +1,115 @@
+"""The engine's frozen configuration, validated once at start-up.
+
+Values discovered while starting (the number of KV blocks, EOS ids) are returned by the
+component that finds them and passed on; they are never written back into a config.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from chatfleet.config.flags import format_bytes, parse_bytes, setting
+
+WEIGHT_FORMATS = ("auto", "fp32", "bf16", "int8")
+KV_CACHE_DTYPES = ("auto", "fp32", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a Llama-family model, read from the model file."""
+
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    intermediate_size: int
+    rms_norm_eps: float
+    rope_theta: float
+    max_position_embeddings: int
+    tie_word_embeddings: bool = True
+    head_dim: int = 0  # 0 = hidden_size // num_heads
+
+    def __post_init__(self) -> None:
+        if self.head_dim == 0:
+            object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError("num_heads must be a multiple of num_kv_heads")
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """Paged KV cache: block size, memory budget and prefix caching."""
+
+    block_size: int = 16
+    kv_cache_memory_bytes: int = field(
+        default=2 << 30,
+        metadata=setting("kv_cache_memory", "KV cache size, e.g. 2GiB", parse_bytes, format_bytes),
+    )
+    enable_prefix_caching: bool = True
+    # Tests use tiny pools to force preemption.
+    num_blocks_override: int | None = field(default=None, metadata=setting(hidden=True))
+    kv_cache_dtype: str = field(
+        default="auto",
+        metadata=setting(
+            help="auto: fp16 on CPU (half the bytes decode attention reads), the compute "
+            "dtype on CUDA",
+            choices=KV_CACHE_DTYPES,
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1 or self.kv_cache_memory_bytes < 1:
+            raise ValueError("block_size and kv_cache_memory_bytes must be positive")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache_dtype must be one of {KV_CACHE_DTYPES}")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Continuous batching limits for one engine step."""
+
+    max_num_seqs: int = field(default=128, metadata=setting(help="requests in the running batch"))
+    max_num_batched_tokens: int = field(default=512, metadata=setting(help="tokens per step"))
+    max_model_len: int = 8192
+
+    def __post_init__(self) -> None:
+        if min(self.max_num_seqs, self.max_num_batched_tokens, self.max_model_len) < 1:
+            raise ValueError("scheduler limits must be positive")
+
+
+def _default_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything needed to build an engine. `model=None` is the packaged SmolLM2 GGUF."""
+
+    model: str | None = field(
+        default=None, metadata=setting(help="GGUF file or HF directory (default: SmolLM2-135M)")
+    )
+    device: str = "cpu"
+    weight_format: str = field(default="auto", metadata=setting(choices=WEIGHT_FORMATS))
+    num_threads: int = field(
+        default_factory=_default_threads,
+        metadata=setting(help="CPU threads (default: all this process may use)"),
+    )
+    # Decode-only steps in one C++ call where it applies (model/fused_decode.py); off gives
+    # the same bits through the per-layer path (tests compare the two).
+    fused_decode: bool = True
+    seed: int = 0
+    step_trace: str | None = field(
+        default=None,
+        metadata=setting(
+            help="append every engine step's timing and shape to this path as JSON lines "
+            "({pid} is replaced by the process id; see chatfleet plan calibrate --trace)"
+        ),
+    )
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+
+    def __post_init__(self) -> None:
+        if self.weight_format not in WEIGHT_FORMATS:
+            raise ValueError(f"weight_format must be one of {WEIGHT_FORMATS}")

@@ -1,0 +1,235 @@
+"""`chatfleet gateway` (the product layer over an OpenAI-compatible upstream), `chatfleet keys`
+(users and API keys, straight in the database) and `chatfleet stack` (`chatfleet up` plus a
+gateway in front: what `make up` runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from chatfleet.config import flags
+from chatfleet.config.gateway_config import DEFAULT_DB, GatewayConfig, UpstreamConfig
+from chatfleet.http.uvicorn_server import UvicornServer, setup_logging
+
+logger = logging.getLogger("chatfleet.gateway")
+DEFAULT_ADMIN_KEY_FILE = ".chatfleet/admin-key"
+_DB_ENV = "CHATFLEET_DB"
+
+
+def _add_db_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--db",
+        default=os.environ.get(_DB_ENV, DEFAULT_DB),
+        help=f"sqlite:///PATH or postgresql://... (default: ${_DB_ENV} or %(default)s)",
+    )
+
+
+def add_gateway_args(p: argparse.ArgumentParser, with_upstream: bool = True) -> None:
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    _add_db_arg(p)
+    skip = ("db",) if with_upstream else ("db", "upstream")
+    flags.add_flags(p, GatewayConfig, skip=skip)
+    p.add_argument(
+        "--admin-key-file",
+        default=DEFAULT_ADMIN_KEY_FILE,
+        help="where the admin key is kept (made on first start); '' for none",
+    )
+
+
+def gateway_config(args: argparse.Namespace, upstream_url: str) -> GatewayConfig:
+    config = flags.from_args(GatewayConfig, args, skip=("upstream",))
+    upstream = dataclasses.replace(config.upstream, url=upstream_url)
+    return dataclasses.replace(config, upstream=upstream)
+
+
+def admin_key(store: Any, path: str) -> str:
+    """The admin key kept in `path`, made (user "admin", file mode 0600) if it is missing,
+    revoked or not an admin's."""
+    from chatfleet.gateway import keys
+
+    if os.path.exists(path):
+        with open(path) as f:
+            plain = f.read().strip()
+        parsed = keys.parse_key(plain)
+        record = store.get_key(parsed[0]) if parsed else None
+        if (
+            parsed
+            and record is not None
+            and record.is_admin
+            and not record.is_revoked
+            and keys.verify_secret(parsed[1], record.salt, record.secret_hash)
+        ):
+            return plain
+    user = store.get_user_by_name("admin") or store.create_user("admin", is_admin=True)
+    _, plain = store.create_key(user.user_id, name="admin (made by chatfleet gateway)")
+    if os.path.dirname(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(plain + "\n")
+    return plain
+
+
+async def serve_gateway(args: argparse.Namespace, upstream_url: str) -> None:
+    """Build the gateway and serve it until SIGTERM / SIGINT; print its URL (and admin key)."""
+    from chatfleet.gateway.components import Gateway
+    from chatfleet.gateway.gateway_app import build_gateway_app
+    from chatfleet.gateway.limits import open_limits
+    from chatfleet.gateway.prompt import COUNTERS
+    from chatfleet.gateway.store import open_store
+    from chatfleet.gateway.upstream import Upstream
+
+    config = gateway_config(args, upstream_url)
+    store = open_store(config.db_url)
+    key = admin_key(store, args.admin_key_file) if args.admin_key_file else None
+    counter_kind = "chars" if config.tokenizer == "chars" else "template"
+    counter = COUNTERS[counter_kind](config.tokenizer)
+    gateway = Gateway(
+        config, store, open_limits(config.limits.backend), Upstream(config.upstream), counter
+    )
+    app = build_gateway_app(gateway)
+
+    server = UvicornServer(app, args.host, args.port, graceful_s=10)
+    task = asyncio.create_task(server.serve())
+    while not server.started and not task.done():
+        await asyncio.sleep(0.05)
+    if server.started:
+        print(f"chatfleet gateway on http://{args.host}:{args.port} -> {upstream_url}", flush=True)
+        if key is not None:
+            print(f"admin key: {key}  (kept in {args.admin_key_file})", flush=True)
+    await task
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    setup_logging()
+    try:
+        asyncio.run(serve_gateway(args, args.upstream or UpstreamConfig().url))
+    except ValueError as e:  # a bad URL or limit (ConfigError included): say so, no traceback
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+def add_keys_args(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="keys_command", required=True)
+    create = sub.add_parser("create", help="make a key (and its user); printed once")
+    create.add_argument("--user", required=True)
+    create.add_argument("--name", default="", help="a label for the key")
+    create.add_argument("--rpm", type=int, default=None, help="requests per minute")
+    create.add_argument("--tpm", type=int, default=None, help="tokens per minute")
+    create.add_argument("--max-streams", type=int, default=None, help="concurrent streams")
+    create.add_argument("--admin", action="store_true", help="a new user is an admin")
+    list_ = sub.add_parser("list", help="keys (never their secrets)")
+    list_.add_argument("--user", default=None)
+    revoke = sub.add_parser("revoke", help="revoke a key by its id")
+    revoke.add_argument("key_id")
+    for q in (create, list_, revoke):
+        _add_db_arg(q)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from chatfleet.gateway.store import open_store
+
+    store = open_store(args.db)
+    try:
+        if args.keys_command == "create":
+            if any(v is not None and v < 1 for v in (args.rpm, args.tpm, args.max_streams)):
+                print("error: --rpm, --tpm and --max-streams must be positive", file=sys.stderr)
+                return 2
+            user = store.get_user_by_name(args.user) or store.create_user(args.user, args.admin)
+            record, plain = store.create_key(
+                user.user_id, args.name, args.rpm, args.tpm, args.max_streams
+            )
+            print(f"key {record.key_id} for user {user.name}; shown once:", file=sys.stderr)
+            print(plain, flush=True)
+            return 0
+        if args.keys_command == "list":
+            owner = store.get_user_by_name(args.user) if args.user else None
+            if args.user and owner is None:
+                print(f"error: no user {args.user!r}", file=sys.stderr)
+                return 1
+            for k in store.list_keys(owner.user_id if owner else None):
+                state = "revoked" if k.is_revoked else "active"
+                limits = f"rpm={k.rpm} tpm={k.tpm} max_streams={k.max_streams}"
+                print(f"{k.key_id}  {k.user_name:<16} {state:<8} {limits}  {k.name}")
+            return 0
+        if not store.revoke_key(args.key_id):
+            print(f"error: no key {args.key_id!r}", file=sys.stderr)
+            return 1
+        print(f"revoked {args.key_id}")
+        return 0
+    finally:
+        store.close()
+
+
+def add_stack_args(p: argparse.ArgumentParser) -> None:
+    add_gateway_args(p, with_upstream=False)
+    p.add_argument("--replicas", type=int, default=2)
+    p.add_argument("--router-port", type=int, default=8002)
+    p.add_argument("--up-args", default="", help="more `chatfleet up` flags")
+    p.add_argument("--ready-timeout", type=float, default=600.0)
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, timeout_s: float) -> bool:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def cmd_stack(args: argparse.Namespace) -> int:
+    """`chatfleet up` (router + replicas) as a child, then the gateway in this process; on
+    exit the gateway stops first, then `up` drains and stops its replicas."""
+    import shlex
+
+    setup_logging()
+    router_url = f"http://{args.host}:{args.router_port}"
+    cmd = [sys.executable, "-m", "chatfleet.entrypoints.cli", "up", "--host", args.host]
+    cmd += ["--port", str(args.router_port), "--replicas", str(args.replicas)]
+    cmd += shlex.split(args.up_args)
+    # NOTE: a session of its own: Ctrl-C reaches only this process, which then stops `up`.
+    up = subprocess.Popen(cmd, start_new_session=True)
+    try:
+        print(f"starting {args.replicas} replicas and a router on {router_url} ...", flush=True)
+        if not _wait_ready(router_url, up, args.ready_timeout):
+            print("error: the router never became ready", file=sys.stderr, flush=True)
+            return 1
+        asyncio.run(serve_gateway(args, router_url))
+        return 0
+    finally:
+        if up.poll() is None:
+            up.send_signal(signal.SIGTERM)
+            try:
+                up.wait(120)
+            except subprocess.TimeoutExpired:
+                up.kill()
+                up.wait(10)
+
+
+def register(sub: Any) -> None:
+    gateway = sub.add_parser("gateway", help="users, keys, limits, conversations, web chat")
+    add_gateway_args(gateway)
+    gateway.set_defaults(func=cmd_gateway)
+    keys = sub.add_parser("keys", help="create, list and revoke the gateway's API keys")
+    add_keys_args(keys)
+    keys.set_defaults(func=cmd_keys)
+    stack = sub.add_parser("stack", help="the whole stack: replicas, router and gateway")
+    add_stack_args(stack)
+    stack.set_defaults(func=cmd_stack)

@@ -1,0 +1,139 @@
+"""`chatfleet router` (a router over running replicas) and `chatfleet up` (replicas + router).
+
+`up` starts N `chatfleet serve` processes on local ports and the router in front of them,
+restarts a replica that exits, and with --min-replicas/--max-replicas adds or drains replicas
+from queue depth and KV usage. SIGTERM or Ctrl-C stops the router, then every replica
+(each drains first). `up --backend ray` deploys the same engine, policies and routes on a
+Ray Serve cluster instead (chatfleet/ray_serve).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import os
+import shlex
+from typing import Any
+
+from chatfleet.config import flags
+from chatfleet.config.router_config import AutoscaleConfig, LocalReplicaConfig, RouterConfig
+from chatfleet.config.server_config import ServeConfig
+from chatfleet.entrypoints.ray_up_cmd import add_ray_args, cmd_up_ray
+
+logger = logging.getLogger("chatfleet.up")
+_SCALE = "scale_"  # autoscaling flags: --scale-up-queue-len, ...
+
+
+def add_router_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8002)
+    p.add_argument("--shutdown-timeout", type=float, default=30.0)
+    flags.add_flags(p, RouterConfig)
+
+
+def cmd_router(args: argparse.Namespace) -> int:
+    from chatfleet.http.uvicorn_server import UvicornServer, setup_logging
+    from chatfleet.router.proxy import Router
+    from chatfleet.router.router_app import build_router_app
+
+    setup_logging()
+    if not args.replica:
+        print("error: give at least one --replica URL", flush=True)
+        return 2
+    router = Router(flags.from_args(RouterConfig, args), args.replica)
+    server = UvicornServer(build_router_app(router), args.host, args.port, args.shutdown_timeout)
+    asyncio.run(server.serve())
+    return 0
+
+
+def add_up_args(p: argparse.ArgumentParser) -> None:
+    add_router_args(p)
+    p.add_argument("--replicas", type=int, default=2, help="replicas to start with")
+    flags.add_flags(p, AutoscaleConfig, prefix=_SCALE)
+    flags.add_flags(p, LocalReplicaConfig, skip=("host",))
+    p.add_argument(
+        "--replica-threads",
+        type=int,
+        default=None,
+        help="threads per replica (default: CPUs / max replicas, at least 1)",
+    )
+    p.add_argument(
+        "--replica-args",
+        default="",
+        help="`chatfleet serve` flags for every replica, e.g. '--kv-cache-memory 1GiB'",
+    )
+    add_ray_args(p)  # --backend ray and its flags
+
+
+def replica_config(args: argparse.Namespace, default_threads: int) -> ServeConfig:
+    """Every replica's settings: the --replica-args flags, with --replica-threads."""
+    from chatfleet.entrypoints.serve_cmd import add_serve_args
+
+    parser = argparse.ArgumentParser(prog="--replica-args", add_help=False, exit_on_error=False)
+    add_serve_args(parser)
+    try:
+        replica_args = parser.parse_args(shlex.split(args.replica_args))
+    except (argparse.ArgumentError, SystemExit) as e:
+        raise flags.ConfigError(f"--replica-args: {e}") from None
+    config = flags.from_args(ServeConfig, replica_args)
+    threads = args.replica_threads or default_threads
+    engine = dataclasses.replace(config.engine, num_threads=threads)
+    return dataclasses.replace(config, engine=engine)
+
+
+def autoscale_config(args: argparse.Namespace) -> AutoscaleConfig:
+    lo = args.min_replicas if args.min_replicas is not None else args.replicas
+    hi = args.max_replicas if args.max_replicas is not None else max(args.replicas, lo)
+    base = AutoscaleConfig(min_replicas=lo, max_replicas=hi)
+    return flags.from_args(AutoscaleConfig, args, prefix=_SCALE, base=base)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from chatfleet.http.uvicorn_server import UvicornServer, setup_logging
+    from chatfleet.router.autoscale import Autoscaler
+    from chatfleet.router.local import LocalReplicaManager
+    from chatfleet.router.proxy import Router
+    from chatfleet.router.router_app import build_router_app
+
+    setup_logging()
+    router_config = flags.from_args(RouterConfig, args)
+    scale = autoscale_config(args)
+    if args.backend == "ray":
+        replica = replica_config(args, max(1, int(args.replica_cpus)))
+        return cmd_up_ray(args, router_config, replica, scale)
+    replica = replica_config(args, max(1, (os.cpu_count() or 1) // scale.max_replicas))
+    local = flags.from_args(LocalReplicaConfig, args, base=LocalReplicaConfig(host=args.host))
+    num_start = min(max(args.replicas, scale.min_replicas), scale.max_replicas)
+    manager = LocalReplicaManager(local, replica)
+    router = Router(router_config)
+    app = build_router_app(router, manager)
+    server = UvicornServer(app, args.host, args.port, args.shutdown_timeout)
+
+    async def main() -> None:
+        scaler_task = None
+        try:
+            for _ in range(num_start):
+                router.pool.add((await manager.start()).url)
+            if scale.max_replicas > scale.min_replicas:
+                scaler_task = asyncio.create_task(Autoscaler(router, manager, scale).run())
+            logger.info("router on http://%s:%d over %d replicas", args.host, args.port, num_start)
+            await server.serve()
+        finally:
+            if scaler_task is not None:
+                scaler_task.cancel()
+            await manager.close()
+
+    asyncio.run(main())
+    return 0
+
+
+def register(sub: Any) -> None:
+    router = sub.add_parser("router", help="OpenAI-compatible router over running replicas")
+    add_router_args(router)
+    router.add_argument("--replica", action="append", default=[], help="replica base URL")
+    router.set_defaults(func=cmd_router)
+    up = sub.add_parser("up", help="start N replicas and a router in front of them")
+    add_up_args(up)
+    up.set_defaults(func=cmd_up)

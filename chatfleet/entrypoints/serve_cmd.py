@@ -1,0 +1,37 @@
+"""`chatfleet serve`: the OpenAI-compatible server on one engine (server/launch.py).
+
+Its flags are ServeConfig's settings (config/flags.py), plus where to listen.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from chatfleet.config import flags
+from chatfleet.config.server_config import ServeConfig
+
+
+def add_serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8001)
+    flags.add_flags(p, ServeConfig)
+
+
+def serve_config(args: argparse.Namespace) -> ServeConfig:
+    return flags.from_args(ServeConfig, args)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from chatfleet.http.uvicorn_server import setup_logging
+    from chatfleet.server.launch import run_server
+
+    setup_logging()
+    config = serve_config(args)
+    return run_server(config.engine, config.server, args.host, args.port)
+
+
+def register(sub: Any) -> None:
+    serve = sub.add_parser("serve", help="OpenAI-compatible HTTP server")
+    add_serve_args(serve)
+    serve.set_defaults(func=cmd_serve)

@@ -1,0 +1,100 @@
+"""/api/conversations: the caller's conversations and their replies.
+
+GET    /api/conversations                   most recent first (?limit, ?before)
+POST   /api/conversations                   {title?, system_prompt?}
+GET    /api/conversations/{id}              with its messages
+PATCH  /api/conversations/{id}              rename {title}
+DELETE /api/conversations/{id}              with its messages
+POST   /api/conversations/{id}/messages     {content, max_tokens?, temperature?, top_p?, seed?}
+POST   /api/conversations/{id}/regenerate   the last reply again (same options)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from chatfleet.errors import InvalidRequestError
+from chatfleet.gateway.auth import CallerKey, GatewayDep
+from chatfleet.gateway.chat import run_sync
+from chatfleet.gateway.routes.query import int_query
+from chatfleet.gateway.schemas import (
+    NewConversation,
+    NewMessage,
+    ReplyOptions,
+    UpdateConversation,
+    conversation_json,
+    message_json,
+)
+from chatfleet.http.http_errors import NotFoundError
+
+router = APIRouter(prefix="/api/conversations", tags=["conversations"])
+
+
+@router.get("")
+async def list_conversations(request: Request, key: CallerKey, gw: GatewayDep) -> dict[str, Any]:
+    limit = int_query(request, "limit", 50, 1, 200)
+    before = request.query_params.get("before")
+    try:
+        cursor = None if before is None else float(before)
+    except ValueError:
+        raise InvalidRequestError("before must be a number", param="before") from None
+    convs = await run_sync(gw.store.list_conversations, key.user_id, limit + 1, cursor)
+    data = [conversation_json(c) for c in convs[:limit]]
+    return {"object": "list", "data": data, "has_more": len(convs) > limit}
+
+
+@router.post("", status_code=201)
+async def create_conversation(request: Request, key: CallerKey, gw: GatewayDep) -> dict[str, Any]:
+    req = await gw.body(request, NewConversation)
+    conv = await run_sync(gw.store.create_conversation, key.user_id, req.title, req.system_prompt)
+    return conversation_json(conv)
+
+
+@router.get("/{conversation_id}")
+async def get_conversation(conversation_id: str, key: CallerKey, gw: GatewayDep) -> dict[str, Any]:
+    conv = await gw.conversation(key, conversation_id)
+    messages = await run_sync(gw.store.list_messages, conversation_id)
+    stale = gw.config.chat.stale_after_s
+    return conversation_json(conv) | {"messages": [message_json(m, stale) for m in messages]}
+
+
+@router.patch("/{conversation_id}")
+async def rename_conversation(
+    request: Request, conversation_id: str, key: CallerKey, gw: GatewayDep
+) -> dict[str, Any]:
+    await gw.conversation(key, conversation_id)
+    req = await gw.body(request, UpdateConversation)
+    conv = await run_sync(gw.store.update_conversation, conversation_id, title=req.title)
+    if conv is None:
+        raise NotFoundError(f"No conversation {conversation_id!r}.", param="id")
+    return conversation_json(conv)
+
+
+@router.delete("/{conversation_id}")
+async def delete_conversation(
+    conversation_id: str, key: CallerKey, gw: GatewayDep
+) -> dict[str, Any]:
+    await gw.conversation(key, conversation_id)
+    await run_sync(gw.store.delete_conversation, conversation_id)
+    return {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
+
+
+@router.post("/{conversation_id}/messages")
+async def post_message(
+    request: Request, conversation_id: str, key: CallerKey, gw: GatewayDep
+) -> Response:
+    conv = await gw.conversation(key, conversation_id)
+    req = await gw.body(request, NewMessage)
+    return await gw.chat.reply(key, conv, req, req.content)
+
+
+@router.post("/{conversation_id}/regenerate")
+async def regenerate(
+    request: Request, conversation_id: str, key: CallerKey, gw: GatewayDep
+) -> Response:
+    conv = await gw.conversation(key, conversation_id)
+    opts = await gw.body(request, ReplyOptions)
+    return await gw.chat.reply(key, conv, opts, None)

@@ -1,0 +1,61 @@
+"""/health, /ready and /metrics, the same on every front, from three callables.
+
+health()  raises while the process cannot serve (503 with the error's body), else {"status": "ok"}
+ready()   raises while it should get no new requests (503 ...), else {"status": "ready"}
+metrics() the Prometheus text exposition
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from chatfleet.http.http_errors import to_error_response
+
+Check = Callable[[], None]
+
+
+def _unavailable(exc: BaseException) -> JSONResponse:
+    err = to_error_response(exc)
+    return JSONResponse(err.body, status_code=503, headers=err.headers)
+
+
+def ops_router(
+    health: Check | None = None,
+    ready: Check | None = None,
+    metrics: Callable[[], Awaitable[bytes]] | None = None,
+) -> APIRouter:
+    """The routes for the callables given (a missing health check always answers ok)."""
+    router = APIRouter(tags=["operations"])
+
+    @router.get("/health", responses={503: {"description": "The process cannot serve"}})
+    async def get_health() -> Response:
+        try:
+            if health is not None:
+                health()
+        except Exception as e:
+            return _unavailable(e)
+        return JSONResponse({"status": "ok"})
+
+    if ready is not None:
+        is_ready = ready
+
+        @router.get("/ready", responses={503: {"description": "Takes no new requests now"}})
+        async def get_ready() -> Response:
+            try:
+                is_ready()
+            except Exception as e:
+                return _unavailable(e)
+            return JSONResponse({"status": "ready"})
+
+    if metrics is not None:
+        render = metrics
+
+        @router.get("/metrics", response_class=Response)
+        async def get_metrics() -> Response:
+            return Response(await render(), media_type=CONTENT_TYPE_LATEST)
+
+    return router

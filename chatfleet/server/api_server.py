@@ -1,0 +1,205 @@
+"""The OpenAI-compatible server over one EngineClient: thin routes, admission, drain.
+
+POST /v1/chat/completions, /v1/completions   OpenAIServingChat / OpenAIServingCompletion
+GET  /v1/models                              the served names and the context length
+GET  /health, /ready, /metrics               chatfleet.http.ops_routes (vLLM metric names)
+
+Every /v1 route needs the API key when one is set. A request takes an in-flight slot or is
+refused with 503 + Retry-After; a streamed response gives its slot back when it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel
+
+from chatfleet.config.server_config import ServerConfig
+from chatfleet.engine.engine_client import EngineClient
+from chatfleet.errors import EngineDeadError
+from chatfleet.http.body import read_json
+from chatfleet.http.handlers import new_app
+from chatfleet.http.http_errors import (
+    ERROR_SCHEMA,
+    AuthenticationError,
+    DrainingError,
+    OverloadedError,
+)
+from chatfleet.http.ops_routes import ops_router
+from chatfleet.server.protocol import ChatCompletionRequest, CompletionRequest
+from chatfleet.server.server_metrics import ServerMetrics
+from chatfleet.server.serving_base import OpenAIServing
+from chatfleet.server.serving_chat import OpenAIServingChat
+from chatfleet.server.serving_completion import OpenAIServingCompletion
+
+logger = logging.getLogger("chatfleet.serve")
+_ERROR_CODES = {
+    "400": "Invalid request (bad JSON, bad field, context length exceeded)",
+    "401": "Missing or wrong API key",
+    "404": "Unknown model",
+    "413": "Request body too large",
+    "500": "The engine failed",
+    "503": "Overloaded or shutting down; retry after Retry-After seconds",
+    "504": "The request exceeded --request-timeout and was aborted",
+}
+
+
+def _openapi_extra(model: type[BaseModel]) -> dict[str, Any]:
+    """The request body and responses of a route that reads its body itself (so a bad body
+    is our 400, never a framework 422)."""
+    responses: dict[str, Any] = {
+        code: {"description": d, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
+        for code, d in _ERROR_CODES.items()
+    }
+    responses["200"] = {
+        "description": "A completion object, or an SSE stream of chunks when stream=true",
+        "content": {"text/event-stream": {}},
+    }
+    schema = model.model_json_schema()
+    return {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
+        "responses": responses,
+    }
+
+
+@dataclass
+class ServerState:
+    """The server's mutable state: in-flight count and whether it is draining."""
+
+    engine: EngineClient
+    config: ServerConfig
+    metrics: ServerMetrics
+    num_in_flight: int = 0
+    draining: bool = False
+
+    def authorize(self, request: Request) -> None:
+        """AuthenticationError (401) unless the request carries the API key (when one is set)."""
+        key = self.config.api_key
+        if key is None:
+            return
+        header = request.headers.get("authorization", "")
+        if not hmac.compare_digest(header.encode(), f"Bearer {key}".encode()):
+            raise AuthenticationError("Incorrect or missing API key.")
+
+    def admit(self) -> Callable[[], None]:
+        """Take an in-flight slot or refuse with 503 + Retry-After; returns the release."""
+        if self.draining:
+            raise DrainingError("the server is shutting down", retry_after_s=5)
+        if self.engine.is_dead:
+            raise EngineDeadError("the engine is dead; the server is exiting")
+        limit = self.engine.max_num_seqs + self.config.max_queue_len
+        if self.num_in_flight >= limit:
+            raise OverloadedError(f"{self.num_in_flight} requests in flight (limit {limit})")
+        self.num_in_flight += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.num_in_flight -= 1
+
+        return release
+
+    async def drain(self) -> None:
+        """Refuse new requests (/ready turns 503) and wait for in-flight ones, at most
+        the shutdown timeout."""
+        self.draining = True
+        logger.info("draining %d in-flight requests", self.num_in_flight)
+        deadline = time.monotonic() + self.config.shutdown_timeout_s
+        while self.num_in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+    def check_ready(self) -> None:
+        if self.draining or self.engine.is_dead:
+            raise DrainingError("not ready")
+
+    async def run(self, serving: OpenAIServing, request: Request) -> Response:
+        """One completion request: read, admit, execute; the slot is held while it streams."""
+        body = await read_json(request, self.config.max_body_bytes, self.config.max_json_depth)
+        job = serving.make_job(body)
+        release = self.admit()
+        try:
+            response = await serving.create(request, job)
+        except BaseException:
+            release()
+            raise
+        if isinstance(response, StreamingResponse):
+            response.body_iterator = _release_after(response.body_iterator, release)
+        else:
+            release()
+        return response
+
+
+async def _release_after(body: AsyncIterable, release: Callable[[], None]) -> AsyncIterator:
+    try:
+        async for chunk in body:
+            yield chunk
+    finally:
+        release()
+        aclose = getattr(body, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def _openai_router(state: ServerState) -> APIRouter:
+    async def authorized(request: Request) -> None:
+        state.authorize(request)
+
+    router = APIRouter(
+        dependencies=[Depends(authorized)],
+        responses={401: {"description": "Missing or wrong API key"}},
+    )
+    chat = OpenAIServingChat(state.engine, state.config, state.metrics)
+    completion = OpenAIServingCompletion(state.engine, state.config, state.metrics)
+
+    @router.post("/v1/chat/completions", openapi_extra=_openapi_extra(ChatCompletionRequest))
+    async def chat_completions(request: Request) -> Response:
+        return await state.run(chat, request)
+
+    @router.post("/v1/completions", openapi_extra=_openapi_extra(CompletionRequest))
+    async def completions(request: Request) -> Response:
+        return await state.run(completion, request)
+
+    @router.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        created = int(time.time())
+        max_model_len = state.engine.max_model_len
+        data = [
+            {
+                "id": name,
+                "object": "model",
+                "created": created,
+                "owned_by": "chatfleet",
+                "max_model_len": max_model_len,
+            }
+            for name in state.config.model_names
+        ]
+        return {"object": "list", "data": data}
+
+    return router
+
+
+def build_app(engine: EngineClient, config: ServerConfig) -> FastAPI:
+    """The app; `app.state.chatfleet` is its ServerState (drain it before exiting)."""
+    state = ServerState(engine, config, ServerMetrics(config.model_names[0]))
+    app = new_app("chatfleet")
+    app.state.chatfleet = state
+    app.include_router(_openai_router(state))
+
+    async def metrics() -> bytes:
+        return state.metrics.render(await engine.get_stats())
+
+    def health() -> None:
+        engine.check_health(config.health_max_stall_s)
+
+    app.include_router(ops_router(health, state.check_ready, metrics))
+    return app

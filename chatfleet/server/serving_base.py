@@ -1,0 +1,327 @@
+"""What chat and text completions share: one HTTP request -> one or more engine requests ->
+a JSON body or an SSE stream of chunks.
+
+    OpenAIServing.create(raw, body)
+        make_job(body)            subclass: parse, validate, tokenize -> Job
+        engine.generate per prompt, merged into one stream
+        first output awaited      (errors up to here are 4xx/5xx statuses)
+        stream:  opening chunk (subclass), delta chunks, finish chunks, usage chunk, [DONE]
+                 (a failure after the first byte is an SSE error event, then [DONE])
+        else:    every output collected, then one body of `choice`s (subclass)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from chatfleet.config.server_config import ServerConfig
+from chatfleet.engine.engine_client import EngineClient
+from chatfleet.errors import ChatfleetError, ContextLengthExceededError
+from chatfleet.http import sse
+from chatfleet.http.handlers import unless_disconnected
+from chatfleet.http.http_errors import ModelNotFoundError, RequestTimeoutError
+from chatfleet.modelfile.tokenizer import Tokenizer
+from chatfleet.outputs import CompletionOutput, RequestOutput
+from chatfleet.sampling_params import SamplingParams
+from chatfleet.server.server_metrics import ServerMetrics
+
+# OpenAI's finish reasons have no "abort"; an aborted request never reaches a client anyway.
+_FINISH = {"stop": "stop", "length": "length", "abort": "stop"}
+
+
+def finish_reason(reason: str | None) -> str | None:
+    return None if reason is None else _FINISH[reason]
+
+
+def token_piece(tokenizer: Tokenizer, token_id: int) -> tuple[str, list[int]]:
+    """A token's text (invalid UTF-8 replaced) and its raw bytes, for logprobs."""
+    raw = tokenizer.id_to_piece_bytes(token_id)
+    return raw.decode("utf-8", errors="replace"), list(raw)
+
+
+def usage_json(num_prompt: int, num_completion: int, num_cached: int) -> dict[str, Any]:
+    return {
+        "prompt_tokens": num_prompt,
+        "completion_tokens": num_completion,
+        "total_tokens": num_prompt + num_completion,
+        "prompt_tokens_details": {"cached_tokens": num_cached},
+    }
+
+
+@dataclass
+class Job:
+    """What one HTTP request asks of the engine."""
+
+    model: str
+    prompts: list[str | list[int]]
+    params: SamplingParams
+    stream: bool
+    include_usage: bool
+    echo: list[str] | None = None  # completion echo: prompt texts to prepend
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    created: int = field(default_factory=lambda: int(time.time()))
+    arrival: float = field(default_factory=time.monotonic)
+
+    def choice_index(self, prompt_index: int, choice: CompletionOutput) -> int:
+        """Choices are numbered prompt by prompt: n per prompt."""
+        return prompt_index * self.params.n + choice.index
+
+
+class _Tracker:
+    """Per-engine-request latency bookkeeping for the metrics."""
+
+    def __init__(self, metrics: ServerMetrics, arrival: float) -> None:
+        self.metrics, self.arrival = metrics, arrival
+        self.last: dict[str, float] = {}
+
+    def observe(self, out: RequestOutput) -> None:
+        now = time.monotonic()
+        prev = self.last.get(out.request_id)
+        if prev is None:
+            self.metrics.ttft.observe(now - self.arrival)
+            if out.queue_time_s is not None:
+                self.metrics.queue_time.observe(out.queue_time_s)
+        else:
+            self.metrics.itl.observe(now - prev)
+        self.last[out.request_id] = now
+        if out.finished:
+            self.metrics.e2e.observe(now - self.arrival)
+            self.metrics.prompt_tokens.inc(out.num_prompt_tokens)
+            self.metrics.generation_tokens.inc(out.num_output_tokens)
+            for c in out.outputs:
+                reason = finish_reason(c.finish_reason) or "stop"
+                self.metrics.request_success.labels(self.metrics.model_name, reason).inc()
+
+
+Merged = AsyncGenerator[tuple[int, RequestOutput], None]
+
+
+async def _merge(gens: list[AsyncIterator[RequestOutput]]) -> Merged:
+    """Interleave several engine streams; closing the merge aborts every unfinished one."""
+    if len(gens) == 1:
+        async with contextlib.aclosing(gens[0]) as g:  # type: ignore[type-var]
+            async for out in g:
+                yield 0, out
+        return
+    queue: asyncio.Queue[tuple[int, RequestOutput | BaseException | None]] = asyncio.Queue()
+
+    async def pump(i: int, gen: AsyncIterator[RequestOutput]) -> None:
+        try:
+            async for out in gen:
+                queue.put_nowait((i, out))
+            queue.put_nowait((i, None))
+        except Exception as e:
+            queue.put_nowait((i, e))
+
+    tasks = [asyncio.create_task(pump(i, g)) for i, g in enumerate(gens)]
+    try:
+        remaining = len(gens)
+        while remaining:
+            i, item = await queue.get()
+            if item is None:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield i, item
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class OpenAIServing(ABC):
+    """One OpenAI endpoint over an EngineClient; subclasses say how requests are read and
+    how choices and chunks look."""
+
+    object_name: str  # of the whole response ("chat.completion")
+    chunk_object_name: str  # of each streamed chunk
+    id_prefix: str
+
+    def __init__(self, engine: EngineClient, config: ServerConfig, metrics: ServerMetrics) -> None:
+        self.engine, self.config, self.metrics = engine, config, metrics
+        self.tokenizer = engine.tokenizer
+
+    # ---- what subclasses define ---------------------------------------------------------
+    @abstractmethod
+    def make_job(self, body: Any) -> Job:
+        """Parse and check the request body; raises InvalidRequestError (400) and kin."""
+
+    @abstractmethod
+    def choice(self, job: Job, prompt_index: int, c: CompletionOutput) -> dict[str, Any]:
+        """One finished choice of the non-streamed body."""
+
+    @abstractmethod
+    def delta_choice(self, job: Job, index: int, c: CompletionOutput) -> dict[str, Any]:
+        """The text (and logprobs) a step added to one choice, as a chunk's choice."""
+
+    @abstractmethod
+    def finish_choice(self, index: int, reason: str | None) -> dict[str, Any]:
+        """The chunk's choice that ends choice `index` with `reason`."""
+
+    def opening_choices(self, job: Job) -> list[dict[str, Any]]:
+        """The choices of the stream's first chunk, sent before any token (none by default)."""
+        return []
+
+    # ---- shared parsing helpers ---------------------------------------------------------
+    def check_model(self, model: str | None) -> str:
+        if model is not None and model not in self.config.model_names:
+            raise ModelNotFoundError(f"The model `{model}` does not exist.", param="model")
+        return model or self.config.model_names[0]
+
+    def room_for_output(self, num_prompt: int, param: str) -> int:
+        """max_tokens when the request gives none: what is left of the context."""
+        room = self.engine.max_model_len - num_prompt
+        if room < 1:
+            raise ContextLengthExceededError(
+                f"This model's maximum context length is {self.engine.max_model_len} tokens; "
+                f"the prompt has {num_prompt}.",
+                param=param,
+            )
+        return room
+
+    # ---- execution ----------------------------------------------------------------------
+    async def create(self, raw: Request, job: Job) -> Response:
+        """Run `job` on the engine; the JSON body, or a StreamingResponse for stream=true."""
+        gens = [
+            self.engine.generate(p, job.params, f"{job.request_id}-{i}")
+            for i, p in enumerate(job.prompts)
+        ]
+        merged = _merge(gens)
+        tracker = _Tracker(self.metrics, job.arrival)
+        deadline = job.arrival + self.config.request_timeout_s
+        try:
+            # The first output proves the request was accepted (errors are still 4xx here).
+            first = await asyncio.wait_for(anext(merged), max(deadline - time.monotonic(), 0.01))
+        except BaseException as e:
+            await merged.aclose()
+            if isinstance(e, TimeoutError):
+                raise RequestTimeoutError("the request timed out before its first token") from None
+            raise
+        if job.stream:
+            return StreamingResponse(
+                self._stream(job, first, merged, tracker, deadline), media_type="text/event-stream"
+            )
+        try:
+            finals = await self._collect(raw, first, merged, tracker, deadline)
+        finally:
+            await merged.aclose()
+        return JSONResponse(self._body(job, finals))
+
+    async def _collect(
+        self,
+        raw: Request,
+        first: tuple[int, RequestOutput],
+        merged: Merged,
+        tracker: _Tracker,
+        deadline: float,
+    ) -> dict[int, RequestOutput]:
+        finals: dict[int, RequestOutput] = {}
+
+        async def consume() -> None:
+            i, out = first
+            tracker.observe(out)
+            finals[i] = out
+            async for i, out in merged:
+                tracker.observe(out)
+                finals[i] = out
+
+        remaining = max(deadline - time.monotonic(), 0.0)
+        try:
+            await unless_disconnected(raw, asyncio.wait_for(consume(), remaining))
+        except TimeoutError:
+            raise RequestTimeoutError("the request timed out and was aborted") from None
+        return finals
+
+    def _body(self, job: Job, finals: dict[int, RequestOutput]) -> dict[str, Any]:
+        choices = []
+        for i in sorted(finals):
+            choices += [self.choice(job, i, c) for c in finals[i].outputs]
+        return {
+            "id": self.id_prefix + job.request_id,
+            "object": self.object_name,
+            "created": job.created,
+            "model": job.model,
+            "choices": choices,
+            "usage": _usage(finals.values()),
+        }
+
+    def _chunk(self, job: Job, choices: list[dict[str, Any]], **extra: Any) -> str:
+        body = {
+            "id": self.id_prefix + job.request_id,
+            "object": self.chunk_object_name,
+            "created": job.created,
+            "model": job.model,
+            "choices": choices,
+            **extra,
+        }
+        return sse.event(body)
+
+    def _step_chunks(self, job: Job, i: int, out: RequestOutput) -> Iterator[str]:
+        for c in out.outputs:
+            index = job.choice_index(i, c)
+            if c.delta_text or c.delta_logprobs:
+                yield self._chunk(job, [self.delta_choice(job, index, c)])
+            if c.finished and c.delta_token_ids:
+                yield self._chunk(job, [self.finish_choice(index, finish_reason(c.finish_reason))])
+
+    async def _stream(
+        self,
+        job: Job,
+        first: tuple[int, RequestOutput],
+        merged: Merged,
+        tracker: _Tracker,
+        deadline: float,
+    ) -> AsyncIterator[str]:
+        """SSE in OpenAI's chunk format; a failure mid-stream is an error event, then [DONE]."""
+        totals: dict[int, RequestOutput] = {}
+
+        def take(item: tuple[int, RequestOutput]) -> bool:
+            """Record one output; True once every engine request has finished."""
+            tracker.observe(item[1])
+            totals[item[0]] = item[1]
+            return len(totals) == len(job.prompts) and all(o.finished for o in totals.values())
+
+        try:
+            opening = self.opening_choices(job)
+            if opening:
+                yield self._chunk(job, opening)
+            is_done = take(first)
+            for piece in self._step_chunks(job, *first):
+                yield piece
+            pacer = sse.paced(merged, self.config.keep_alive_s, deadline)
+            async with contextlib.aclosing(merged), contextlib.aclosing(pacer):
+                while not is_done:
+                    item = await anext(pacer)
+                    if item is None:
+                        yield sse.KEEP_ALIVE
+                        continue
+                    is_done = take(item)
+                    for piece in self._step_chunks(job, *item):
+                        yield piece
+            if job.include_usage:
+                yield self._chunk(job, [], usage=_usage(totals.values()))
+        except (TimeoutError, ChatfleetError, StopAsyncIteration) as e:
+            if isinstance(e, TimeoutError):
+                e = RequestTimeoutError("the request timed out and was aborted")
+            yield sse.error_event(e)
+        yield sse.DONE
+
+
+def _usage(outputs: Any) -> dict[str, Any]:
+    outs = list(outputs)
+    return usage_json(
+        sum(o.num_prompt_tokens for o in outs),
+        sum(o.num_output_tokens for o in outs),
+        sum(o.num_cached_tokens for o in outs),
+    )
