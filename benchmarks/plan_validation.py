@@ -60,11 +60,11 @@ from chatfleet.config.engine_config import SchedulerConfig
 from chatfleet.config.router_config import PolicyConfig, RouterConfig
 from chatfleet.engine.step_trace import read_trace
 from chatfleet.plan.overhead import ServingOverhead
-from chatfleet.plan.replica import ReplicaSpec
+from chatfleet.plan.sim_replica import ReplicaSpec
 from chatfleet.plan.simulator import FleetSpec, simulate
 from chatfleet.plan.step_mix import StepMix, model_error, model_error_by_class
 from chatfleet.plan.step_model import LinearStepModel, StepSample, continues, trace_samples
-from chatfleet.plan.workload import conversations, poisson_arrivals, prompts_from_bench
+from chatfleet.plan.traffic import conversations, poisson_arrivals, prompts_from_bench
 
 KV_BLOCK_BYTES = 16 * 2 * 30 * 3 * 64 * 2  # SmolLM2-135M: 30 layers, 3 KV heads x 64, fp16
 
@@ -131,9 +131,7 @@ def traced_steps(trace_dir: Path, start: float, end: float) -> tuple[list[StepSa
             continue
         samples += trace_samples(every, start, end)
         turns += [
-            b["t"] - a["t"] - a["s"]
-            for a, b in zip(rows, rows[1:], strict=False)
-            if continues(a, b)
+            b["t"] - a["t"] - a["s"] for a, b in zip(rows, rows[1:], strict=False) if continues(a)
         ]
         busy += sum(r["s"] for r in rows)
         span += rows[-1]["t"] + rows[-1]["s"] - rows[0]["t"]

@@ -75,7 +75,7 @@ def main() -> int:
 
     from chatfleet.config.deploy_config import RayDeployConfig
     from chatfleet.ray_serve.app import deploy
-    from chatfleet.ray_serve.manager import RayReplicaManager
+    from chatfleet.ray_serve.ray_replica_manager import RayReplicaManager
 
     # NOTE: a throwaway local instance on 127.0.0.1; left unset, ray.init() turns token auth
     # on and writes ~/.ray/auth_token, which later `ray start` clusters then half-adopt.

@@ -31,8 +31,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chatfleet.bench.metrics import parse_slo, summarize
 from chatfleet.bench.result import load_result, records_from_result
+from chatfleet.bench.summary import parse_slo, summarize
 from chatfleet.modelfile.paths import default_model_path
 
 PEERS = Path(os.environ.get("CHATFLEET_PEERS_DIR", Path.home() / ".cache" / "chatfleet-peers"))

@@ -8,7 +8,7 @@ from chatfleet.outputs import CompletionOutput, RequestOutput
 from chatfleet.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
-    from chatfleet.entrypoints.llm import LLM
+    from chatfleet.llm import LLM
 
 __all__ = ["LLM", "CompletionOutput", "RequestOutput", "SamplingParams"]
 
@@ -17,7 +17,7 @@ def __getattr__(name: str) -> Any:
     # NOTE: LLM is imported on first use: it pulls in torch, which the router, the CLI's
     # argument parsing and the load generator do not need.
     if name == "LLM":
-        from chatfleet.entrypoints.llm import LLM
+        from chatfleet.llm import LLM
 
         return LLM
     raise AttributeError(f"module 'chatfleet' has no attribute {name!r}")

@@ -11,9 +11,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from chatfleet.bench.metrics import e2es_s, itls_s, tpots_s, ttfts_s
 from chatfleet.bench.record import RequestRecord
 from chatfleet.bench.result import load_result, records_from_result
+from chatfleet.bench.summary import e2es_s, itls_s, tpots_s, ttfts_s
 
 LATENCY_CDF_PNG = "latency_cdf.png"
 THROUGHPUT_PNG = "throughput_vs_concurrency.png"

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from chatfleet.bench.metrics import BenchSummary, parse_slo, summarize
 from chatfleet.bench.record import RequestRecord
+from chatfleet.bench.summary import BenchSummary, parse_slo, summarize
 
 RESULT_VERSION = 1
 

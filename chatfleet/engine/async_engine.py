@@ -58,8 +58,8 @@ class AsyncEngine:
         # NOTE: the engine is built on its own thread so that every torch op (loading,
         # quantizing, stepping) runs under one OpenMP team. A second team (e.g. the main
         # thread's, from loading) makes libgomp count more threads than cores and cut its
-        # spin-wait to almost nothing: workers then sleep between the ~180 parallel regions
-        # of a decode step and each wake-up costs a VM IPI (C=1 TPOT 40 ms instead of 11).
+        # spin-wait to almost nothing: workers then sleep between the parallel regions of a
+        # decode step and each wake-up costs a VM IPI, several times the step's own time.
         built: concurrent.futures.Future[LLMEngine] = concurrent.futures.Future()
         self._thread = threading.Thread(
             target=self._run, args=(config, attention, built), name="chatfleet-engine", daemon=True

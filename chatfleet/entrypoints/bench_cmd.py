@@ -15,9 +15,10 @@ import math
 import sys
 from typing import Any
 
-from chatfleet.bench.metrics import format_summary, parse_slo
 from chatfleet.bench.result import build_result, write_result
+from chatfleet.bench.summary import format_summary, parse_slo
 from chatfleet.bench.workload import DATASETS, WorkloadParams, build_workload
+from chatfleet.entrypoints.parsing import add_command
 
 # Not stored in the result: secrets, and argparse's own bookkeeping.
 _PRIVATE_ARGS = {"api_key", "func", "command", "bench_command"}
@@ -98,7 +99,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import httpx
 
     from chatfleet.bench.client import ClientConfig
-    from chatfleet.bench.runner import LoadConfig, fill_token_counts, run_benchmark
+    from chatfleet.bench.load_runner import LoadConfig, fill_token_counts, run_benchmark
 
     tokenizer = functools.partial(_tokenizer, args.tokenizer)
     try:
@@ -141,11 +142,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    bench = sub.add_parser("bench", help="serving benchmark against an OpenAI-compatible server")
-    add_bench_args(bench)
-    bench.set_defaults(func=cmd_bench)
+    about = "serving benchmark against an OpenAI-compatible server"
+    bench = add_command(sub, "bench", about, add_bench_args, cmd_bench)
     # `bench plot` is optional, so `bench --base-url ...` alone runs the benchmark.
-    bench_sub = bench.add_subparsers(dest="bench_command")
-    plot = bench_sub.add_parser("plot", help="latency CDFs and throughput PNGs from results")
-    add_plot_args(plot)
-    plot.set_defaults(func=cmd_plot)
+    about = "latency CDFs and throughput PNGs from results"
+    add_command(bench.add_subparsers(dest="bench_command"), "plot", about, add_plot_args, cmd_plot)

@@ -18,6 +18,7 @@ from typing import Any
 
 from chatfleet.config import flags
 from chatfleet.config.gateway_config import DEFAULT_DB, GatewayConfig, UpstreamConfig
+from chatfleet.entrypoints.parsing import add_command
 from chatfleet.http.uvicorn_server import UvicornServer, setup_logging
 
 logger = logging.getLogger("chatfleet.gateway")
@@ -224,12 +225,9 @@ def cmd_stack(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    gateway = sub.add_parser("gateway", help="users, keys, limits, conversations, web chat")
-    add_gateway_args(gateway)
-    gateway.set_defaults(func=cmd_gateway)
-    keys = sub.add_parser("keys", help="create, list and revoke the gateway's API keys")
-    add_keys_args(keys)
-    keys.set_defaults(func=cmd_keys)
-    stack = sub.add_parser("stack", help="the whole stack: replicas, router and gateway")
-    add_stack_args(stack)
-    stack.set_defaults(func=cmd_stack)
+    about = "users, keys, limits, conversations, web chat"
+    add_command(sub, "gateway", about, add_gateway_args, cmd_gateway)
+    about = "create, list and revoke the gateway's API keys"
+    add_command(sub, "keys", about, add_keys_args, cmd_keys)
+    about = "the whole stack: replicas, router and gateway"
+    add_command(sub, "stack", about, add_stack_args, cmd_stack)

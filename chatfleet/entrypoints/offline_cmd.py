@@ -22,7 +22,7 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
 
 
 def _llm(args: argparse.Namespace) -> Any:
-    from chatfleet.entrypoints.llm import LLM
+    from chatfleet.llm import LLM
 
     return LLM.from_config(flags.from_args(EngineConfig, args, skip=_SAMPLING_SEED))
 

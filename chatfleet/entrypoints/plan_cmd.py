@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from chatfleet.config import flags
+from chatfleet.entrypoints.parsing import add_command
 from chatfleet.plan.planner import PlanRequest
 
 
@@ -101,8 +102,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         model = LinearStepModel.load(args.step_model)
         budget = args.max_num_batched_tokens
         overhead, report = measure_serving_overhead(args.base_url, model, budget, log=log)
-        meta = {k: v for k, v in model.meta.items() if k not in ("request_overhead_s",)}
-        meta |= {META_KEY: overhead.to_meta(), f"{META_KEY}_fit": report}
+        meta = {**model.meta, META_KEY: overhead.to_meta(), f"{META_KEY}_fit": report}
         model = dataclasses.replace(model, meta=meta)
         for term, value in overhead.to_meta().items():
             lo, hi = report["terms_p10_p90"].get(term, (value, value))
@@ -133,10 +133,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    plan = sub.add_parser("plan", help="fleet size and cost for a user base at given SLOs")
-    add_plan_args(plan)
-    plan.set_defaults(func=cmd_plan)
+    about = "fleet size and cost for a user base at given SLOs"
+    plan = add_command(sub, "plan", about, add_plan_args, cmd_plan)
+    calibrate = "time engine steps; fit steps.json"
     plan_sub = plan.add_subparsers(dest="plan_command")
-    calibrate = plan_sub.add_parser("calibrate", help="time engine steps; fit steps.json")
-    add_calibrate_args(calibrate)
-    calibrate.set_defaults(func=cmd_calibrate)
+    add_command(plan_sub, "calibrate", calibrate, add_calibrate_args, cmd_calibrate)

@@ -20,6 +20,7 @@ from typing import Any
 from chatfleet.config import flags
 from chatfleet.config.router_config import AutoscaleConfig, LocalReplicaConfig, RouterConfig
 from chatfleet.config.server_config import ServeConfig
+from chatfleet.entrypoints.parsing import add_command
 from chatfleet.entrypoints.ray_up_cmd import add_ray_args, cmd_up_ray
 
 logger = logging.getLogger("chatfleet.up")
@@ -35,7 +36,7 @@ def add_router_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_router(args: argparse.Namespace) -> int:
     from chatfleet.http.uvicorn_server import UvicornServer, setup_logging
-    from chatfleet.router.proxy import Router
+    from chatfleet.router.forwarder import Router
     from chatfleet.router.router_app import build_router_app
 
     setup_logging()
@@ -93,8 +94,8 @@ def autoscale_config(args: argparse.Namespace) -> AutoscaleConfig:
 def cmd_up(args: argparse.Namespace) -> int:
     from chatfleet.http.uvicorn_server import UvicornServer, setup_logging
     from chatfleet.router.autoscale import Autoscaler
-    from chatfleet.router.local import LocalReplicaManager
-    from chatfleet.router.proxy import Router
+    from chatfleet.router.forwarder import Router
+    from chatfleet.router.local_replica_manager import LocalReplicaManager
     from chatfleet.router.router_app import build_router_app
 
     setup_logging()
@@ -130,10 +131,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    router = sub.add_parser("router", help="OpenAI-compatible router over running replicas")
-    add_router_args(router)
+    about = "OpenAI-compatible router over running replicas"
+    router = add_command(sub, "router", about, add_router_args, cmd_router)
     router.add_argument("--replica", action="append", default=[], help="replica base URL")
-    router.set_defaults(func=cmd_router)
-    up = sub.add_parser("up", help="start N replicas and a router in front of them")
-    add_up_args(up)
-    up.set_defaults(func=cmd_up)
+    about = "start N replicas and a router in front of them"
+    add_command(sub, "up", about, add_up_args, cmd_up)

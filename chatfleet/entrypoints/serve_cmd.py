@@ -10,6 +10,7 @@ from typing import Any
 
 from chatfleet.config import flags
 from chatfleet.config.server_config import ServeConfig
+from chatfleet.entrypoints.parsing import add_command
 
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:
@@ -32,6 +33,4 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    serve = sub.add_parser("serve", help="OpenAI-compatible HTTP server")
-    add_serve_args(serve)
-    serve.set_defaults(func=cmd_serve)
+    add_command(sub, "serve", "OpenAI-compatible HTTP server", add_serve_args, cmd_serve)

@@ -33,8 +33,9 @@ from fastapi.responses import StreamingResponse
 
 from chatfleet.config.gateway_config import ChatConfig
 from chatfleet.errors import InvalidRequestError
-from chatfleet.gateway.limiter import Admission, Limiter
-from chatfleet.gateway.prompt import PromptPlan, TokenCounter, Turn, plan_prompt
+from chatfleet.gateway.backends import Backends
+from chatfleet.gateway.limiter import Admission
+from chatfleet.gateway.prompt import PromptPlan, Turn, plan_prompt
 from chatfleet.gateway.schemas import ReplyOptions, effective_status, message_json
 from chatfleet.gateway.store.base import (
     ApiKey,
@@ -44,7 +45,7 @@ from chatfleet.gateway.store.base import (
     ReplyEnd,
     Usage,
 )
-from chatfleet.gateway.upstream import Upstream, parse_chat_chunk
+from chatfleet.gateway.upstream import parse_chat_chunk
 from chatfleet.http import sse
 from chatfleet.http.http_errors import ConflictError
 
@@ -115,16 +116,10 @@ class _Heartbeat:
 
 
 class ChatService:
-    def __init__(
-        self,
-        store: GatewayStore,
-        upstream: Upstream,
-        limiter: Limiter,
-        counter: TokenCounter,
-        config: ChatConfig,
-    ) -> None:
-        self.store, self.upstream, self.limiter = store, upstream, limiter
-        self.counter, self.config = counter, config
+    def __init__(self, backends: Backends, config: ChatConfig) -> None:
+        self.store, self.upstream = backends.store, backends.upstream
+        self.limiter, self.counter = backends.limiter, backends.counter
+        self.config = config
 
     async def reply(
         self,

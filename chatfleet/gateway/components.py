@@ -13,6 +13,7 @@ from fastapi import Request
 from pydantic import BaseModel
 
 from chatfleet.config.gateway_config import GatewayConfig
+from chatfleet.gateway.backends import Backends
 from chatfleet.gateway.chat import ChatService, run_sync
 from chatfleet.gateway.limiter import Limiter
 from chatfleet.gateway.limits import RateLimitStore
@@ -37,10 +38,9 @@ class Gateway:
 
     def __post_init__(self) -> None:
         self.limiter = Limiter(self.limits, self.config.limits)
-        self.chat = ChatService(
-            self.store, self.upstream, self.limiter, self.counter, self.config.chat
-        )
-        self.proxy = OpenAIProxy(self.store, self.upstream, self.limiter, self.counter, self.config)
+        backends = Backends(self.store, self.upstream, self.limiter, self.counter)
+        self.chat = ChatService(backends, self.config.chat)
+        self.proxy = OpenAIProxy(backends, self.config)
 
     async def sweep_stale_replies(self) -> None:
         """Forever: store "incomplete" for replies whose gateway died mid-stream."""

@@ -20,11 +20,12 @@ from fastapi.responses import Response, StreamingResponse
 
 from chatfleet.config.gateway_config import GatewayConfig
 from chatfleet.errors import InvalidRequestError
+from chatfleet.gateway.backends import Backends
 from chatfleet.gateway.chat import run_sync, today
-from chatfleet.gateway.limiter import Admission, Limiter
-from chatfleet.gateway.prompt import CharTokenCounter, TokenCounter
-from chatfleet.gateway.store.base import ApiKey, GatewayStore, Usage
-from chatfleet.gateway.upstream import Upstream, parse_chat_chunk, parse_usage
+from chatfleet.gateway.limiter import Admission
+from chatfleet.gateway.prompt import CharTokenCounter
+from chatfleet.gateway.store.base import ApiKey, Usage
+from chatfleet.gateway.upstream import parse_chat_chunk, parse_usage
 from chatfleet.http import sse
 from chatfleet.http.body import read_json
 from chatfleet.http.handlers import unless_disconnected
@@ -42,16 +43,10 @@ def _text(content: Any) -> str:
 
 
 class OpenAIProxy:
-    def __init__(
-        self,
-        store: GatewayStore,
-        upstream: Upstream,
-        limiter: Limiter,
-        counter: TokenCounter,
-        config: GatewayConfig,
-    ) -> None:
-        self.store, self.upstream, self.limiter = store, upstream, limiter
-        self.counter, self.config = counter, config
+    def __init__(self, backends: Backends, config: GatewayConfig) -> None:
+        self.store, self.upstream = backends.store, backends.upstream
+        self.limiter, self.counter = backends.limiter, backends.counter
+        self.config = config
 
     def _count_prompt(self, path: str, payload: dict[str, Any]) -> tuple[int, int]:
         """(prompt tokens, number of prompts); a guess from the characters if the prompt is

@@ -18,9 +18,15 @@ from chatfleet.http.http_errors import to_error_response
 Check = Callable[[], None]
 
 
-def _unavailable(exc: BaseException) -> JSONResponse:
-    err = to_error_response(exc)
-    return JSONResponse(err.body, status_code=503, headers=err.headers)
+def _answer(check: Check | None, status: str) -> JSONResponse:
+    """{"status": status}, or 503 with the error `check` raised."""
+    try:
+        if check is not None:
+            check()
+    except Exception as e:
+        err = to_error_response(e)
+        return JSONResponse(err.body, status_code=503, headers=err.headers)
+    return JSONResponse({"status": status})
 
 
 def ops_router(
@@ -33,23 +39,14 @@ def ops_router(
 
     @router.get("/health", responses={503: {"description": "The process cannot serve"}})
     async def get_health() -> Response:
-        try:
-            if health is not None:
-                health()
-        except Exception as e:
-            return _unavailable(e)
-        return JSONResponse({"status": "ok"})
+        return _answer(health, "ok")
 
     if ready is not None:
         is_ready = ready
 
         @router.get("/ready", responses={503: {"description": "Takes no new requests now"}})
         async def get_ready() -> Response:
-            try:
-                is_ready()
-            except Exception as e:
-                return _unavailable(e)
-            return JSONResponse({"status": "ready"})
+            return _answer(is_ready, "ready")
 
     if metrics is not None:
         render = metrics

@@ -11,20 +11,17 @@ import os
 
 import torch
 
-from chatfleet.model.loader import HF_LAYER_NAMES, load_weights
+from chatfleet.model.loader import HF_LAYER_NAMES, HF_TOP_NAMES, load_weights
 from chatfleet.modelfile.tokenizer import Tokenizer
 
-# Canonical part -> HF module name: the loader's mapping, inverted.
+# Canonical name -> HF module name: the loader's mappings, inverted.
+_HF_TOP_NAMES = {canonical: hf for hf, canonical in HF_TOP_NAMES.items()}
 _HF_LAYER_NAMES = {part: hf for hf, part in HF_LAYER_NAMES.items()}
 
 
 def _hf_name(name: str) -> str:
-    if name == "embed":
-        return "model.embed_tokens.weight"
-    if name == "norm":
-        return "model.norm.weight"
-    if name == "lm_head":
-        return "lm_head.weight"
+    if name in _HF_TOP_NAMES:
+        return f"{_HF_TOP_NAMES[name]}.weight"
     _, layer, part = name.split(".")
     return f"model.layers.{layer}.{_HF_LAYER_NAMES[part]}.weight"
 

@@ -30,6 +30,9 @@ _GGUF_LAYER_NAMES = {
     "ffn_up": "up",
     "ffn_down": "down",
 }
+# The tensors outside the layers: file name (without ".weight") -> canonical name.
+_GGUF_TOP_NAMES = {"token_embd": "embed", "output_norm": "norm", "output": "lm_head"}
+HF_TOP_NAMES = {"model.embed_tokens": "embed", "model.norm": "norm", "lm_head": "lm_head"}
 HF_LAYER_NAMES = {
     "input_layernorm": "attn_norm",
     "self_attn.q_proj": "q",
@@ -139,12 +142,8 @@ def _dequantize(data: np.ndarray, qtype, fallback) -> np.ndarray:
 
 def _canonical_gguf_name(name: str) -> str:
     base = name.removesuffix(".weight")
-    if base == "token_embd":
-        return "embed"
-    if base == "output_norm":
-        return "norm"
-    if base == "output":
-        return "lm_head"
+    if base in _GGUF_TOP_NAMES:
+        return _GGUF_TOP_NAMES[base]
     _, layer, part = base.split(".", 2)
     return f"layers.{layer}.{_GGUF_LAYER_NAMES[part]}"
 
@@ -184,12 +183,10 @@ def _load_hf_dir(path: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
         config = config_from_hf(json.load(f))
     weights: dict[str, torch.Tensor] = {}
     for name, tensor in _iter_safetensors(path):
-        base = name.removeprefix("model.").removesuffix(".weight")
-        if base == "embed_tokens":
-            canonical = "embed"
-        elif base in ("norm", "lm_head"):
-            canonical = base
-        elif base.startswith("layers."):
+        base = name.removesuffix(".weight")
+        if base in HF_TOP_NAMES:
+            canonical = HF_TOP_NAMES[base]
+        elif (base := base.removeprefix("model.")).startswith("layers."):
             _, layer, part = base.split(".", 2)
             if part not in HF_LAYER_NAMES:
                 continue  # e.g. rotary inv_freq buffers

@@ -57,14 +57,13 @@ class ModelRunner:
         self.device = torch.device(config.device)
         fmt = resolve_weight_format(config.weight_format, self.device)
         if self.device.type == "cpu":
-            # NOTE: measured both ways: with the int8 kernels' fusions few small torch ops are
-            # left, and prefill attention (SDPA) needs every core (C=64 offline: 180 vs 149
-            # output tok/s with torch on 2 threads vs 1).
+            # NOTE: torch gets every thread too: with the int8 kernels' fusions few small torch
+            # ops are left to contend, and prefill attention (SDPA) needs every core.
             torch.set_num_threads(config.num_threads)
             kernels.set_num_threads(config.num_threads)
         elif self.device.type == "cuda":
-            # NOTE: cuDNN's SDPA builds a graph per new shape (~6 ms of CPU each); decode shapes
-            # change every step, so flash / mem-efficient kernels are far faster here.
+            # NOTE: cuDNN's SDPA builds a graph per new shape, milliseconds of CPU each; decode
+            # shapes change every step, so flash / mem-efficient kernels are far faster here.
             torch.backends.cuda.enable_cudnn_sdp(False)
         model_config, raw = load_weights(config.model)
         self.dtype = torch.bfloat16 if fmt == "bf16" else torch.float32

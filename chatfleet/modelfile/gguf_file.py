@@ -1,7 +1,7 @@
 """A small, fast GGUF reader: metadata as Python values, tensors as numpy views.
 
-NOTE: `gguf.GGUFReader` builds numpy views for every array item and takes ~6 s on the
-default model's 49k-token vocabulary; this reader parses the same header in ~0.1 s and
+NOTE: `gguf.GGUFReader` builds numpy views for every array item, which takes seconds on a
+large vocabulary at every start; this reader parses the same header as Python values and
 memory-maps the tensor data.
 """
 

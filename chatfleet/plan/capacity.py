@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 
 from chatfleet.plan.search import LoadPoint
-from chatfleet.plan.workload import SECONDS_PER_DAY, DiurnalCurve
+from chatfleet.plan.traffic import SECONDS_PER_DAY, DiurnalCurve
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from chatfleet.bench.client import ChatClient, ClientConfig, Exchange, resolve_m
 from chatfleet.bench.datasets import random_text
 from chatfleet.bench.record import RequestRecord
 from chatfleet.bench.workload import BenchRequest
-from chatfleet.plan.overhead import ServingOverhead
+from chatfleet.plan.overhead import META_KEY, ServingOverhead
 from chatfleet.plan.step_model import LinearStepModel, StepShape, StepTimeModel, features, fit_rows
 
 DECODE_GRID = ((1, 64), (4, 64), (4, 512), (16, 64), (16, 512))  # (streams, prompt words)
@@ -174,7 +174,7 @@ def calibrate_http(
         "method": "http stream timings (TTFT of lone requests, late inter-token gaps)",
         "base_url": base_url,
         "max_num_batched_tokens": budget,
-        "request_overhead_s": float(coef[-1]),
+        META_KEY: ServingOverhead(ingress_s=float(coef[-1])).to_meta(),
         "num_samples": len(y),
     }
     return LinearStepModel(tuple(float(c) for c in coef[:-1]), error, meta)
@@ -191,8 +191,8 @@ class OverheadPlan:
 
     prefill_words: tuple[int, ...] = (8, 32, 96, 256, 512)  # lone requests, max_tokens 1
     # Concurrent streams (64-word prompts), up to the batches a loaded fleet runs: terms
-    # fitted on small batches alone extrapolate badly to full ones (a validation run with
-    # 1-8 streams fitted -1.5 ms per sampled row and over-predicted saturation by 18%).
+    # fitted on small batches alone extrapolate badly to full ones (a negative per-row term
+    # that over-predicts how much a saturated replica serves).
     stream_counts: tuple[int, ...] = (1, 2, 8, 32, 64)
     num_rounds: int = 4
     gap_max_tokens: int = 64

@@ -27,7 +27,6 @@ from typing import Any
 from chatfleet.plan.step_model import StepShape
 
 META_KEY = "serving_overhead"
-_LEGACY_KEY = "request_overhead_s"  # step models saved before the per-step terms
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,6 @@ class ServingOverhead:
     @staticmethod
     def from_meta(meta: dict[str, Any]) -> ServingOverhead:
         """The overhead stored with a step model (none if it was never measured)."""
-        if META_KEY in meta:
-            names = {f.name for f in dataclasses.fields(ServingOverhead)}
-            return ServingOverhead(**{k: float(v) for k, v in meta[META_KEY].items() if k in names})
-        return ServingOverhead(ingress_s=float(meta.get(_LEGACY_KEY, 0.0)))
+        names = {f.name for f in dataclasses.fields(ServingOverhead)}
+        stored = meta.get(META_KEY, {})
+        return ServingOverhead(**{k: float(v) for k, v in stored.items() if k in names})

@@ -23,7 +23,7 @@ from typing import Any
 from chatfleet.config.engine_config import SchedulerConfig
 from chatfleet.config.flags import format_bytes, parse_bytes, parse_count, setting
 from chatfleet.config.router_config import POLICY_NAMES, PolicyConfig, RouterConfig
-from chatfleet.plan import workload
+from chatfleet.plan import traffic
 from chatfleet.plan.capacity import Demand, FleetPlan, plan_fleet
 from chatfleet.plan.hardware import (
     AcceleratorProfile,
@@ -32,9 +32,9 @@ from chatfleet.plan.hardware import (
     load_model_shape,
 )
 from chatfleet.plan.overhead import ServingOverhead
-from chatfleet.plan.replica import ReplicaSpec
 from chatfleet.plan.roofline import RooflineParams, RooflineStepModel
 from chatfleet.plan.search import LoadPoint, Scenario, SloTargets, find_capacity, load_point
+from chatfleet.plan.sim_replica import ReplicaSpec
 from chatfleet.plan.simulator import FleetSpec
 from chatfleet.plan.step_model import LinearStepModel, StepTimeModel
 
@@ -158,25 +158,25 @@ def _model(req: PlanRequest) -> _Model:
     return _Model(shape, accel, step_model, kv_bytes, overhead)
 
 
-def _lengths(req: PlanRequest) -> list[tuple[workload.TurnShape, ...]]:
+def _lengths(req: PlanRequest) -> list[tuple[traffic.TurnShape, ...]]:
     kind, _, arg = req.lengths.partition(":")
     if kind == "fixed":
         prompt, output = (int(x) for x in arg.split(","))
-        lengths = workload.fixed_lengths(req.turns, prompt, output)
+        lengths = traffic.fixed_lengths(req.turns, prompt, output)
     elif kind == "bench":
         from chatfleet.bench.result import load_result, records_from_result
 
-        lengths = workload.lengths_from_records(records_from_result(load_result(arg)))
+        lengths = traffic.lengths_from_records(records_from_result(load_result(arg)))
     elif kind == "sharegpt":
         from chatfleet.modelfile.tokenizer import Tokenizer
 
         num = max(50, req.sim_requests // max(req.turns, 1))
         tok = functools.partial(Tokenizer.from_model_path, None)
-        lengths = workload.sharegpt_lengths(num, req.turns, req.max_tokens, req.seed, tok)
+        lengths = traffic.sharegpt_lengths(num, req.turns, req.max_tokens, req.seed, tok)
     else:
         raise ValueError(f"lengths: expected sharegpt, fixed:IN,OUT or bench:FILE, got {kind!r}")
-    lengths = workload.scale_outputs(lengths, req.output_scale)
-    return workload.with_system_prompt(lengths, req.system_prompt_tokens)
+    lengths = traffic.scale_outputs(lengths, req.output_scale)
+    return traffic.with_system_prompt(lengths, req.system_prompt_tokens)
 
 
 def _scenario(req: PlanRequest, model: _Model, slo: SloTargets) -> Scenario:

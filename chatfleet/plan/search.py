@@ -13,11 +13,11 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from chatfleet.bench.metrics import BenchSummary, parse_targets
 from chatfleet.bench.record import RequestRecord
+from chatfleet.bench.summary import BenchSummary, parse_targets
 from chatfleet.plan.simulator import FleetSpec, simulate
 from chatfleet.plan.step_model import StepTimeModel
-from chatfleet.plan.workload import Conversation, TurnShape, conversations, poisson_arrivals
+from chatfleet.plan.traffic import Conversation, TurnShape, conversations, poisson_arrivals
 
 _METRICS = ("ttft", "tpot", "itl", "e2e")
 _STATS = ("mean", "p50", "p90", "p99")
@@ -128,7 +128,7 @@ def steady_window(
 
 
 def load_point(scenario: Scenario, rate_per_replica: float) -> LoadPoint:
-    from chatfleet.bench.metrics import SloParams, summarize
+    from chatfleet.bench.summary import SloParams, summarize
 
     convs = scenario.conversations(rate_per_replica)
     s = scenario

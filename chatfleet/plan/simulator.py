@@ -7,7 +7,7 @@ Events, in time order (ties in the order they were scheduled):
              tokens go out (after the egress overhead), finished
              turns schedule their conversation's next turn, the replica starts its next step
     probe    the router scrapes every replica's load
-Requests come out as the bench's `RequestRecord`s, so `chatfleet.bench.metrics.summarize`
+Requests come out as the bench's `RequestRecord`s, so `chatfleet.bench.summary.summarize`
 gives the same summary a real `chatfleet bench` run reports.
 """
 
@@ -21,18 +21,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from chatfleet.bench.metrics import BenchSummary, SloParams, summarize
 from chatfleet.bench.record import RequestRecord, round_s
+from chatfleet.bench.summary import BenchSummary, SloParams, summarize
 from chatfleet.config.router_config import RouterConfig
 from chatfleet.engine.request import Request, check_fits
 from chatfleet.errors import ContextLengthExceededError
 from chatfleet.gateway.limits.base import KeyLimits, gcra
 from chatfleet.plan.fleet import SimRouter
 from chatfleet.plan.overhead import ServingOverhead
-from chatfleet.plan.replica import ReplicaSpec, SimReplica
+from chatfleet.plan.sim_replica import ReplicaSpec, SimReplica
 from chatfleet.plan.step_mix import StepMix
 from chatfleet.plan.step_model import StepTimeModel
-from chatfleet.plan.workload import Conversation
+from chatfleet.plan.traffic import Conversation
 from chatfleet.sampling_params import SamplingParams
 from chatfleet.step import StepRequest
 

@@ -117,11 +117,6 @@ def features(shape: StepShape) -> list[float]:
     ]
 
 
-# Longer than any loop turn seen in a served replica's trace (p90 2-6 ms, session 8), far
-# shorter than a client's turnaround between two requests of a conversation.
-_MAX_LOOP_TURN_S = 0.05
-
-
 @dataclass(frozen=True)
 class StepSample:
     """One timed step."""
@@ -147,19 +142,10 @@ def load_samples(path: str | Path) -> list[StepSample]:
     return out
 
 
-def continues(step: dict[str, Any], following: dict[str, Any]) -> bool:
+def continues(step: dict[str, Any]) -> bool:
     """Whether the engine went straight from a trace row's step to the next: it still had
-    requests after the step (the row's "more"). Traces written before that field existed
-    (session 7's, in docs/results) are read by position: the next step carries on one of
-    this step's sequences where it left it. That guess can mistake a new request whose
-    cached prefix ends where a finished one stopped for a continued one (a multi-turn
-    follow-up on an idle replica), so it also asks for a gap no longer than an engine loop's
-    turn can be."""
-    if "more" in step:
-        return bool(step["more"])
-    ends = {start + n for n, start, _ in step["seqs"]}
-    gap = following["t"] - step["t"] - step["s"]
-    return gap <= _MAX_LOOP_TURN_S and any(start in ends for _, start, _ in following["seqs"])
+    requests after the step (the row's "more")."""
+    return bool(step["more"])
 
 
 def trace_samples(
@@ -172,16 +158,15 @@ def trace_samples(
     straight on to the next step (`continues`), the engine loop's turn in between (handing
     the step's outputs to the server's event loop, taking new requests, and waiting for the
     GIL while the event loop streams those tokens). A simulated replica runs its steps back to
-    back, so this is the time it has to be given: the turn is 3-5% of a served replica's busy
-    time on this machine, and near saturation a few percent of step time is tens of percent
-    of TPOT (docs/benchmarks.md, session 8). After a step that leaves the engine idle the wait
-    is for new work, not cost, and the step keeps its bare duration."""
+    back, so this is the time it has to be given: near saturation a few percent of step time
+    is tens of percent of TPOT. After a step that leaves the engine idle the wait is for new
+    work, not cost, and the step keeps its bare duration."""
     out = []
     for k, row in enumerate(rows):
         if not since <= row["t"] <= until:
             continue
         seconds = row["s"]
-        if k + 1 < len(rows) and continues(row, rows[k + 1]):
+        if k + 1 < len(rows) and continues(row):
             seconds = rows[k + 1]["t"] - row["t"]
         out.append(StepSample(StepShape.from_seqs(row["seqs"]), seconds))
     return out

@@ -16,8 +16,8 @@ from ray import serve
 from ray.serve.config import RequestRouterConfig
 
 from chatfleet.config.deploy_config import RayDeployConfig, load_file
-from chatfleet.ray_serve.client import RetryConfig
 from chatfleet.ray_serve.ingress import FleetLimits, Ingress
+from chatfleet.ray_serve.ray_engine_client import RetryConfig
 from chatfleet.ray_serve.replica import EngineReplica
 from chatfleet.ray_serve.request_router import ChatfleetRequestRouter
 

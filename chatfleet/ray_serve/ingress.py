@@ -13,7 +13,7 @@ from typing import Any
 from chatfleet.config.server_config import ServerConfig
 from chatfleet.modelfile.tokenizer import Tokenizer
 from chatfleet.ray_serve.calls import RouteKeysMiddleware
-from chatfleet.ray_serve.client import RayEngineClient, RetryConfig
+from chatfleet.ray_serve.ray_engine_client import RayEngineClient, RetryConfig
 from chatfleet.server.api_server import build_app
 
 

@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from chatfleet.config.router_config import AutoscaleConfig
-from chatfleet.router.manager import ReplicaManager
+from chatfleet.router.forwarder import Router
 from chatfleet.router.pool import ReplicaState
-from chatfleet.router.proxy import Router
+from chatfleet.router.replica_manager import ReplicaManager
 
 logger = logging.getLogger("chatfleet.up")
 

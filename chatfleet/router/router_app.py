@@ -22,8 +22,8 @@ from chatfleet.http.body import read_body
 from chatfleet.http.handlers import new_app, unless_disconnected
 from chatfleet.http.http_errors import NoReplicaError
 from chatfleet.http.ops_routes import ops_router
-from chatfleet.router.manager import ReplicaManager
-from chatfleet.router.proxy import Router
+from chatfleet.router.forwarder import Router
+from chatfleet.router.replica_manager import ReplicaManager
 
 
 def replicas_json(router: Router, manager: ReplicaManager | None) -> list[dict[str, Any]]:

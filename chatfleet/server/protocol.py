@@ -47,7 +47,7 @@ class ChatMessage(_Base):
         return "".join(part.text for part in self.content)
 
 
-class _SamplingFields(_Base):
+class SamplingFields(_Base):
     model: StrictStr | None = None
     max_tokens: StrictInt | None = None
     temperature: Number | None = None
@@ -106,7 +106,7 @@ class _SamplingFields(_Base):
         return SamplingParams(**values)
 
 
-class ChatCompletionRequest(_SamplingFields):
+class ChatCompletionRequest(SamplingFields):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: StrictInt | None = None
     logprobs: StrictBool = False
@@ -125,7 +125,7 @@ class ChatCompletionRequest(_SamplingFields):
         return (self.top_logprobs or 0) if self.logprobs else None
 
 
-class CompletionRequest(_SamplingFields):
+class CompletionRequest(SamplingFields):
     prompt: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
     logprobs: StrictInt | None = None
     echo: StrictBool = False

@@ -19,7 +19,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -28,13 +28,16 @@ from chatfleet.config.server_config import ServerConfig
 from chatfleet.engine.engine_client import EngineClient
 from chatfleet.errors import ChatfleetError, ContextLengthExceededError
 from chatfleet.http import sse
+from chatfleet.http.body import parse_model
 from chatfleet.http.handlers import unless_disconnected
 from chatfleet.http.http_errors import ModelNotFoundError, RequestTimeoutError
 from chatfleet.modelfile.tokenizer import Tokenizer
 from chatfleet.outputs import CompletionOutput, RequestOutput
 from chatfleet.sampling_params import SamplingParams
+from chatfleet.server.protocol import SamplingFields
 from chatfleet.server.server_metrics import ServerMetrics
 
+RequestT = TypeVar("RequestT", bound=SamplingFields)
 # OpenAI's finish reasons have no "abort"; an aborted request never reaches a client anyway.
 _FINISH = {"stop": "stop", "length": "length", "abort": "stop"}
 
@@ -174,6 +177,13 @@ class OpenAIServing(ABC):
         return []
 
     # ---- shared parsing helpers ---------------------------------------------------------
+    def parse(self, schema: type[RequestT], body: Any) -> tuple[RequestT, str]:
+        """The validated request and the model it names (the default when it names none)."""
+        req = parse_model(schema, body)
+        model = self.check_model(req.model)
+        req.check_common()
+        return req, model
+
     def check_model(self, model: str | None) -> str:
         if model is not None and model not in self.config.model_names:
             raise ModelNotFoundError(f"The model `{model}` does not exist.", param="model")

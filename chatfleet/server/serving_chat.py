@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from chatfleet.http.body import parse_model
 from chatfleet.outputs import CompletionOutput, TokenLogprobs
 from chatfleet.server.protocol import ChatCompletionRequest
 from chatfleet.server.serving_base import Job, OpenAIServing, finish_reason, token_piece
@@ -16,9 +15,7 @@ class OpenAIServingChat(OpenAIServing):
     id_prefix = "chatcmpl-"
 
     def make_job(self, body: Any) -> Job:
-        req = parse_model(ChatCompletionRequest, body)
-        model = self.check_model(req.model)
-        req.check_common()
+        req, model = self.parse(ChatCompletionRequest, body)
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
         prompt = self.tokenizer.apply_chat_template(messages)
         max_tokens = req.requested_max_tokens()

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from chatfleet.errors import InvalidRequestError
-from chatfleet.http.body import parse_model
 from chatfleet.outputs import CompletionOutput, TokenLogprobs
 from chatfleet.server.protocol import CompletionRequest
 from chatfleet.server.serving_base import Job, OpenAIServing, finish_reason, token_piece
@@ -19,9 +18,7 @@ class OpenAIServingCompletion(OpenAIServing):
     id_prefix = "cmpl-"
 
     def make_job(self, body: Any) -> Job:
-        req = parse_model(CompletionRequest, body)
-        model = self.check_model(req.model)
-        req.check_common()
+        req, model = self.parse(CompletionRequest, body)
         if req.suffix:
             raise InvalidRequestError("suffix is not supported", param="suffix")
         ids = [self.tokenizer.encode(p) if isinstance(p, str) else p for p in req.prompts()]

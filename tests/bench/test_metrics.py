@@ -7,9 +7,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from chatfleet.bench.metrics import SloParams, meets_slo, parse_slo, summarize
 from chatfleet.bench.record import RequestRecord
 from chatfleet.bench.result import build_result, summary_from_result
+from chatfleet.bench.summary import SloParams, meets_slo, parse_slo, summarize
 
 
 def _record(

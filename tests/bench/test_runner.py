@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from chatfleet.bench.client import Exchange
+from chatfleet.bench.load_runner import arrival_times_s, fill_token_counts
 from chatfleet.bench.record import RequestRecord
-from chatfleet.bench.runner import arrival_times_s, fill_token_counts
 from chatfleet.bench.workload import BenchRequest
 
 

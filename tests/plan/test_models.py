@@ -124,17 +124,13 @@ def test_roofline_decode_of_llama_8b_on_h100_is_weight_bytes_over_bandwidth():
     )
 
 
-def test_traces_without_the_more_field_are_read_by_position():
-    """Session 7's stored traces have no "more": a step counts its loop turn only when the
-    next one carries on one of its sequences, within an engine loop's turn (50 ms)."""
+def test_a_step_counts_the_loop_turn_only_when_the_engine_went_straight_on():
+    """A trace row's "more" says the engine still had requests after the step: its sample
+    then runs to the next step's start; before an idle gap it keeps its bare duration."""
     rows = [
-        {"t": 0.000, "s": 0.010, "seqs": [[40, 0, 1]]},  # prefill, then its first decode
-        {"t": 0.012, "s": 0.010, "seqs": [[1, 40, 1]]},  # the request ends here, at 41
-        # 2 s later a follow-up whose cached prefix ends at 41 too: a new request, not a turn
-        {"t": 2.000, "s": 0.010, "seqs": [[9, 41, 1]]},
-        {"t": 2.030, "s": 0.010, "seqs": [[30, 0, 1]]},  # someone else, started from scratch
+        {"t": 0.000, "s": 0.010, "seqs": [[40, 0, 1]], "more": 1},  # prefill, then a decode
+        {"t": 0.012, "s": 0.010, "seqs": [[1, 40, 1]], "more": 1},
+        {"t": 2.000, "s": 0.010, "seqs": [[9, 41, 1]], "more": 0},  # idle after this one
+        {"t": 2.030, "s": 0.010, "seqs": [[30, 0, 1]], "more": 0},
     ]
-    assert [round(s.seconds, 6) for s in trace_samples(rows)] == [0.012, 0.010, 0.010, 0.010]
-    # The field, where written, decides alone.
-    marked = [dict(r, more=1) for r in rows[:2]] + [dict(r, more=0) for r in rows[2:]]
-    assert [round(s.seconds, 6) for s in trace_samples(marked)] == [0.012, 1.988, 0.010, 0.010]
+    assert [round(s.seconds, 6) for s in trace_samples(rows)] == [0.012, 1.988, 0.010, 0.010]

@@ -21,7 +21,7 @@ from chatfleet.plan.http_calibrate import (
 from chatfleet.plan.overhead import ServingOverhead
 from chatfleet.plan.simulator import simulate
 from chatfleet.plan.step_model import ConstantStepModel, LinearStepModel
-from chatfleet.plan.workload import conversations, fixed_lengths
+from chatfleet.plan.traffic import conversations, fixed_lengths
 from tests.plan.test_simulator import _fleet
 
 
@@ -83,8 +83,6 @@ def test_overhead_round_trips_through_step_model_meta(tmp_path):
     model = dataclasses.replace(model, meta={"serving_overhead": overhead.to_meta()})
     model.save(tmp_path / "steps.json")
     assert ServingOverhead.from_meta(LinearStepModel.load(tmp_path / "steps.json").meta) == overhead
-    # Step models saved before the step terms carry only the per-request part.
-    assert ServingOverhead.from_meta({"request_overhead_s": 0.175}) == ServingOverhead(0.175)
     assert ServingOverhead.from_meta({}) == ServingOverhead()
 
 

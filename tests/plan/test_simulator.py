@@ -6,10 +6,10 @@ import dataclasses
 
 from chatfleet.config.engine_config import SchedulerConfig
 from chatfleet.config.router_config import PolicyConfig, RouterConfig
-from chatfleet.plan.replica import ReplicaSpec
+from chatfleet.plan.sim_replica import ReplicaSpec
 from chatfleet.plan.simulator import FleetSpec, ServingOverhead, simulate
 from chatfleet.plan.step_model import ConstantStepModel
-from chatfleet.plan.workload import TurnShape, conversations, fixed_lengths, poisson_arrivals
+from chatfleet.plan.traffic import TurnShape, conversations, fixed_lengths, poisson_arrivals
 
 
 def _fleet(num_replicas: int = 1, max_num_seqs: int = 1, policy: str = "round_robin") -> FleetSpec:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from chatfleet.bench.record import RequestRecord
 from chatfleet.bench.workload import WorkloadParams, build_messages, build_workload
 from chatfleet.modelfile.tokenizer import Tokenizer
-from chatfleet.plan.workload import prompts_from_bench
+from chatfleet.plan.traffic import prompts_from_bench
 
 
 def test_prompts_from_bench_are_the_runs_templated_prompts():

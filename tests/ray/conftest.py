@@ -20,7 +20,7 @@ from chatfleet.config.deploy_config import RayDeployConfig  # noqa: E402
 from chatfleet.config.flags import from_mapping  # noqa: E402
 from chatfleet.config.server_config import ServeConfig  # noqa: E402
 from chatfleet.ray_serve.app import connect, deploy  # noqa: E402
-from chatfleet.ray_serve.manager import RayReplicaManager  # noqa: E402
+from chatfleet.ray_serve.ray_replica_manager import RayReplicaManager  # noqa: E402
 from tests.ray.cluster import AUTH_ENV, LocalCluster  # noqa: E402
 from tests.router.conftest import wait_until  # noqa: E402
 from tests.server_process import free_port  # noqa: E402

@@ -82,19 +82,22 @@ async def delete_conversation(
     return {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
 
 
-@router.post("/{conversation_id}/messages")
-async def post_message(
-    request: Request, conversation_id: str, key: CallerKey, gw: GatewayDep
+async def _reply(
+    request: Request, conversation_id: str, key: CallerKey, gw: GatewayDep, is_new: bool
 ) -> Response:
+    """An SSE reply to a new message (`is_new`), or the last reply again."""
     conv = await gw.conversation(key, conversation_id)
-    req = await gw.body(request, NewMessage)
-    return await gw.chat.reply(key, conv, req, req.content)
+    if is_new:
+        message = await gw.body(request, NewMessage)
+        return await gw.chat.reply(key, conv, message, message.content)
+    return await gw.chat.reply(key, conv, await gw.body(request, ReplyOptions), None)
+
+
+@router.post("/{conversation_id}/messages")
+async def post_message(request: Request, conversation_id: str, key: CallerKey, gw: GatewayDep):
+    return await _reply(request, conversation_id, key, gw, is_new=True)
 
 
 @router.post("/{conversation_id}/regenerate")
-async def regenerate(
-    request: Request, conversation_id: str, key: CallerKey, gw: GatewayDep
-) -> Response:
-    conv = await gw.conversation(key, conversation_id)
-    opts = await gw.body(request, ReplyOptions)
-    return await gw.chat.reply(key, conv, opts, None)
+async def regenerate(request: Request, conversation_id: str, key: CallerKey, gw: GatewayDep):
+    return await _reply(request, conversation_id, key, gw, is_new=False)

@@ -10,7 +10,8 @@ from collections.abc import Callable
 
 from chatfleet.gateway.store.base import GatewayStore
 from chatfleet.gateway.store.postgres import postgres_dialect
-from chatfleet.gateway.store.sql import Dialect, SqlStore
+from chatfleet.gateway.store.sql import SqlStore
+from chatfleet.gateway.store.sql_connection import Dialect
 from chatfleet.gateway.store.sqlite import sqlite_dialect
 
 STORES: dict[str, Callable[[str], Dialect]] = {

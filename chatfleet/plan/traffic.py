@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from chatfleet.bench.load_runner import arrival_times_s
 from chatfleet.bench.record import RequestRecord
-from chatfleet.bench.runner import arrival_times_s
 
 SECONDS_PER_DAY = 86400.0
 

@@ -22,7 +22,7 @@ from ray.exceptions import GetTimeoutError, RayError
 
 from chatfleet.config.deploy_config import RayDeployConfig
 from chatfleet.ray_serve.app import ENGINE_DEPLOYMENT, deploy
-from chatfleet.router.manager import ReplicaInfo, ReplicaManager
+from chatfleet.router.replica_manager import ReplicaInfo, ReplicaManager
 
 SERVE_NAMESPACE = "serve"
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from chatfleet.config import flags
 from chatfleet.config.router_config import LocalReplicaConfig
 from chatfleet.config.server_config import ServeConfig
-from chatfleet.router.manager import ReplicaInfo, ReplicaManager
+from chatfleet.router.replica_manager import ReplicaInfo, ReplicaManager
 
 logger = logging.getLogger("chatfleet.up")
 _PR_SET_PDEATHSIG = 1
