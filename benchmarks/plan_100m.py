@@ -1,15 +1,14 @@
-"""The 100M-user worked example of docs/capacity.md: its convergence check and sensitivity runs.
+"""The 100M-user worked example of docs/capacity.md and its sensitivity variants.
 
-    convergence  `chatfleet plan` at increasing --sim-duration (each search starting at 0.7 of
-                 the previous capacity) until the fleet changes by less than --tolerance
-    variants     the example at one duration, each variant differing from it as named below
+Each variant differs from the example as named in VARIANTS. Every run is the CLI itself
+(`chatfleet plan ... --json`, converged by default: the planner doubles its simulated
+arrivals until the fleet settles), run as a subprocess, at most --jobs at a time (each
+simulation uses one core). With --fixed-duration D every run searches once at D seconds of
+arrivals instead (quicker, not converged: compare such runs only with each other). JSON and
+logs in --out-dir, plus a summary.json with one row per run.
 
-Every run is the CLI itself (`chatfleet plan ... --json`), run as a subprocess, at most
---jobs at a time (each simulation uses one core). JSON in --out-dir (default
-docs/results/plan_100m/), plus a summary.json with one row per run.
-
-    .venv/bin/python benchmarks/plan_100m.py convergence --durations 60,120,240
-    .venv/bin/python benchmarks/plan_100m.py variants --duration 120 --start-rate 20
+    .venv/bin/python benchmarks/plan_100m.py --variants base
+    .venv/bin/python benchmarks/plan_100m.py --fixed-duration 60 --start-rate 20
 """
 
 from __future__ import annotations
@@ -39,8 +38,10 @@ VARIANTS = {
 }
 
 
-def launch(name: str, extra: list[str], duration: float, start_rate: float, out: Path):
-    cmd = [str(BIN / "chatfleet"), "plan", *EXAMPLE, *extra, "--sim-duration", str(duration)]
+def launch(name: str, extra: list[str], duration: float | None, start_rate: float, out: Path):
+    cmd = [str(BIN / "chatfleet"), "plan", *EXAMPLE, *extra]
+    if duration is not None:
+        cmd += ["--sim-duration", str(duration), "--no-converge"]
     cmd += ["--start-rate", f"{start_rate:.4g}", "--json", str(out / f"{name}.json")]
     log = open(out / f"{name}.log", "w")  # noqa: SIM115
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), time.monotonic()
@@ -61,13 +62,16 @@ def row(name: str, out: Path, wall_s: float) -> dict:
         "tpot_p99_ms": point["tpot_ms"]["p99"],
         "steady_window_s": data["steady_window_s"],
         "is_steady": data["is_steady"],
+        "converged": data["convergence"]["converged"],
+        "convergence": data["convergence"]["steps"],
         "wall_s": round(wall_s),
     }
 
 
-def run_all(jobs: list[tuple[str, list[str], float, float]], out: Path, width: int) -> list:
+def run_all(jobs: list[tuple[str, list[str], float | None, float]], out: Path, width: int) -> list:
     """Run (name, extra args, duration, start rate) jobs, `width` at a time; their rows."""
-    pending, running, rows = list(jobs), [], []
+    pending, rows = list(jobs), []
+    running: list[tuple[str, subprocess.Popen, float]] = []
     while pending or running:
         while pending and len(running) < width:
             name, extra, duration, rate = pending.pop(0)
@@ -86,33 +90,17 @@ def run_all(jobs: list[tuple[str, list[str], float, float]], out: Path, width: i
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("what", choices=["convergence", "variants"])
-    p.add_argument("--out-dir", default="docs/results/plan_100m")
-    p.add_argument("--durations", default="60,120,240", help="convergence: seconds of arrivals")
-    p.add_argument("--duration", type=float, default=120.0, help="variants: seconds of arrivals")
+    p.add_argument("--out-dir", default="results/plan_100m")
+    p.add_argument("--fixed-duration", type=float, default=None, help="seconds of arrivals")
     p.add_argument("--start-rate", type=float, default=8.0, help="req/s per replica, 1st probe")
-    p.add_argument("--tolerance", type=float, default=0.03, help="convergence: fleet change")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--jobs", type=int, default=2)
     args = p.parse_args()
-    out = Path(args.out_dir) / args.what
+    out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if args.what == "variants":
-        names = args.variants.split(",")
-        jobs = [(n, VARIANTS[n], args.duration, args.start_rate) for n in names]
-        rows = run_all(jobs, out, args.jobs)
-    else:
-        # NOTE: sequential, each search started near the last answer; --jobs runs the first
-        # durations side by side (each from --start-rate) to use both cores.
-        durations = [float(d) for d in args.durations.split(",")]
-        first = [(f"d{d:g}", [], d, args.start_rate) for d in durations[: args.jobs]]
-        rows = run_all(first, out, args.jobs)
-        for d in durations[args.jobs :]:
-            converged = len(rows) >= 2 and abs(rows[-1]["replicas"] / rows[-2]["replicas"] - 1)
-            if converged is not False and converged <= args.tolerance:
-                break
-            rate = 0.7 * rows[-1]["capacity_per_replica"]
-            rows += run_all([(f"d{d:g}", [], d, rate)], out, 1)
+    names = args.variants.split(",")
+    jobs = [(n, VARIANTS[n], args.fixed_duration, args.start_rate) for n in names]
+    rows = run_all(jobs, out, args.jobs)
     (out / "summary.json").write_text(json.dumps(rows, indent=1) + "\n")
     return 0
 

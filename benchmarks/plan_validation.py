@@ -52,6 +52,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from local_fleet import BIN, start_up
 
@@ -349,7 +350,9 @@ def resimulate(run_dir: Path, args: argparse.Namespace, output: Path) -> int:
         # The calibration runs' windows; runs before session 8 did not store them, and
         # calibrated before their first validation run.
         meta = models["trace"].meta
-        keep = {k: meta[k] for k in ("calibration_rates", "calibration_seeds") if k in meta}
+        keep: dict[str, Any] = {
+            k: meta[k] for k in ("calibration_rates", "calibration_seeds") if k in meta
+        }
         calibration = meta.get("calibration_windows")
         if not calibration:
             # Everything before the first validation run: with --overhead measured that

@@ -74,6 +74,8 @@ def main() -> int:
     from ray import serve
 
     from chatfleet.config.deploy_config import RayDeployConfig
+    from chatfleet.config.flags import from_mapping
+    from chatfleet.config.server_config import ServeConfig
     from chatfleet.ray_serve.app import deploy
     from chatfleet.ray_serve.ray_replica_manager import RayReplicaManager
 
@@ -81,7 +83,8 @@ def main() -> int:
     # on and writes ~/.ray/auth_token, which later `ray start` clusters then half-adopt.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(num_cpus=4, include_dashboard=False, object_store_memory=10**8)
-    replica_args = f"--num-threads 1 --kv-cache-memory {args.kv_budget} --max-num-seqs 16"
+    settings = {"num_threads": 1, "kv_cache_memory": args.kv_budget, "max_num_seqs": 16}
+    replica = from_mapping(ServeConfig, settings)
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for router in ROUTERS:
@@ -89,7 +92,7 @@ def main() -> int:
                 port=18765,
                 num_replicas=2,
                 request_router=router,
-                replica_args=tuple(shlex.split(replica_args)),
+                replica=replica,
             )
             started = time.monotonic()
             deploy(config)
@@ -102,7 +105,7 @@ def main() -> int:
             serve.delete(config.app_name)
     serve.shutdown()
     ray.shutdown()
-    out = {"workload": WORKLOAD, "replicas": 2, "replica_args": replica_args, "runs": runs}
+    out = {"workload": WORKLOAD, "replicas": 2, "replica": settings, "runs": runs}
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(out, indent=2) + "\n")
     print(args.output)

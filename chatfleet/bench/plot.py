@@ -14,6 +14,7 @@ from typing import Any
 from chatfleet.bench.record import RequestRecord
 from chatfleet.bench.result import load_result, records_from_result
 from chatfleet.bench.summary import e2es_s, itls_s, tpots_s, ttfts_s
+from chatfleet.extras import pyplot
 
 LATENCY_CDF_PNG = "latency_cdf.png"
 THROUGHPUT_PNG = "throughput_vs_concurrency.png"
@@ -23,15 +24,6 @@ _LATENCIES: tuple[tuple[str, Callable[[Sequence[RequestRecord]], list[float]]], 
     ("ITL", itls_s),
     ("E2E latency", e2es_s),
 )
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def concurrency_of(result: dict[str, Any]) -> float:
@@ -50,7 +42,7 @@ def series_of(result: dict[str, Any]) -> str:
 
 
 def plot_latency_cdfs(results: dict[str, dict[str, Any]], path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
     for ax, (title, values_of) in zip(axes.flat, _LATENCIES, strict=True):
         for name, result in results.items():
@@ -71,7 +63,7 @@ def plot_latency_cdfs(results: dict[str, dict[str, Any]], path: Path) -> None:
 
 
 def plot_throughput(results: dict[str, dict[str, Any]], path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     points: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
     for result in results.values():
         summary = result["summary"]

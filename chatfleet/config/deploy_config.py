@@ -15,6 +15,7 @@ from typing import Any
 from chatfleet.config import flags
 from chatfleet.config.router_config import PolicyConfig, PrefixConfig
 from chatfleet.config.server_config import ServeConfig
+from chatfleet.extras import require
 
 
 @dataclass(frozen=True)
@@ -101,8 +102,8 @@ class RayDeployConfig:
 
 
 def load_file(path: str) -> dict[str, Any]:
-    """A deploy.yaml as a dict (PyYAML comes with Ray)."""
-    import yaml
+    """A deploy.yaml as a dict."""
+    yaml = require("yaml", "ray", "a deploy.yaml")
 
     with open(path) as f:
         values = yaml.safe_load(f) or {}

@@ -18,6 +18,7 @@ from chatfleet.entrypoints import (
     serve_cmd,
 )
 from chatfleet.errors import InvalidRequestError
+from chatfleet.extras import MissingExtraError
 
 COMMANDS = (offline_cmd, serve_cmd, router_cmd, gateway_cmd, bench_cmd, plan_cmd)
 
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (InvalidRequestError, ConfigError) as e:
+    except (InvalidRequestError, ConfigError, MissingExtraError) as e:
         message = e.message if isinstance(e, InvalidRequestError) else str(e)
         print(f"error: {message}", file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ import threading
 from chatfleet.config.deploy_config import RayDeployConfig, load_file
 from chatfleet.config.router_config import AutoscaleConfig, RouterConfig
 from chatfleet.config.server_config import ServeConfig
+from chatfleet.extras import require
 
 
 def add_ray_args(p: argparse.ArgumentParser) -> None:
@@ -59,6 +60,7 @@ def ray_config(
 def cmd_up_ray(
     args: argparse.Namespace, router: RouterConfig, replica: ServeConfig, scale: AutoscaleConfig
 ) -> int:
+    require("ray", "ray", "`chatfleet up --backend ray`")
     from ray import serve
 
     from chatfleet.ray_serve.app import deploy

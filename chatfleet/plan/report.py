@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
+from chatfleet.extras import pyplot
 from chatfleet.plan.capacity import FleetPlan
 from chatfleet.plan.search import LoadPoint
 
@@ -43,11 +44,7 @@ def plan_lines(plan: FleetPlan, point: LoadPoint, slo: str) -> list[str]:
 
 def plot_knee(points: Sequence[LoadPoint], capacity: float | None, path: Path) -> None:
     """TTFT and TPOT (mean, p99) against the per-replica request rate."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rates = [p.rate_per_replica for p in points]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in zip(axes, ("ttft", "tpot"), strict=True):

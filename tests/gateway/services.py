@@ -14,13 +14,12 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 import uuid
 from dataclasses import dataclass
 
 import pytest
 
-from tests.server_process import free_port
+from tests.server_process import free_port, stop_process, wait_started
 
 PG_BIN = "/usr/lib/postgresql/15/bin"
 START_TIMEOUT_S = 30
@@ -33,13 +32,7 @@ class Service:
     root: str  # temp dir, removed on stop
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc, sig)
         shutil.rmtree(self.root, ignore_errors=True)
 
     def log(self) -> str:
@@ -49,14 +42,8 @@ class Service:
 
 
 def _wait(service: Service, ready) -> Service:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if service.proc.poll() is not None:
-            break
-        with contextlib.suppress(Exception):
-            if ready():
-                return service
-        time.sleep(0.2)
+    if wait_started(service.proc, ready, START_TIMEOUT_S):
+        return service
     service.stop(signal.SIGKILL)
     pytest.fail(f"{service.url} did not start:\n{service.log()}")
 

@@ -8,8 +8,11 @@ import subprocess
 import sys
 
 import httpx
+import pytest
 
 from tests.gateway.conftest import auth, get_conversation, make_key, new_conversation, say
+
+pytestmark = pytest.mark.e2e  # starts its own servers
 
 ROUTES = [
     ("GET", "/api/conversations"),

@@ -5,9 +5,12 @@ server (127.0.0.1 and localhost) stand in for two replicas."""
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from tests.gateway.conftest import make_key, new_conversation, say
 from tests.server_process import free_port, launch, wait_ready
+
+pytestmark = pytest.mark.e2e  # starts its own servers
 
 
 def _routed(router_url: str) -> dict[str, int]:

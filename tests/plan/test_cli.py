@@ -21,22 +21,23 @@ from chatfleet.sampling_params import SamplingParams
 
 def test_plan_prints_fleet_cost_and_assumptions(tmp_path, capsys):
     report, out_json = tmp_path / "plan.md", tmp_path / "plan.json"
-    args = ["plan", "--users", "1M", "--messages-per-user-day", "5", "--peak-to-mean", "3"]
-    args += ["--slo", "ttft_p99:1000,tpot_p99:60", "--model-shape", "llama-8b"]
-    args += ["--accelerator", "h100", "--lengths", "fixed:300,40", "--turns", "2"]
-    args += ["--max-num-seqs", "16", "--sim-requests", "150", "--sim-duration", "10"]
-    args += ["--think-time", "2", "--report", str(report), "--json", str(out_json)]
+    # An L4 serves a few requests per second: small simulations, so the test is quick.
+    args = ["plan", "--users", "100k", "--messages-per-user-day", "5", "--peak-to-mean", "3"]
+    args += ["--slo", "ttft_p99:2000,tpot_p99:150", "--model-shape", "llama-8b"]
+    args += ["--accelerator", "l4", "--lengths", "fixed:300,40", "--turns", "2"]
+    args += ["--sim-requests", "100", "--sim-duration", "10", "--think-time", "2"]
+    args += ["--start-rate", "2", "--report", str(report), "--json", str(out_json)]
     assert main(args) == 0
     out = capsys.readouterr().out
     for text in ("replicas", "accelerators", "tokens/s", "KV cache per replica", "cost per day"):
         assert text in out
     assert "cost per million tokens" in out and "never simulated" in out
     plan = json.loads(out_json.read_text())
-    # 1M users x 5 / 86400 x 3 = 173.6 req/s at peak.
-    assert abs(plan["plan"]["peak_rate"] - 1e6 * 5 / 86400 * 3) < 1e-6
+    # 100k users x 5 / 86400 x 3 = 17.4 req/s at peak.
+    assert abs(plan["plan"]["peak_rate"] - 1e5 * 5 / 86400 * 3) < 1e-6
     replicas = plan["plan"]["replicas"]
     assert replicas * plan["plan"]["capacity_per_replica"] >= plan["plan"]["peak_rate"]
-    assert plan["cost_per_day"] == replicas * 2.99 * 24
+    assert plan["cost_per_day"] == replicas * plan["plan"]["price_per_hour"] * 24
     # The default answer is a converged one: the simulated arrivals doubled until the fleet
     # size settled, each search longer than the one before.
     convergence = plan["convergence"]
@@ -53,8 +54,9 @@ def test_plan_prints_fleet_cost_and_assumptions(tmp_path, capsys):
 
 def test_plan_says_when_it_did_not_converge(tmp_path, capsys):
     out_json = tmp_path / "plan.json"
-    args = ["plan", "--users", "1M", "--lengths", "fixed:300,40", "--turns", "2"]
-    args += ["--sim-requests", "100", "--sim-duration", "5", "--max-sim-duration", "5"]
+    args = ["plan", "--users", "100k", "--lengths", "fixed:300,40", "--turns", "2"]
+    args += ["--accelerator", "l4", "--slo", "ttft_p99:2000,tpot_p99:150", "--start-rate", "2"]
+    args += ["--sim-requests", "60", "--sim-duration", "5", "--max-sim-duration", "5"]
     args += ["--json", str(out_json)]
     assert main(args) == 0
     assert "NOT converged by 5 s of arrivals" in capsys.readouterr().out

@@ -22,8 +22,7 @@ from chatfleet.config.server_config import ServeConfig  # noqa: E402
 from chatfleet.ray_serve.app import connect, deploy  # noqa: E402
 from chatfleet.ray_serve.ray_replica_manager import RayReplicaManager  # noqa: E402
 from tests.ray.cluster import AUTH_ENV, LocalCluster  # noqa: E402
-from tests.router.conftest import wait_until  # noqa: E402
-from tests.server_process import free_port  # noqa: E402
+from tests.server_process import free_port, wait_until  # noqa: E402
 
 MODEL = "SmolLM2-135M-Instruct"
 # Small replicas: one thread, a small KV cache; two or three share this machine's 2 cores.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -11,7 +10,14 @@ import pytest
 
 from chatfleet.router.health import parse_metric_sums
 from tests.server.conftest import metric
-from tests.server_process import ServerProcess, free_port, launch, launch_server, wait_ready
+from tests.server_process import (
+    ServerProcess,
+    free_port,
+    launch,
+    launch_server,
+    wait_ready,
+    wait_until,
+)
 
 # One thread each: three replicas and the router share a small machine.
 REPLICA_ARGS = ("--num-threads", "1", "--max-num-seqs", "16")
@@ -19,15 +25,6 @@ REPLICA_ARGS = ("--num-threads", "1", "--max-num-seqs", "16")
 FAST_HEALTH = ("--probe-interval", "0.2", "--max-failures", "2", "--eject-cooldown", "1")
 MODEL = "SmolLM2-135M-Instruct"
 REPLICA_HEADER = "x-chatfleet-replica"
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float = 30.0, interval_s=0.1) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return False
 
 
 def replica_states(router: ServerProcess) -> dict[str, dict]:

@@ -17,6 +17,8 @@ from tests.router.conftest import (
     router_metric,
 )
 
+pytestmark = pytest.mark.e2e  # starts its own servers
+
 QUESTION = [{"role": "user", "content": "Name three colours of the rainbow."}]
 
 

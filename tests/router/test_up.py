@@ -24,6 +24,8 @@ from tests.router.conftest import (
 )
 from tests.server_process import free_port, launch, wait_ready
 
+pytestmark = pytest.mark.e2e  # starts its own servers
+
 # At most 3 streams on 2 eligible replicas of 2 slots: never a queue, so no scale-up.
 NUM_WORKERS = 3
 SCALING = ("--min-replicas", "3", "--max-replicas", "4", "--scale-interval", "0.5")

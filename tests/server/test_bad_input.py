@@ -9,6 +9,8 @@ import pytest
 
 from tests.server_process import start_server
 
+pytestmark = pytest.mark.e2e  # starts its own servers
+
 MSG = [{"role": "user", "content": "hi"}]
 
 

@@ -5,14 +5,16 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import signal
-import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from chatfleet.engine.step_trace import read_trace
 from tests.server.conftest import metric
-from tests.server_process import start_server
+from tests.server_process import start_server, wait_until
+
+pytestmark = pytest.mark.e2e  # starts its own servers
 
 LONG = {
     "messages": [{"role": "user", "content": "Write a long story about the sea."}],
@@ -20,15 +22,6 @@ LONG = {
     "ignore_eos": True,
     "stream": True,
 }
-
-
-def _wait_until(predicate, timeout_s: float = 30.0, interval_s: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return False
 
 
 def test_disconnect_mid_stream_aborts_and_frees_blocks(server):
@@ -40,8 +33,8 @@ def test_disconnect_mid_stream_aborts_and_frees_blocks(server):
             got = [next(lines) for _ in range(6)]
             assert any(line.startswith("data: ") for line in got)
             assert metric(url, "vllm:num_requests_running") == 1
-    assert _wait_until(lambda: metric(url, "vllm:num_requests_running") == 0)
-    assert _wait_until(lambda: metric(url, "vllm:kv_cache_usage_perc") == 0.0)
+    assert wait_until(lambda: metric(url, "vllm:num_requests_running") == 0)
+    assert wait_until(lambda: metric(url, "vllm:kv_cache_usage_perc") == 0.0)
 
 
 def test_overload_gets_503_with_retry_after(tmp_path):
@@ -83,7 +76,7 @@ def test_sigterm_drains_in_flight_then_exits_zero(tmp_path):
             lines = r.iter_lines()
             next(lines)
             srv.proc.send_signal(signal.SIGTERM)
-            assert _wait_until(
+            assert wait_until(
                 lambda: httpx.get(f"{srv.base_url}/ready", timeout=5).status_code == 503,
                 timeout_s=10,
             )
@@ -127,7 +120,7 @@ def test_request_timeout_aborts_with_clear_error(tmp_path):
             events = [line for line in s.iter_lines() if line.startswith("data: ")]
         assert events[-1] == "data: [DONE]"
         assert json.loads(events[-2][6:])["error"]["code"] == "request_timeout"
-        assert _wait_until(lambda: metric(srv.base_url, "vllm:num_requests_running") == 0)
+        assert wait_until(lambda: metric(srv.base_url, "vllm:num_requests_running") == 0)
     finally:
         assert srv.stop() == 0
 
@@ -176,13 +169,13 @@ def test_step_trace_records_every_step_of_a_request(server):
     trace = Path(server.log_path).parent / f"steps-{server.proc.pid}.jsonl"
     body = {"prompt": "The sea is", "max_tokens": 5, "ignore_eos": True, "temperature": 0}
     # Alone on the server: wait for requests of earlier tests to end.
-    assert _wait_until(lambda: metric(server.base_url, "vllm:num_requests_running") == 0)
+    assert wait_until(lambda: metric(server.base_url, "vllm:num_requests_running") == 0)
     before = len(read_trace(str(trace))) if trace.exists() else 0
     r = httpx.post(f"{server.base_url}/v1/completions", json=body, timeout=60)
     assert r.status_code == 200, r.text
     prompt = r.json()["usage"]["prompt_tokens"]
     # Rows are flushed at least once a second while the server runs.
-    assert _wait_until(lambda: len(read_trace(str(trace))) >= before + 5, timeout_s=10)
+    assert wait_until(lambda: len(read_trace(str(trace))) >= before + 5, timeout_s=10)
     rows = read_trace(str(trace))[before:]
     assert [len(row["seqs"]) for row in rows] == [1] * 5
     assert rows[0]["seqs"] == [[prompt, 0, 1]]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from chatfleet.extras import require
 from chatfleet.gateway.limits.base import (
     PERIOD_S,
     GcraStep,
@@ -102,9 +103,8 @@ class RedisRateLimitStore(RateLimitStore):
     name = "redis"
 
     def __init__(self, url: str) -> None:
-        import redis.asyncio
-
-        self.client: Any = redis.asyncio.from_url(url, decode_responses=True)
+        redis_asyncio = require("redis.asyncio", "redis", "rate limits shared through Redis")
+        self.client: Any = redis_asyncio.from_url(url, decode_responses=True)
         self._acquire = self.client.register_script(_ACQUIRE)
         self._adjust = self.client.register_script(_ADJUST)
         self._acquire_stream = self.client.register_script(_ACQUIRE_STREAM)

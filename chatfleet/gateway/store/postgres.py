@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from chatfleet.extras import require
 from chatfleet.gateway.store.sql_connection import Dialect
 
 # pg_advisory_xact_lock key: serializes migrations of gateways starting at the same time.
@@ -11,7 +12,7 @@ _MIGRATION_LOCK_ID = 0x63686174  # "chat"
 
 
 def postgres_dialect(url: str) -> Dialect:
-    import psycopg
+    psycopg = require("psycopg", "postgres", "a PostgreSQL gateway store")
 
     def connect() -> Any:
         return psycopg.connect(url, autocommit=True, connect_timeout=10)

@@ -1,0 +1,125 @@
+"""What a user installs: the wheel carries the C++ sources and the web page and declares every
+package chatfleet imports; an optional part that is missing says which extra brings it.
+
+(`make wheel-check` installs the wheel into a fresh venv and runs one generation.)
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# Import name -> distribution name, where they differ.
+DISTRIBUTIONS = {"yaml": "pyyaml", "prometheus_client": "prometheus-client"}
+
+
+def _third_party_imports() -> set[str]:
+    names = set()
+    for path in (ROOT / "chatfleet").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module.split(".")[0])
+    return {n for n in names if n not in sys.stdlib_module_names and n != "chatfleet"}
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> zipfile.ZipFile:
+    """The wheel, built from a copy of the sources (the build writes beside them)."""
+    src = tmp_path_factory.mktemp("src")
+    shutil.copytree(
+        ROOT / "chatfleet", src / "chatfleet", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "build",
+            "--wheel",
+            "--no-isolation",
+            "--outdir",
+            str(out),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return zipfile.ZipFile(next(out.glob("chatfleet-*.whl")))
+
+
+def test_the_wheel_carries_the_kernel_sources_and_the_web_page(wheel):
+    names = set(wheel.namelist())
+    for path in [
+        *(ROOT / "chatfleet" / "csrc").iterdir(),
+        *(ROOT / "chatfleet" / "gateway" / "static").rglob("*"),
+    ]:
+        if path.is_file():
+            assert str(path.relative_to(ROOT)) in names, path
+
+
+def test_the_wheel_declares_every_package_chatfleet_imports(wheel):
+    metadata = next(n for n in wheel.namelist() if n.endswith(".dist-info/METADATA"))
+    requires = [
+        line.removeprefix("Requires-Dist: ")
+        for line in wheel.read(metadata).decode().splitlines()
+        if line.startswith("Requires-Dist: ")
+    ]
+    declared = {re.split(r"[\[<>=!; ]", r, maxsplit=1)[0].lower() for r in requires}
+    core = {
+        re.split(r"[\[<>=!; ]", r, maxsplit=1)[0].lower() for r in requires if "extra ==" not in r
+    }
+    for module in _third_party_imports():
+        assert DISTRIBUTIONS.get(module, module).replace("_", "-") in declared, module
+    # What `chatfleet serve` and the gateway need is not an extra.
+    assert {"torch", "fastapi", "pydantic", "starlette", "anyio", "uvicorn", "httpx"} <= core
+
+
+@pytest.mark.parametrize(
+    "module, extra, code",
+    [
+        (
+            "psycopg",
+            "postgres",
+            "from chatfleet.gateway.store import open_store; open_store('postgresql://x/y')",
+        ),
+        (
+            "redis",
+            "redis",
+            "from chatfleet.gateway.limits import open_limits; open_limits('redis://x')",
+        ),
+        ("matplotlib", "plots", "from chatfleet.extras import pyplot; pyplot()"),
+        ("yaml", "ray", "from chatfleet.config.deploy_config import load_file; load_file('x')"),
+    ],
+)
+def test_a_missing_extra_names_itself(module, extra, code):
+    hide = f"import sys; sys.modules[{module!r}] = None; "
+    run = subprocess.run(
+        [sys.executable, "-c", hide + code], capture_output=True, text=True, cwd=ROOT
+    )
+    assert run.returncode != 0
+    assert f"pip install 'chatfleet[{extra}]'" in run.stderr
+
+
+def test_the_cli_reports_a_missing_extra_in_one_line(tmp_path):
+    code = (
+        "import sys; sys.modules['psycopg'] = None; from chatfleet.entrypoints.cli import main; "
+        "sys.exit(main(['keys', 'list', '--db', 'postgresql://127.0.0.1:1/x']))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 2
+    assert run.stderr.strip() == (
+        "error: a PostgreSQL gateway store needs the `psycopg` package: "
+        "pip install 'chatfleet[postgres]'"
+    )
