@@ -1,6 +1,6 @@
 """One benchmark request's raw measurements: what the result JSON stores per request.
 
-Everything the summary reports is derived from these records (see `metrics.summarize`), so a
+Everything the summary reports is derived from these records (see `summary.summarize`), so a
 saved result can always be re-checked or re-aggregated without rerunning the benchmark.
 """
 

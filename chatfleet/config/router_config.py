@@ -120,8 +120,12 @@ class RouterConfig:
 class AutoscaleConfig:
     """Replica counts and thresholds of `chatfleet up`'s autoscaler (router/autoscale.py)."""
 
-    min_replicas: int = field(default=1, metadata=setting("min_replicas", "autoscaling floor"))
-    max_replicas: int = field(default=1, metadata=setting("max_replicas", "autoscaling ceiling"))
+    min_replicas: int = field(
+        metadata=setting("min_replicas", "autoscaling floor (default: --replicas)")
+    )
+    max_replicas: int = field(
+        metadata=setting("max_replicas", "autoscaling ceiling (default: the floor or --replicas)")
+    )
     interval_s: float = 2.0
     # Mean requests waiting per replica above which to add one...
     up_queue_len: float = 2.0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -19,7 +20,7 @@ from typing import Any
 from chatfleet.config import flags
 from chatfleet.config.gateway_config import DEFAULT_DB, GatewayConfig, UpstreamConfig
 from chatfleet.entrypoints.parsing import add_command
-from chatfleet.http.uvicorn_server import UvicornServer, setup_logging
+from chatfleet.http.uvicorn_server import setup_logging
 
 logger = logging.getLogger("chatfleet.gateway")
 DEFAULT_ADMIN_KEY_FILE = ".chatfleet/admin-key"
@@ -53,68 +54,17 @@ def gateway_config(args: argparse.Namespace, upstream_url: str) -> GatewayConfig
     return dataclasses.replace(config, upstream=upstream)
 
 
-def admin_key(store: Any, path: str) -> str:
-    """The admin key kept in `path`, made (user "admin", file mode 0600) if it is missing,
-    revoked or not an admin's."""
-    from chatfleet.gateway import keys
-
-    if os.path.exists(path):
-        with open(path) as f:
-            plain = f.read().strip()
-        parsed = keys.parse_key(plain)
-        record = store.get_key(parsed[0]) if parsed else None
-        if (
-            parsed
-            and record is not None
-            and record.is_admin
-            and not record.is_revoked
-            and keys.verify_secret(parsed[1], record.salt, record.secret_hash)
-        ):
-            return plain
-    user = store.get_user_by_name("admin") or store.create_user("admin", is_admin=True)
-    _, plain = store.create_key(user.user_id, name="admin (made by chatfleet gateway)")
-    if os.path.dirname(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(plain + "\n")
-    return plain
-
-
-async def serve_gateway(args: argparse.Namespace, upstream_url: str) -> None:
-    """Build the gateway and serve it until SIGTERM / SIGINT; print its URL (and admin key)."""
-    from chatfleet.gateway.components import Gateway
-    from chatfleet.gateway.gateway_app import build_gateway_app
-    from chatfleet.gateway.limits import open_limits
-    from chatfleet.gateway.prompt import COUNTERS
-    from chatfleet.gateway.store import open_store
-    from chatfleet.gateway.upstream import Upstream
+def _serve(args: argparse.Namespace, upstream_url: str) -> None:
+    from chatfleet.gateway.launch import serve_gateway
 
     config = gateway_config(args, upstream_url)
-    store = open_store(config.db_url)
-    key = admin_key(store, args.admin_key_file) if args.admin_key_file else None
-    counter_kind = "chars" if config.tokenizer == "chars" else "template"
-    counter = COUNTERS[counter_kind](config.tokenizer)
-    gateway = Gateway(
-        config, store, open_limits(config.limits.backend), Upstream(config.upstream), counter
-    )
-    app = build_gateway_app(gateway)
-
-    server = UvicornServer(app, args.host, args.port, graceful_s=10)
-    task = asyncio.create_task(server.serve())
-    while not server.started and not task.done():
-        await asyncio.sleep(0.05)
-    if server.started:
-        print(f"chatfleet gateway on http://{args.host}:{args.port} -> {upstream_url}", flush=True)
-        if key is not None:
-            print(f"admin key: {key}  (kept in {args.admin_key_file})", flush=True)
-    await task
+    asyncio.run(serve_gateway(config, args.host, args.port, args.admin_key_file or None))
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
     setup_logging()
     try:
-        asyncio.run(serve_gateway(args, args.upstream or UpstreamConfig().url))
+        _serve(args, args.upstream or UpstreamConfig().url)
     except ValueError as e:  # a bad URL or limit (ConfigError included): say so, no traceback
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
@@ -182,15 +132,14 @@ def add_stack_args(p: argparse.ArgumentParser) -> None:
 
 
 def _wait_ready(url: str, proc: subprocess.Popen, timeout_s: float) -> bool:
+    """Whether `url`/ready answered 200 while `proc` ran, within `timeout_s`."""
     import httpx
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and proc.poll() is None:
-        try:
+        with contextlib.suppress(httpx.HTTPError):
             if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
                 return True
-        except httpx.HTTPError:
-            pass
         time.sleep(0.5)
     return False
 
@@ -212,7 +161,7 @@ def cmd_stack(args: argparse.Namespace) -> int:
         if not _wait_ready(router_url, up, args.ready_timeout):
             print("error: the router never became ready", file=sys.stderr, flush=True)
             return 1
-        asyncio.run(serve_gateway(args, router_url))
+        _serve(args, router_url)
         return 0
     finally:
         if up.poll() is None:

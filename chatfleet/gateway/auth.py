@@ -65,9 +65,9 @@ async def caller_key(request: Request, gw: GatewayDep) -> ApiKey:
 CallerKey = Annotated[ApiKey, Depends(caller_key)]
 
 
-async def admin_key(key: CallerKey) -> ApiKey:
+async def caller_admin_key(key: CallerKey) -> ApiKey:
     require_admin(key)
     return key
 
 
-AdminKey = Annotated[ApiKey, Depends(admin_key)]
+AdminKey = Annotated[ApiKey, Depends(caller_admin_key)]

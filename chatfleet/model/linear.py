@@ -1,8 +1,8 @@
-"""Weight formats for the matmuls, chosen by measurement (docs/benchmarks.md).
+"""Weight formats for the matmuls.
 
-On this CPU class (AVX-512 VNNI, no AMX / AVX512-BF16) bf16 and torch's int4 weight-only
-kernels are slower than fp32, and torch's W8A8 (`_int_mm`, per-token activation scales) is fast
-but moves logprobs by up to ~0.7 (an outlier channel coarsens the whole token). chatfleet's
+On CPUs without AMX / AVX512-BF16, bf16 and torch's int4 weight-only kernels are slower than
+fp32, and torch's W8A8 (`_int_mm`, per-token activation scales) is fast but coarse: one
+outlier channel sets the scale of the whole token and moves logprobs visibly. chatfleet's
 `int8` format runs its own VNNI kernel instead: 8-bit weights and 16-bit activations, both
 scaled per 32 values, which matches fp32 on the same weights to float rounding while reading
 a quarter of the bytes. `auto` picks it on CPUs with AVX-512 VNNI, else fp32; bf16 on CUDA.

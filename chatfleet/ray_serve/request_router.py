@@ -5,7 +5,7 @@ Serve runs one instance inside every DeploymentHandle (here: in the ingress) and
 policy object `chatfleet router` uses, over ReplicaViews built from:
   - this router's own in-flight count per replica (on_request_routed / _completed),
   - the replica's routing stats (EngineReplica.record_routing_stats: queue, KV usage),
-  - the prefix index (router.prefix_index), fed on every dispatch, as in router/proxy.py.
+  - the prefix index (router.prefix_index), fed on every dispatch, as in router/forwarder.py.
 The policy's choice is the first rank; the others follow as a fallback rank, which Serve
 uses only if the chosen replica refuses (its max_ongoing_requests is reached).
 """

@@ -137,7 +137,7 @@ def test_calibrate_fits_the_steps_a_server_ran(tmp_path, capsys):
     assert model.meta["method"] == "served steps (step trace)" and model.meta["weighted_by_time"]
     assert model.meta["num_samples"] == len(samples)
     assert model_error(model, samples)["num_steps"] == len(samples)
-    # Kept gzipped (docs/results) and cut by time, it reads back the same.
+    # Kept gzipped and cut by time, it reads back the same.
     gz = tmp_path / "trace.jsonl.gz"
     gz.write_bytes(gzip.compress(Path(path).read_bytes()))
     assert samples_from_trace(str(gz)) == samples
