@@ -87,7 +87,9 @@ def _baseline(tree: str) -> Server:
     """chatfleet from another source tree: its own code, this venv's packages."""
     root = str(Path(tree).resolve())
     argv = [sys.executable, "-m", "chatfleet.entrypoints.cli", "serve", "--host", "127.0.0.1"]
-    env = {"PYTHONPATH": root}
+    # NOTE: its own kernel cache: the two trees' builds differ in their include paths, and
+    # sharing one cache would rebuild the kernels at every start of either.
+    env = {"PYTHONPATH": root, "TORCH_EXTENSIONS_DIR": str(Path(root) / ".torch_extensions")}
     return Server(BASELINE, 18104, [*argv, "--port", "18104"], env, 600.0, cwd=root)
 
 

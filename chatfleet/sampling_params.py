@@ -14,6 +14,7 @@ from chatfleet.errors import InvalidRequestError
 MAX_STOP_STRINGS = 4
 MAX_N = 16
 MAX_LOGPROBS = 20
+COMPLETIONS_MAX_TOKENS = 16  # OpenAI's max_tokens when /v1/completions gives none
 
 
 def _check(ok: bool, param: str, message: str) -> None:

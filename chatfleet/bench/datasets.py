@@ -15,7 +15,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 SHAREGPT_FILENAME = "ShareGPT_V3_unfiltered_cleaned_split.json"
 
@@ -29,7 +29,6 @@ _ROLES = {
     "bard": "gpt",
     "bing": "gpt",
 }
-_CHAT_ROLES = {"human": "user", "gpt": "assistant"}
 
 
 class TokenEncoder(Protocol):
@@ -53,13 +52,6 @@ class ShareGPTConversation:
     def num_rounds(self) -> int:
         """Complete (human, gpt) pairs."""
         return len(self.turns) // 2
-
-
-class FirstTurn(NamedTuple):
-    """What an offline benchmark needs from a conversation: prompt text and answer length."""
-
-    prompt: str
-    reference_output_len: int  # tokens of the recorded first answer
 
 
 def sharegpt_path() -> Path:
@@ -149,20 +141,6 @@ def shuffled_sharegpt(
     ]
     random.Random(seed).shuffle(pool)
     return pool
-
-
-def first_turn(conversation: ShareGPTConversation, tokenizer: TokenEncoder) -> FirstTurn:
-    """The first user prompt and the length in tokens of the recorded first answer."""
-    prompt, answer = conversation.turns[0], conversation.turns[1]
-    return FirstTurn(prompt.text, len(tokenizer.encode(answer.text)))
-
-
-def to_chat_messages(
-    conversation: ShareGPTConversation, num_turns: int | None = None
-) -> list[dict[str, str]]:
-    """OpenAI-style messages for the first `num_turns` turns (all by default)."""
-    turns = conversation.turns[:num_turns]
-    return [{"role": _CHAT_ROLES[t.role], "content": t.text} for t in turns]
 
 
 # Common English words that byte-level BPE vocabularies keep as one token (with the leading

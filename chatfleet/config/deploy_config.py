@@ -87,6 +87,11 @@ class RayDeployConfig:
         """A copy with `values` (e.g. a parsed YAML file) applied; KeyError for unknown keys."""
         names = {f.name for f in dataclasses.fields(self)}
         unknown = set(values) - names
+        if "replica_args" in unknown:
+            raise KeyError(
+                "replica_args is now a mapping, `replica:`, keyed by `chatfleet serve`'s "
+                "settings, e.g. replica: {kv_cache_memory: 4GiB, max_num_seqs: 64}"
+            )
         if unknown:
             raise KeyError(f"unknown deploy settings: {sorted(unknown)}")
         changes = dict(values)

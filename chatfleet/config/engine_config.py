@@ -104,7 +104,8 @@ class EngineConfig:
         default=None,
         metadata=setting(
             help="append every engine step's timing and shape to this path as JSON lines "
-            "({pid} is replaced by the process id; see chatfleet plan calibrate --trace)"
+            "({pid} is replaced by the process id; see chatfleet plan calibrate --trace)",
+            metavar="PATH",
         ),
     )
     cache: CacheConfig = field(default_factory=CacheConfig)

@@ -67,6 +67,7 @@ def setting(
     format: Callable[[Any], str] | None = None,  # noqa: A002
     choices: Sequence[str] | None = None,
     hidden: bool = False,
+    metavar: str | None = None,
 ) -> dict[str, Any]:
     """A field's metadata: `field(default=..., metadata=setting(help=...))`."""
     return {
@@ -77,6 +78,7 @@ def setting(
             "format": format,
             "choices": choices,
             "hidden": hidden,
+            "metavar": metavar,
         }
     }
 
@@ -91,6 +93,7 @@ class Setting:
     default: Any  # dataclasses.MISSING when the field has a default_factory only
     help: str
     choices: Sequence[str] | None
+    metavar: str | None = None
 
     @property
     def flag(self) -> str:
@@ -154,6 +157,7 @@ def settings(cls: type, prefix: str = "") -> list[Setting]:
                 default=default,
                 help=meta.get("help", ""),
                 choices=meta.get("choices"),
+                metavar=meta.get("metavar"),
             )
         )
     names = [s.name for s in out]
@@ -181,8 +185,12 @@ def add_flags(
     for s in settings(cls, prefix):
         if s.name in skip:
             continue
-        shown = "" if s.default is dataclasses.MISSING else f" (default: {_show(s)})"
-        kwargs: dict[str, Any] = {"dest": s.name, "default": None, "help": s.help + shown}
+        # A help text that names its default itself says it better than the field's value.
+        shown = s.default is not dataclasses.MISSING and "default" not in s.help
+        help_text = s.help + (f" (default: {_show(s)})" if shown else "")
+        kwargs: dict[str, Any] = {"dest": s.name, "default": None, "help": help_text.strip()}
+        if s.metavar is not None and s.kind != "bool":
+            kwargs["metavar"] = s.metavar
         if s.kind == "bool":
             parser.add_argument(s.flag, action=argparse.BooleanOptionalAction, **kwargs)
         elif s.kind == "list":
@@ -260,16 +268,30 @@ def from_mapping(
 
 
 def _coerce(s: Setting, value: Any) -> Any:
+    """A mapping's value as the field takes it: text parsed like a flag; a YAML number goes
+    through the setting's own parser (so a bare size means GiB, as on the command line)."""
     if value is None:
         return None
     if s.kind == "list":
         items = value.split() if isinstance(value, str) else list(value)
-        return tuple(s.parse(v) if isinstance(v, str) else v for v in items)
-    if isinstance(value, str):
-        return s.parse(value)
-    if s.kind == "bool" and not isinstance(value, bool):
-        raise ValueError(f"{s.name}: not a boolean: {value!r}")
-    return value
+        return tuple(_coerce_one(s, v) for v in items)
+    return _coerce_one(s, value)
+
+
+def _coerce_one(s: Setting, value: Any) -> Any:
+    if isinstance(value, str) or s.parse not in (int, float, str, _parse_bool):
+        return s.parse(str(value))
+    if s.parse is _parse_bool:
+        ok = isinstance(value, bool)
+    elif s.parse is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    elif s.parse is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:  # a text setting given something else
+        ok = False
+    if not ok:
+        raise ValueError(f"expected {getattr(s.parse, '__name__', 'a value')}, got {value!r}")
+    return float(value) if s.parse is float else value
 
 
 def to_argv(config: Any, prefix: str = "", skip: Sequence[str] = ()) -> list[str]:
@@ -289,7 +311,11 @@ def to_argv(config: Any, prefix: str = "", skip: Sequence[str] = ()) -> list[str
         elif value is None:
             continue  # the default is not None here, and None has no flag
         elif s.kind == "list":
-            argv += [s.flag, *(s.format(v) for v in value)]
+            items = [s.format(v) for v in value]
+            if any(item.startswith("-") for item in items):
+                raise ConfigError(f"{s.name}: a value may not start with '-': {items}")
+            argv += [s.flag, *items]
         else:
-            argv += [s.flag, s.format(value)]
+            # NOTE: `--flag=value`, so a value starting with "-" is not read as a flag.
+            argv.append(f"{s.flag}={s.format(value)}")
     return argv

@@ -35,6 +35,16 @@ class ServerConfig:
         metadata=setting(help="a stream silent this long gets an SSE comment (proxies cut it)"),
     )
 
+    def __post_init__(self) -> None:
+        if not self.model_names or not all(self.model_names):
+            raise ValueError("served_model_name: give at least one non-empty name")
+        if min(self.request_timeout_s, self.keep_alive_s, self.health_max_stall_s) <= 0:
+            raise ValueError("request_timeout, keep_alive and health_max_stall must be positive")
+        if self.max_queue_len < 0 or self.shutdown_timeout_s < 0:
+            raise ValueError("max_queue_len and shutdown_timeout must be >= 0")
+        if self.max_body_bytes < 1 or self.max_json_depth < 1:
+            raise ValueError("max_body_bytes and max_json_depth must be positive")
+
 
 @dataclass(frozen=True)
 class ServeConfig:

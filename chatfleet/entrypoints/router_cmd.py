@@ -79,6 +79,9 @@ def replica_config(args: argparse.Namespace, default_threads: int) -> ServeConfi
     except (argparse.ArgumentError, SystemExit) as e:
         raise flags.ConfigError(f"--replica-args: {e}") from None
     config = flags.from_args(ServeConfig, replica_args)
+    # NOTE: --num-threads inside --replica-args wins over --replica-threads and the default.
+    if replica_args.num_threads is not None:
+        return config
     threads = args.replica_threads or default_threads
     engine = dataclasses.replace(config.engine, num_threads=threads)
     return dataclasses.replace(config, engine=engine)
@@ -87,7 +90,10 @@ def replica_config(args: argparse.Namespace, default_threads: int) -> ServeConfi
 def autoscale_config(args: argparse.Namespace) -> AutoscaleConfig:
     lo = args.min_replicas if args.min_replicas is not None else args.replicas
     hi = args.max_replicas if args.max_replicas is not None else max(args.replicas, lo)
-    base = AutoscaleConfig(min_replicas=lo, max_replicas=hi)
+    try:
+        base = AutoscaleConfig(min_replicas=lo, max_replicas=hi)
+    except ValueError as e:
+        raise flags.ConfigError(f"--replicas / --min-replicas / --max-replicas: {e}") from None
     return flags.from_args(AutoscaleConfig, args, prefix=_SCALE, base=base)
 
 

@@ -30,8 +30,7 @@ from chatfleet.http import sse
 from chatfleet.http.body import read_json
 from chatfleet.http.handlers import unless_disconnected
 from chatfleet.http.http_errors import ReplicaFailedError
-
-COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+from chatfleet.sampling_params import COMPLETIONS_MAX_TOKENS
 
 
 def _text(content: Any) -> str:
@@ -76,7 +75,7 @@ class OpenAIProxy:
                 limit = self.config.chat.max_model_len or await self.upstream.max_model_len()
                 max_tokens = max(limit - num_prompt, 1)
             else:
-                max_tokens = COMPLETIONS_DEFAULT_MAX_TOKENS
+                max_tokens = COMPLETIONS_MAX_TOKENS
         n = payload.get("n")
         n = n if isinstance(n, int) and n >= 1 else 1
         return num_prompt + n * num_prompts * max_tokens

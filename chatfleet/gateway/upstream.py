@@ -17,6 +17,7 @@ import httpx
 
 from chatfleet.config.gateway_config import UpstreamConfig
 from chatfleet.gateway.store.base import Usage
+from chatfleet.http.http_client import make_async_client
 from chatfleet.http.http_errors import HTTPError
 
 logger = logging.getLogger("chatfleet.gateway")
@@ -111,9 +112,12 @@ class Upstream:
 
     async def start(self) -> None:
         c = self.config
-        timeout = httpx.Timeout(c.read_timeout_s, connect=c.connect_timeout_s)
-        limits = httpx.Limits(max_connections=1024, max_keepalive_connections=64)
-        self._client = httpx.AsyncClient(timeout=timeout, limits=limits)
+        self._client = make_async_client(
+            c.connect_timeout_s,
+            c.read_timeout_s,
+            max_connections=1024,
+            max_keepalive_connections=64,
+        )
 
     async def close(self) -> None:
         if self._client is not None:

@@ -11,11 +11,13 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from chatfleet.http.http_errors import to_error_response
 
 Check = Callable[[], None]
+# The Prometheus text format the fronts have always served (not the installed client's
+# newest, which changes with its version).
+METRICS_MEDIA_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def _answer(check: Check | None, status: str) -> JSONResponse:
@@ -53,6 +55,6 @@ def ops_router(
 
         @router.get("/metrics", response_class=Response)
         async def get_metrics() -> Response:
-            return Response(await render(), media_type=CONTENT_TYPE_LATEST)
+            return Response(await render(), media_type=METRICS_MEDIA_TYPE)
 
     return router

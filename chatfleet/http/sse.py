@@ -10,19 +10,20 @@ tear an event.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from typing import Any, TypeVar
+
+import anyio
 
 from chatfleet.http.http_errors import to_error_response
 
 T = TypeVar("T")
 
 DONE = "data: [DONE]\n\n"
+_CLOSE_WAIT_S = 5.0  # how long closing a paced stream waits for its source to stop
 KEEP_ALIVE = ": keep-alive\n\n"
-DEFAULT_KEEP_ALIVE_S = 15.0
 
 
 def data_event(payload: str) -> str:
@@ -70,11 +71,13 @@ async def paced(
                 return
             yield item
     finally:
-        if pending is not None:
+        if pending is not None and not pending.done():
             pending.cancel()
-            # NOTE: awaited so that the source is no longer running when its owner closes it.
-            with contextlib.suppress(BaseException):
-                await pending
+            # NOTE: waited for (shielded: the caller may itself be cancelled, as when a client
+            # leaves) so that the source no longer runs when its owner closes it, which is
+            # what aborts the engine requests behind it.
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait({pending}, timeout=_CLOSE_WAIT_S)
 
 
 def data_of(line: str) -> str | None:

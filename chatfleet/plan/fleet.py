@@ -20,7 +20,6 @@ from chatfleet.router.prefix_index import PrefixIndex, route_request
 # The router indexes prompt *text* in blocks of PrefixConfig.block_chars characters; simulated
 # prompts are token ids, written as 4 hex digits each (about the characters per token of
 # English text), so 64-character blocks are 16-token blocks, like the engine's.
-CHARS_PER_TOKEN = 4
 
 
 def tokens_text(token_ids: list[int]) -> str:

@@ -7,7 +7,6 @@ source. Prices are on-demand list prices (2025-26, sources in docs) and only a d
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -127,13 +126,3 @@ def load_model_shape(name_or_path: str, weight_bytes_per_param: float = 2.0) -> 
         with open(path, encoding="utf-8") as f:
             config = config_from_hf(json.load(f))
     return ModelShape(name, config, weight_bytes_per_param)
-
-
-def describe_shape(shape: ModelShape) -> dict:
-    return {
-        "name": shape.name,
-        **dataclasses.asdict(shape.config),
-        "num_params": shape.num_params,
-        "weight_bytes_per_param": shape.weight_bytes_per_param,
-        "kv_bytes_per_token": shape.kv_bytes_per_token,
-    }

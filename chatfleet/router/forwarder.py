@@ -24,12 +24,13 @@ from typing import Any
 
 import anyio
 import httpx
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
 from chatfleet.config.router_config import RouterConfig
 from chatfleet.http import sse
 from chatfleet.http.http_client import make_async_client
 from chatfleet.http.http_errors import NoReplicaError, ReplicaFailedError
+from chatfleet.http.streaming import ClosingStreamingResponse
 from chatfleet.router.health import HealthChecker
 from chatfleet.router.policies import make_policy
 from chatfleet.router.pool import ReplicaPool
@@ -206,7 +207,9 @@ class Router:
         relay = _Relay(self, rid, upstream, first, chunks)
         headers = _forward_headers(upstream.headers)
         headers[REPLICA_HEADER] = rid
-        return _RelayResponse(relay, upstream.status_code, headers)
+        return ClosingStreamingResponse(
+            relay.body(), upstream.status_code, headers, media_type=None, on_close=[relay.close]
+        )
 
     def _refusal(self, rid: str, upstream: httpx.Response, content: bytes) -> Response | _Retry:
         """A 4xx/5xx answer: passed on, or (429, 500, 502, 503) a reason to try elsewhere."""
@@ -278,17 +281,3 @@ class _Relay:
             yield (error + sse.DONE).encode()
         finally:
             await self.close()
-
-
-class _RelayResponse(StreamingResponse):
-    """Closes the relay even when streaming never started (the client left first)."""
-
-    def __init__(self, relay: _Relay, status_code: int, headers: dict[str, str]) -> None:
-        super().__init__(relay.body(), status_code, headers=headers)
-        self.relay = relay
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await self.relay.close()

@@ -1,8 +1,8 @@
 """ReplicaManager: starts and stops engine replicas; the router only ever sees their URLs.
 
-`LocalReplicaManager` (local_replica_manager.py) runs `chatfleet serve` subprocesses on this machine; a
-backend for many machines (Ray) implements the same four methods and plugs into `chatfleet up`
-and the autoscaler unchanged.
+`LocalReplicaManager` (local_replica_manager.py) runs `chatfleet serve` subprocesses on this
+machine; a backend for many machines (Ray) implements the same four methods and plugs into
+`chatfleet up` and the autoscaler unchanged.
 """
 
 from __future__ import annotations

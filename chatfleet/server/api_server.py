@@ -14,12 +14,12 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from pydantic import BaseModel
 
 from chatfleet.config.server_config import ServerConfig
@@ -34,6 +34,7 @@ from chatfleet.http.http_errors import (
     OverloadedError,
 )
 from chatfleet.http.ops_routes import ops_router
+from chatfleet.http.streaming import ClosingStreamingResponse
 from chatfleet.server.protocol import ChatCompletionRequest, CompletionRequest
 from chatfleet.server.server_metrics import ServerMetrics
 from chatfleet.server.serving_base import OpenAIServing
@@ -132,22 +133,15 @@ class ServerState:
         except BaseException:
             release()
             raise
-        if isinstance(response, StreamingResponse):
-            response.body_iterator = _release_after(response.body_iterator, release)
+        if isinstance(response, ClosingStreamingResponse):
+
+            async def release_when_closed() -> None:
+                release()
+
+            response.on_close(release_when_closed)
         else:
             release()
         return response
-
-
-async def _release_after(body: AsyncIterable, release: Callable[[], None]) -> AsyncIterator:
-    try:
-        async for chunk in body:
-            yield chunk
-    finally:
-        release()
-        aclose = getattr(body, "aclose", None)
-        if aclose is not None:
-            await aclose()
 
 
 def _openai_router(state: ServerState) -> APIRouter:

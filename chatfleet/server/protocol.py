@@ -68,6 +68,11 @@ class SamplingFields(_Base):
     min_tokens: StrictInt = 0
     response_format: ResponseFormat | None = None
 
+    @property
+    def include_usage(self) -> bool:
+        """Whether a stream ends with a usage chunk."""
+        return bool(self.stream_options and self.stream_options.include_usage)
+
     def check_common(self) -> None:
         if self.stream_options is not None and not self.stream:
             raise InvalidRequestError(

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
 from chatfleet.config.server_config import ServerConfig
 from chatfleet.engine.engine_client import EngineClient
@@ -31,6 +31,7 @@ from chatfleet.http import sse
 from chatfleet.http.body import parse_model
 from chatfleet.http.handlers import unless_disconnected
 from chatfleet.http.http_errors import ModelNotFoundError, RequestTimeoutError
+from chatfleet.http.streaming import ClosingStreamingResponse
 from chatfleet.modelfile.tokenizer import Tokenizer
 from chatfleet.outputs import CompletionOutput, RequestOutput
 from chatfleet.sampling_params import SamplingParams
@@ -219,9 +220,9 @@ class OpenAIServing(ABC):
                 raise RequestTimeoutError("the request timed out before its first token") from None
             raise
         if job.stream:
-            return StreamingResponse(
-                self._stream(job, first, merged, tracker, deadline), media_type="text/event-stream"
-            )
+            body = self._stream(job, first, merged, tracker, deadline)
+            # NOTE: closing `merged` aborts the engine requests even if the body never ran.
+            return ClosingStreamingResponse(body, on_close=[merged.aclose])
         try:
             finals = await self._collect(raw, first, merged, tracker, deadline)
         finally:
@@ -302,15 +303,17 @@ class OpenAIServing(ABC):
             totals[item[0]] = item[1]
             return len(totals) == len(job.prompts) and all(o.finished for o in totals.values())
 
-        try:
-            opening = self.opening_choices(job)
-            if opening:
-                yield self._chunk(job, opening)
-            is_done = take(first)
-            for piece in self._step_chunks(job, *first):
-                yield piece
-            pacer = sse.paced(merged, self.config.keep_alive_s, deadline)
-            async with contextlib.aclosing(merged), contextlib.aclosing(pacer):
+        # NOTE: the engine streams are closed (aborted if unfinished) however the response
+        # ends, the client leaving before the first chunk included.
+        pacer = sse.paced(merged, self.config.keep_alive_s, deadline)
+        async with contextlib.aclosing(merged), contextlib.aclosing(pacer):
+            try:
+                opening = self.opening_choices(job)
+                if opening:
+                    yield self._chunk(job, opening)
+                is_done = take(first)
+                for piece in self._step_chunks(job, *first):
+                    yield piece
                 while not is_done:
                     item = await anext(pacer)
                     if item is None:
@@ -319,12 +322,12 @@ class OpenAIServing(ABC):
                     is_done = take(item)
                     for piece in self._step_chunks(job, *item):
                         yield piece
-            if job.include_usage:
-                yield self._chunk(job, [], usage=_usage(totals.values()))
-        except (TimeoutError, ChatfleetError, StopAsyncIteration) as e:
-            if isinstance(e, TimeoutError):
-                e = RequestTimeoutError("the request timed out and was aborted")
-            yield sse.error_event(e)
+                if job.include_usage:
+                    yield self._chunk(job, [], usage=_usage(totals.values()))
+            except (TimeoutError, ChatfleetError, StopAsyncIteration) as e:
+                if isinstance(e, TimeoutError):
+                    e = RequestTimeoutError("the request timed out and was aborted")
+                yield sse.error_event(e)
         yield sse.DONE
 
 

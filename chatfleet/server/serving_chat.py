@@ -22,8 +22,7 @@ class OpenAIServingChat(OpenAIServing):
         if max_tokens is None:
             max_tokens = self.room_for_output(len(prompt), "messages")
         params = req.sampling_params(max_tokens, req.num_logprobs())
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return Job(model, [prompt], params, req.stream, include_usage)
+        return Job(model, [prompt], params, req.stream, req.include_usage)
 
     def _logprobs(self, items: list[TokenLogprobs]) -> dict[str, Any]:
         content = []

@@ -6,10 +6,9 @@ from typing import Any
 
 from chatfleet.errors import InvalidRequestError
 from chatfleet.outputs import CompletionOutput, TokenLogprobs
+from chatfleet.sampling_params import COMPLETIONS_MAX_TOKENS
 from chatfleet.server.protocol import CompletionRequest
 from chatfleet.server.serving_base import Job, OpenAIServing, finish_reason, token_piece
-
-DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 
 
 class OpenAIServingCompletion(OpenAIServing):
@@ -22,11 +21,10 @@ class OpenAIServingCompletion(OpenAIServing):
         if req.suffix:
             raise InvalidRequestError("suffix is not supported", param="suffix")
         ids = [self.tokenizer.encode(p) if isinstance(p, str) else p for p in req.prompts()]
-        max_tokens = req.max_tokens if req.max_tokens is not None else DEFAULT_MAX_TOKENS
+        max_tokens = req.max_tokens if req.max_tokens is not None else COMPLETIONS_MAX_TOKENS
         params = req.sampling_params(max_tokens, req.logprobs)
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
         echo = [self.tokenizer.decode(p) for p in ids] if req.echo else None
-        return Job(model, list(ids), params, req.stream, include_usage, echo)
+        return Job(model, list(ids), params, req.stream, req.include_usage, echo)
 
     def _logprobs(self, items: list[TokenLogprobs], text_offset: int) -> dict[str, Any]:
         tokens, token_logprobs, tops, offsets = [], [], [], []

@@ -7,7 +7,7 @@ import pytest
 
 from benchmarks.serving_sweep import NO_CACHE, Workload, pooled_summary, repeats_table
 from chatfleet.bench.result import build_result, write_result
-from tests.bench.test_metrics import _record
+from tests.bench.test_summary import _record
 
 
 def test_repeats_pool_as_back_to_back_runs_and_a_failed_seed_is_shown(tmp_path):

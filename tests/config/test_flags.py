@@ -48,9 +48,10 @@ def test_argv_round_trips_every_kind_of_setting():
         ServerConfig(model_names=("x",), api_key="k", max_body_bytes=1 << 20),
     )
     argv = flags.to_argv(original)
-    assert "--no-fused-decode" in argv and "3145733B" in argv and "1MiB" in argv
+    assert "--no-fused-decode" in argv and "--kv-cache-memory=3145733B" in argv
+    assert "--max-body-bytes=1MiB" in argv
     assert _parse(ServeConfig, argv) == original
-    assert flags.to_argv(ServeConfig(EngineConfig(num_threads=2))) == ["--num-threads", "2"]
+    assert flags.to_argv(ServeConfig(EngineConfig(num_threads=2))) == ["--num-threads=2"]
 
 
 def test_prefixed_and_renamed_settings_keep_their_flags():
@@ -79,6 +80,30 @@ def test_mapping_parses_text_and_refuses_unknown_or_bad_values():
         flags.from_mapping(ServeConfig, {"kv_cache_memory": "a lot"})
     with pytest.raises(flags.ConfigError, match="positive"):
         flags.from_mapping(ServeConfig, {"max_num_seqs": 0})
+
+
+def test_argv_values_that_look_like_flags_survive_the_round_trip():
+    config = ServeConfig(server=ServerConfig(api_key="-starts-with-a-dash"))
+    assert _parse(ServeConfig, flags.to_argv(config)) == config
+    with pytest.raises(flags.ConfigError, match="may not start with"):
+        flags.to_argv(ServeConfig(server=ServerConfig(model_names=("-x",))))
+
+
+def test_mapping_numbers_mean_what_the_flag_means_and_types_are_checked():
+    assert flags.from_mapping(ServeConfig, {"kv_cache_memory": 4}).engine.cache == CacheConfig(
+        kv_cache_memory_bytes=4 << 30
+    )
+    with pytest.raises(flags.ConfigError, match="expected int"):
+        flags.from_mapping(ServeConfig, {"max_num_seqs": 64.5})
+    with pytest.raises(flags.ConfigError, match="expected str"):
+        flags.from_mapping(ServeConfig, {"model": 3})
+    assert flags.from_mapping(ServeConfig, {"request_timeout": 5}).server.request_timeout_s == 5.0
+
+
+def test_server_settings_are_checked():
+    for bad in ({"keep_alive": "0"}, {"served_model_name": []}, {"max_queue_len": -1}):
+        with pytest.raises(flags.ConfigError):
+            flags.from_mapping(ServeConfig, bad)
 
 
 def test_sizes_parse_and_format_exactly():

@@ -37,6 +37,30 @@ def test_disconnect_mid_stream_aborts_and_frees_blocks(server):
     assert wait_until(lambda: metric(url, "vllm:kv_cache_usage_perc") == 0.0)
 
 
+def test_a_client_gone_before_its_first_token_gives_its_slot_back(tmp_path):
+    """One running slot and one queue place. A client whose stream is still queued leaves;
+    when its first token comes, the response that nobody reads still ends: its engine
+    request is aborted and its place is free again."""
+    srv = start_server(tmp_path, "--max-num-seqs", "1", "--max-queue-len", "1")
+    url = f"{srv.base_url}/v1/chat/completions"
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            first = pool.submit(
+                httpx.post, url, json={**LONG, "max_tokens": 600, "stream": False}, timeout=120
+            )
+            assert wait_until(lambda: metric(srv.base_url, "vllm:num_requests_running") == 1)
+            with pytest.raises(httpx.ReadTimeout):  # queued behind the first: no byte yet
+                httpx.post(url, json=LONG, timeout=httpx.Timeout(120, read=0.5))
+            assert first.result().status_code == 200
+        assert wait_until(lambda: metric(srv.base_url, "vllm:num_requests_running") == 0)
+        short = {**LONG, "max_tokens": 8, "stream": False}
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            codes = list(pool.map(lambda _: httpx.post(url, json=short, timeout=120), range(2)))
+        assert [r.status_code for r in codes] == [200, 200]
+    finally:
+        srv.stop()
+
+
 def test_overload_gets_503_with_retry_after(tmp_path):
     srv = start_server(tmp_path, "--max-num-seqs", "2", "--max-queue-len", "2")
     body = {

@@ -1,4 +1,4 @@
-"""What the simulator is asked, taken from a real bench run (chatfleet/plan/workload.py)."""
+"""What the simulator is asked, taken from a real bench run (chatfleet/plan/traffic.py)."""
 
 from __future__ import annotations
 
