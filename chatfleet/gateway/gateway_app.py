@@ -41,6 +41,7 @@ def build_gateway_app(gw: Gateway) -> FastAPI:
 
     app = new_app("chatfleet gateway", lifespan, logger)
     app.state.gateway = gw
+    app.add_middleware(web_page.PageHeadersMiddleware)
     app.mount("/static", web_page.static_files, name="static")
     for router in (web_page.router, ops_router(), account.router, conversations.router):
         app.include_router(router)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import os
 
 from chatfleet.config.gateway_config import GatewayConfig
 from chatfleet.gateway import keys
 from chatfleet.gateway.components import Gateway
 from chatfleet.gateway.gateway_app import build_gateway_app
 from chatfleet.gateway.limits import open_limits
+from chatfleet.gateway.private_files import private_file
 from chatfleet.gateway.prompt import COUNTERS
 from chatfleet.gateway.store import open_store
 from chatfleet.gateway.store.base import GatewayStore
@@ -17,10 +17,12 @@ from chatfleet.gateway.upstream import Upstream
 from chatfleet.http.uvicorn_server import UvicornServer
 
 
-def ensure_admin_key(store: GatewayStore, path: str) -> str:
-    """The admin key kept in `path`, made (user "admin", file mode 0600) if it is missing,
-    revoked or not an admin's."""
-    if os.path.exists(path):
+def ensure_admin_key(store: GatewayStore, path: str) -> str | None:
+    """Keep a working admin key in `path` (mode 0600): a new one (user "admin") if the file
+    is missing or its key is wrong, revoked or not an admin's. The new key, to be shown
+    once; None when the kept one is still good."""
+    is_new_file = private_file(path)
+    if not is_new_file:
         with open(path) as f:
             plain = f.read().strip()
         parsed = keys.parse_key(plain)
@@ -32,13 +34,10 @@ def ensure_admin_key(store: GatewayStore, path: str) -> str:
             and not record.is_revoked
             and keys.verify_secret(parsed[1], record.salt, record.secret_hash)
         ):
-            return plain
+            return None
     user = store.get_user_by_name("admin") or store.create_user("admin", is_admin=True)
     _, plain = store.create_key(user.user_id, name="admin (made by chatfleet gateway)")
-    if os.path.dirname(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
+    with open(path, "w") as f:  # 0600 already: private_file made or narrowed it
         f.write(plain + "\n")
     return plain
 
@@ -65,5 +64,7 @@ async def serve_gateway(
     if server.started:
         print(f"chatfleet gateway on http://{host}:{port} -> {config.upstream.url}", flush=True)
         if key is not None:
-            print(f"admin key: {key}  (kept in {admin_key_file})", flush=True)
+            print(f"new admin key: {key}  (kept in {admin_key_file}; shown once)", flush=True)
+        elif admin_key_file:
+            print(f"admin key: in {admin_key_file}", flush=True)
     await task

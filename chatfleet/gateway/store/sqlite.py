@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import time
 
+from chatfleet.gateway.private_files import private_file
 from chatfleet.gateway.store.sql_connection import Dialect
 
 
@@ -39,8 +39,9 @@ def sqlite_dialect(url: str) -> Dialect:
     path = sqlite_path(url)
 
     def connect() -> sqlite3.Connection:
-        if os.path.dirname(path):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+        # NOTE: created 0600 before SQLite opens it: its -wal and -shm files take the
+        # database file's permissions.
+        private_file(path)
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
         _enable_wal(conn, timeout_s=30)
         # NOTE: NORMAL under WAL loses nothing when the process is killed (a commit is in the
