@@ -79,14 +79,24 @@ class ServerProcess:
 
 
 def launch(
-    tmp_path, name: str, port: int, *args: str, env: dict[str, str] | None = None
+    tmp_path,
+    name: str,
+    port: int,
+    *args: str,
+    env: dict[str, str] | None = None,
+    new_session: bool = False,
 ) -> ServerProcess:
-    """Start `chatfleet <args>` on 127.0.0.1:`port` without waiting for it."""
+    """Start `chatfleet <args>` on 127.0.0.1:`port` without waiting for it (`new_session`:
+    in a process group of its own, which a test can kill whole)."""
     log_path = str(tmp_path / f"{name}-{port}.log")
     cmd = [sys.executable, "-m", "chatfleet.entrypoints.cli", *args]
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=new_session,
         )
     return ServerProcess(proc, f"http://127.0.0.1:{port}", log_path)
 

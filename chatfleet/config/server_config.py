@@ -8,6 +8,10 @@ from chatfleet.config.engine_config import EngineConfig
 from chatfleet.config.flags import format_bytes, parse_bytes, setting
 from chatfleet.modelfile.paths import DEFAULT_MODEL_NAME
 
+# Where `chatfleet serve` and `chatfleet router` look for their API key when no flag or file
+# names one; the replica supervisor hands replicas their key through it.
+API_KEY_ENV = "CHATFLEET_API_KEY"
+
 
 @dataclass(frozen=True)
 class ServerConfig:
@@ -15,7 +19,12 @@ class ServerConfig:
         default=(DEFAULT_MODEL_NAME,),
         metadata=setting("served_model_name", "the names /v1/models lists and requests use"),
     )
-    api_key: str | None = field(default=None, metadata=setting(help="required as Bearer"))
+    api_key: str | None = field(
+        default=None,
+        metadata=setting(
+            help="required as Bearer; shows in `ps` (prefer --api-key-file or the environment)"
+        ),
+    )
     # In flight beyond the engine's running limit (max_num_seqs) means queueing; past this
     # many waiting, requests are refused with 503.
     max_queue_len: int = field(

@@ -19,11 +19,16 @@ from typing import Any
 
 from chatfleet.config import flags
 from chatfleet.config.gateway_config import DEFAULT_DB, GatewayConfig, UpstreamConfig
+from chatfleet.config.server_config import API_KEY_ENV
+from chatfleet.entrypoints.access import is_loopback
 from chatfleet.entrypoints.parsing import add_command
 from chatfleet.http.uvicorn_server import setup_logging
+from chatfleet.processes import die_with_parent, taken_ports
 
 logger = logging.getLogger("chatfleet.gateway")
 DEFAULT_ADMIN_KEY_FILE = ".chatfleet/admin-key"
+# The key the gateway sends upstream, when not given as a flag (which `ps` shows).
+UPSTREAM_KEY_ENV = "CHATFLEET_UPSTREAM_API_KEY"
 _DB_ENV = "CHATFLEET_DB"
 
 
@@ -49,8 +54,10 @@ def add_gateway_args(p: argparse.ArgumentParser, with_upstream: bool = True) -> 
 
 
 def gateway_config(args: argparse.Namespace, upstream_url: str) -> GatewayConfig:
+    """The flags' config; the upstream's key from the flag or the environment."""
     config = flags.from_args(GatewayConfig, args, skip=("upstream",))
-    upstream = dataclasses.replace(config.upstream, url=upstream_url)
+    key = config.upstream.api_key or os.environ.get(UPSTREAM_KEY_ENV) or None
+    upstream = dataclasses.replace(config.upstream, url=upstream_url, api_key=key)
     return dataclasses.replace(config, upstream=upstream)
 
 
@@ -127,6 +134,12 @@ def add_stack_args(p: argparse.ArgumentParser) -> None:
     add_gateway_args(p, with_upstream=False)
     p.add_argument("--replicas", type=int, default=2)
     p.add_argument("--router-port", type=int, default=8002)
+    p.add_argument(
+        "--internal-host",
+        default="127.0.0.1",
+        help="where the router and the replicas listen (not loopback: they demand a token "
+        "the stack makes and hands them, and the gateway sends)",
+    )
     p.add_argument("--up-args", default="", help="more `chatfleet up` flags")
     p.add_argument("--ready-timeout", type=float, default=600.0)
 
@@ -147,15 +160,27 @@ def _wait_ready(url: str, proc: subprocess.Popen, timeout_s: float) -> bool:
 def cmd_stack(args: argparse.Namespace) -> int:
     """`chatfleet up` (router + replicas) as a child, then the gateway in this process; on
     exit the gateway stops first, then `up` drains and stops its replicas."""
+    import secrets
     import shlex
 
     setup_logging()
-    router_url = f"http://{args.host}:{args.router_port}"
-    cmd = [sys.executable, "-m", "chatfleet.entrypoints.cli", "up", "--host", args.host]
+    taken = taken_ports(args.host, [args.port]) + taken_ports(
+        args.internal_host, [args.router_port]
+    )
+    if taken:
+        print(f"error: port(s) {taken} already in use; stop what holds them", file=sys.stderr)
+        return 1
+    router_url = f"http://{args.internal_host}:{args.router_port}"
+    cmd = [sys.executable, "-m", "chatfleet.entrypoints.cli", "up", "--host", args.internal_host]
     cmd += ["--port", str(args.router_port), "--replicas", str(args.replicas)]
     cmd += shlex.split(args.up_args)
-    # NOTE: a session of its own: Ctrl-C reaches only this process, which then stops `up`.
-    up = subprocess.Popen(cmd, start_new_session=True)
+    env = dict(os.environ)
+    if not is_loopback(args.internal_host):
+        # NOTE: in the environment, not on a command line `ps` shows to every user.
+        env[API_KEY_ENV] = args.upstream_api_key = secrets.token_urlsafe(32)
+    # NOTE: a session of its own: Ctrl-C reaches only this process, which then stops `up`;
+    # and `up` is SIGTERMed by the kernel if this process is killed outright.
+    up = subprocess.Popen(cmd, start_new_session=True, env=env, preexec_fn=die_with_parent())
     try:
         print(f"starting {args.replicas} replicas and a router on {router_url} ...", flush=True)
         if not _wait_ready(router_url, up, args.ready_timeout):

@@ -20,8 +20,10 @@ from typing import Any
 from chatfleet.config import flags
 from chatfleet.config.router_config import AutoscaleConfig, LocalReplicaConfig, RouterConfig
 from chatfleet.config.server_config import ServeConfig
+from chatfleet.entrypoints.access import add_access_args, api_key_from, check_exposure
 from chatfleet.entrypoints.parsing import add_command
 from chatfleet.entrypoints.ray_up_cmd import add_ray_args, cmd_up_ray
+from chatfleet.processes import taken_ports
 
 logger = logging.getLogger("chatfleet.up")
 _SCALE = "scale_"  # autoscaling flags: --scale-up-queue-len, ...
@@ -32,6 +34,15 @@ def add_router_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8002)
     p.add_argument("--shutdown-timeout", type=float, default=30.0)
     flags.add_flags(p, RouterConfig)
+    add_access_args(p)
+
+
+def router_config(args: argparse.Namespace, what: str) -> RouterConfig:
+    """The router's settings and key; ConfigError if it would listen beyond loopback
+    without one."""
+    config = dataclasses.replace(flags.from_args(RouterConfig, args), api_key=api_key_from(args))
+    check_exposure(args.host, config.api_key, what)
+    return config
 
 
 def cmd_router(args: argparse.Namespace) -> int:
@@ -43,7 +54,7 @@ def cmd_router(args: argparse.Namespace) -> int:
     if not args.replica:
         print("error: give at least one --replica URL", flush=True)
         return 2
-    router = Router(flags.from_args(RouterConfig, args), args.replica)
+    router = Router(router_config(args, "chatfleet router"), args.replica)
     server = UvicornServer(build_router_app(router), args.host, args.port, args.shutdown_timeout)
     asyncio.run(server.serve())
     return 0
@@ -68,8 +79,11 @@ def add_up_args(p: argparse.ArgumentParser) -> None:
     add_ray_args(p)  # --backend ray and its flags
 
 
-def replica_config(args: argparse.Namespace, default_threads: int) -> ServeConfig:
-    """Every replica's settings: the --replica-args flags, with --replica-threads."""
+def replica_config(
+    args: argparse.Namespace, default_threads: int, api_key: str | None
+) -> ServeConfig:
+    """Every replica's settings: the --replica-args flags, with --replica-threads; the
+    replicas demand the router's key (the router sends it)."""
     from chatfleet.entrypoints.serve_cmd import add_serve_args
 
     parser = argparse.ArgumentParser(prog="--replica-args", add_help=False, exit_on_error=False)
@@ -79,6 +93,7 @@ def replica_config(args: argparse.Namespace, default_threads: int) -> ServeConfi
     except (argparse.ArgumentError, SystemExit) as e:
         raise flags.ConfigError(f"--replica-args: {e}") from None
     config = flags.from_args(ServeConfig, replica_args)
+    config = dataclasses.replace(config, server=dataclasses.replace(config.server, api_key=api_key))
     # NOTE: --num-threads inside --replica-args wins over --replica-threads and the default.
     if replica_args.num_threads is not None:
         return config
@@ -105,16 +120,19 @@ def cmd_up(args: argparse.Namespace) -> int:
     from chatfleet.router.router_app import build_router_app
 
     setup_logging()
-    router_config = flags.from_args(RouterConfig, args)
+    config = router_config(args, "chatfleet up")
     scale = autoscale_config(args)
     if args.backend == "ray":
-        replica = replica_config(args, max(1, int(args.replica_cpus)))
-        return cmd_up_ray(args, router_config, replica, scale)
-    replica = replica_config(args, max(1, (os.cpu_count() or 1) // scale.max_replicas))
+        replica = replica_config(args, max(1, int(args.replica_cpus)), config.api_key)
+        return cmd_up_ray(args, config, replica, scale)
+    if taken := taken_ports(args.host, [args.port]):
+        raise flags.ConfigError(f"port {taken[0]} on {args.host} is already in use")
+    cpus = os.cpu_count() or 1
+    replica = replica_config(args, max(1, cpus // scale.max_replicas), config.api_key)
     local = flags.from_args(LocalReplicaConfig, args, base=LocalReplicaConfig(host=args.host))
     num_start = min(max(args.replicas, scale.min_replicas), scale.max_replicas)
     manager = LocalReplicaManager(local, replica)
-    router = Router(router_config)
+    router = Router(config)
     app = build_router_app(router, manager)
     server = UvicornServer(app, args.host, args.port, args.shutdown_timeout)
 

@@ -6,6 +6,7 @@ with the status code and headers (Retry-After) of the error's class.
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +78,16 @@ class ReplicaFailedError(HTTPError):
 
 class RequestTimeoutError(HTTPError):
     status_code, type, code = 504, "server_error", "request_timeout"
+
+
+def check_bearer(authorization: str, key: str | None) -> None:
+    """AuthenticationError (401) unless `authorization` is `Bearer <key>` (no key: open).
+
+    NOTE: compared in constant time, so the time of a refusal says nothing of the key."""
+    if key is None:
+        return
+    if not hmac.compare_digest(authorization.encode(), f"Bearer {key}".encode()):
+        raise AuthenticationError("Incorrect or missing API key.")
 
 
 @dataclass(frozen=True)

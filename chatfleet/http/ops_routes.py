@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from chatfleet.http.http_errors import to_error_response
+from chatfleet.http.http_errors import check_bearer, to_error_response
 
 Check = Callable[[], None]
 # The Prometheus text format the fronts have always served (not the installed client's
@@ -35,8 +35,11 @@ def ops_router(
     health: Check | None = None,
     ready: Check | None = None,
     metrics: Callable[[], Awaitable[bytes]] | None = None,
+    metrics_key: str | None = None,
 ) -> APIRouter:
-    """The routes for the callables given (a missing health check always answers ok)."""
+    """The routes for the callables given (a missing health check always answers ok).
+    /metrics needs `metrics_key` as Bearer when one is given: it tells load, names and
+    counts; /health and /ready say only up or not, for probes that carry no key."""
     router = APIRouter(tags=["operations"])
 
     @router.get("/health", responses={503: {"description": "The process cannot serve"}})
@@ -54,7 +57,8 @@ def ops_router(
         render = metrics
 
         @router.get("/metrics", response_class=Response)
-        async def get_metrics() -> Response:
+        async def get_metrics(request: Request) -> Response:
+            check_bearer(request.headers.get("authorization", ""), metrics_key)
             return Response(await render(), media_type=METRICS_MEDIA_TYPE)
 
     return router

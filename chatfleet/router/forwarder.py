@@ -107,7 +107,11 @@ class Router:
     async def start(self) -> None:
         p = self.config.proxy
         self._client = make_async_client(
-            p.connect_timeout_s, p.read_timeout_s, p.max_connections, max_keepalive_connections=256
+            p.connect_timeout_s,
+            p.read_timeout_s,
+            p.max_connections,
+            max_keepalive_connections=256,
+            api_key=self.config.api_key,
         )
         checker = HealthChecker(self.pool, self.config.health, self._client)
         await checker.probe_all()

@@ -9,22 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import signal
-import socket
 import sys
 import time
 from dataclasses import dataclass
 
 from chatfleet.config import flags
 from chatfleet.config.router_config import LocalReplicaConfig
-from chatfleet.config.server_config import ServeConfig
+from chatfleet.config.server_config import API_KEY_ENV, ServeConfig
+from chatfleet.processes import die_with_parent, port_is_free
 from chatfleet.router.replica_manager import ReplicaInfo, ReplicaManager
 
 logger = logging.getLogger("chatfleet.up")
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -41,27 +39,15 @@ class _LocalReplica:
         return ReplicaInfo(self.url, self.url, self.status, self.proc.pid, self.num_restarts)
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec (Linux): SIGTERM it if `chatfleet up` dies uncleanly."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _port_is_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
 class LocalReplicaManager(ReplicaManager):
     def __init__(self, config: LocalReplicaConfig, replica: ServeConfig) -> None:
         self.config = config
         # NOTE: the replica's settings travel as the flags they were parsed from
-        # (config/flags.py), so `chatfleet serve` rebuilds the same ServeConfig.
-        self._serve_argv = flags.to_argv(replica)
+        # (config/flags.py), so `chatfleet serve` rebuilds the same ServeConfig; its key in
+        # the environment, where `ps` does not show it.
+        self._serve_argv = flags.to_argv(replica, skip=("api_key",))
+        key = replica.server.api_key
+        self._env = {**os.environ, API_KEY_ENV: key} if key else None
         self._replicas: dict[str, _LocalReplica] = {}  # by url, in start order
 
     def list(self) -> list[ReplicaInfo]:
@@ -70,7 +56,7 @@ class LocalReplicaManager(ReplicaManager):
     def _next_port(self) -> int:
         taken = {r.port for r in self._replicas.values()}
         port = self.config.port_start
-        while port in taken or not _port_is_free(self.config.host, port):
+        while port in taken or not port_is_free(self.config.host, port):
             port += 1
             if port > 65535:
                 raise RuntimeError("no free port for a replica")
@@ -92,7 +78,8 @@ class LocalReplicaManager(ReplicaManager):
                 stdout=log,
                 stderr=asyncio.subprocess.STDOUT if log is not None else None,
                 start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                env=self._env,
+                preexec_fn=die_with_parent(),
             )
         finally:
             if log is not None:

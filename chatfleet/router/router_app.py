@@ -15,12 +15,12 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
 
 from chatfleet.http.body import read_body
 from chatfleet.http.handlers import new_app, unless_disconnected
-from chatfleet.http.http_errors import NoReplicaError
+from chatfleet.http.http_errors import NoReplicaError, check_bearer
 from chatfleet.http.ops_routes import ops_router
 from chatfleet.router.forwarder import Router
 from chatfleet.router.replica_manager import ReplicaManager
@@ -66,6 +66,12 @@ def build_router_app(router: Router, manager: ReplicaManager | None = None) -> F
     app = new_app("chatfleet router", lifespan)
     app.state.router = router
     limit = router.config.proxy.max_body_bytes
+    key = router.config.api_key
+
+    async def authorized(request: Request) -> None:
+        check_bearer(request.headers.get("authorization", ""), key)
+
+    guarded = APIRouter(dependencies=[Depends(authorized)])
 
     async def proxy(request: Request) -> Response:
         body = await read_body(request, limit)
@@ -76,9 +82,9 @@ def build_router_app(router: Router, manager: ReplicaManager | None = None) -> F
         work = router.forward(request.method, request.url.path, body, request.headers, payload)
         return await unless_disconnected(request, work)
 
-    app.add_api_route("/v1/chat/completions", proxy, methods=["POST"])
-    app.add_api_route("/v1/completions", proxy, methods=["POST"])
-    app.add_api_route("/v1/models", proxy, methods=["GET"])
+    guarded.add_api_route("/v1/chat/completions", proxy, methods=["POST"])
+    guarded.add_api_route("/v1/completions", proxy, methods=["POST"])
+    guarded.add_api_route("/v1/models", proxy, methods=["GET"])
 
     def ready() -> None:
         if not router.pool.snapshot():
@@ -87,10 +93,11 @@ def build_router_app(router: Router, manager: ReplicaManager | None = None) -> F
     async def metrics() -> bytes:
         return router.metrics.render()
 
-    app.include_router(ops_router(None, ready, metrics))
+    app.include_router(ops_router(None, ready, metrics, key))
 
-    @app.get("/router/replicas")
+    @guarded.get("/router/replicas")
     async def replicas() -> dict[str, Any]:
         return {"policy": router.policy.name, "replicas": replicas_json(router, manager)}
 
+    app.include_router(guarded)
     return app

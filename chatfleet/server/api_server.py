@@ -11,7 +11,6 @@ refused with 503 + Retry-After; a streamed response gives its slot back when it 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
 from collections.abc import Callable
@@ -29,9 +28,9 @@ from chatfleet.http.body import read_json
 from chatfleet.http.handlers import new_app
 from chatfleet.http.http_errors import (
     ERROR_SCHEMA,
-    AuthenticationError,
     DrainingError,
     OverloadedError,
+    check_bearer,
 )
 from chatfleet.http.ops_routes import ops_router
 from chatfleet.http.streaming import ClosingStreamingResponse
@@ -83,12 +82,7 @@ class ServerState:
 
     def authorize(self, request: Request) -> None:
         """AuthenticationError (401) unless the request carries the API key (when one is set)."""
-        key = self.config.api_key
-        if key is None:
-            return
-        header = request.headers.get("authorization", "")
-        if not hmac.compare_digest(header.encode(), f"Bearer {key}".encode()):
-            raise AuthenticationError("Incorrect or missing API key.")
+        check_bearer(request.headers.get("authorization", ""), self.config.api_key)
 
     def admit(self) -> Callable[[], None]:
         """Take an in-flight slot or refuse with 503 + Retry-After; returns the release."""
@@ -195,5 +189,5 @@ def build_app(engine: EngineClient, config: ServerConfig) -> FastAPI:
     def health() -> None:
         engine.check_health(config.health_max_stall_s)
 
-    app.include_router(ops_router(health, state.check_ready, metrics))
+    app.include_router(ops_router(health, state.check_ready, metrics, config.api_key))
     return app

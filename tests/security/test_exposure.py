@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
+import subprocess
+import sys
 
 import httpx
 
 from tests.gateway.conftest import auth, launch_gateway, make_key
 from tests.router.conftest import launch_router
+from tests.server_process import free_port, launch, start_server, wait_ready
 
 
 def _mode(path) -> int:
@@ -69,3 +73,89 @@ def test_deeply_nested_json_through_the_router_is_a_400(tmp_path, server):
         assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
     finally:
         router.stop()
+
+
+KEY = "internal-token-for-the-test"
+CHAT = {
+    "model": "SmolLM2-135M-Instruct",
+    "messages": [{"role": "user", "content": "Say hi."}],
+    "max_tokens": 4,
+}
+
+
+def _cmdlines() -> str:
+    """Every process's command line, as `ps` shows them to any user."""
+    out = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as f:
+                out.append(f.read().replace(b"\0", b" ").decode(errors="replace"))
+    return "\n".join(out)
+
+
+def test_router_and_replicas_with_a_key_demand_it_everywhere_but_health(tmp_path):
+    """`chatfleet up` with CHATFLEET_API_KEY: the router and every replica demand it on
+    /v1, /metrics and /router/replicas; the router sends it to its replicas; no command line
+    carries it."""
+    port = free_port()
+    up = launch(
+        tmp_path,
+        "up",
+        port,
+        *("up", "--port", str(port), "--replicas", "1", "--replica-threads", "1"),
+        *("--replica-port-start", str(free_port()), "--probe-interval", "0.2"),
+        *("--replica-args", "--kv-cache-memory 64MiB --max-num-seqs 4"),
+        env={"CHATFLEET_API_KEY": KEY},
+    )
+    try:
+        wait_ready(up, "/ready", timeout_s=300)
+        bearer = {"authorization": f"Bearer {KEY}"}
+        replicas = httpx.get(f"{up.base_url}/router/replicas", headers=bearer, timeout=10)
+        replica_url = replicas.json()["replicas"][0]["url"]
+        for base in (up.base_url, replica_url):
+            assert httpx.get(f"{base}/health", timeout=10).status_code == 200
+            for path in ("/metrics", "/v1/models"):
+                assert httpx.get(base + path, timeout=10).status_code == 401, base + path
+                wrong = {"authorization": "Bearer nope"}
+                assert httpx.get(base + path, headers=wrong, timeout=10).status_code == 401
+                assert httpx.get(base + path, headers=bearer, timeout=10).status_code == 200
+        assert httpx.get(f"{up.base_url}/router/replicas", timeout=10).status_code == 401
+        r = httpx.post(f"{up.base_url}/v1/chat/completions", json=CHAT, timeout=60)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        ok = httpx.post(f"{up.base_url}/v1/chat/completions", json=CHAT, headers=bearer, timeout=60)
+        assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] > 0
+        assert KEY not in _cmdlines()
+    finally:
+        up.stop()
+
+
+def test_fronts_beyond_loopback_refuse_to_start_without_a_key(tmp_path):
+    """Nothing is bound: the check comes first."""
+    for argv in (
+        ["router", "--host", "0.0.0.0", "--replica", "http://127.0.0.1:9"],
+        ["up", "--host", "0.0.0.0", "--replicas", "1"],
+        ["serve", "--host", "0.0.0.0"],
+    ):
+        env = {k: v for k, v in os.environ.items() if k != "CHATFLEET_API_KEY"}
+        run = subprocess.run(
+            [sys.executable, "-m", "chatfleet.entrypoints.cli", *argv],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+        assert run.returncode == 2, (argv, run.stderr[-500:])
+        assert "would answer anyone" in run.stderr, argv
+
+
+def test_the_server_key_comes_from_a_file_and_guards_metrics(tmp_path):
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY + "\n")
+    srv = start_server(tmp_path, "--api-key-file", str(key_file))
+    try:
+        assert httpx.get(f"{srv.base_url}/metrics", timeout=10).status_code == 401
+        bearer = {"authorization": f"Bearer {KEY}"}
+        assert httpx.get(f"{srv.base_url}/metrics", headers=bearer, timeout=10).status_code == 200
+        assert httpx.get(f"{srv.base_url}/ready", timeout=10).status_code == 200
+    finally:
+        srv.stop()
