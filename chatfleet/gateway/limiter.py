@@ -8,14 +8,17 @@
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import math
 import secrets
+from collections.abc import Awaitable
 
 from chatfleet.config.gateway_config import LimitsConfig
 from chatfleet.gateway.limits import KeyLimits, LimitDecision, RateLimitStore
 from chatfleet.gateway.store.base import ApiKey
-from chatfleet.http.http_errors import HTTPError
+from chatfleet.http.http_errors import HTTPError, OverloadedError
+
+logger = logging.getLogger("chatfleet.gateway")
 
 
 class RateLimitError(HTTPError):
@@ -30,6 +33,13 @@ class RateLimitError(HTTPError):
         super().__init__(message)
         self.type = kind
         self.headers = headers
+
+
+class LimitsUnavailableError(OverloadedError):
+    """The rate-limit store (Redis) cannot be reached: nobody's limits can be checked, so
+    nothing is admitted; 503 with Retry-After, never a 500."""
+
+    code = "limits_unavailable"
 
 
 def _duration(seconds: float) -> str:
@@ -71,13 +81,14 @@ class Admission:
         self.is_settled = False
 
     async def settle(self, num_used: int) -> None:
-        """Refund the unused reservation (or charge what went over it)."""
+        """Refund the unused reservation (or charge what went over it). A store that cannot
+        be reached loses the adjustment (logged): the reply itself is not failed for it."""
         if self.is_settled:
             return
         self.is_settled = True
         delta = num_used - self.num_reserved
         if delta:
-            await self.limiter.store.adjust_tokens(self.key_id, self.limits, delta)
+            await _logged(self.limiter.store.adjust_tokens(self.key_id, self.limits, delta))
 
     async def renew(self) -> None:
         if self.stream_id is not None:
@@ -89,7 +100,14 @@ class Admission:
         await self.settle(0)
         if self.stream_id is not None:
             stream_id, self.stream_id = self.stream_id, None
-            await self.limiter.store.release_stream(self.key_id, stream_id)
+            await _logged(self.limiter.store.release_stream(self.key_id, stream_id))
+
+
+async def _logged(call: Awaitable[None]) -> None:
+    try:
+        await call
+    except Exception as e:  # the store is down; its lease or the next refill repairs it
+        logger.warning("rate-limit store unreachable while settling: %r", e)
 
 
 class Limiter:
@@ -115,7 +133,10 @@ class Limiter:
                 "tokens",
                 {"Retry-After": "60"},
             )
-        d = await self.store.acquire(key.key_id, limits, num_tokens)
+        try:
+            d = await self.store.acquire(key.key_id, limits, num_tokens)
+        except Exception as e:
+            raise LimitsUnavailableError("the rate-limit store is unreachable; retry") from e
         headers = ratelimit_headers(limits, d)
         if not d.is_allowed:
             limit = limits.rpm if d.refused == "requests" else limits.tpm
@@ -131,11 +152,15 @@ class Limiter:
         if is_stream:
             stream_id = secrets.token_hex(8)
             lease = self.config.stream_lease_s
-            if not await self.store.acquire_stream(
-                key.key_id, stream_id, limits.max_streams, lease
-            ):
-                with contextlib.suppress(Exception):
-                    await self.store.adjust_tokens(key.key_id, limits, -num_tokens)
+            try:
+                has_slot = await self.store.acquire_stream(
+                    key.key_id, stream_id, limits.max_streams, lease
+                )
+            except Exception as e:
+                await _logged(self.store.adjust_tokens(key.key_id, limits, -num_tokens))
+                raise LimitsUnavailableError("the rate-limit store is unreachable; retry") from e
+            if not has_slot:
+                await _logged(self.store.adjust_tokens(key.key_id, limits, -num_tokens))
                 raise RateLimitError(
                     f"Too many concurrent streams for this key (limit {limits.max_streams}).",
                     "streams",
