@@ -15,6 +15,7 @@ MAX_STOP_STRINGS = 4
 MAX_N = 16
 MAX_LOGPROBS = 20
 COMPLETIONS_MAX_TOKENS = 16  # OpenAI's max_tokens when /v1/completions gives none
+MAX_PROMPTS = 128  # prompts in one /v1/completions request (each an engine request per choice)
 
 
 def _check(ok: bool, param: str, message: str) -> None:

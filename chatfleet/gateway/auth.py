@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from anyio import to_thread
 from fastapi import Depends, Request
 
 from chatfleet.gateway import keys
 from chatfleet.gateway.components import Gateway
 from chatfleet.gateway.store.base import ApiKey, GatewayStore
+from chatfleet.gateway.workers import run_db
 from chatfleet.http.http_errors import AuthenticationError, ForbiddenError
 
 
@@ -33,7 +33,7 @@ async def authenticate(store: GatewayStore, request: Request) -> ApiKey:
             "You didn't provide an API key. Send it as 'Authorization: Bearer KEY'."
         )
     parsed = keys.parse_key(token)
-    key = None if parsed is None else await to_thread.run_sync(store.get_key, parsed[0])
+    key = None if parsed is None else await run_db(store.get_key, parsed[0])
     if (
         parsed is None
         or key is None

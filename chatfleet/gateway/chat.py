@@ -18,17 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import httpx
-from anyio import to_thread
 from fastapi.responses import StreamingResponse
 
 from chatfleet.config.gateway_config import ChatConfig
@@ -46,16 +44,12 @@ from chatfleet.gateway.store.base import (
     Usage,
 )
 from chatfleet.gateway.upstream import parse_chat_chunk
+from chatfleet.gateway.workers import run_db, run_tokenize
 from chatfleet.http import sse
 from chatfleet.http.http_errors import ConflictError
 
 logger = logging.getLogger("chatfleet.gateway")
 _NEW_SEQ = 1 << 62  # the message being sent has no seq until it is stored
-
-
-async def run_sync(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run a blocking store call on a worker thread."""
-    return await to_thread.run_sync(functools.partial(fn, *args, **kwargs))
 
 
 def today() -> str:
@@ -99,7 +93,7 @@ class _Heartbeat:
         while True:
             await asyncio.sleep(self.interval_s)
             try:
-                await run_sync(
+                await run_db(
                     self.store.update_reply, self.reply.message.message_id, self.reply.text
                 )
                 if time.monotonic() - last_renew >= self.renew_every_s:
@@ -132,7 +126,7 @@ class ChatService:
 
         Raises before anything is stored: ConflictError if a reply is still streaming,
         InvalidRequestError / ContextLengthExceededError, RateLimitError, UpstreamError."""
-        history = await run_sync(self.store.list_messages, conv.conversation_id)
+        history = await run_db(self.store.list_messages, conv.conversation_id)
         if any(effective_status(m, self.config.stale_after_s) == "streaming" for m in history):
             raise ConflictError("A reply is still being written in this conversation.")
         replace = None
@@ -158,14 +152,14 @@ class ChatService:
         try:
             title = None if conv.title or content is None else self._title(content)
             replace_id = None if replace is None else replace.message_id
-            user_message, message = await run_sync(
+            user_message, message = await run_db(
                 self.store.start_reply, conv.conversation_id, content, replace_id, title
             )
             start = plan.context_start
             if start == _NEW_SEQ and user_message is not None:
                 start = user_message.seq
             if start != conv.context_start:
-                await run_sync(
+                await run_db(
                     self.store.update_conversation, conv.conversation_id, context_start=start
                 )
         except BaseException:
@@ -189,7 +183,7 @@ class ChatService:
         c = self.config
         max_model_len = c.max_model_len or await self.upstream.max_model_len()
         max_tokens = min(opts.max_tokens or c.reply_max_tokens, c.reply_max_tokens)
-        return await run_sync(
+        return await run_tokenize(
             plan_prompt,
             self.counter,
             conv.system_prompt,
@@ -291,13 +285,13 @@ class ChatService:
         await reply.response.aclose()
         usage = reply.usage
         if usage is None:
-            completion = await run_sync(self.counter.count_text, reply.text)
+            completion = await run_tokenize(self.counter.count_text, reply.text)
             usage = Usage(reply.plan.num_prompt_tokens, completion, 0)
         end = ReplyEnd(reply.status, reply.text, reply.finish_reason, reply.error, usage)
         try:
-            message = await run_sync(self.store.finish_reply, reply.message.message_id, end)
+            message = await run_db(self.store.finish_reply, reply.message.message_id, end)
             key = reply.key
-            await run_sync(self.store.record_usage, today(), key.user_id, key.key_id, usage)
+            await run_db(self.store.record_usage, today(), key.user_id, key.key_id, usage)
         finally:
             await reply.admission.settle(usage.prompt_tokens + usage.completion_tokens)
             await reply.admission.release()

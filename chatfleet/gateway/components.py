@@ -14,13 +14,14 @@ from pydantic import BaseModel
 
 from chatfleet.config.gateway_config import GatewayConfig
 from chatfleet.gateway.backends import Backends
-from chatfleet.gateway.chat import ChatService, run_sync
+from chatfleet.gateway.chat import ChatService
 from chatfleet.gateway.limiter import Limiter
 from chatfleet.gateway.limits import RateLimitStore
 from chatfleet.gateway.openai_proxy import OpenAIProxy
 from chatfleet.gateway.prompt import TokenCounter
 from chatfleet.gateway.store.base import ApiKey, Conversation, GatewayStore
 from chatfleet.gateway.upstream import Upstream
+from chatfleet.gateway.workers import run_db
 from chatfleet.http.body import parse_json, parse_model, read_body
 from chatfleet.http.http_errors import NotFoundError
 
@@ -47,7 +48,7 @@ class Gateway:
         stale = self.config.chat.stale_after_s
         while True:
             try:
-                n = await run_sync(self.store.expire_stale_replies, time.time() - stale)
+                n = await run_db(self.store.expire_stale_replies, time.time() - stale)
                 if n:
                     logger.warning("marked %d interrupted replies incomplete", n)
             except Exception as e:
@@ -57,7 +58,7 @@ class Gateway:
     async def close(self) -> None:
         await self.upstream.close()
         await self.limits.close()
-        await run_sync(self.store.close)
+        await run_db(self.store.close)
 
     async def body(self, request: Request, model: type[ModelT]) -> ModelT:
         """The JSON body validated by `model` (an empty body counts as {}); 400/413."""
@@ -67,7 +68,7 @@ class Gateway:
 
     async def conversation(self, key: ApiKey, conversation_id: str) -> Conversation:
         """The caller's conversation; 404 if it does not exist or is someone else's."""
-        conv = await run_sync(self.store.get_conversation, conversation_id)
+        conv = await run_db(self.store.get_conversation, conversation_id)
         if conv is None or conv.user_id != key.user_id:
             raise NotFoundError(f"No conversation {conversation_id!r}.", param="id")
         return conv

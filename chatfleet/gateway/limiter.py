@@ -42,6 +42,22 @@ class LimitsUnavailableError(OverloadedError):
     code = "limits_unavailable"
 
 
+def _refusal(limits: KeyLimits, d: LimitDecision) -> RateLimitError:
+    """The 429 for a refused acquire, naming the limit and when to retry."""
+    limit = limits.rpm if d.refused == "requests" else limits.tpm
+    unit = "requests" if d.refused == "requests" else "tokens"
+    headers = {
+        **ratelimit_headers(limits, d),
+        "Retry-After": str(max(1, math.ceil(d.retry_after_s))),
+    }
+    return RateLimitError(
+        f"Rate limit reached for {unit} per minute (limit {limit}); "
+        f"retry in {d.retry_after_s:.1f}s.",
+        d.refused or "requests",
+        headers,
+    )
+
+
 def _duration(seconds: float) -> str:
     """OpenAI's reset format: "250ms", "12s", "1m30s"."""
     if seconds < 1:
@@ -123,31 +139,39 @@ class Limiter:
             max_streams=key.max_streams or c.default_max_streams,
         )
 
-    async def admit(self, key: ApiKey, num_tokens: int, is_stream: bool) -> Admission:
-        """Reserve or raise RateLimitError (429 with Retry-After and x-ratelimit-*)."""
+    async def check_open(self, key: ApiKey) -> None:
+        """RateLimitError unless one more request could be taken now: refuses a key that is
+        over its rate before its body is read and tokenized. Takes nothing."""
         limits = self.limits_for(key)
-        if num_tokens > limits.tpm:
+        try:
+            d = await self.store.peek(key.key_id, limits)
+        except Exception as e:
+            raise LimitsUnavailableError("the rate-limit store is unreachable; retry") from e
+        if not d.is_allowed:
+            raise _refusal(limits, d)
+
+    async def admit(
+        self, key: ApiKey, num_tokens: int, is_stream: bool, num_requests: int = 1
+    ) -> Admission:
+        """Reserve `num_requests` requests (one per engine request: prompts x n) and
+        `num_tokens` tokens, or raise RateLimitError (429 with Retry-After and
+        x-ratelimit-*)."""
+        limits = self.limits_for(key)
+        if num_tokens > limits.tpm or num_requests > limits.rpm:
             raise RateLimitError(
                 f"Request too large: it needs up to {num_tokens} tokens (prompt + max_tokens) "
-                f"but this key's limit is {limits.tpm} tokens per minute; lower max_tokens.",
-                "tokens",
+                f"and {num_requests} requests, but this key's limits are {limits.tpm} tokens "
+                f"and {limits.rpm} requests per minute.",
+                "tokens" if num_tokens > limits.tpm else "requests",
                 {"Retry-After": "60"},
             )
         try:
-            d = await self.store.acquire(key.key_id, limits, num_tokens)
+            d = await self.store.acquire(key.key_id, limits, num_tokens, num_requests)
         except Exception as e:
             raise LimitsUnavailableError("the rate-limit store is unreachable; retry") from e
-        headers = ratelimit_headers(limits, d)
         if not d.is_allowed:
-            limit = limits.rpm if d.refused == "requests" else limits.tpm
-            unit = "requests" if d.refused == "requests" else "tokens"
-            headers["Retry-After"] = str(max(1, math.ceil(d.retry_after_s)))
-            raise RateLimitError(
-                f"Rate limit reached for {unit} per minute (limit {limit}); "
-                f"retry in {d.retry_after_s:.1f}s.",
-                d.refused or "requests",
-                headers,
-            )
+            raise _refusal(limits, d)
+        headers = ratelimit_headers(limits, d)
         stream_id = None
         if is_stream:
             stream_id = secrets.token_hex(8)

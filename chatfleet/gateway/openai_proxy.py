@@ -21,16 +21,17 @@ from fastapi.responses import Response, StreamingResponse
 from chatfleet.config.gateway_config import GatewayConfig
 from chatfleet.errors import InvalidRequestError
 from chatfleet.gateway.backends import Backends
-from chatfleet.gateway.chat import run_sync, today
+from chatfleet.gateway.chat import today
 from chatfleet.gateway.limiter import Admission
 from chatfleet.gateway.prompt import CharTokenCounter
 from chatfleet.gateway.store.base import ApiKey, Usage
 from chatfleet.gateway.upstream import parse_chat_chunk, parse_usage
+from chatfleet.gateway.workers import run_db, run_tokenize
 from chatfleet.http import sse
 from chatfleet.http.body import read_json
 from chatfleet.http.handlers import unless_disconnected
 from chatfleet.http.http_errors import ReplicaFailedError
-from chatfleet.sampling_params import COMPLETIONS_MAX_TOKENS
+from chatfleet.sampling_params import COMPLETIONS_MAX_TOKENS, MAX_PROMPTS
 
 
 def _text(content: Any) -> str:
@@ -67,8 +68,17 @@ class OpenAIProxy:
         except Exception:
             return CharTokenCounter().count_text(json.dumps(payload)), 1
 
-    async def _reservation(self, path: str, payload: dict[str, Any]) -> int:
-        num_prompt, num_prompts = await run_sync(self._count_prompt, path, payload)
+    async def _reservation(self, path: str, payload: dict[str, Any]) -> tuple[int, int]:
+        """(tokens, engine requests) the request may use: prompt + n x max_tokens per prompt,
+        and one request per prompt and choice. A prompt list over MAX_PROMPTS is a 400 here,
+        before anything is counted."""
+        prompt = payload.get("prompt")
+        is_token_list = isinstance(prompt, list) and all(isinstance(p, int) for p in prompt)
+        if isinstance(prompt, list) and len(prompt) > MAX_PROMPTS and not is_token_list:
+            raise InvalidRequestError(
+                f"at most {MAX_PROMPTS} prompts per request, got {len(prompt)}", param="prompt"
+            )
+        num_prompt, num_prompts = await run_tokenize(self._count_prompt, path, payload)
         max_tokens = payload.get("max_completion_tokens") or payload.get("max_tokens")
         if not isinstance(max_tokens, int) or max_tokens < 1:
             if path.endswith("/chat/completions"):
@@ -78,12 +88,14 @@ class OpenAIProxy:
                 max_tokens = COMPLETIONS_MAX_TOKENS
         n = payload.get("n")
         n = n if isinstance(n, int) and n >= 1 else 1
-        return num_prompt + n * num_prompts * max_tokens
+        return num_prompt + n * num_prompts * max_tokens, n * num_prompts
 
     async def forward(self, key: ApiKey, request: Request) -> Response:
         """POST /v1/chat/completions or /v1/completions on behalf of `key`."""
         path = request.url.path
         c = self.config
+        # NOTE: a key over its rate is refused before its body is read and tokenized.
+        await self.limiter.check_open(key)
         payload = await read_json(request, c.max_body_bytes, c.max_json_depth)
         if not isinstance(payload, dict):
             raise InvalidRequestError("the request body must be a JSON object")
@@ -91,7 +103,8 @@ class OpenAIProxy:
         wants_usage = is_stream and bool((payload.get("stream_options") or {}).get("include_usage"))
         if is_stream:
             payload = {**payload, "stream_options": {"include_usage": True}}
-        admission = await self.limiter.admit(key, await self._reservation(path, payload), is_stream)
+        num_tokens, num_requests = await self._reservation(path, payload)
+        admission = await self.limiter.admit(key, num_tokens, is_stream, num_requests)
         session = request.headers.get(self.upstream.config.session_header)
         headers = self.upstream.headers(session_id=session)
         body = json.dumps(payload).encode()
@@ -183,14 +196,14 @@ class OpenAIProxy:
     ) -> None:
         """The upstream's usage, or (stopped, failed) a count of what was sent."""
         if usage is None:
-            num_prompt, _ = await run_sync(self._count_prompt, path, payload)
-            completion = await run_sync(self.counter.count_text, "".join(parts))
+            num_prompt, _ = await run_tokenize(self._count_prompt, path, payload)
+            completion = await run_tokenize(self.counter.count_text, "".join(parts))
             usage = Usage(num_prompt, completion)
         await self._account(key, admission, usage)
 
     async def _account(self, key: ApiKey, admission: Admission, usage: Usage) -> None:
         try:
-            await run_sync(self.store.record_usage, today(), key.user_id, key.key_id, usage)
+            await run_db(self.store.record_usage, today(), key.user_id, key.key_id, usage)
         finally:
             await admission.settle(usage.prompt_tokens + usage.completion_tokens)
             await admission.release()

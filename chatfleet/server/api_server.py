@@ -23,7 +23,7 @@ from pydantic import BaseModel
 
 from chatfleet.config.server_config import ServerConfig
 from chatfleet.engine.engine_client import EngineClient
-from chatfleet.errors import EngineDeadError
+from chatfleet.errors import EngineDeadError, InvalidRequestError
 from chatfleet.http.body import read_json
 from chatfleet.http.handlers import new_app
 from chatfleet.http.http_errors import (
@@ -84,23 +84,29 @@ class ServerState:
         """AuthenticationError (401) unless the request carries the API key (when one is set)."""
         check_bearer(request.headers.get("authorization", ""), self.config.api_key)
 
-    def admit(self) -> Callable[[], None]:
-        """Take an in-flight slot or refuse with 503 + Retry-After; returns the release."""
+    def admit(self, num_requests: int = 1) -> Callable[[], None]:
+        """Take `num_requests` in-flight slots (one per engine request: prompts x n) or
+        refuse with 503 + Retry-After (400 if they could never fit); returns the release."""
         if self.draining:
             raise DrainingError("the server is shutting down", retry_after_s=5)
         if self.engine.is_dead:
             raise EngineDeadError("the engine is dead; the server is exiting")
         limit = self.engine.max_num_seqs + self.config.max_queue_len
-        if self.num_in_flight >= limit:
+        if num_requests > limit:
+            raise InvalidRequestError(
+                f"the request needs {num_requests} engine requests (prompts x n); this server "
+                f"takes at most {limit} at once"
+            )
+        if self.num_in_flight + num_requests > limit:
             raise OverloadedError(f"{self.num_in_flight} requests in flight (limit {limit})")
-        self.num_in_flight += 1
+        self.num_in_flight += num_requests
         released = False
 
         def release() -> None:
             nonlocal released
             if not released:
                 released = True
-                self.num_in_flight -= 1
+                self.num_in_flight -= num_requests
 
         return release
 
@@ -121,7 +127,7 @@ class ServerState:
         """One completion request: read, admit, execute; the slot is held while it streams."""
         body = await read_json(request, self.config.max_body_bytes, self.config.max_json_depth)
         job = serving.make_job(body)
-        release = self.admit()
+        release = self.admit(len(job.prompts) * job.params.n)
         try:
             response = await serving.create(request, job)
         except BaseException:

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from chatfleet.errors import InvalidRequestError
-from chatfleet.sampling_params import SamplingParams
+from chatfleet.sampling_params import MAX_PROMPTS, SamplingParams
 
 Number = StrictInt | float
 
@@ -137,6 +137,7 @@ class CompletionRequest(SamplingFields):
     suffix: StrictStr | None = None
 
     def prompts(self) -> list[str | list[int]]:
+        """The prompts, each one engine request per choice; at most MAX_PROMPTS."""
         p = self.prompt
         if isinstance(p, str):
             return [p]
@@ -144,4 +145,8 @@ class CompletionRequest(SamplingFields):
             raise InvalidRequestError("prompt must not be empty", param="prompt")
         if all(isinstance(x, int) for x in p):
             return [list(p)]  # type: ignore[arg-type]
+        if len(p) > MAX_PROMPTS:
+            raise InvalidRequestError(
+                f"at most {MAX_PROMPTS} prompts per request, got {len(p)}", param="prompt"
+            )
         return list(p)  # type: ignore[arg-type]

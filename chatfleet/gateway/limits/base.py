@@ -78,8 +78,14 @@ class RateLimitStore(ABC):
     name: str = "base"
 
     @abstractmethod
-    async def acquire(self, key_id: str, limits: KeyLimits, num_tokens: int) -> LimitDecision:
-        """Take one request and `num_tokens` tokens, or (refused) nothing at all."""
+    async def acquire(
+        self, key_id: str, limits: KeyLimits, num_tokens: int, num_requests: int = 1
+    ) -> LimitDecision:
+        """Take `num_requests` requests and `num_tokens` tokens, or (refused) nothing."""
+
+    @abstractmethod
+    async def peek(self, key_id: str, limits: KeyLimits) -> LimitDecision:
+        """Whether one request (and no tokens) would be taken now; takes nothing."""
 
     @abstractmethod
     async def adjust_tokens(self, key_id: str, limits: KeyLimits, delta: int) -> None:

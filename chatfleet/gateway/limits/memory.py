@@ -27,13 +27,23 @@ class MemoryRateLimitStore(RateLimitStore):
         self._token_tat: dict[str, float] = {}
         self._streams: dict[str, dict[str, float]] = {}  # key_id -> stream_id -> lease end
 
-    async def acquire(self, key_id: str, limits: KeyLimits, num_tokens: int) -> LimitDecision:
+    async def acquire(
+        self, key_id: str, limits: KeyLimits, num_tokens: int, num_requests: int = 1
+    ) -> LimitDecision:
+        return self._take(key_id, limits, num_tokens, num_requests, commit=True)
+
+    async def peek(self, key_id: str, limits: KeyLimits) -> LimitDecision:
+        return self._take(key_id, limits, 0, 1, commit=False)
+
+    def _take(
+        self, key_id: str, limits: KeyLimits, num_tokens: int, num_requests: int, commit: bool
+    ) -> LimitDecision:
         now = time.monotonic()
         old_req, old_tok = self._request_tat.get(key_id), self._token_tat.get(key_id)
-        req = gcra(old_req, now, limits.rpm, 1)
+        req = gcra(old_req, now, limits.rpm, num_requests)
         tok = gcra(old_tok, now, limits.tpm, num_tokens)
         refused = refused_kind(req, tok)
-        if refused is None:
+        if refused is None and commit:
             self._request_tat[key_id] = req.tat
             self._token_tat[key_id] = tok.tat
         else:  # nothing was taken: report the buckets as they are

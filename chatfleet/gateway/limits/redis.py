@@ -30,8 +30,9 @@ local function save(key, tat)
 end
 """
 
-# KEYS: request bucket, token bucket. ARGV: period_s, rpm, tpm, num_tokens.
-# Returns (request allowed, token allowed, request tat - now, token tat - now, retry afters).
+# KEYS: request bucket, token bucket. ARGV: period_s, rpm, tpm, num_tokens, num_requests,
+# commit (0: only look). Returns (request allowed, token allowed, request tat - now,
+# token tat - now, retry afters).
 _ACQUIRE = (
     _NOW
     + """
@@ -44,9 +45,9 @@ local function step(key, limit, cost)
   if over > 1e-9 then return 0, old, over, old end
   return 1, new_tat, 0, old
 end
-local r_ok, r_tat, r_retry, r_old = step(KEYS[1], tonumber(ARGV[2]), 1)
+local r_ok, r_tat, r_retry, r_old = step(KEYS[1], tonumber(ARGV[2]), tonumber(ARGV[5]))
 local t_ok, t_tat, t_retry, t_old = step(KEYS[2], tonumber(ARGV[3]), tonumber(ARGV[4]))
-if r_ok == 1 and t_ok == 1 then
+if r_ok == 1 and t_ok == 1 and ARGV[6] == '1' then
   save(KEYS[1], r_tat)
   save(KEYS[2], t_tat)
 else  -- nothing was taken: report the buckets as they are
@@ -110,9 +111,19 @@ class RedisRateLimitStore(RateLimitStore):
         self._acquire_stream = self.client.register_script(_ACQUIRE_STREAM)
         self._renew_stream = self.client.register_script(_RENEW_STREAM)
 
-    async def acquire(self, key_id: str, limits: KeyLimits, num_tokens: int) -> LimitDecision:
+    async def acquire(
+        self, key_id: str, limits: KeyLimits, num_tokens: int, num_requests: int = 1
+    ) -> LimitDecision:
+        return await self._take(key_id, limits, num_tokens, num_requests, commit=True)
+
+    async def peek(self, key_id: str, limits: KeyLimits) -> LimitDecision:
+        return await self._take(key_id, limits, 0, 1, commit=False)
+
+    async def _take(
+        self, key_id: str, limits: KeyLimits, num_tokens: int, num_requests: int, commit: bool
+    ) -> LimitDecision:
         requests, tokens, _ = _keys(key_id)
-        args = [PERIOD_S, limits.rpm, limits.tpm, num_tokens]
+        args = [PERIOD_S, limits.rpm, limits.tpm, num_tokens, num_requests, int(commit)]
         r_ok, t_ok, r_tat, t_tat, r_retry, t_retry = await self._acquire(
             keys=[requests, tokens], args=args
         )

@@ -8,9 +8,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from chatfleet.gateway.auth import CallerKey, GatewayDep, require_admin
-from chatfleet.gateway.chat import run_sync
 from chatfleet.gateway.routes.query import bool_query, int_query
 from chatfleet.gateway.schemas import usage_json
+from chatfleet.gateway.workers import run_db
 
 router = APIRouter(prefix="/api", tags=["account"])
 
@@ -35,5 +35,5 @@ async def usage(request: Request, key: CallerKey, gw: GatewayDep) -> dict[str, A
         require_admin(key)
     since = datetime.datetime.now(datetime.UTC).date() - datetime.timedelta(days=days - 1)
     user_id = None if everyone else key.user_id
-    rows = await run_sync(gw.store.list_usage, since.isoformat(), user_id)
+    rows = await run_db(gw.store.list_usage, since.isoformat(), user_id)
     return usage_json(rows)

@@ -18,7 +18,6 @@ from fastapi.responses import Response
 
 from chatfleet.errors import InvalidRequestError
 from chatfleet.gateway.auth import CallerKey, GatewayDep
-from chatfleet.gateway.chat import run_sync
 from chatfleet.gateway.routes.query import int_query
 from chatfleet.gateway.schemas import (
     NewConversation,
@@ -28,6 +27,7 @@ from chatfleet.gateway.schemas import (
     conversation_json,
     message_json,
 )
+from chatfleet.gateway.workers import run_db
 from chatfleet.http.http_errors import NotFoundError
 
 router = APIRouter(prefix="/api/conversations", tags=["conversations"])
@@ -41,7 +41,7 @@ async def list_conversations(request: Request, key: CallerKey, gw: GatewayDep) -
         cursor = None if before is None else float(before)
     except ValueError:
         raise InvalidRequestError("before must be a number", param="before") from None
-    convs = await run_sync(gw.store.list_conversations, key.user_id, limit + 1, cursor)
+    convs = await run_db(gw.store.list_conversations, key.user_id, limit + 1, cursor)
     data = [conversation_json(c) for c in convs[:limit]]
     return {"object": "list", "data": data, "has_more": len(convs) > limit}
 
@@ -49,14 +49,14 @@ async def list_conversations(request: Request, key: CallerKey, gw: GatewayDep) -
 @router.post("", status_code=201)
 async def create_conversation(request: Request, key: CallerKey, gw: GatewayDep) -> dict[str, Any]:
     req = await gw.body(request, NewConversation)
-    conv = await run_sync(gw.store.create_conversation, key.user_id, req.title, req.system_prompt)
+    conv = await run_db(gw.store.create_conversation, key.user_id, req.title, req.system_prompt)
     return conversation_json(conv)
 
 
 @router.get("/{conversation_id}")
 async def get_conversation(conversation_id: str, key: CallerKey, gw: GatewayDep) -> dict[str, Any]:
     conv = await gw.conversation(key, conversation_id)
-    messages = await run_sync(gw.store.list_messages, conversation_id)
+    messages = await run_db(gw.store.list_messages, conversation_id)
     stale = gw.config.chat.stale_after_s
     return conversation_json(conv) | {"messages": [message_json(m, stale) for m in messages]}
 
@@ -67,7 +67,7 @@ async def rename_conversation(
 ) -> dict[str, Any]:
     await gw.conversation(key, conversation_id)
     req = await gw.body(request, UpdateConversation)
-    conv = await run_sync(gw.store.update_conversation, conversation_id, title=req.title)
+    conv = await run_db(gw.store.update_conversation, conversation_id, title=req.title)
     if conv is None:
         raise NotFoundError(f"No conversation {conversation_id!r}.", param="id")
     return conversation_json(conv)
@@ -78,7 +78,7 @@ async def delete_conversation(
     conversation_id: str, key: CallerKey, gw: GatewayDep
 ) -> dict[str, Any]:
     await gw.conversation(key, conversation_id)
-    await run_sync(gw.store.delete_conversation, conversation_id)
+    await run_db(gw.store.delete_conversation, conversation_id)
     return {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
 
 
@@ -86,6 +86,7 @@ async def _reply(
     request: Request, conversation_id: str, key: CallerKey, gw: GatewayDep, is_new: bool
 ) -> Response:
     """An SSE reply to a new message (`is_new`), or the last reply again."""
+    await gw.limiter.check_open(key)  # before the body is read and the history tokenized
     conv = await gw.conversation(key, conversation_id)
     if is_new:
         message = await gw.body(request, NewMessage)

@@ -1,0 +1,72 @@
+"""No free tokens: every engine request a body asks for is counted and capped, and a key over
+its rate is refused before the gateway does any work for it."""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+import httpx
+
+from tests.gateway.conftest import auth, make_key
+from tests.server_process import start_server
+
+MODEL = "SmolLM2-135M-Instruct"
+
+
+def _completions(base_url: str, body: dict, headers: dict | None = None) -> httpx.Response:
+    body = {"model": MODEL, "max_tokens": 2, **body}
+    return httpx.post(f"{base_url}/v1/completions", json=body, headers=headers or {}, timeout=120)
+
+
+def test_a_huge_prompt_list_is_refused_whole(gateway_factory, sqlite_url, server):
+    key = make_key(sqlite_url, "alice")
+    gw = gateway_factory(sqlite_url)
+    for base, headers in ((gw.base_url, auth(key)), (server.base_url, {})):
+        r = _completions(base, {"prompt": ["a"] * 20_000}, headers)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "prompt", base
+
+
+def test_every_prompt_counts_against_the_keys_request_rate(gateway_factory, sqlite_url):
+    key = make_key(sqlite_url, "bob", rpm=5)
+    gw = gateway_factory(sqlite_url)
+    assert _completions(gw.base_url, {"prompt": ["a", "b", "c", "d"]}, auth(key)).status_code == 200
+    r = _completions(gw.base_url, {"prompt": ["e", "f"]}, auth(key))
+    assert r.status_code == 429 and r.json()["error"]["type"] == "requests"
+    too_many = _completions(gw.base_url, {"prompt": ["x"] * 6}, auth(key))
+    assert (
+        too_many.status_code == 429 and "Request too large" in too_many.json()["error"]["message"]
+    )
+
+
+def test_a_key_over_its_rate_is_refused_before_its_body_is_read(gateway_factory, sqlite_url):
+    """The second request's body is not even JSON: refused for the rate (429), not for the
+    body (400), so the gateway never parsed, let alone tokenized, it."""
+    key = make_key(sqlite_url, "carol", rpm=1)
+    gw = gateway_factory(sqlite_url)
+    assert _completions(gw.base_url, {"prompt": "hi"}, auth(key)).status_code == 200
+    r = httpx.post(
+        f"{gw.base_url}/v1/chat/completions",
+        content=b"{" * 1000,
+        headers={**auth(key), "content-type": "application/json"},
+        timeout=30,
+    )
+    assert r.status_code == 429, r.text
+
+
+def test_the_server_counts_each_prompt_and_choice_as_an_engine_request(tmp_path):
+    srv = start_server(tmp_path, "--max-num-seqs", "2", "--max-queue-len", "2")
+    try:
+        r = _completions(srv.base_url, {"prompt": ["a", "b", "c"], "n": 2})
+        assert r.status_code == 400 and "engine requests" in r.json()["error"]["message"]
+        long = {"prompt": ["one", "two", "three", "four"], "max_tokens": 200, "ignore_eos": True}
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            big = pool.submit(_completions, srv.base_url, {**long, "stream": True})
+            # While the four run or wait, one more cannot be admitted.
+            for _ in range(100):
+                second = _completions(srv.base_url, {"prompt": "x"})
+                if second.status_code == 503:
+                    break
+            assert second.status_code == 503 and second.json()["error"]["code"] == "overloaded"
+            assert big.result().status_code == 200
+    finally:
+        srv.stop()
