@@ -1,17 +1,21 @@
 """One assistant reply in a conversation: streamed to the client, recorded as it goes.
 
-    POST .../messages --> plan the prompt (trimmed history) --> admit (limits) --> upstream
-        accepted --> store user message + empty "streaming" reply (one transaction)
-        --> SSE to the client: start, delta..., end, [DONE]
-            (every flush_interval_s the partial text is written: the reply's heartbeat)
+    POST .../messages --> store the user message + an empty "streaming" reply (one
+        transaction, taken alone per conversation: a second reply meanwhile is a 409)
+        --> plan the prompt (trimmed history) --> admit (limits) --> upstream
+        refused (400, 429, 502, 503): both messages dropped, the conversation as it was
+        accepted --> SSE to the client: start, delta..., end, [DONE]
+            (every flush_interval_s the partial text is written: the reply's heartbeat,
+            beating from the moment the reply is stored, queue wait included)
         --> the reply ends "complete", "failed" (upstream error), or "stopped" (the client
-            left: the upstream request is closed, so the engine aborts it)
+            left, before the first byte or after: the upstream request is closed, so the
+            engine aborts it)
 
-Nothing is stored before the upstream accepts the request, so a refusal (429, 503, 400)
-leaves the conversation as it was. A gateway killed mid-reply leaves the row "streaming" with
-a stale heartbeat; readers report it "incomplete" and the sweeper stores that.
-Usage is the upstream's exact count; a stopped reply has none, so it is counted here
-(prompt as planned, the partial text re-tokenized).
+The user's message is stored before the upstream is asked, so a gateway killed during a long
+queue loses nothing: its reply is left "streaming" with a stale heartbeat, readers report it
+"incomplete" and the sweeper stores that. Usage is the upstream's exact count; a stopped
+reply has none, so it is counted here (prompt as planned, the partial text re-tokenized),
+and it is stored in the same transaction as the reply's end.
 """
 
 from __future__ import annotations
@@ -21,20 +25,19 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import httpx
-from fastapi.responses import StreamingResponse
 
 from chatfleet.config.gateway_config import ChatConfig
 from chatfleet.errors import InvalidRequestError
 from chatfleet.gateway.backends import Backends
 from chatfleet.gateway.limiter import Admission
 from chatfleet.gateway.prompt import PromptPlan, Turn, plan_prompt
-from chatfleet.gateway.schemas import ReplyOptions, effective_status, message_json
+from chatfleet.gateway.schemas import ReplyOptions, message_json
 from chatfleet.gateway.store.base import (
     ApiKey,
     Conversation,
@@ -42,11 +45,12 @@ from chatfleet.gateway.store.base import (
     Message,
     ReplyEnd,
     Usage,
+    UsageOwner,
 )
 from chatfleet.gateway.upstream import parse_chat_chunk
 from chatfleet.gateway.workers import run_db, run_tokenize
 from chatfleet.http import sse
-from chatfleet.http.http_errors import ConflictError
+from chatfleet.http.streaming import ClosingStreamingResponse
 
 logger = logging.getLogger("chatfleet.gateway")
 _NEW_SEQ = 1 << 62  # the message being sent has no seq until it is stored
@@ -54,6 +58,39 @@ _NEW_SEQ = 1 << 62  # the message being sent has no seq until it is stored
 
 def today() -> str:
     return time.strftime("%Y-%m-%d", time.gmtime())
+
+
+class _Heartbeat:
+    """Writes a reply's partial text every `interval_s` (its liveness for readers and the
+    sweeper) and, once admitted, renews its stream slot's lease."""
+
+    def __init__(self, store: GatewayStore, message_id: str, interval_s: float, lease_s: float):
+        self.store, self.message_id = store, message_id
+        self.interval_s, self.renew_every_s = interval_s, lease_s / 3
+        self.text: Callable[[], str] = lambda: ""
+        self.admission: Admission | None = None
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        last_renew = time.monotonic()
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await run_db(self.store.update_reply, self.message_id, self.text())
+                if self.admission and time.monotonic() - last_renew >= self.renew_every_s:
+                    await self.admission.renew()
+                    last_renew = time.monotonic()
+            except Exception as e:  # a busy database must not end the reply
+                logger.warning("heartbeat of %s failed: %r", self.message_id, e)
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
 
 
 @dataclass
@@ -66,47 +103,17 @@ class _Reply:
     response: httpx.Response
     user_message: Message | None
     message: Message
+    beat: _Heartbeat
     parts: list[str] = field(default_factory=list)
     status: str = "failed"
     finish_reason: str | None = None
     usage: Usage | None = None
     error: str | None = None
+    is_finished: bool = False
 
     @property
     def text(self) -> str:
         return "".join(self.parts)
-
-
-class _Heartbeat:
-    """Writes the partial text every `interval_s` and renews the stream's lease."""
-
-    def __init__(self, store: GatewayStore, reply: _Reply, interval_s: float, lease_s: float):
-        self.store, self.reply = store, reply
-        self.interval_s, self.renew_every_s = interval_s, lease_s / 3
-        self.task: asyncio.Task | None = None
-
-    def start(self) -> None:
-        self.task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        last_renew = time.monotonic()
-        while True:
-            await asyncio.sleep(self.interval_s)
-            try:
-                await run_db(
-                    self.store.update_reply, self.reply.message.message_id, self.reply.text
-                )
-                if time.monotonic() - last_renew >= self.renew_every_s:
-                    await self.reply.admission.renew()
-                    last_renew = time.monotonic()
-            except Exception as e:  # a busy database must not end the reply
-                logger.warning("heartbeat of %s failed: %r", self.reply.message.message_id, e)
-
-    async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
 
 
 class ChatService:
@@ -121,14 +128,13 @@ class ChatService:
         conv: Conversation,
         opts: ReplyOptions,
         content: str | None,
-    ) -> StreamingResponse:
+    ) -> ClosingStreamingResponse:
         """Answer `content` (or, when None, regenerate the last reply) as an SSE stream.
 
-        Raises before anything is stored: ConflictError if a reply is still streaming,
-        InvalidRequestError / ContextLengthExceededError, RateLimitError, UpstreamError."""
+        Raises ConflictError if a reply is still streaming; then, with the messages it
+        stored dropped again: InvalidRequestError / ContextLengthExceededError,
+        RateLimitError, UpstreamError."""
         history = await run_db(self.store.list_messages, conv.conversation_id)
-        if any(effective_status(m, self.config.stale_after_s) == "streaming" for m in history):
-            raise ConflictError("A reply is still being written in this conversation.")
         replace = None
         if content is None:
             if history and history[-1].role == "assistant":
@@ -142,35 +148,68 @@ class ChatService:
         turns = [Turn(m.seq, m.role, m.content) for m in history if m.role == "user" or m.content]
         if content is not None:
             turns.append(Turn(_NEW_SEQ, "user", content))
-        plan = await self._plan(conv, turns, opts)
-        admission = await self.limiter.admit(key, plan.num_prompt_tokens + plan.max_tokens, True)
-        try:
-            response = await self._open(conv, plan, opts)
-        except BaseException:
-            await admission.release()
-            raise
-        try:
-            title = None if conv.title or content is None else self._title(content)
-            replace_id = None if replace is None else replace.message_id
-            user_message, message = await run_db(
-                self.store.start_reply, conv.conversation_id, content, replace_id, title
-            )
-            start = plan.context_start
-            if start == _NEW_SEQ and user_message is not None:
-                start = user_message.seq
-            if start != conv.context_start:
-                await run_db(
-                    self.store.update_conversation, conv.conversation_id, context_start=start
-                )
-        except BaseException:
-            await response.aclose()
-            await admission.release()
-            raise
-        reply = _Reply(key, plan, admission, response, user_message, message)
-        headers = {**admission.headers, "cache-control": "no-cache", "x-accel-buffering": "no"}
-        return StreamingResponse(
-            self._relay(reply), media_type="text/event-stream", headers=headers
+        title = None if conv.title or content is None else self._title(content)
+        stale_before = time.time() - self.config.stale_after_s
+        user_message, message = await run_db(
+            self.store.start_reply, conv.conversation_id, content, title, stale_before
         )
+        beat = _Heartbeat(
+            self.store,
+            message.message_id,
+            self.config.flush_interval_s,
+            self.limiter.config.stream_lease_s,
+        )
+        beat.start()
+        try:
+            plan = await self._plan(conv, turns, opts)
+            admission = await self.limiter.admit(
+                key, plan.num_prompt_tokens + plan.max_tokens, True
+            )
+            try:
+                response = await self._open(conv, plan, opts)
+            except BaseException:
+                await admission.release()
+                raise
+        except BaseException as e:
+            with anyio.CancelScope(shield=True):
+                await beat.stop()
+                if isinstance(e, Exception):  # refused: as if never asked
+                    user_id = None if user_message is None else user_message.message_id
+                    await run_db(self.store.drop_reply, message.message_id, user_id)
+                else:  # the client left while the upstream was being asked
+                    end = ReplyEnd("stopped", "", None, None, Usage())
+                    await run_db(self.store.finish_reply, message.message_id, end)
+            raise
+        reply = _Reply(key, plan, admission, response, user_message, message, beat)
+        beat.admission, beat.text = admission, lambda: reply.text
+        try:
+            replace_id = None if replace is None else replace.message_id
+            await run_db(self.store.accept_reply, message.message_id, replace_id)
+            await self._keep_context_start(conv, plan, user_message)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._finish(reply)
+            raise
+        headers = {**admission.headers, "cache-control": "no-cache", "x-accel-buffering": "no"}
+
+        async def stop_if_unfinished() -> None:
+            reply.status = "stopped" if not reply.is_finished else reply.status
+            await self._finish(reply)
+
+        # NOTE: on_close ends the reply even if the client left before its first byte, when
+        # the body never runs: the upstream is closed and the slot given back.
+        return ClosingStreamingResponse(
+            self._relay(reply), headers=headers, on_close=[stop_if_unfinished]
+        )
+
+    async def _keep_context_start(
+        self, conv: Conversation, plan: PromptPlan, user_message: Message | None
+    ) -> None:
+        start = plan.context_start
+        if start == _NEW_SEQ and user_message is not None:
+            start = user_message.seq
+        if start != conv.context_start:
+            await run_db(self.store.update_conversation, conv.conversation_id, context_start=start)
 
     def _title(self, content: str) -> str:
         line = " ".join(content.split())
@@ -218,10 +257,6 @@ class ChatService:
         )
 
     async def _relay(self, reply: _Reply) -> AsyncIterator[str]:
-        beat = _Heartbeat(
-            self.store, reply, self.config.flush_interval_s, self.limiter.config.stream_lease_s
-        )
-        beat.start()
         stale = self.config.stale_after_s
         try:
             yield sse.event(
@@ -245,10 +280,10 @@ class ChatService:
             if not stopped:
                 reply.error = f"internal error: {type(e).__name__}"
             with anyio.CancelScope(shield=True):
-                await self._finish(reply, beat)
+                await self._finish(reply)
             raise
         with anyio.CancelScope(shield=True):
-            message = await self._finish(reply, beat)
+            message = await self._finish(reply)
         if message is not None:
             yield sse.event({"type": "end", "message": message_json(message, stale)})
         yield sse.DONE
@@ -277,9 +312,13 @@ class ChatService:
             reply.error = "the upstream ended the reply without finishing it"
         reply.status = "complete" if reply.error is None else "failed"
 
-    async def _finish(self, reply: _Reply, beat: _Heartbeat) -> Message | None:
-        """Store how the reply ended, count its usage, settle its limits. Runs once."""
-        await beat.stop()
+    async def _finish(self, reply: _Reply) -> Message | None:
+        """Store how the reply ended and its usage (one transaction), settle its limits.
+        Acts once; later calls return None."""
+        if reply.is_finished:
+            return None
+        reply.is_finished = True
+        await reply.beat.stop()
         # NOTE: closing an unfinished upstream response drops the connection, which is how
         # the upstream (router or replica) learns to abort the request.
         await reply.response.aclose()
@@ -288,11 +327,9 @@ class ChatService:
             completion = await run_tokenize(self.counter.count_text, reply.text)
             usage = Usage(reply.plan.num_prompt_tokens, completion, 0)
         end = ReplyEnd(reply.status, reply.text, reply.finish_reason, reply.error, usage)
+        owner = UsageOwner(today(), reply.key.user_id, reply.key.key_id)
         try:
-            message = await run_db(self.store.finish_reply, reply.message.message_id, end)
-            key = reply.key
-            await run_db(self.store.record_usage, today(), key.user_id, key.key_id, usage)
+            return await run_db(self.store.finish_reply, reply.message.message_id, end, owner)
         finally:
             await reply.admission.settle(usage.prompt_tokens + usage.completion_tokens)
             await reply.admission.release()
-        return message

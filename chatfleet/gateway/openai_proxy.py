@@ -1,9 +1,12 @@
 """/v1/* for any OpenAI client: the caller's key and limits, then the upstream, streamed back.
 
 Tokens reserved up front are prompt (counted here) + n * max_tokens (the upstream's default
-when absent); the upstream's exact usage settles them. Streams always ask the upstream for
-usage (`stream_options.include_usage`); a client that did not ask never sees that chunk.
-The upstream's own refusals (400, 429, 503, ...) reach the client unchanged.
+when absent) per prompt; each prompt and choice is a request of the key's rate. The upstream
+is always asked for a stream with usage: a client that wanted one body gets the chunks
+assembled (stream_assembly.py), a streaming client that did not ask for usage never sees
+that chunk, and a client that leaves stops the engine and is billed for what it generated,
+every choice counted. The upstream's own refusals (400, 429, 503, ...) reach the client
+unchanged.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 import anyio
 import httpx
 from fastapi import Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
 from chatfleet.config.gateway_config import GatewayConfig
 from chatfleet.errors import InvalidRequestError
@@ -24,13 +27,15 @@ from chatfleet.gateway.backends import Backends
 from chatfleet.gateway.chat import today
 from chatfleet.gateway.limiter import Admission
 from chatfleet.gateway.prompt import CharTokenCounter
-from chatfleet.gateway.store.base import ApiKey, Usage
-from chatfleet.gateway.upstream import parse_chat_chunk, parse_usage
+from chatfleet.gateway.store.base import ApiKey, Usage, UsageOwner
+from chatfleet.gateway.stream_assembly import StreamAssembler
+from chatfleet.gateway.upstream import UpstreamError, parse_usage
 from chatfleet.gateway.workers import run_db, run_tokenize
 from chatfleet.http import sse
 from chatfleet.http.body import read_json
 from chatfleet.http.handlers import unless_disconnected
 from chatfleet.http.http_errors import ReplicaFailedError
+from chatfleet.http.streaming import ClosingStreamingResponse
 from chatfleet.sampling_params import COMPLETIONS_MAX_TOKENS, MAX_PROMPTS
 
 
@@ -101,55 +106,62 @@ class OpenAIProxy:
             raise InvalidRequestError("the request body must be a JSON object")
         is_stream = payload.get("stream") is True
         wants_usage = is_stream and bool((payload.get("stream_options") or {}).get("include_usage"))
-        if is_stream:
-            payload = {**payload, "stream_options": {"include_usage": True}}
+        # NOTE: always a stream upstream, with usage: a client that leaves stops the engine
+        # and pays for what it generated; a client that wanted one body gets it assembled.
+        upstream_payload = {**payload, "stream": True, "stream_options": {"include_usage": True}}
         num_tokens, num_requests = await self._reservation(path, payload)
         admission = await self.limiter.admit(key, num_tokens, is_stream, num_requests)
+        exchange = _Exchange(self, key, admission, path, payload)
         session = request.headers.get(self.upstream.config.session_header)
         headers = self.upstream.headers(session_id=session)
-        body = json.dumps(payload).encode()
+        body = json.dumps(upstream_payload).encode()
         try:
             if not is_stream:
-                return await unless_disconnected(
-                    request, self._complete(key, admission, path, body, headers)
-                )
+                return await unless_disconnected(request, self._complete(exchange, body, headers))
             response = await self.upstream.open("POST", path, body, headers)
         except BaseException:
-            await admission.release()
+            with anyio.CancelScope(shield=True):
+                await exchange.account()
             raise
-        relay = self._relay(key, admission, response, path, payload, wants_usage)
+        relay = self._relay(exchange, response, wants_usage)
         out_headers = {**admission.headers, "cache-control": "no-cache"}
-        return StreamingResponse(relay, media_type="text/event-stream", headers=out_headers)
+
+        async def account_if_unread() -> None:
+            await response.aclose()
+            await exchange.account()
+
+        return ClosingStreamingResponse(relay, headers=out_headers, on_close=[account_if_unread])
 
     async def _complete(
-        self, key: ApiKey, admission: Admission, path: str, body: bytes, headers: dict[str, str]
+        self, exchange: _Exchange, body: bytes, headers: dict[str, str]
     ) -> Response:
+        """The upstream's stream read whole into the one body the client asked for."""
+        response = await self.upstream.open("POST", exchange.path, body, headers)
         try:
-            response = await self.upstream.fetch("POST", path, body, headers)
-        except BaseException:  # refused, failed, or cancelled because the client left
+            async for data in sse.aiter_data(response.aiter_lines()):
+                if data == "[DONE]":
+                    break
+                if data is not None and (event := _event(data)) is not None:
+                    exchange.assembler.feed(event)
+        except httpx.HTTPError as e:
+            raise UpstreamError(f"the upstream failed mid-response ({type(e).__name__})") from e
+        finally:
             with anyio.CancelScope(shield=True):
-                await admission.release()
-            raise
-        try:
-            usage = parse_usage(json.loads(response.content).get("usage"))
-        except (ValueError, AttributeError):
-            usage = None
-        await self._account(key, admission, usage or Usage())
-        media = response.headers.get("content-type", "application/json")
-        return Response(response.content, response.status_code, admission.headers, media_type=media)
+                await response.aclose()
+                await exchange.account()  # cancelled (the client left): what was generated
+        error = exchange.assembler.error
+        if error is not None:
+            code = error.get("code")
+            failed = UpstreamError(
+                str(error.get("message")), 504 if code == "request_timeout" else 502
+            )
+            failed.code = code if isinstance(code, str) else failed.code
+            raise failed
+        return JSONResponse(exchange.assembler.body(), headers=exchange.admission.headers)
 
     async def _relay(
-        self,
-        key: ApiKey,
-        admission: Admission,
-        response: httpx.Response,
-        path: str,
-        payload: dict[str, Any],
-        wants_usage: bool,
+        self, exchange: _Exchange, response: httpx.Response, wants_usage: bool
     ) -> AsyncIterator[str]:
-        usage: Usage | None = None
-        parts: list[str] = []
-        is_accounted = False
         try:
             async for data in sse.aiter_data(response.aiter_lines()):
                 if data is None:
@@ -159,18 +171,13 @@ class OpenAIProxy:
                     # Settle before the client sees the end, so its next request finds the
                     # stream slot and the refunded tokens back.
                     with anyio.CancelScope(shield=True):
-                        await self._account_stream(key, admission, usage, path, payload, parts)
-                    is_accounted = True
+                        await exchange.account()
                 else:
                     event = _event(data)
-                    found = parse_usage(event.get("usage")) if event else None
-                    usage = found or usage
-                    if event is not None and path.endswith("/chat/completions"):
-                        parts.append(parse_chat_chunk(data).text)
-                    elif event is not None:
-                        parts += [c.get("text") or "" for c in event.get("choices") or []]
-                    if found is not None and not wants_usage:
-                        if not event or not event.get("choices"):
+                    if event is not None:
+                        exchange.assembler.feed(event)
+                    if event is not None and "usage" in event and not wants_usage:
+                        if not event.get("choices"):
                             continue  # the usage-only chunk the client did not ask for
                         data = json.dumps({k: v for k, v in event.items() if k != "usage"})
                 yield sse.data_event(data)
@@ -182,31 +189,45 @@ class OpenAIProxy:
             with anyio.CancelScope(shield=True):
                 with contextlib.suppress(Exception):
                     await response.aclose()
-                if not is_accounted:
-                    await self._account_stream(key, admission, usage, path, payload, parts)
+                await exchange.account()
 
-    async def _account_stream(
+
+class _Exchange:
+    """One /v1 request on its way through: what it reserved, what came back, and its
+    accounting, done once however the request ends."""
+
+    def __init__(
         self,
+        proxy: OpenAIProxy,
         key: ApiKey,
         admission: Admission,
-        usage: Usage | None,
         path: str,
         payload: dict[str, Any],
-        parts: list[str],
     ) -> None:
-        """The upstream's usage, or (stopped, failed) a count of what was sent."""
-        if usage is None:
-            num_prompt, _ = await run_tokenize(self._count_prompt, path, payload)
-            completion = await run_tokenize(self.counter.count_text, "".join(parts))
-            usage = Usage(num_prompt, completion)
-        await self._account(key, admission, usage)
+        self.proxy, self.key, self.admission = proxy, key, admission
+        self.path, self.payload = path, payload
+        self.assembler = StreamAssembler(is_chat=path.endswith("/chat/completions"))
+        self.is_accounted = False
 
-    async def _account(self, key: ApiKey, admission: Admission, usage: Usage) -> None:
+    async def account(self) -> None:
+        """Record the usage and settle the limits: the upstream's exact usage, or (stopped,
+        failed) the prompt plus every choice's text so far, re-tokenized."""
+        if self.is_accounted:
+            return
+        self.is_accounted = True
+        usage = parse_usage(self.assembler.usage)
+        if usage is None and (texts := self.assembler.texts()):
+            num_prompt, _ = await run_tokenize(self.proxy._count_prompt, self.path, self.payload)
+            completion = sum([await run_tokenize(self.proxy.counter.count_text, t) for t in texts])
+            usage = Usage(num_prompt, completion)
+        usage = usage or Usage()  # refused upstream: nothing was generated
         try:
-            await run_db(self.store.record_usage, today(), key.user_id, key.key_id, usage)
+            if usage != Usage():
+                owner = UsageOwner(today(), self.key.user_id, self.key.key_id)
+                await run_db(self.proxy.store.record_usage, owner, usage)
         finally:
-            await admission.settle(usage.prompt_tokens + usage.completion_tokens)
-            await admission.release()
+            await self.admission.settle(usage.prompt_tokens + usage.completion_tokens)
+            await self.admission.release()
 
 
 def _event(data: str) -> dict[str, Any] | None:

@@ -10,7 +10,7 @@ import pytest
 
 from chatfleet.errors import ChatfleetError
 from chatfleet.gateway.store import open_store
-from chatfleet.gateway.store.base import INTERRUPTED_ERROR, ReplyEnd, Usage
+from chatfleet.gateway.store.base import INTERRUPTED_ERROR, ReplyEnd, Usage, UsageOwner
 from chatfleet.gateway.store.migrations import LATEST_VERSION
 
 
@@ -55,14 +55,18 @@ def test_store_round_trip(db_url):
         assert user.seq < reply.seq
         store.update_reply(reply.message_id, "Hel")
         assert store.list_messages(conv.conversation_id)[1].content == "Hel"
+        with pytest.raises(ChatfleetError, match="still being written"):
+            store.start_reply(conv.conversation_id, "Again?", stale_before=time.time() - 60)
         end = ReplyEnd("complete", "Hello", "stop", usage=Usage(10, 2, 8))
-        done = store.finish_reply(reply.message_id, end)
+        day = UsageOwner("2030-01-02", alice.user_id, key.key_id)
+        done = store.finish_reply(reply.message_id, end, day)
         assert (done.status, done.content, done.usage) == ("complete", "Hello", Usage(10, 2, 8))
         store.update_reply(reply.message_id, "late heartbeat")  # ignored once finished
         assert store.list_messages(conv.conversation_id)[1].content == "Hello"
 
-        # Regenerate: the reply is replaced, the user message stays.
-        _, again = store.start_reply(conv.conversation_id, None, reply.message_id)
+        # Regenerate: the reply is replaced once the upstream took the new one.
+        _, again = store.start_reply(conv.conversation_id, None)
+        store.accept_reply(again.message_id, reply.message_id)
         assert [m.message_id for m in store.list_messages(conv.conversation_id)] == [
             user.message_id,
             again.message_id,
@@ -77,11 +81,14 @@ def test_store_round_trip(db_url):
         assert [c.conversation_id for c in store.list_conversations(alice.user_id, 10)] == [
             conv.conversation_id
         ]
-        store.record_usage("2030-01-02", alice.user_id, key.key_id, Usage(10, 2, 8))
-        store.record_usage("2030-01-02", alice.user_id, key.key_id, Usage(5, 1, 0))
+        store.record_usage(day, Usage(5, 1, 0))
         (row,) = store.list_usage("2030-01-01", alice.user_id)
         assert (row.num_requests, row.prompt_tokens, row.completion_tokens) == (2, 15, 3)
         assert row.cached_tokens == 8 and row.user_name == "alice"
+        # A refused reply goes, with the message it answered.
+        asked, dropped = store.start_reply(conv.conversation_id, "Refused?")
+        store.drop_reply(dropped.message_id, asked.message_id)
+        assert len(store.list_messages(conv.conversation_id)) == 2
         assert store.list_usage("2030-01-03") == []
 
         assert store.delete_conversation(conv.conversation_id)

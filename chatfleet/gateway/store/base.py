@@ -103,6 +103,15 @@ class ReplyEnd:
     usage: Usage = Usage()
 
 
+@dataclass(frozen=True)
+class UsageOwner:
+    """Whose day of usage a request's tokens are added to."""
+
+    day: str  # YYYY-MM-DD, UTC
+    user_id: str
+    key_id: str
+
+
 class GatewayStore(ABC):
     """Users, API keys, conversations, messages and daily usage."""
 
@@ -170,21 +179,32 @@ class GatewayStore(ABC):
         self,
         conversation_id: str,
         user_content: str | None,
-        replace_message_id: str | None = None,
         title: str | None = None,
+        stale_before: float = 0.0,
     ) -> tuple[Message | None, Message]:
-        """One transaction: append the user message (if any), delete the reply being
-        regenerated (if any), append an empty "streaming" assistant message, set the title
-        (if given and the conversation has none) and bump updated_at.
-        Returns (user message or None, assistant message)."""
+        """One transaction, taken alone per conversation: ConflictError if a reply there is
+        still "streaming" (touched since `stale_before`); else append the user message (if
+        any) and an empty "streaming" assistant message, set the title (if given and the
+        conversation has none) and bump updated_at. Returns (user message or None, reply)."""
+
+    @abstractmethod
+    def accept_reply(self, message_id: str, replace_message_id: str | None) -> None:
+        """The upstream took the reply: delete the reply it regenerates (if any)."""
+
+    @abstractmethod
+    def drop_reply(self, message_id: str, user_message_id: str | None) -> None:
+        """The upstream refused the reply: delete it and the user message it answered."""
 
     @abstractmethod
     def update_reply(self, message_id: str, content: str) -> None:
         """Store the partial text of a streaming reply; also its heartbeat (updated_at)."""
 
     @abstractmethod
-    def finish_reply(self, message_id: str, end: ReplyEnd) -> Message | None:
-        """Write the final state of a streaming reply; None if it is gone (deleted)."""
+    def finish_reply(
+        self, message_id: str, end: ReplyEnd, owner: UsageOwner | None = None
+    ) -> Message | None:
+        """Write the final state of a streaming reply and, in the same transaction, add its
+        usage to `owner`'s day; None if the reply is gone (deleted; the usage still counts)."""
 
     @abstractmethod
     def expire_stale_replies(self, stale_before: float) -> int:
@@ -193,7 +213,7 @@ class GatewayStore(ABC):
 
     # ---- usage --------------------------------------------------------------------------
     @abstractmethod
-    def record_usage(self, day: str, user_id: str, key_id: str, usage: Usage) -> None:
+    def record_usage(self, owner: UsageOwner, usage: Usage) -> None:
         """Add one request and its token counts to the (day, key) row."""
 
     @abstractmethod

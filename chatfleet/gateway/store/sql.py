@@ -17,6 +17,7 @@ from chatfleet.gateway.store.base import (
     Message,
     ReplyEnd,
     Usage,
+    UsageOwner,
     UsageRow,
     User,
 )
@@ -243,16 +244,29 @@ class SqlStore(GatewayStore):
         self,
         conversation_id: str,
         user_content: str | None,
-        replace_message_id: str | None = None,
         title: str | None = None,
+        stale_before: float = 0.0,
     ) -> tuple[Message | None, Message]:
         now = time.time()
         with self.db.transaction() as cur:
-            if replace_message_id is not None:
-                cur.execute(
-                    self.db.q("DELETE FROM messages WHERE message_id = ? AND conversation_id = ?"),
-                    (replace_message_id, conversation_id),
-                )
+            # NOTE: the conversation's row is locked until commit, so of two replies started
+            # at once the second sees the first's "streaming" message.
+            cur.execute(
+                self.db.q(
+                    "SELECT conversation_id FROM conversations WHERE conversation_id = ?"
+                    + self.db.dialect.lock_rows
+                ),
+                (conversation_id,),
+            )
+            cur.execute(
+                self.db.q(
+                    "SELECT COUNT(*) FROM messages WHERE conversation_id = ? "
+                    "AND status = 'streaming' AND updated_at >= ?"
+                ),
+                (conversation_id, stale_before),
+            )
+            if int(cur.fetchone()[0]):
+                raise ConflictError("A reply is still being written in this conversation.")
             user = None
             if user_content is not None:
                 user = self._insert_message(
@@ -273,6 +287,16 @@ class SqlStore(GatewayStore):
                 )
         return user, reply
 
+    def accept_reply(self, message_id: str, replace_message_id: str | None) -> None:
+        if replace_message_id is not None:
+            self.db.run("DELETE FROM messages WHERE message_id = ?", (replace_message_id,))
+
+    def drop_reply(self, message_id: str, user_message_id: str | None) -> None:
+        with self.db.transaction() as cur:
+            for mid in (message_id, user_message_id):
+                if mid is not None:
+                    cur.execute(self.db.q("DELETE FROM messages WHERE message_id = ?"), (mid,))
+
     def update_reply(self, message_id: str, content: str) -> None:
         self.db.run(
             "UPDATE messages SET content = ?, updated_at = ? "
@@ -280,9 +304,13 @@ class SqlStore(GatewayStore):
             (content, time.time(), message_id),
         )
 
-    def finish_reply(self, message_id: str, end: ReplyEnd) -> Message | None:
+    def finish_reply(
+        self, message_id: str, end: ReplyEnd, owner: UsageOwner | None = None
+    ) -> Message | None:
         now = time.time()
         with self.db.transaction() as cur:
+            if owner is not None:
+                self._add_usage(cur, owner, end.usage)
             cur.execute(
                 self.db.q(
                     "UPDATE messages SET status = ?, content = ?, finish_reason = ?, error = ?, "
@@ -309,19 +337,25 @@ class SqlStore(GatewayStore):
         )
 
     # ---- usage --------------------------------------------------------------------------
-    def record_usage(self, day: str, user_id: str, key_id: str, usage: Usage) -> None:
-        self.db.run(
-            "INSERT INTO usage_daily (day, key_id, user_id, num_requests, prompt_tokens, "
-            "cached_tokens, completion_tokens) VALUES (?, ?, ?, 1, ?, ?, ?) "
-            "ON CONFLICT (day, key_id) DO UPDATE SET "
-            "num_requests = usage_daily.num_requests + 1, "
-            "prompt_tokens = usage_daily.prompt_tokens + excluded.prompt_tokens, "
-            "cached_tokens = usage_daily.cached_tokens + excluded.cached_tokens, "
-            "completion_tokens = usage_daily.completion_tokens + excluded.completion_tokens",
+    def record_usage(self, owner: UsageOwner, usage: Usage) -> None:
+        with self.db.transaction() as cur:
+            self._add_usage(cur, owner, usage)
+
+    def _add_usage(self, cur: Any, owner: UsageOwner, usage: Usage) -> None:
+        cur.execute(
+            self.db.q(
+                "INSERT INTO usage_daily (day, key_id, user_id, num_requests, prompt_tokens, "
+                "cached_tokens, completion_tokens) VALUES (?, ?, ?, 1, ?, ?, ?) "
+                "ON CONFLICT (day, key_id) DO UPDATE SET "
+                "num_requests = usage_daily.num_requests + 1, "
+                "prompt_tokens = usage_daily.prompt_tokens + excluded.prompt_tokens, "
+                "cached_tokens = usage_daily.cached_tokens + excluded.cached_tokens, "
+                "completion_tokens = usage_daily.completion_tokens + excluded.completion_tokens"
+            ),
             (
-                day,
-                key_id,
-                user_id,
+                owner.day,
+                owner.key_id,
+                owner.user_id,
                 usage.prompt_tokens,
                 usage.cached_tokens,
                 usage.completion_tokens,

@@ -24,6 +24,9 @@ class Dialect:
     begin_write: str  # starts a transaction that will write
     migration_lock: tuple[str, ...]  # run right after begin_write before migrating
     integrity_error: type[Exception]  # raised on a UNIQUE violation
+    # Appended to a SELECT in a write transaction to lock the rows it reads until commit
+    # (" FOR UPDATE"); empty where a write transaction already excludes every other writer.
+    lock_rows: str = ""
 
 
 class SqlConnection:
