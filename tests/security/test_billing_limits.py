@@ -4,11 +4,13 @@ its rate is refused before the gateway does any work for it."""
 from __future__ import annotations
 
 import concurrent.futures
+import json
 
 import httpx
+import pytest
 
 from tests.gateway.conftest import auth, make_key
-from tests.server_process import start_server
+from tests.server_process import start_server, wait_until
 
 MODEL = "SmolLM2-135M-Instruct"
 
@@ -70,3 +72,50 @@ def test_the_server_counts_each_prompt_and_choice_as_an_engine_request(tmp_path)
             assert big.result().status_code == 200
     finally:
         srv.stop()
+
+
+def _usage_row(base_url: str, key: str) -> dict:
+    rows = httpx.get(f"{base_url}/api/usage", headers=auth(key), timeout=10).json()["data"]
+    return rows[0] if rows else {"num_requests": 0, "completion_tokens": 0}
+
+
+def test_a_non_streamed_request_whose_client_leaves_pays_for_what_was_generated(
+    gateway_factory, sqlite_url
+):
+    key = make_key(sqlite_url, "dave")
+    gw = gateway_factory(sqlite_url)
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell a long tale."}]}
+    body |= {"max_tokens": 400, "ignore_eos": True}
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up after 2 s of a long reply
+        httpx.post(
+            f"{gw.base_url}/v1/chat/completions",
+            json=body,
+            headers=auth(key),
+            timeout=httpx.Timeout(60, read=2),
+        )
+    assert wait_until(lambda: _usage_row(gw.base_url, key)["num_requests"] == 1, 30)
+    billed = _usage_row(gw.base_url, key)["completion_tokens"]
+    assert 0 < billed < 400  # what the engine made before it was stopped, not nothing
+
+
+def test_every_choice_of_a_stream_left_early_is_billed(gateway_factory, sqlite_url):
+    """n=3 streamed, the client leaves after a few chunks, before the usage chunk: the bill
+    counts all three choices' text, not choice 0's alone."""
+    key = make_key(sqlite_url, "erin")
+    gw = gateway_factory(sqlite_url)
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Count slowly."}]}
+    body |= {"max_tokens": 200, "ignore_eos": True, "n": 3, "stream": True, "temperature": 1.0}
+    received: dict[int, int] = {}
+    url = f"{gw.base_url}/v1/chat/completions"
+    with httpx.stream("POST", url, json=body, headers=auth(key), timeout=60) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                for choice in json.loads(line[6:])["choices"]:
+                    if choice["delta"].get("content"):
+                        received[choice["index"]] = received.get(choice["index"], 0) + 1
+            if sum(received.values()) >= 30:
+                break
+    assert set(received) == {0, 1, 2}
+    assert wait_until(lambda: _usage_row(gw.base_url, key)["num_requests"] == 1, 30)
+    billed = _usage_row(gw.base_url, key)["completion_tokens"]
+    assert billed >= sum(received.values()) - 3  # every choice's chunks, roughly a token each
