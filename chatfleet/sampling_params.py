@@ -52,6 +52,9 @@ class SamplingParams:
     logprobs: int | None = None  # number of top alternatives to return per token
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    # Requests share cached KV blocks only with requests of the same salt (None: with every
+    # request without one). Not a sampling knob; it travels here with the request.
+    cache_salt: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):

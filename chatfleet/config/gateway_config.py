@@ -71,6 +71,11 @@ class ChatConfig:
     trim_slack_tokens: int = 512
     max_message_chars: int = 100_000
     title_chars: int = 60
+    # What one user's conversations may hold in all (system prompts and message texts);
+    # past it, a new conversation or message is a 413.
+    max_stored_bytes_per_user: int = field(
+        default=64 << 20, metadata=setting(parse=parse_bytes, format=format_bytes)
+    )
     flush_interval_s: float = 0.5  # partial reply text is written this often
     # A reply still "streaming" whose row was not touched for this long belongs to a gateway
     # that died: it is reported and then stored as "incomplete".
@@ -104,3 +109,11 @@ class GatewayConfig:
         default=4 << 20, metadata=setting(parse=parse_bytes, format=format_bytes)
     )
     max_json_depth: int = 64
+    # "user": each user's prompts share cached KV blocks only with that user's (a tenant
+    # cannot probe another's prompts through cached_tokens); "shared": every prompt with
+    # every other (more hits on a system prompt all users share, when nothing in it is secret).
+    cache_isolation: str = field(default="user", metadata=setting(choices=("user", "shared")))
+
+    def __post_init__(self) -> None:
+        if self.cache_isolation not in ("user", "shared"):
+            raise ValueError("cache_isolation must be 'user' or 'shared'")

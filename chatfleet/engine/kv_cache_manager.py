@@ -46,7 +46,7 @@ class KVCacheManager:
         """Extend request.block_hashes to cover every full block of its first num_tokens."""
         bs, hashes, tokens = self.block_size, request.block_hashes, request.token_ids
         for i in range(len(hashes), num_tokens // bs):
-            parent = hashes[-1] if hashes else None
+            parent = hashes[-1] if hashes else _root(request)
             hashes.append(hash_block(parent, tuple(tokens[i * bs : (i + 1) * bs])))
 
     def get_computed_blocks(self, request: Request) -> tuple[list[KVCacheBlock], int]:
@@ -61,7 +61,7 @@ class KVCacheManager:
         self._update_hashes(request, request.num_tokens)
         bs, tokens = self.block_size, request.token_ids
         hits: list[KVCacheBlock] = []
-        parent = None
+        parent = _root(request)
         for i in range((request.num_tokens - 1) // bs):
             block_hash = request.block_hashes[i]
             block = self.pool.lookup(block_hash, parent, tuple(tokens[i * bs : (i + 1) * bs]))
@@ -130,7 +130,7 @@ class KVCacheManager:
         self._update_hashes(request, end * self.block_size)
         bs, hashes = self.block_size, request.block_hashes
         for i in range(start, end):
-            parent = hashes[i - 1] if i else None
+            parent = hashes[i - 1] if i else _root(request)
             tokens = tuple(request.token_ids[i * bs : (i + 1) * bs])
             self.pool.cache_block(blocks[i], hashes[i], parent, tokens)
         self._num_hashed[request.request_id] = end
@@ -146,7 +146,7 @@ class KVCacheManager:
             start = full * self.block_size
             self.pool.cache_partial(
                 blocks[full],
-                request.block_hashes[full - 1] if full else None,
+                request.block_hashes[full - 1] if full else _root(request),
                 tuple(request.token_ids[start : start + rest]),
             )
         self.pool.free(list(reversed(blocks)))
@@ -161,3 +161,11 @@ class KVCacheManager:
             assert block.ref_count == counts.get(block.block_id, 0), (
                 f"block {block.block_id}: ref_count {block.ref_count} != owners"
             )
+
+
+def _root(request: Request) -> int | None:
+    """What a request's first block chains from: nothing, or its cache salt. Requests with
+    different salts share no block, so a tenant cannot learn from its cached-token counts
+    what another tenant's prompts begin with."""
+    salt = request.sampling_params.cache_salt
+    return None if salt is None else hash_block(None, (), ("cache_salt", salt))

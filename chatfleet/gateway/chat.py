@@ -120,7 +120,7 @@ class ChatService:
     def __init__(self, backends: Backends, config: ChatConfig) -> None:
         self.store, self.upstream = backends.store, backends.upstream
         self.limiter, self.counter = backends.limiter, backends.counter
-        self.config = config
+        self.backends, self.config = backends, config
 
     async def reply(
         self,
@@ -251,6 +251,8 @@ class ChatService:
             body["top_p"] = opts.top_p
         if opts.seed is not None:
             body["seed"] = opts.seed
+        if (salt := self.backends.cache_salt(conv.user_id)) is not None:
+            body["cache_salt"] = salt
         headers = self.upstream.headers(session_id=conv.conversation_id)
         return await self.upstream.open(
             "POST", "/v1/chat/completions", json.dumps(body).encode(), headers

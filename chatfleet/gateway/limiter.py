@@ -150,6 +150,11 @@ class Limiter:
         if not d.is_allowed:
             raise _refusal(limits, d)
 
+    async def take_request(self, key: ApiKey) -> None:
+        """One request of the key's rate and no tokens (a conversation created), or
+        RateLimitError."""
+        await (await self.admit(key, 0, is_stream=False)).release()
+
     async def admit(
         self, key: ApiKey, num_tokens: int, is_stream: bool, num_requests: int = 1
     ) -> Admission:

@@ -51,7 +51,7 @@ class OpenAIProxy:
     def __init__(self, backends: Backends, config: GatewayConfig) -> None:
         self.store, self.upstream = backends.store, backends.upstream
         self.limiter, self.counter = backends.limiter, backends.counter
-        self.config = config
+        self.backends, self.config = backends, config
 
     def _count_prompt(self, path: str, payload: dict[str, Any]) -> tuple[int, int]:
         """(prompt tokens, number of prompts); a guess from the characters if the prompt is
@@ -109,6 +109,9 @@ class OpenAIProxy:
         # NOTE: always a stream upstream, with usage: a client that leaves stops the engine
         # and pays for what it generated; a client that wanted one body gets it assembled.
         upstream_payload = {**payload, "stream": True, "stream_options": {"include_usage": True}}
+        upstream_payload.pop("cache_salt", None)  # a client never picks another tenant's salt
+        if (salt := self.backends.cache_salt(key.user_id)) is not None:
+            upstream_payload["cache_salt"] = salt
         num_tokens, num_requests = await self._reservation(path, payload)
         admission = await self.limiter.admit(key, num_tokens, is_stream, num_requests)
         exchange = _Exchange(self, key, admission, path, payload)

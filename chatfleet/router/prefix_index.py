@@ -25,12 +25,18 @@ _SEP = "\x1e"  # between messages; cannot be confused with text a user typed as 
 
 
 def prompt_text(body: Any) -> str:
-    """The prompt of a /v1/chat/completions or /v1/completions body as one string.
+    """The prompt of a /v1/chat/completions or /v1/completions body as one string, led by
+    its cache salt if it has one (replicas share cached blocks only within a salt).
 
     Unknown shapes give "" (the request is then routed by load only; the replica validates it).
     """
     if not isinstance(body, dict):
         return ""
+    salt = body.get("cache_salt")
+    if isinstance(salt, str):
+        return (
+            f"salt:{salt}{_SEP}{prompt_text({k: v for k, v in body.items() if k != 'cache_salt'})}"
+        )
     messages = body.get("messages")
     if isinstance(messages, list):
         parts = []

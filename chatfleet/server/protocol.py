@@ -67,6 +67,7 @@ class SamplingFields(_Base):
     ignore_eos: StrictBool = False
     min_tokens: StrictInt = 0
     response_format: ResponseFormat | None = None
+    cache_salt: Annotated[StrictStr, Field(min_length=1, max_length=256)] | None = None
 
     @property
     def include_usage(self) -> bool:
@@ -105,6 +106,7 @@ class SamplingFields(_Base):
             "ignore_eos": self.ignore_eos,
             "min_tokens": self.min_tokens,
             "logprobs": logprobs,
+            "cache_salt": self.cache_salt,
         }
         if max_tokens is not None:
             values["max_tokens"] = max_tokens

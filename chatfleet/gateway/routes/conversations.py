@@ -48,7 +48,11 @@ async def list_conversations(request: Request, key: CallerKey, gw: GatewayDep) -
 
 @router.post("", status_code=201)
 async def create_conversation(request: Request, key: CallerKey, gw: GatewayDep) -> dict[str, Any]:
+    """Takes one request of the key's rate; its system prompt counts toward the user's
+    stored bytes."""
+    await gw.limiter.take_request(key)
     req = await gw.body(request, NewConversation)
+    await gw.check_storage(key, req.title + req.system_prompt)
     conv = await run_db(gw.store.create_conversation, key.user_id, req.title, req.system_prompt)
     return conversation_json(conv)
 
@@ -90,6 +94,7 @@ async def _reply(
     conv = await gw.conversation(key, conversation_id)
     if is_new:
         message = await gw.body(request, NewMessage)
+        await gw.check_storage(key, message.content)
         return await gw.chat.reply(key, conv, message, message.content)
     return await gw.chat.reply(key, conv, await gw.body(request, ReplyOptions), None)
 

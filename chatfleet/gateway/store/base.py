@@ -155,6 +155,10 @@ class GatewayStore(ABC):
     def get_conversation(self, conversation_id: str) -> Conversation | None: ...
 
     @abstractmethod
+    def stored_bytes(self, user_id: str) -> int:
+        """What the user's conversations take: system prompts and message texts, in bytes."""
+
+    @abstractmethod
     def list_conversations(
         self, user_id: str, limit: int, before: float | None = None
     ) -> list[Conversation]:

@@ -26,4 +26,5 @@ def postgres_dialect(url: str) -> Dialect:
         migration_lock=(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_ID})",),
         integrity_error=psycopg.IntegrityError,
         lock_rows=" FOR UPDATE",
+        byte_length="OCTET_LENGTH({})",
     )

@@ -206,6 +206,20 @@ class SqlStore(GatewayStore):
                 )
         return self.get_conversation(conversation_id)
 
+    def stored_bytes(self, user_id: str) -> int:
+        size = self.db.dialect.byte_length
+        prompts = self.db.one(
+            f"SELECT COALESCE(SUM({size.format('system_prompt')}), 0) FROM conversations "
+            "WHERE user_id = ?",
+            (user_id,),
+        )
+        texts = self.db.one(
+            f"SELECT COALESCE(SUM({size.format('m.content')}), 0) FROM messages m "
+            "JOIN conversations c ON c.conversation_id = m.conversation_id WHERE c.user_id = ?",
+            (user_id,),
+        )
+        return int(prompts[0]) + int(texts[0])
+
     def delete_conversation(self, conversation_id: str) -> bool:
         with self.db.transaction() as cur:
             cur.execute(

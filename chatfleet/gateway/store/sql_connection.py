@@ -27,6 +27,7 @@ class Dialect:
     # Appended to a SELECT in a write transaction to lock the rows it reads until commit
     # (" FOR UPDATE"); empty where a write transaction already excludes every other writer.
     lock_rows: str = ""
+    byte_length: str = "LENGTH(CAST({} AS BLOB))"  # a text column's size in bytes
 
 
 class SqlConnection:
