@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from chatfleet.config.flags import format_bytes, parse_bytes, setting
+from chatfleet.config.http_config import HttpLimitsConfig
 
 DEFAULT_DB = "sqlite:///.chatfleet/gateway.db"
 
@@ -109,6 +110,7 @@ class GatewayConfig:
         default=4 << 20, metadata=setting(parse=parse_bytes, format=format_bytes)
     )
     max_json_depth: int = 64
+    http: HttpLimitsConfig = field(default_factory=HttpLimitsConfig, metadata=setting("http_"))
     # "user": each user's prompts share cached KV blocks only with that user's (a tenant
     # cannot probe another's prompts through cached_tokens); "shared": every prompt with
     # every other (more hits on a system prompt all users share, when nothing in it is secret).

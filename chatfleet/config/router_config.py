@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from chatfleet.config.flags import format_bytes, parse_bytes, setting
+from chatfleet.config.http_config import HttpLimitsConfig
 
 POLICY_NAMES = ("cache_aware", "least_loaded", "round_robin", "session")
 
@@ -118,6 +119,7 @@ class RouterConfig:
     prefix: PrefixConfig = field(default_factory=PrefixConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    http: HttpLimitsConfig = field(default_factory=HttpLimitsConfig, metadata=setting("http_"))
 
 
 @dataclass(frozen=True)

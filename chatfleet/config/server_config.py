@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from chatfleet.config.engine_config import EngineConfig
 from chatfleet.config.flags import format_bytes, parse_bytes, setting
+from chatfleet.config.http_config import HttpLimitsConfig
 from chatfleet.modelfile.paths import DEFAULT_MODEL_NAME
 
 # Where `chatfleet serve` and `chatfleet router` look for their API key when no flag or file
@@ -43,6 +44,7 @@ class ServerConfig:
         default=15.0,
         metadata=setting(help="a stream silent this long gets an SSE comment (proxies cut it)"),
     )
+    http: HttpLimitsConfig = field(default_factory=HttpLimitsConfig, metadata=setting("http_"))
 
     def __post_init__(self) -> None:
         if not self.model_names or not all(self.model_names):

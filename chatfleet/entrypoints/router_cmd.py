@@ -54,8 +54,10 @@ def cmd_router(args: argparse.Namespace) -> int:
     if not args.replica:
         print("error: give at least one --replica URL", flush=True)
         return 2
-    router = Router(router_config(args, "chatfleet router"), args.replica)
-    server = UvicornServer(build_router_app(router), args.host, args.port, args.shutdown_timeout)
+    config = router_config(args, "chatfleet router")
+    router = Router(config, args.replica)
+    app = build_router_app(router)
+    server = UvicornServer(app, args.host, args.port, args.shutdown_timeout, limits=config.http)
     asyncio.run(server.serve())
     return 0
 
@@ -134,7 +136,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     manager = LocalReplicaManager(local, replica)
     router = Router(config)
     app = build_router_app(router, manager)
-    server = UvicornServer(app, args.host, args.port, args.shutdown_timeout)
+    server = UvicornServer(app, args.host, args.port, args.shutdown_timeout, limits=config.http)
 
     async def main() -> None:
         scaler_task = None

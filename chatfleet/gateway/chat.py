@@ -134,31 +134,14 @@ class ChatService:
         Raises ConflictError if a reply is still streaming; then, with the messages it
         stored dropped again: InvalidRequestError / ContextLengthExceededError,
         RateLimitError, UpstreamError."""
-        history = await run_db(self.store.list_messages, conv.conversation_id)
-        replace = None
-        if content is None:
-            if history and history[-1].role == "assistant":
-                replace, history = history[-1], history[:-1]
-            if not history:
-                raise InvalidRequestError("There is no message to answer again.")
-        elif len(content) > self.config.max_message_chars:
-            raise InvalidRequestError(
-                f"content is over {self.config.max_message_chars} characters", param="content"
-            )
-        turns = [Turn(m.seq, m.role, m.content) for m in history if m.role == "user" or m.content]
-        if content is not None:
-            turns.append(Turn(_NEW_SEQ, "user", content))
+        turns, replace = await self._turns(conv, content)
         title = None if conv.title or content is None else self._title(content)
         stale_before = time.time() - self.config.stale_after_s
         user_message, message = await run_db(
             self.store.start_reply, conv.conversation_id, content, title, stale_before
         )
-        beat = _Heartbeat(
-            self.store,
-            message.message_id,
-            self.config.flush_interval_s,
-            self.limiter.config.stream_lease_s,
-        )
+        lease_s = self.limiter.config.stream_lease_s
+        beat = _Heartbeat(self.store, message.message_id, self.config.flush_interval_s, lease_s)
         beat.start()
         try:
             plan = await self._plan(conv, turns, opts)
@@ -173,12 +156,7 @@ class ChatService:
         except BaseException as e:
             with anyio.CancelScope(shield=True):
                 await beat.stop()
-                if isinstance(e, Exception):  # refused: as if never asked
-                    user_id = None if user_message is None else user_message.message_id
-                    await run_db(self.store.drop_reply, message.message_id, user_id)
-                else:  # the client left while the upstream was being asked
-                    end = ReplyEnd("stopped", "", None, None, Usage())
-                    await run_db(self.store.finish_reply, message.message_id, end)
+                await self._unstore(e, message, user_message)
             raise
         reply = _Reply(key, plan, admission, response, user_message, message, beat)
         beat.admission, beat.text = admission, lambda: reply.text
@@ -201,6 +179,38 @@ class ChatService:
         return ClosingStreamingResponse(
             self._relay(reply), headers=headers, on_close=[stop_if_unfinished]
         )
+
+    async def _turns(
+        self, conv: Conversation, content: str | None
+    ) -> tuple[list[Turn], Message | None]:
+        """The turns to answer, and the reply a regeneration replaces (400 if nothing to
+        answer or `content` is too long)."""
+        history = await run_db(self.store.list_messages, conv.conversation_id)
+        replace = None
+        if content is None:
+            if history and history[-1].role == "assistant":
+                replace, history = history[-1], history[:-1]
+            if not history:
+                raise InvalidRequestError("There is no message to answer again.")
+        elif len(content) > self.config.max_message_chars:
+            raise InvalidRequestError(
+                f"content is over {self.config.max_message_chars} characters", param="content"
+            )
+        turns = [Turn(m.seq, m.role, m.content) for m in history if m.role == "user" or m.content]
+        if content is not None:
+            turns.append(Turn(_NEW_SEQ, "user", content))
+        return turns, replace
+
+    async def _unstore(
+        self, e: BaseException, message: Message, user_message: Message | None
+    ) -> None:
+        """Undo start_reply for a reply that never began streaming."""
+        if isinstance(e, Exception):  # refused: as if never asked
+            user_id = None if user_message is None else user_message.message_id
+            await run_db(self.store.drop_reply, message.message_id, user_id)
+        else:  # the client left while the upstream was being asked
+            end = ReplyEnd("stopped", "", None, None, Usage())
+            await run_db(self.store.finish_reply, message.message_id, end)
 
     async def _keep_context_start(
         self, conv: Conversation, plan: PromptPlan, user_message: Message | None

@@ -68,7 +68,7 @@ class Gateway:
 
     async def body(self, request: Request, model: type[ModelT]) -> ModelT:
         """The JSON body validated by `model` (an empty body counts as {}); 400/413."""
-        raw = await read_body(request, self.config.max_body_bytes)
+        raw = await read_body(request, self.config.max_body_bytes, self.config.http.body_timeout_s)
         value: Any = parse_json(raw, self.config.max_json_depth) if raw.strip() else {}
         return parse_model(model, value)
 

@@ -57,7 +57,9 @@ async def serve_gateway(
     """Serve until SIGTERM / SIGINT; print the URL (and the admin key) once listening."""
     gateway = build_gateway(config)
     key = ensure_admin_key(gateway.store, admin_key_file) if admin_key_file else None
-    server = UvicornServer(build_gateway_app(gateway), host, port, graceful_s=10)
+    server = UvicornServer(
+        build_gateway_app(gateway), host, port, graceful_s=10, limits=config.http
+    )
     task = asyncio.create_task(server.serve())
     while not server.started and not task.done():
         await asyncio.sleep(0.05)

@@ -101,7 +101,9 @@ class OpenAIProxy:
         c = self.config
         # NOTE: a key over its rate is refused before its body is read and tokenized.
         await self.limiter.check_open(key)
-        payload = await read_json(request, c.max_body_bytes, c.max_json_depth)
+        payload = await read_json(
+            request, c.max_body_bytes, c.max_json_depth, c.http.body_timeout_s
+        )
         if not isinstance(payload, dict):
             raise InvalidRequestError("the request body must be a JSON object")
         is_stream = payload.get("stream") is True

@@ -9,13 +9,15 @@ from __future__ import annotations
 import json
 from typing import Any, TypeVar
 
+import anyio
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
 from chatfleet.errors import InvalidRequestError
-from chatfleet.http.http_errors import PayloadTooLargeError
+from chatfleet.http.http_errors import BodyTimeoutError, PayloadTooLargeError
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
+DEFAULT_BODY_TIMEOUT_S = 60.0  # HttpLimitsConfig's default; fronts pass their own
 
 
 def json_depth_ok(value: Any, limit: int) -> bool:
@@ -48,16 +50,23 @@ def has_lone_surrogate(value: Any) -> bool:
     return False
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The raw body; PayloadTooLargeError (413) past `max_bytes`, declared or sent."""
+async def read_body(
+    request: Request, max_bytes: int, timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+) -> bytes:
+    """The raw body; PayloadTooLargeError (413) past `max_bytes`, declared or sent;
+    BodyTimeoutError (408) if it has not all arrived within `timeout_s`."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise PayloadTooLargeError(f"request body over {max_bytes} bytes")
     body = bytearray()
-    async for part in request.stream():
-        body += part
-        if len(body) > max_bytes:
-            raise PayloadTooLargeError(f"request body over {max_bytes} bytes")
+    try:
+        with anyio.fail_after(timeout_s):
+            async for part in request.stream():
+                body += part
+                if len(body) > max_bytes:
+                    raise PayloadTooLargeError(f"request body over {max_bytes} bytes")
+    except TimeoutError:
+        raise BodyTimeoutError(f"the request body did not arrive within {timeout_s:g} s") from None
     return bytes(body)
 
 
@@ -80,8 +89,10 @@ def parse_json(body: bytes, max_depth: int) -> Any:
     return value
 
 
-async def read_json(request: Request, max_bytes: int, max_depth: int) -> Any:
-    return parse_json(await read_body(request, max_bytes), max_depth)
+async def read_json(
+    request: Request, max_bytes: int, max_depth: int, timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+) -> Any:
+    return parse_json(await read_body(request, max_bytes, timeout_s), max_depth)
 
 
 def parse_model(model: type[ModelT], body: Any) -> ModelT:

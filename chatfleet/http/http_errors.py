@@ -46,6 +46,13 @@ class ConflictError(HTTPError):
     status_code, type, code = 409, "invalid_request_error", "conflict"
 
 
+class BodyTimeoutError(HTTPError):
+    """The client did not send its whole body in time (a slow or stalled upload)."""
+
+    status_code, type, code = 408, "invalid_request_error", "body_timeout"
+    headers = {"connection": "close"}
+
+
 class PayloadTooLargeError(HTTPError):
     status_code, type, code = 413, "invalid_request_error", "request_too_large"
 

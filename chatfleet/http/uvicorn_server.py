@@ -3,22 +3,89 @@
 A first SIGTERM / SIGINT runs the front's drain step (if it has one: wait for in-flight
 requests while refusing new ones), then uvicorn's graceful shutdown (open connections get
 `graceful_s`); a second signal stops at once.
+
+Against slow and hostile clients (HttpLimitsConfig): a connection must finish each request's
+headers within `header_timeout_s` (idle ones too), a connection past `max_connections` is
+answered 503 in OpenAI's shape and closed, and an idle keep-alive connection is closed after
+`keep_alive_s`. (The body deadline is the body reader's: chatfleet/http/body.py.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from types import FrameType
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from chatfleet.config.http_config import HttpLimitsConfig
+from chatfleet.http.http_errors import OverloadedError, to_error_response
 
 
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+
+
+def _overloaded_response() -> bytes:
+    err = to_error_response(OverloadedError("too many open connections; retry", retry_after_s=1))
+    body = json.dumps(err.body).encode()
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+        f"retry-after: 1\r\nconnection: close\r\ncontent-length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class _GuardedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a header deadline and a connection cap."""
+
+    limits: HttpLimitsConfig = HttpLimitsConfig()
+    _deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.limits.max_connections:
+            transport.write(_overloaded_response())
+            transport.close()
+            return
+        self._arm()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(self.limits.header_timeout_s, self._expire)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expire(self) -> None:
+        # NOTE: only a connection still waiting for headers: a request in progress has
+        # disarmed the deadline, and keep-alive idleness is uvicorn's own timer.
+        self._deadline = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
+def _protocol(limits: HttpLimitsConfig) -> type[HttpToolsProtocol]:
+    return type("GuardedProtocol", (_GuardedProtocol,), {"limits": limits})
 
 
 class UvicornServer(uvicorn.Server):
@@ -31,13 +98,17 @@ class UvicornServer(uvicorn.Server):
         port: int,
         graceful_s: float,
         drain: Callable[[], Awaitable[None]] | None = None,
+        limits: HttpLimitsConfig | None = None,
     ) -> None:
+        limits = limits or HttpLimitsConfig()
         config = uvicorn.Config(
             app,
             host=host,
             port=port,
             log_level="warning",
             timeout_graceful_shutdown=int(graceful_s),
+            http=_protocol(limits),
+            timeout_keep_alive=int(max(1, limits.keep_alive_s)),
         )
         super().__init__(config)
         self.drain = drain

@@ -74,7 +74,7 @@ def build_router_app(router: Router, manager: ReplicaManager | None = None) -> F
     guarded = APIRouter(dependencies=[Depends(authorized)])
 
     async def proxy(request: Request) -> Response:
-        body = await read_body(request, limit)
+        body = await read_body(request, limit, router.config.http.body_timeout_s)
         try:
             payload = json.loads(body) if body else None
         except (ValueError, RecursionError):  # routed by load alone; the replica gives the 400

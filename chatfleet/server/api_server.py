@@ -125,7 +125,8 @@ class ServerState:
 
     async def run(self, serving: OpenAIServing, request: Request) -> Response:
         """One completion request: read, admit, execute; the slot is held while it streams."""
-        body = await read_json(request, self.config.max_body_bytes, self.config.max_json_depth)
+        c = self.config
+        body = await read_json(request, c.max_body_bytes, c.max_json_depth, c.http.body_timeout_s)
         job = serving.make_job(body)
         release = self.admit(len(job.prompts) * job.params.n)
         try:

@@ -39,7 +39,7 @@ def run_server(engine_config: EngineConfig, config: ServerConfig, host: str, por
     engine = AsyncEngine(engine_config)
     app = build_app(engine, config)
     state = app.state.chatfleet
-    server = UvicornServer(app, host, port, graceful_s=5, drain=state.drain)
+    server = UvicornServer(app, host, port, graceful_s=5, drain=state.drain, limits=config.http)
 
     async def main() -> int:
         watcher = asyncio.create_task(_watch_engine(engine, server))
