@@ -4,7 +4,8 @@ a JSON body or an SSE stream of chunks.
     OpenAIServing.create(raw, body)
         make_job(body)            subclass: parse, validate, tokenize -> Job
         engine.generate per prompt, merged into one stream
-        first output awaited      (errors up to here are 4xx/5xx statuses)
+        first output awaited      (errors up to here are 4xx/5xx statuses; a stream waits
+                                   only keep_alive_s, then sends its headers and comments)
         stream:  opening chunk (subclass), delta chunks, finish chunks, usage chunk, [DONE]
                  (a failure after the first byte is an SSE error event, then [DONE])
         else:    every output collected, then one body of `choice`s (subclass)
@@ -211,18 +212,27 @@ class OpenAIServing(ABC):
         merged = _merge(gens)
         tracker = _Tracker(self.metrics, job.arrival)
         deadline = job.arrival + self.config.request_timeout_s
+        # NOTE: a stream waits for its first output only keep_alive_s: a request still queued
+        # or in prefill then gets its headers and keep-alive comments (proxies cut silent
+        # connections), and a later failure is an error event rather than a status.
+        idle_s = self.config.keep_alive_s if job.stream else self.config.request_timeout_s
+        pacer = sse.paced(merged, idle_s, deadline)
         try:
-            # The first output proves the request was accepted (errors are still 4xx here).
-            first = await asyncio.wait_for(anext(merged), max(deadline - time.monotonic(), 0.01))
+            first = await anext(pacer)
+            while first is None and not job.stream:
+                first = await anext(pacer)
         except BaseException as e:
+            await pacer.aclose()
             await merged.aclose()
             if isinstance(e, TimeoutError):
                 raise RequestTimeoutError("the request timed out before its first token") from None
             raise
         if job.stream:
-            body = self._stream(job, first, merged, tracker, deadline)
+            body = self._stream(job, first, merged, pacer, tracker)
             # NOTE: closing `merged` aborts the engine requests even if the body never ran.
-            return ClosingStreamingResponse(body, on_close=[merged.aclose])
+            return ClosingStreamingResponse(body, on_close=[pacer.aclose, merged.aclose])
+        await pacer.aclose()  # nothing pending: `first` was its last item
+        assert first is not None
         try:
             finals = await self._collect(raw, first, merged, tracker, deadline)
         finally:
@@ -289,12 +299,14 @@ class OpenAIServing(ABC):
     async def _stream(
         self,
         job: Job,
-        first: tuple[int, RequestOutput],
+        first: tuple[int, RequestOutput] | None,
         merged: Merged,
+        pacer: AsyncGenerator[tuple[int, RequestOutput] | None, None],
         tracker: _Tracker,
-        deadline: float,
     ) -> AsyncIterator[str]:
-        """SSE in OpenAI's chunk format; a failure mid-stream is an error event, then [DONE]."""
+        """SSE in OpenAI's chunk format, a keep-alive comment after every silent keep_alive_s
+        (`first` is None when the first output has not come yet); a failure after the
+        headers is an error event, then [DONE]."""
         totals: dict[int, RequestOutput] = {}
 
         def take(item: tuple[int, RequestOutput]) -> bool:
@@ -305,9 +317,11 @@ class OpenAIServing(ABC):
 
         # NOTE: the engine streams are closed (aborted if unfinished) however the response
         # ends, the client leaving before the first chunk included.
-        pacer = sse.paced(merged, self.config.keep_alive_s, deadline)
         async with contextlib.aclosing(merged), contextlib.aclosing(pacer):
             try:
+                while first is None:
+                    yield sse.KEEP_ALIVE
+                    first = await anext(pacer)
                 opening = self.opening_choices(job)
                 if opening:
                     yield self._chunk(job, opening)
