@@ -98,6 +98,13 @@ class ProxyConfig:
     retry_deadline_s: float = 30.0  # no new attempt starts after this long
     connect_timeout_s: float = 2.0
     read_timeout_s: float = 600.0  # longest silence from a replica (first byte included)
+    # A stream's replica must send a token (not just keep-alives) this often, the first
+    # counted from the request: past it the replica is hung (its engine stuck, or the whole
+    # process), is ejected, and the stream ends with an error event (or, before its headers,
+    # goes to another replica). Non-streamed requests have only read_timeout_s.
+    token_timeout_s: float = field(
+        default=120.0, metadata=setting(help="longest wait for a stream's next token")
+    )
     max_body_bytes: int = field(
         default=4 << 20, metadata=setting(parse=parse_bytes, format=format_bytes)
     )
@@ -105,8 +112,8 @@ class ProxyConfig:
     session_header: str = field(default="x-session-id", metadata=setting(parse=str.lower))
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1 or self.retry_deadline_s <= 0:
-            raise ValueError("max_attempts and retry_deadline_s must be positive")
+        if self.max_attempts < 1 or min(self.retry_deadline_s, self.token_timeout_s) <= 0:
+            raise ValueError("max_attempts, retry_deadline_s and token_timeout_s must be positive")
 
 
 @dataclass(frozen=True)

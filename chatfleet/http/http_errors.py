@@ -83,6 +83,12 @@ class ReplicaFailedError(HTTPError):
     status_code, type, code = 502, "server_error", "replica_failed"
 
 
+class ReplicaHungError(HTTPError):
+    """A replica sent no token within the router's deadline; sent as an SSE error event."""
+
+    status_code, type, code = 504, "server_error", "replica_timeout"
+
+
 class RequestTimeoutError(HTTPError):
     status_code, type, code = 504, "server_error", "request_timeout"
 

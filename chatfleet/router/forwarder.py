@@ -2,7 +2,12 @@
 
     client --> Router.forward --> policy.choose(snapshot) --> replica
                   ^  refused / failed before the first byte: next replica (bounded)
-                  +-- 429, 503, 500, 502, connection errors
+                  +-- 429, 502, 503, a dead engine's 500, connection errors, and a
+                      stream whose headers miss its token deadline (a hung replica)
+
+Any other 4xx/5xx is the request's own and is passed on, counted against no replica. A
+stream must bring a token (keep-alive comments do not count) every `token_timeout_s`: a replica
+that misses it is ejected at once.
 
 The replica's answer is relayed chunk by chunk as it arrives (SSE events are never torn: a
 partial event is held until its blank line). Once the first byte went to the client the
@@ -18,9 +23,9 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import httpx
@@ -29,7 +34,12 @@ from fastapi.responses import Response
 from chatfleet.config.router_config import RouterConfig
 from chatfleet.http import sse
 from chatfleet.http.http_client import make_async_client
-from chatfleet.http.http_errors import NoReplicaError, ReplicaFailedError
+from chatfleet.http.http_errors import (
+    NoReplicaError,
+    ReplicaFailedError,
+    ReplicaHungError,
+    error_json,
+)
 from chatfleet.http.streaming import ClosingStreamingResponse
 from chatfleet.router.health import HealthChecker
 from chatfleet.router.policies import make_policy
@@ -60,6 +70,7 @@ _HOP_HEADERS = frozenset(
 )
 _RETRY_STATUSES = frozenset({429, 500, 502, 503})
 REPLICA_HEADER = "x-chatfleet-replica"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -151,6 +162,7 @@ class Router:
         last refusal (429/503 with its Retry-After) or a 503 NoReplicaError.
         """
         request, hashes = self.route_request(payload, headers)
+        is_stream = isinstance(payload, dict) and payload.get("stream") is True
         deadline = time.monotonic() + self.config.proxy.retry_deadline_s
         fwd_headers = _forward_headers(headers)
         tried: list[str] = []
@@ -169,7 +181,7 @@ class Router:
                 self.metrics.prefix_hit_blocks.inc(request.matched_blocks.get(rid, 0))
             tried.append(rid)
             self.index.insert(hashes, rid)
-            outcome = await self._attempt(rid, method, path, body, fwd_headers)
+            outcome = await self._attempt(rid, method, path, body, fwd_headers, is_stream)
             if isinstance(outcome, Response):
                 self.metrics.requests.labels(str(outcome.status_code)).inc()
                 return outcome
@@ -182,23 +194,28 @@ class Router:
         raise NoReplicaError(f"{reason}; retry later", retry_after_s=1)
 
     async def _attempt(
-        self, rid: str, method: str, path: str, body: bytes, headers: dict[str, str]
+        self, rid: str, method: str, path: str, body: bytes, headers: dict[str, str], stream: bool
     ) -> Response | _Retry:
         """One try on one replica: a Response to return, or a _Retry to try elsewhere."""
         self.pool.acquire(rid)
         self.metrics.routed.labels(rid).inc()
         upstream: httpx.Response | None = None
         content, first = b"", None
+        # A stream's first token is due within token_timeout_s of sending (its headers too).
+        due = time.monotonic() + self.config.proxy.token_timeout_s if stream else None
         try:
             req = self.client.build_request(method, rid + path, content=body, headers=headers)
-            upstream = await self.client.send(req, stream=True)
+            upstream = await _before(due, self.client.send(req, stream=True))
             if upstream.status_code >= 400:
                 content = await upstream.aread()
             else:
                 chunks = upstream.aiter_raw()
-                first = await anext(chunks, None)
-        except httpx.HTTPError as e:  # no byte reached the client: safe to try elsewhere
+                first = await _before(due, anext(chunks, None))
+        except (httpx.HTTPError, TimeoutError) as e:  # no byte reached the client: try elsewhere
             await self._close(rid, upstream)
+            if isinstance(e, TimeoutError):
+                self._hung(rid)
+                return _Retry("replica_timeout", error_json(ReplicaHungError("no token in time")))
             self.pool.record_failure(rid, time.monotonic())
             return _Retry(type(e).__name__)
         except BaseException:  # cancelled (the client left): the replica must stop too
@@ -208,23 +225,35 @@ class Router:
             await self._close(rid, upstream)
             return self._refusal(rid, upstream, content)
         self.pool.record_success(rid)
-        relay = _Relay(self, rid, upstream, first, chunks)
+        relay = _Relay(self, rid, upstream, first, chunks, due)
         headers = _forward_headers(upstream.headers)
         headers[REPLICA_HEADER] = rid
         return ClosingStreamingResponse(
             relay.body(), upstream.status_code, headers, media_type=None, on_close=[relay.close]
         )
 
+    def _hung(self, rid: str) -> None:
+        logger.warning(
+            "replica %s sent no token in %g s: ejected", rid, self.config.proxy.token_timeout_s
+        )
+        self.metrics.stream_errors.labels(rid).inc()
+        self.pool.record_hang(rid, time.monotonic())
+
     def _refusal(self, rid: str, upstream: httpx.Response, content: bytes) -> Response | _Retry:
-        """A 4xx/5xx answer: passed on, or (429, 500, 502, 503) a reason to try elsewhere."""
+        """A 4xx/5xx answer: passed on, or a reason to try elsewhere (429, 502, 503, and a
+        500 from a dead engine: the replica's failures, not the request's)."""
         status = upstream.status_code
         headers = _forward_headers(upstream.headers)
         headers[REPLICA_HEADER] = rid
         response = Response(content, status, headers=headers)
-        if status not in _RETRY_STATUSES:
-            self.pool.record_success(rid)  # the replica works; the request was bad
+        code = _error_code(content)
+        # NOTE: any other 500 is the request's own (an input that trips a bug): another
+        # replica would fail it the same way, and counting it would eject healthy replicas.
+        if status not in _RETRY_STATUSES or (status == 500 and code != "engine_dead"):
+            if status < 500:
+                self.pool.record_success(rid)  # the replica works; the request was bad
             return response
-        if status == 503 and _error_code(content) == "shutting_down":
+        if status == 503 and code == "shutting_down":
             self.pool.mark_draining(rid)
         elif status in (500, 502):
             self.pool.record_failure(rid, time.monotonic())
@@ -240,6 +269,13 @@ class Router:
         self.pool.release(rid)
 
 
+async def _before(due: float | None, step: Awaitable[T]) -> T:
+    """`step`, or TimeoutError if time.monotonic() passes `due` first (None: no deadline)."""
+    if due is None:
+        return await step
+    return await asyncio.wait_for(step, max(due - time.monotonic(), 0.0))
+
+
 class _Relay:
     """One accepted upstream response, relayed chunk by chunk; closed exactly once."""
 
@@ -250,9 +286,10 @@ class _Relay:
         upstream: httpx.Response,
         first: bytes | None,
         chunks: AsyncIterator[bytes],
+        due: float | None,
     ) -> None:
         self.router, self.rid, self.upstream = router, rid, upstream
-        self.first, self.chunks = first, chunks
+        self.first, self.chunks, self.due = first, chunks, due
         self.is_sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
         self.is_closed = False
 
@@ -262,8 +299,8 @@ class _Relay:
             await self.router._close(self.rid, self.upstream)
 
     async def body(self) -> AsyncIterator[bytes]:
-        """The body as it arrives; if the replica fails, an SSE error event (or, for other
-        content, a dropped connection: a truncated JSON body must not look complete)."""
+        """The body as it arrives; if the replica fails or hangs, an SSE error event (or, for
+        other content, a dropped connection: a truncated JSON body must not look complete)."""
         events = sse.EventSplitter()
         try:
             chunk = self.first
@@ -271,10 +308,17 @@ class _Relay:
                 if not self.is_sse:
                     yield chunk
                 elif complete := events.feed(chunk):
+                    if self.due is not None and b"data:" in complete:  # a token, not a comment
+                        self.due = time.monotonic() + self.router.config.proxy.token_timeout_s
                     yield complete
-                chunk = await anext(self.chunks, None)
+                chunk = await _before(self.due, anext(self.chunks, None))
             if rest := events.flush():
                 yield rest
+        except TimeoutError:
+            self.router._hung(self.rid)
+            yield (
+                sse.error_event(ReplicaHungError("the replica stopped sending tokens")) + sse.DONE
+            ).encode()
         except httpx.HTTPError as e:
             self.router.pool.record_failure(self.rid, time.monotonic())
             self.router.metrics.stream_errors.labels(self.rid).inc()

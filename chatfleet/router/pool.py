@@ -152,6 +152,14 @@ class ReplicaPool:
             s.num_ejections += 1
             self.on_event("ejected", replica_id)
 
+    def record_hang(self, replica_id: str, now_s: float) -> None:
+        """A stream on the replica went past its token deadline: ejected at once (a replica
+        whose engine is stuck can still answer some probes until its stall shows)."""
+        s = self._replicas.get(replica_id)
+        if s is not None:
+            s.consecutive_failures = max(s.consecutive_failures, self.config.max_failures - 1)
+            self.record_failure(replica_id, now_s)
+
     def record_probe(self, replica_id: str, result: ProbeResult, now_s: float) -> None:
         """Apply one active probe: admission, re-admission after the cool-down, draining, load."""
         s = self._replicas.get(replica_id)

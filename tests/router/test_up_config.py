@@ -15,9 +15,9 @@ def _args(*argv: str) -> argparse.Namespace:
 
 
 def test_replica_threads_come_from_the_replica_args_first():
-    assert replica_config(_args("--replica-args=--num-threads 4"), 9).engine.num_threads == 4
-    assert replica_config(_args("--replica-threads", "3"), 9).engine.num_threads == 3
-    replica = replica_config(_args("--replica-args", "--kv-cache-memory 1GiB"), 9)
+    assert replica_config(_args("--replica-args=--num-threads 4"), 9, None).engine.num_threads == 4
+    assert replica_config(_args("--replica-threads", "3"), 9, None).engine.num_threads == 3
+    replica = replica_config(_args("--replica-args", "--kv-cache-memory 1GiB"), 9, None)
     assert replica.engine.num_threads == 9 and replica.engine.cache.kv_cache_memory_bytes == 1 << 30
 
 

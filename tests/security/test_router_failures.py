@@ -1,0 +1,141 @@
+"""The router against replicas that hang or fail: a hung replica (a real `chatfleet serve`
+stopped with SIGSTOP) is ejected by the token deadline and holds no stream past it; a 500
+that the request itself causes is passed on, not retried on every replica and not counted
+against healthy ones."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from tests.router.conftest import launch_router, replica_states, stream_chat
+from tests.server_process import ServerProcess, free_port, start_server, wait_until
+
+TOKEN_TIMEOUT = ("--token-timeout", "2")
+# Probes alone never eject here: an ejection comes from the token deadline.
+PATIENT_PROBES = ("--max-failures", "1000", "--probe-interval", "0.2", "--eject-cooldown", "1")
+
+
+@contextmanager
+def _stopped(replica: ServerProcess) -> Iterator[None]:
+    """The replica's process frozen (it accepts connections and never answers), then thawed."""
+    replica.proc.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        replica.proc.send_signal(signal.SIGCONT)
+
+
+def test_a_replica_hung_mid_stream_is_ejected_and_the_stream_ends(tmp_path):
+    replica = start_server(tmp_path, "--num-threads", "1")
+    router = launch_router(tmp_path, [replica.base_url], *TOKEN_TIMEOUT, *PATIENT_PROBES)
+    try:
+        assert wait_until(lambda: replica_states(router)[replica.base_url]["eligible"])
+        started: list = []
+        result: dict = {}
+
+        def run() -> None:
+            result.update(stream_chat(router.base_url, 4000, started))
+
+        client = threading.Thread(target=run)
+        client.start()
+        assert wait_until(lambda: bool(started), timeout_s=60)
+        with _stopped(replica):
+            t0 = time.monotonic()
+            client.join(30)
+            ended_s = time.monotonic() - t0
+            assert not client.is_alive() and ended_s < 15
+            assert result["error"] and result["done"]
+            assert replica_states(router)[replica.base_url]["ejected"]
+        # Thawed, it sees the router gone and stops generating; one good probe readmits it.
+        assert wait_until(lambda: replica_states(router)[replica.base_url]["eligible"], 30)
+        again = stream_chat(router.base_url, 8)
+        assert again["done"] and not again["error"] and again["completion_tokens"] == 8
+    finally:
+        router.stop()
+        replica.stop()
+
+
+def test_a_stream_sent_to_a_frozen_replica_goes_to_another(tmp_path, server):
+    frozen = start_server(tmp_path, "--num-threads", "1")
+    urls = [frozen.base_url, server.base_url]
+    router = launch_router(
+        tmp_path, urls, *TOKEN_TIMEOUT, *PATIENT_PROBES, "--policy", "round_robin"
+    )
+    try:
+        assert wait_until(lambda: all(s["eligible"] for s in replica_states(router).values()))
+        with _stopped(frozen):
+            results = [stream_chat(router.base_url, 8) for _ in range(2)]  # one lands on it
+            states = replica_states(router)
+        for r in results:
+            assert r["status"] == 200 and r["done"] and not r["error"], r
+            assert r["replica"] == server.base_url and r["completion_tokens"] == 8
+        assert states[frozen.base_url]["ejected"] and not states[server.base_url]["ejected"]
+    finally:
+        router.stop()
+        frozen.stop()
+
+
+class _FailingReplica:
+    """A replica whose chat completions fail with a 500 of code `code` (None: an internal
+    error, which a request that trips a bug gets), served on 127.0.0.1 in a thread."""
+
+    def __init__(self, code: str | None) -> None:
+        self.hits = 0
+        app = FastAPI()
+        app.get("/health")(lambda: PlainTextResponse("ok"))
+        app.get("/ready")(lambda: PlainTextResponse("ok"))
+        app.get("/metrics")(lambda: PlainTextResponse(""))
+
+        @app.post("/v1/chat/completions")
+        def fail() -> JSONResponse:
+            self.hits += 1
+            error = {"message": "internal error", "type": "server_error", "param": None}
+            return JSONResponse({"error": {**error, "code": code}}, status_code=500)
+
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        assert wait_until(lambda: self.server.started, 10)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+def test_a_500_the_request_causes_is_passed_on_and_ejects_nothing(tmp_path):
+    buggy = [_FailingReplica(None) for _ in range(3)]
+    dead = [_FailingReplica("engine_dead") for _ in range(2)]
+    urls = [r.url for r in buggy]
+    router = launch_router(tmp_path, urls, "--max-failures", "2", "--probe-interval", "0.2")
+    dead_router = launch_router(tmp_path, [r.url for r in dead], "--probe-interval", "0.2")
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    try:
+        assert wait_until(lambda: all(s["eligible"] for s in replica_states(router).values()))
+        for _ in range(3):
+            r = httpx.post(f"{router.base_url}/v1/chat/completions", json=body, timeout=30)
+            assert r.status_code == 500 and r.json()["error"]["message"] == "internal error"
+        assert sum(r.hits for r in buggy) == 3  # each tried once, on one replica
+        states = replica_states(router).values()
+        assert not any(s["ejected"] for s in states) and all(s["eligible"] for s in states)
+        # A dead engine is the replica's failure: the request goes to the other one.
+        assert wait_until(lambda: all(s["eligible"] for s in replica_states(dead_router).values()))
+        r = httpx.post(f"{dead_router.base_url}/v1/chat/completions", json=body, timeout=30)
+        assert r.status_code == 500 and json.loads(r.content)["error"]["code"] == "engine_dead"
+        assert [d.hits for d in dead] == [1, 1]
+    finally:
+        router.stop()
+        dead_router.stop()
+        for r in buggy + dead:
+            r.stop()
