@@ -19,7 +19,7 @@ class UpstreamConfig:
         metadata=setting("upstream", "OpenAI-compatible base URL (a router or one replica)"),
     )
     # Sent upstream as Bearer; callers' keys never are.
-    api_key: str | None = field(default=None, metadata=setting("upstream_api_key"))
+    api_key: str | None = field(default=None, repr=False, metadata=setting("upstream_api_key"))
     model: str | None = field(
         default=None, metadata=setting("upstream_model", "model name sent upstream")
     )

@@ -121,7 +121,7 @@ class RouterConfig:
     # Required from clients as Bearer on /v1/*, /metrics and /router/replicas, and sent to
     # the replicas (which demand the same key). From the environment or a file, not a flag
     # (entrypoints/keys.py): a flag shows in `ps`.
-    api_key: str | None = field(default=None, metadata=setting(hidden=True))
+    api_key: str | None = field(default=None, repr=False, metadata=setting(hidden=True))
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     prefix: PrefixConfig = field(default_factory=PrefixConfig)
     health: HealthConfig = field(default_factory=HealthConfig)

@@ -22,6 +22,7 @@ class ServerConfig:
     )
     api_key: str | None = field(
         default=None,
+        repr=False,  # a config's repr is logged and hashed into Serve's deployment version
         metadata=setting(
             help="required as Bearer; shows in `ps` (prefer --api-key-file or the environment)"
         ),

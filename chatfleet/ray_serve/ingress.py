@@ -7,10 +7,12 @@ control, SSE framing and error mapping are the server's own code, not a copy.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any
 
-from chatfleet.config.server_config import ServerConfig
+from chatfleet.config.server_config import API_KEY_ENV, ServerConfig
 from chatfleet.modelfile.tokenizer import Tokenizer
 from chatfleet.ray_serve.calls import RouteKeysMiddleware
 from chatfleet.ray_serve.ray_engine_client import RayEngineClient, RetryConfig
@@ -51,7 +53,11 @@ class Ingress:
             self.limits.max_num_seqs,
             self.retry,
         )
-        app = build_app(client, self.server_config)
+        config = self.server_config
+        if config.api_key is None and os.environ.get(API_KEY_ENV):
+            # Deployed by Serve's own tooling (KubeRay): the key from the ingress's environment.
+            config = dataclasses.replace(config, api_key=os.environ[API_KEY_ENV])
+        app = build_app(client, config)
         app.add_middleware(
             RouteKeysMiddleware,
             max_body_bytes=self.server_config.max_body_bytes,

@@ -107,9 +107,8 @@ def fleet_factory(cluster, serve_port) -> Callable[..., Fleet]:
         config = RayDeployConfig(
             address=cluster.address,
             port=serve_port,
-            replica=REPLICA,
             ingress_resources={"head_node": 0.01},  # the ingress must outlive the worker node
-            **overrides,
+            **{"replica": REPLICA, **overrides},
         )
         if fresh:
             connect(config)

@@ -4,12 +4,14 @@ ReplicaManager interface on Serve: list, health, start, stop with draining."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 
+import httpx
 from openai import OpenAI
 
 from tests.gateway.conftest import launch_gateway, make_key
-from tests.ray.conftest import MODEL, wait_until
+from tests.ray.conftest import MODEL, REPLICA, wait_until
 from tests.router.conftest import stream_chat
 
 
@@ -90,3 +92,19 @@ def test_manager_lists_checks_and_drains_replicas(two_nodes, fleet_factory):
     info = asyncio.run(manager.start())
     assert wait_until(lambda: asyncio.run(manager.health(info.replica_id)), 90)
     assert fleet.num_replicas() == 2
+
+
+def test_an_ingress_with_a_key_demands_it_on_v1_and_metrics(fleet_factory):
+    key = "ray-ingress-test-key"
+    server = dataclasses.replace(REPLICA.server, api_key=key)
+    fleet = fleet_factory(
+        fresh=False, num_replicas=1, replica=dataclasses.replace(REPLICA, server=server)
+    )
+    assert key not in repr(fleet.config)  # configs are logged and hashed: never the key
+    assert httpx.get(f"{fleet.url}/health", timeout=30).status_code == 200
+    for path in ("/v1/models", "/metrics"):
+        assert httpx.get(fleet.url + path, timeout=30).status_code == 401
+        wrong = {"authorization": "Bearer nope"}
+        assert httpx.get(fleet.url + path, headers=wrong, timeout=30).status_code == 401
+        bearer = {"authorization": f"Bearer {key}"}
+        assert httpx.get(fleet.url + path, headers=bearer, timeout=30).status_code == 200
