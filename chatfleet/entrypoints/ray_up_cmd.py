@@ -12,6 +12,7 @@ import threading
 from chatfleet.config.deploy_config import RayDeployConfig, load_file
 from chatfleet.config.router_config import AutoscaleConfig, RouterConfig
 from chatfleet.config.server_config import ServeConfig
+from chatfleet.entrypoints.access import check_exposure
 from chatfleet.extras import require
 
 
@@ -67,6 +68,8 @@ def cmd_up_ray(
 
     try:
         config = ray_config(args, router, replica, scale)
+        # NOTE: on the final host: a deploy.yaml's `host:` overrides --host.
+        check_exposure(config.host, config.replica.server.api_key, "chatfleet up --backend ray")
     except (ValueError, KeyError, TypeError) as e:
         print(f"error: {e}", flush=True)
         return 2

@@ -31,10 +31,13 @@ def _version(config: RayDeployConfig, part: str) -> str:
     NOTE: serve.run gives a deployment a random version by default, which restarts every
     replica on each redeploy; RayReplicaManager redeploys to add or remove one replica, and
     must leave the others running (a "lightweight" config update in Serve's terms).
+    The key is left out of a config's repr, so it goes into the hash on its own: a new key
+    must restart the replicas that check it, and the version shown must not reveal it.
     """
     stable = dataclasses.replace(config, num_replicas=1, min_replicas=None, max_replicas=None)
     code = importlib.metadata.version("chatfleet")
-    return hashlib.sha256(f"{part}:{code}:{stable!r}".encode()).hexdigest()[:16]
+    key = config.replica.server.api_key or ""
+    return hashlib.sha256(f"{part}:{code}:{stable!r}:{key}".encode()).hexdigest()[:16]
 
 
 def build_application(config: RayDeployConfig, num_replicas: int | None = None) -> Any:

@@ -6,7 +6,7 @@ import pytest
 
 from chatfleet.config.deploy_config import RayDeployConfig, load_file
 from chatfleet.entrypoints.cli import main
-from chatfleet.ray_serve.app import app_builder, build_application
+from chatfleet.ray_serve.app import _version, app_builder, build_application
 
 DEPLOY_YAML = """
 address: auto
@@ -62,3 +62,24 @@ def test_application_builds_for_serve_tooling():
     app = build_application(RayDeployConfig(num_replicas=2))
     assert app is not None
     assert app_builder({"num_replicas": 1, "policy": {"name": "session"}}) is not None
+
+
+def test_an_ingress_beyond_loopback_without_a_key_is_refused(tmp_path, capsys, monkeypatch):
+    """Checked on the host the deploy.yaml sets (it overrides --host), before Ray starts."""
+    monkeypatch.delenv("CHATFLEET_API_KEY", raising=False)
+    open_host = tmp_path / "open.yaml"
+    open_host.write_text("host: 0.0.0.0\n")
+    assert main(["up", "--backend", "ray", "--config", str(open_host)]) == 2
+    assert "would answer anyone" in capsys.readouterr().out
+
+
+def test_a_new_key_is_a_new_deployment_version_that_does_not_show_it():
+    """Serve keeps replicas whose version is unchanged: a rotated key must restart them."""
+    base = RayDeployConfig()
+    keyed = base.with_overrides({"replica": {"api_key": "k-one"}})
+    rotated = base.with_overrides({"replica": {"api_key": "k-two"}})
+    versions = {_version(c, "Ingress") for c in (base, keyed, rotated)}
+    assert len(versions) == 3
+    assert not any("k-one" in v or "k-two" in v for v in versions)
+    # Only the replica count may change without a new version (start/stop one replica).
+    assert _version(RayDeployConfig(num_replicas=3), "Ingress") == _version(base, "Ingress")
