@@ -10,11 +10,23 @@ import pytest
 from chatfleet.config.gateway_config import LimitsConfig
 from chatfleet.gateway.limiter import Limiter, LimitsUnavailableError
 from chatfleet.gateway.limits.memory import MemoryRateLimitStore
+from chatfleet.gateway.store import open_store
 from chatfleet.gateway.store.base import ApiKey
-from tests.gateway.conftest import auth, make_key, new_conversation
+from tests.gateway.conftest import auth, make_key
 from tests.server_process import free_port
 
 CHAT = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+
+
+def _conversation_of(db_url: str, user: str) -> str:
+    """A conversation written straight into the store: the gateway cannot make one now."""
+    store = open_store(db_url)
+    try:
+        owner = store.get_user_by_name(user)
+        assert owner is not None
+        return store.create_conversation(owner.user_id).conversation_id
+    finally:
+        store.close()
 
 
 def test_an_unreachable_limit_store_is_a_503_with_retry_after(gateway_factory, sqlite_url):
@@ -27,7 +39,10 @@ def test_an_unreachable_limit_store_is_a_503_with_retry_after(gateway_factory, s
         assert r.status_code == 503, r.text
         assert r.json()["error"]["code"] == "limits_unavailable"
         assert int(r.headers["retry-after"]) >= 1
-    conv = new_conversation(gw.base_url, key)
+    # Creating a conversation takes a request of the key's rate, so it is refused the same.
+    r = httpx.post(f"{gw.base_url}/api/conversations", json={}, headers=auth(key), timeout=30)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "limits_unavailable"
+    conv = _conversation_of(sqlite_url, "alice")
     r = httpx.post(
         f"{gw.base_url}/api/conversations/{conv}/messages",
         json={"content": "Hi", "max_tokens": 4},
