@@ -126,3 +126,27 @@ def test_sqlite_connections_opening_a_new_database_together_never_see_it_locked(
         for t in threads:
             t.join(60)
     assert errors == []
+
+
+def test_a_reply_ends_with_its_usage_or_not_at_all(db_url):
+    """finish_reply writes the reply's end and its usage in one transaction: when the end is
+    refused (here a status the schema does not allow to be empty), no usage is left behind,
+    and a second try bills once."""
+    store = open_store(db_url)
+    try:
+        bob = store.create_user("bob")
+        key, _ = store.create_key(bob.user_id)
+        conv = store.create_conversation(bob.user_id)
+        _, reply = store.start_reply(conv.conversation_id, "Hi")
+        owner = UsageOwner("2030-02-01", bob.user_id, key.key_id)
+        refused = ReplyEnd(None, "Hello", usage=Usage(10, 4))  # type: ignore[arg-type]
+        with pytest.raises(Exception):  # noqa: B017 - each database raises its own class
+            store.finish_reply(reply.message_id, refused, owner)
+        assert store.list_messages(conv.conversation_id)[1].status == "streaming"
+        assert store.list_usage("2030-02-01") == []
+        end = ReplyEnd("complete", "Hello", "stop", usage=Usage(10, 4))
+        assert store.finish_reply(reply.message_id, end, owner).status == "complete"
+        (row,) = store.list_usage("2030-02-01")
+        assert (row.num_requests, row.prompt_tokens, row.completion_tokens) == (1, 10, 4)
+    finally:
+        store.close()
