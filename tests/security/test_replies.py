@@ -54,6 +54,16 @@ def _running(server: ServerProcess) -> bool:
     )
 
 
+def _behind_a_busy_upstream(
+    gw: ServerProcess, key: str, server: ServerProcess
+) -> tuple[str, concurrent.futures.Future, str]:
+    """A new conversation, its messages URL, and the upstream's one slot taken meanwhile."""
+    conv = new_conversation(gw.base_url, key)
+    busy = _occupy(server)
+    assert wait_until(lambda: _running(server), 30)
+    return conv, busy, f"{gw.base_url}/api/conversations/{conv}/messages"
+
+
 def test_two_replies_started_together_one_is_a_conflict(gateway_factory, sqlite_url):
     key = make_key(sqlite_url, "alice", max_streams=4)
     gw = gateway_factory(sqlite_url)
@@ -80,19 +90,19 @@ def test_a_queued_message_is_stored_and_survives_a_killed_gateway(
 ):
     key = make_key(sqlite_url, "bob")
     gw = launch_gateway(tmp_path, one_slot_server.base_url, sqlite_url)
-    conv = new_conversation(gw.base_url, key)
-    busy = _occupy(one_slot_server)
-    assert wait_until(lambda: _running(one_slot_server), 30)
-    url = f"{gw.base_url}/api/conversations/{conv}/messages"
-    pool = concurrent.futures.ThreadPoolExecutor(1)
-    pool.submit(httpx.post, url, json={"content": "Are you there?"}, headers=auth(key), timeout=60)
+    try:
+        conv, busy, url = _behind_a_busy_upstream(gw, key, one_slot_server)
+        pool = concurrent.futures.ThreadPoolExecutor(1)
+        body = {"content": "Are you there?"}
+        pool.submit(httpx.post, url, json=body, headers=auth(key), timeout=60)
 
-    def stored() -> bool:
-        messages = get_conversation(gw.base_url, key, conv).json()["messages"]
-        return [m["content"] for m in messages if m["role"] == "user"] == ["Are you there?"]
+        def stored() -> bool:
+            messages = get_conversation(gw.base_url, key, conv).json()["messages"]
+            return [m["content"] for m in messages if m["role"] == "user"] == ["Are you there?"]
 
-    assert wait_until(stored, 10)  # while its reply still waits for the upstream
-    gw.stop(sig=9)
+        assert wait_until(stored, 10)  # while its reply still waits for the upstream
+    finally:
+        gw.stop(sig=9)
     pool.shutdown(wait=False)
     again = launch_gateway(tmp_path, one_slot_server.base_url, sqlite_url)
     try:
@@ -114,10 +124,7 @@ def test_a_client_gone_before_its_first_byte_stops_its_reply(tmp_path, one_slot_
     key = make_key(sqlite_url, "carol", max_streams=1)
     gw = launch_gateway(tmp_path, one_slot_server.base_url, sqlite_url)
     try:
-        conv = new_conversation(gw.base_url, key)
-        busy = _occupy(one_slot_server)
-        assert wait_until(lambda: _running(one_slot_server), 30)
-        url = f"{gw.base_url}/api/conversations/{conv}/messages"
+        conv, busy, url = _behind_a_busy_upstream(gw, key, one_slot_server)
         with pytest.raises(httpx.ReadTimeout):  # queued upstream: no byte yet, and it leaves
             httpx.post(
                 url,
