@@ -11,7 +11,9 @@ turn (alternating), with `chatfleet bench` as the one client:
 Peers come from benchmarks/peers/ (build_llama_server.sh, setup_vllm_cpu.sh). With
 --baseline DIR a second chatfleet, run from the source tree DIR (another checkout, e.g.
 `git worktree add DIR main~1`) with this venv, joins as "chatfleet-baseline": a change is
-measured against its base in the same run.
+measured against its base in the same run. With --gateway every chatfleet is measured through
+a `chatfleet gateway` of its own tree in front of it (a key with limits far above the load):
+what the edge costs, before against after.
 
     .venv/bin/python benchmarks/serving_sweep.py --output-dir results/serving_sweep
 Writes one bench JSON per (server, workload), summary.json, a markdown table (table.md) and
@@ -46,6 +48,8 @@ MODEL_NAME = "SmolLM2-135M-Instruct"
 BIN = Path(sys.executable).parent
 NO_CACHE = "chatfleet-no-prefix-cache"
 BASELINE = "chatfleet-baseline"
+# chatfleet as a server's own source tree runs it (its cwd and PYTHONPATH)
+CLI = [sys.executable, "-m", "chatfleet.entrypoints.cli"]
 
 
 @dataclass
@@ -57,6 +61,9 @@ class Server:
     startup_timeout_s: float = 120.0
     proc: subprocess.Popen | None = None
     cwd: str | None = None  # a baseline runs from its own source tree
+    health_path: str = "/v1/models"
+    gateway_db: str | None = None  # a gateway: its database, where its bench key is made
+    api_key: str | None = None
 
     @property
     def url(self) -> str:
@@ -86,11 +93,41 @@ def servers(threads: int, baseline: str | None = None) -> list[Server]:
 def _baseline(tree: str) -> Server:
     """chatfleet from another source tree: its own code, this venv's packages."""
     root = str(Path(tree).resolve())
-    argv = [sys.executable, "-m", "chatfleet.entrypoints.cli", "serve", "--host", "127.0.0.1"]
+    argv = [*CLI, "serve", "--host", "127.0.0.1"]
     # NOTE: its own kernel cache: the two trees' builds differ in their include paths, and
     # sharing one cache would rebuild the kernels at every start of either.
     env = {"PYTHONPATH": root, "TORCH_EXTENSIONS_DIR": str(Path(root) / ".torch_extensions")}
     return Server(BASELINE, 18104, [*argv, "--port", "18104"], env, 600.0, cwd=root)
+
+
+def gateway_for(upstream: Server, out_dir: Path) -> Server:
+    """A gateway in front of `upstream`, from the same source tree, on a fresh database."""
+    port = upstream.port + 100
+    db = f"sqlite:///{(out_dir / f'{upstream.name}-gateway.db').resolve()}"
+    argv = [*CLI, "gateway", "--host", "127.0.0.1", "--port", str(port)]
+    argv += ["--upstream", upstream.url, "--db", db, "--admin-key-file", ""]
+    return dataclasses.replace(
+        upstream,
+        name=upstream.name + "+gateway",
+        port=port,
+        argv=argv,
+        startup_timeout_s=120.0,
+        health_path="/health",
+        gateway_db=db,
+        proc=None,
+    )
+
+
+def make_bench_key(server: Server) -> str:
+    """A key whose limits the benchmark never reaches, made in the gateway's database."""
+    assert server.gateway_db is not None
+    argv = [*CLI, "keys", "create", "--user", "bench", "--db", server.gateway_db]
+    argv += ["--rpm", "1000000", "--tpm", "1000000000", "--max-streams", "10000"]
+    env = {**os.environ, **server.env}
+    done = subprocess.run(argv, cwd=server.cwd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"keys create failed: {done.stderr[-2000:]}")
+    return done.stdout.strip().splitlines()[-1]
 
 
 def wait_healthy(server: Server, log: Path) -> bool:
@@ -101,7 +138,7 @@ def wait_healthy(server: Server, log: Path) -> bool:
             print(f"{server.name} exited ({server.proc.returncode}); see {log}", flush=True)
             return False
         try:
-            with urllib.request.urlopen(server.url + "/v1/models", timeout=5) as r:
+            with urllib.request.urlopen(server.url + server.health_path, timeout=5) as r:
                 if r.status == 200:
                     return True
         except OSError:
@@ -123,6 +160,8 @@ def start(server: Server, out_dir: Path) -> bool:
         pass
     log = out_dir / f"{server.name}.log"
     started = time.monotonic()
+    if server.gateway_db is not None:
+        server.api_key = make_bench_key(server)
     server.proc = subprocess.Popen(
         server.argv,
         cwd=server.cwd,
@@ -207,6 +246,8 @@ def run_bench(
     argv += [*work.args, "--concurrency", str(work.concurrency), "--temperature", "0"]
     argv += ["--goodput", goodput, "--seed", str(seed), "--label", server.name, "--no-progress"]
     argv += ["--output", str(path)]
+    if server.api_key:
+        argv += ["--api-key", server.api_key]
     started = time.monotonic()
     done = subprocess.run(argv, capture_output=True, text=True)
     if done.returncode != 0 or not path.exists():
@@ -289,6 +330,7 @@ def main() -> None:
     p.add_argument("--multi-turn-repeats", type=int, default=3, help="seeds 0..N-1, pooled")
     p.add_argument("--repeats", type=int, default=None, help="every chosen workload N times")
     p.add_argument("--baseline", default=None, help="source tree of a chatfleet to compare")
+    p.add_argument("--gateway", action="store_true", help="chatfleet through its gateway")
     args = p.parse_args()
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -298,6 +340,11 @@ def main() -> None:
     if args.baseline:
         wanted.add(BASELINE)
     pool = [s for s in servers(args.threads, args.baseline) if s.name in wanted]
+    if args.gateway:  # each chatfleet is benched through its gateway, which starts after it
+        pool += [gateway_for(s, out_dir) for s in pool if s.name in ("chatfleet", BASELINE)]
+    benched = {s.name for s in pool}
+    if args.gateway:
+        benched -= {"chatfleet", BASELINE}
     chosen = workloads(args.scale, args.multi_turn_repeats)
     if args.workloads:
         chosen = [w for w in chosen if w.name in args.workloads.split(",")]
@@ -309,6 +356,7 @@ def main() -> None:
         up = [s for s in pool if start(s, out_dir)]
         for work in chosen:
             runs = [s for s in up if s.name != NO_CACHE or work.name.startswith("multi-turn")]
+            runs = [s for s in runs if s.name in benched]
             ttfts: dict[str, list[float | None]] = {}  # per seed; None: the run failed
             for seed in range(work.repeats):
                 for server in runs:
