@@ -79,6 +79,10 @@ class AsyncEngine:
         fut: concurrent.futures.Future = concurrent.futures.Future()
 
         def run() -> None:
+            # NOTE: a caller that left cancels its future while the command waits here: the
+            # command is skipped (setting a cancelled future's result raises, on this thread).
+            if not fut.set_running_or_notify_cancel():
+                return
             try:
                 fut.set_result(fn())
             except BaseException as e:  # delivered to the caller, never kills the loop

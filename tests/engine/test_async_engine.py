@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -97,3 +98,25 @@ def test_abort_from_outside_ends_the_stream(engine):
     assert outs[-1].finished and outs[-1].outputs[0].finish_reason == "abort"
     assert len(outs[-1].outputs[0].token_ids) < 500
     assert free == total
+
+
+def test_a_caller_gone_before_its_request_is_taken_leaves_the_engine_running(engine):
+    """A client that leaves while its request waits in the engine's inbox cancels that
+    command; the engine thread must skip it, not die on the cancelled future (it did: every
+    later request and /metrics hung, found by fuzzing the API)."""
+
+    async def main() -> int:
+        # Hold the engine thread so the next command waits in the inbox.
+        busy = asyncio.ensure_future(engine.call(lambda e: time.sleep(0.5)))
+        await asyncio.sleep(0.05)
+        params = SamplingParams(max_tokens=4)
+        gone = asyncio.ensure_future(_collect(engine, [10**9], params))  # fails when run
+        await asyncio.sleep(0.05)
+        gone.cancel()
+        await busy
+        await asyncio.gather(gone, return_exceptions=True)
+        text, _ = await asyncio.wait_for(_collect(engine, "Hello", params), 30)
+        return len(text)
+
+    assert asyncio.run(main()) > 0
+    assert not engine.is_dead
