@@ -37,3 +37,11 @@ class EngineDeadError(ChatfleetError):
 
     type = "server_error"
     code = "engine_dead"
+
+
+class GrammarDeadEndError(ChatfleetError):
+    """A constrained choice reached a state its grammar cannot leave (HTTP 500, or an error
+    event in a stream); the other requests in the batch go on."""
+
+    type = "server_error"
+    code = "grammar_dead_end"

@@ -16,6 +16,16 @@ MAX_N = 16
 MAX_LOGPROBS = 20
 COMPLETIONS_MAX_TOKENS = 16  # OpenAI's max_tokens when /v1/completions gives none
 MAX_PROMPTS = 128  # prompts in one /v1/completions request (each an engine request per choice)
+MAX_LOGIT_BIAS = 300  # token ids in one logit_bias map (OpenAI's limit)
+
+
+@dataclass(frozen=True)
+class Grammar:
+    """What every sampled token must keep valid: a grammar in llguidance's Lark dialect (JSON
+    schemas inlined as `%json {...}`), and the request field it came from, for errors."""
+
+    source: str
+    param: str
 
 
 def _check(ok: bool, param: str, message: str) -> None:
@@ -55,6 +65,8 @@ class SamplingParams:
     # Requests share cached KV blocks only with requests of the same salt (None: with every
     # request without one). Not a sampling knob; it travels here with the request.
     cache_salt: str | None = None
+    logit_bias: dict[int, float] | None = None  # added to the token's logit before sampling
+    grammar: Grammar | None = None  # structured output: the tokens the grammar allows
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -101,11 +113,19 @@ class SamplingParams:
             "logprobs",
             f"must be in [0, {MAX_LOGPROBS}]",
         )
+        bias = self.logit_bias or {}
+        _check(len(bias) <= MAX_LOGIT_BIAS, "logit_bias", f"at most {MAX_LOGIT_BIAS} tokens")
+        for token_id, value in bias.items():
+            _check(type(token_id) is int and token_id >= 0, "logit_bias", "keys are token ids")
+            _finite(value, "logit_bias")
+            _check(-100 <= value <= 100, "logit_bias", "values must be in [-100, 100]")
 
     def verify_for_model(self, vocab_size: int) -> None:
         """Checks that need the model: token ids must exist in its vocabulary."""
         bad = [t for t in self.stop_token_ids if t >= vocab_size]
         _check(not bad, "stop_token_ids", f"unknown token ids {bad} (vocab size {vocab_size})")
+        bad = [t for t in self.logit_bias or {} if t >= vocab_size]
+        _check(not bad, "logit_bias", f"unknown token ids {bad} (vocab size {vocab_size})")
 
     @property
     def is_greedy(self) -> bool:

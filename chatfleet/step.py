@@ -10,12 +10,16 @@ engine's `Request` that it needs.
 
 from __future__ import annotations
 
+import concurrent.futures
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from chatfleet.outputs import TokenLogprobs
 from chatfleet.sampling_params import SamplingParams
+
+if TYPE_CHECKING:  # the scheduler side stays free of torch
+    import torch
 
 
 class StepRequest(Protocol):
@@ -68,10 +72,25 @@ class ScheduledRequest:
 
 
 @dataclass
+class TokenMasks:
+    """The tokens each grammar-constrained request may sample this step, being filled while
+    the forward pass runs: row i of the bitmask belongs to request_ids[i]."""
+
+    request_ids: list[str]
+    bitmask: concurrent.futures.Future[torch.Tensor]  # [rows, ceil(vocab / 32)] int32
+
+    def wait(self) -> dict[str, torch.Tensor]:
+        """Each request's bitmask row, once filled (a fill failure raises here)."""
+        mask = self.bitmask.result()
+        return {request_id: mask[i] for i, request_id in enumerate(self.request_ids)}
+
+
+@dataclass
 class SchedulerOutput:
     scheduled: list[ScheduledRequest]
     # Requests that ended since the last step, so the runner can drop per-request state.
     finished_request_ids: set[str] = field(default_factory=set)
+    token_masks: TokenMasks | None = None  # set by the engine when a grammar row samples
 
     @property
     def num_batched_tokens(self) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
+from typing import cast
 
 from chatfleet.config.engine_config import EngineConfig
 from chatfleet.engine.detokenizer import IncrementalDetokenizer
@@ -21,6 +22,8 @@ from chatfleet.model.runner import ModelRunner
 from chatfleet.modelfile.tokenizer import Tokenizer
 from chatfleet.outputs import CompletionOutput, RequestOutput
 from chatfleet.sampling_params import SamplingParams
+from chatfleet.step import SchedulerOutput, TokenMasks
+from chatfleet.structured.matcher import GrammarCompiler, GrammarMatcher
 
 
 @dataclass
@@ -61,6 +64,7 @@ class LLMEngine:
         self._parents: dict[str, _ParentState] = {}
         self._child_to_parent: dict[str, tuple[_ParentState, int]] = {}
         self._trace = StepTrace(config.step_trace) if config.step_trace else None
+        self._grammars: GrammarCompiler | None = None  # built by the first grammar request
 
     # ---- requests ---------------------------------------------------------------------
     def validate_prompt(
@@ -92,6 +96,9 @@ class LLMEngine:
         text = prompt if isinstance(prompt, str) else None
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         self.validate_prompt(ids, params)
+        grammar = (
+            None if params.grammar is None else self._grammar_compiler().matcher(params.grammar)
+        )
         state = _ParentState(request_id, text, ids, [], [], [])
         for index in range(params.n):
             child_params = params
@@ -105,6 +112,8 @@ class LLMEngine:
                 self.eos_token_ids,
                 priority,
             )
+            if grammar is not None:
+                child.grammar = grammar if index == 0 else grammar.fork()
             state.children.append(child)
             state.detokenizers.append(
                 IncrementalDetokenizer(
@@ -145,6 +154,7 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         start = time.monotonic() if self._trace is not None else 0.0
         scheduler_output = self.scheduler.schedule()
+        scheduler_output.token_masks = self._start_masks(scheduler_output)
         seqs = scheduled_seqs(scheduler_output) if self._trace is not None else []
         runner_output = self.runner.execute(scheduler_output)
         core_outputs = self.scheduler.update_from_output(scheduler_output, runner_output)
@@ -161,6 +171,25 @@ class LLMEngine:
         if self._trace is not None:
             self._trace.close()
             self._trace = None
+        if self._grammars is not None:
+            self._grammars.close()
+
+    def _grammar_compiler(self) -> GrammarCompiler:
+        if self._grammars is None:
+            self._grammars = GrammarCompiler(
+                self.tokenizer, self.model_config.vocab_size, self.config.num_threads
+            )
+        return self._grammars
+
+    def _start_masks(self, out: SchedulerOutput) -> TokenMasks | None:
+        """This step's grammar masks, filled while the forward pass runs; None if no request
+        that samples this step has a grammar."""
+        requests = [cast(Request, s.request) for s in out.scheduled if s.samples]
+        rows = [r for r in requests if r.grammar is not None]
+        if not rows:
+            return None
+        matchers = [cast(GrammarMatcher, r.grammar) for r in rows]
+        return self._grammar_compiler().start_masks([r.request_id for r in rows], matchers)
 
     def _process(self, core_outputs: list[EngineCoreOutput]) -> list[RequestOutput]:
         touched: dict[str, _ParentState] = {}
@@ -203,6 +232,7 @@ class LLMEngine:
         if finished:
             completion.finish_reason = request.status.finish_reason
             completion.stop_reason = request.stop_reason
+            completion.error = request.error
 
     def _make_output(self, state: _ParentState) -> RequestOutput:
         # The first choice computes the prompt; the others reuse its blocks.

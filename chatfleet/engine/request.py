@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from chatfleet.errors import ContextLengthExceededError
 from chatfleet.sampling_params import SamplingParams
@@ -22,6 +23,7 @@ class RequestStatus(enum.IntEnum):
     FINISHED_STOPPED = 3
     FINISHED_LENGTH = 4
     FINISHED_ABORTED = 5
+    FINISHED_ERROR = 6  # the request cannot go on (its grammar refused every token)
 
     @property
     def is_finished(self) -> bool:
@@ -36,7 +38,17 @@ _FINISH_REASONS = {
     RequestStatus.FINISHED_STOPPED: "stop",
     RequestStatus.FINISHED_LENGTH: "length",
     RequestStatus.FINISHED_ABORTED: "abort",
+    RequestStatus.FINISHED_ERROR: "error",
 }
+
+
+class TokenGrammar(Protocol):
+    """A request's grammar state (structured.matcher.GrammarMatcher implements it)."""
+
+    def accept(self, token_id: int) -> bool: ...
+
+    @property
+    def error(self) -> str: ...
 
 
 @dataclass(eq=False)
@@ -58,6 +70,8 @@ class Request:
     block_hashes: list[int] = field(default_factory=list)  # of full blocks, filled lazily
     stop_reason: int | str | None = None  # the stop token id or stop string that ended it
     first_scheduled_time: float | None = None
+    grammar: TokenGrammar | None = None  # structured output: every token must keep it valid
+    error: str | None = None  # why it finished with FINISHED_ERROR
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)

@@ -156,6 +156,13 @@ class Scheduler:
             token_id = runner_output.sampled.get(request.request_id)
             if token_id is None:
                 continue  # a prefill chunk that did not reach the end
+            if request.grammar is not None and not request.grammar.accept(token_id):
+                # NOTE: the mask allowed no token the grammar accepts (a dead end); the
+                # token is dropped and the request ends with an error, the batch goes on.
+                request.error = request.grammar.error
+                self.finish_requests([request.request_id], RequestStatus.FINISHED_ERROR)
+                outputs.append(EngineCoreOutput(request, [], [], True))
+                continue
             request.append_output_token(token_id)
             status = self._check_stop(request, token_id)
             logprobs = runner_output.logprobs.get(request.request_id)

@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
-from chatfleet.errors import ChatfleetError, EngineDeadError, InvalidRequestError
+from chatfleet.errors import ChatfleetError, InvalidRequestError
 
 
 class HTTPError(ChatfleetError):
@@ -117,7 +117,7 @@ def to_error_response(exc: BaseException) -> ErrorResponse:
         status, headers = exc.status_code, dict(exc.headers)
     elif isinstance(exc, InvalidRequestError):
         status, headers = 400, {}
-    elif isinstance(exc, EngineDeadError):
+    elif isinstance(exc, ChatfleetError):  # ours: the message is meant for the client
         status, headers = 500, {}
     else:
         status, headers = 500, {}

@@ -136,7 +136,9 @@ class ModelRunner:
         if not sampling:
             return ModelRunnerOutput({})
         logits = self.model.compute_logits(hidden[ends[sampling]])  # [N, vocab]
-        rows = [self._sampling_row(items[i].request) for i in sampling]
+        # The grammar masks were filled while the forward pass ran.
+        masks = out.token_masks.wait() if out.token_masks is not None else {}
+        rows = [self._sampling_row(items[i].request, masks) for i in sampling]
         result = self.sampler(logits, rows, self._generator)
         ids = [items[i].request.request_id for i in sampling]
         sampled = dict(zip(ids, result.token_ids, strict=True))
@@ -149,7 +151,7 @@ class ModelRunner:
                     )
         return ModelRunnerOutput(sampled, logprobs)
 
-    def _sampling_row(self, request) -> SamplingRow:
+    def _sampling_row(self, request, masks: dict[str, torch.Tensor]) -> SamplingRow:
         params = request.sampling_params
         generator = None
         if params.seed is not None and not params.is_greedy:
@@ -163,7 +165,12 @@ class ModelRunner:
                 [] if params.ignore_eos else list(request.eos_token_ids)
             )
         return SamplingRow(
-            params, request.prompt_token_ids, request.output_token_ids, generator, banned
+            params,
+            request.prompt_token_ids,
+            request.output_token_ids,
+            generator,
+            banned,
+            masks.get(request.request_id),
         )
 
 

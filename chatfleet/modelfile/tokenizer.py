@@ -258,6 +258,19 @@ class Tokenizer:
                 ids.append(token_id)
         return list(dict.fromkeys(ids))
 
+    @property
+    def special_token_ids(self) -> frozenset[int]:
+        """Control tokens: template markup, never text a grammar may spell."""
+        return self._special_ids
+
+    def has_special_text(self, text: str) -> bool:
+        """Whether `text` spells a control token (which template markup would turn into one)."""
+        return any(s in text for s in self._special_texts)
+
+    def to_json(self) -> str:
+        """The `tokenizers` serialization (what grammar libraries build their token tries from)."""
+        return self._special.to_str()
+
     def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
         """Vocabulary strings (byte-level form, e.g. "Ġworld"); ValueError for unknown ids."""
         return [self._piece(i) for i in ids]
@@ -295,26 +308,33 @@ class Tokenizer:
     # ---- chat template ------------------------------------------------------------------
 
     def render_chat_template(
-        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True
+        self,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
     ) -> str:
         """The prompt text the template produces; raises InvalidRequestError on bad input."""
-        return self._render(_validate_messages(messages), add_generation_prompt)
+        return self._render(_validate_messages(messages), add_generation_prompt, tools)
 
     def apply_chat_template(
-        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True
+        self,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
     ) -> list[int]:
         """Prompt ids: the template's special tokens are control ids, message content never is.
 
         Renders once more with each content replaced by a unique sentinel, then encodes the
         template pieces between sentinels with special-token parsing and each content as plain
-        text. Raises InvalidRequestError for invalid messages or a template error.
+        text. `tools` (OpenAI tool objects) go to templates that read a `tools` variable.
+        Raises InvalidRequestError for invalid messages or a template error.
         """
         messages = _validate_messages(messages)
-        rendered = self._render(messages, add_generation_prompt)
+        rendered = self._render(messages, add_generation_prompt, tools)
         # Digits and private-use characters only, so case or whitespace filters leave it alone.
         nonce = secrets.randbelow(10**12)
         masked = [{**m, "content": f"\ue000{nonce}:{i}\ue001"} for i, m in enumerate(messages)]
-        masked_text = self._render(masked, add_generation_prompt)
+        masked_text = self._render(masked, add_generation_prompt, tools)
         # re.split with one group: [template, index, template, index, ..., template]
         pieces = re.split(f"\ue000{nonce}:(\\d+)\ue001", masked_text)
         contents = [m["content"] for m in messages]
@@ -333,7 +353,12 @@ class Tokenizer:
                 ids += self.encode(contents[int(piece)])
         return ids
 
-    def _render(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+    def _render(
+        self,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> str:
         if self._template is None:
             raise InvalidRequestError("this model has no chat template", param="messages")
         bos = self._bos_token_id
@@ -344,6 +369,7 @@ class Tokenizer:
                 add_generation_prompt=add_generation_prompt,
                 bos_token="" if bos is None else self._piece(bos),
                 eos_token="" if eos is None else self._piece(eos),
+                **({} if tools is None else {"tools": tools}),
             )
         except jinja2.TemplateError as exc:
             raise InvalidRequestError(f"chat template error: {exc}", param="messages") from exc
