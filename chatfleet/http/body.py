@@ -104,4 +104,7 @@ def parse_model(model: type[ModelT], body: Any) -> ModelT:
     except ValidationError as e:
         err = e.errors()[0]
         param = ".".join(str(x) for x in err["loc"]) or None
-        raise InvalidRequestError(f"{param}: {err['msg']}", param=param) from None
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "this server does not implement this field (see docs/usage.md)"
+        raise InvalidRequestError(f"{param}: {message}", param=param) from None

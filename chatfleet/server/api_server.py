@@ -63,11 +63,38 @@ def _openapi_extra(model: type[BaseModel]) -> dict[str, Any]:
         "description": "A completion object, or an SSE stream of chunks when stream=true",
         "content": {"text/event-stream": {}},
     }
-    schema = model.model_json_schema()
+    schema = _request_schema(model)
     return {
         "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
         "responses": responses,
     }
+
+
+_REF = "#/components/schemas/{model}"
+
+
+def _request_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The body's JSON schema, its nested models referenced under components/schemas (where
+    `_with_components` puts them), so every $ref in the document resolves."""
+    schema = model.model_json_schema(ref_template=_REF)
+    schema.pop("$defs", None)
+    return schema
+
+
+def _with_components(app: FastAPI, models: list[type[BaseModel]]) -> None:
+    """Add the nested request models to the OpenAPI document FastAPI builds."""
+    schemas: dict[str, Any] = {}
+    for model in models:
+        schemas.update(model.model_json_schema(ref_template=_REF).get("$defs", {}))
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = build()
+            spec.setdefault("components", {}).setdefault("schemas", {}).update(schemas)
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 @dataclass
@@ -189,6 +216,7 @@ def build_app(engine: EngineClient, config: ServerConfig) -> FastAPI:
     app = new_app("chatfleet")
     app.state.chatfleet = state
     app.include_router(_openai_router(state))
+    _with_components(app, [ChatCompletionRequest, CompletionRequest])
 
     async def metrics() -> bytes:
         return state.metrics.render(await engine.get_stats())

@@ -1,7 +1,8 @@
 """OpenAI request schemas and their translation into engine SamplingParams.
 
-Pydantic checks types (a string where a number belongs is a 400 naming the field);
-SamplingParams checks values, so the limits live in one place.
+Pydantic checks types (a string where a number belongs is a 400 naming the field) and
+refuses fields this server does not implement; SamplingParams checks values, so the limits
+live in one place.
 """
 
 from __future__ import annotations
@@ -11,22 +12,37 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from chatfleet.errors import InvalidRequestError
-from chatfleet.sampling_params import MAX_PROMPTS, SamplingParams
+from chatfleet.sampling_params import MAX_PROMPTS, Grammar, SamplingParams
+from chatfleet.structured.grammars import (
+    json_object_grammar,
+    json_schema_grammar,
+    tool_call_grammar,
+)
+from chatfleet.structured.tool_calls import FunctionTool
 
 Number = StrictInt | float
 
 
 class _Base(BaseModel):
-    # Unknown fields are ignored like OpenAI's SDK-facing servers do; types are strict.
-    model_config = ConfigDict(extra="ignore", strict=True)
+    # NOTE: a field this server does not implement is a 400 naming it, never silently
+    # dropped (a client relying on it would get a wrong answer); types are strict.
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
 
 
 class StreamOptions(_Base):
     include_usage: StrictBool = False
 
 
+class JsonSchemaFormat(_Base):
+    name: Annotated[StrictStr, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+    description: StrictStr | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: StrictBool | None = None
+
+
 class ResponseFormat(_Base):
     type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
 
 
 class TextPart(_Base):
@@ -34,10 +50,48 @@ class TextPart(_Base):
     text: StrictStr
 
 
+FunctionName = Annotated[StrictStr, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+
+
+class FunctionDefinition(_Base):
+    name: FunctionName
+    description: StrictStr | None = None
+    parameters: dict[str, Any] | None = None
+    strict: StrictBool | None = None
+
+
+class ToolDefinition(_Base):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionCall(_Base):
+    name: FunctionName
+    arguments: StrictStr  # JSON text
+
+
+class ToolCallItem(_Base):
+    id: StrictStr
+    type: Literal["function"]
+    function: FunctionCall
+
+
+class NamedFunction(_Base):
+    name: FunctionName
+
+
+class NamedToolChoice(_Base):
+    type: Literal["function"]
+    function: NamedFunction
+
+
 class ChatMessage(_Base):
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: StrictStr | list[TextPart] | None = None
     name: StrictStr | None = None
+    tool_calls: list[ToolCallItem] | None = None  # an assistant's past calls
+    tool_call_id: StrictStr | None = None  # a tool message: the call it answers
+    refusal: StrictStr | None = None  # echoed back by clients that resend a reply
 
     def text(self) -> str:
         if self.content is None:
@@ -67,6 +121,7 @@ class SamplingFields(_Base):
     ignore_eos: StrictBool = False
     min_tokens: StrictInt = 0
     response_format: ResponseFormat | None = None
+    logit_bias: dict[StrictStr, Number] | None = None  # token id (as a string) -> bias
     cache_salt: Annotated[StrictStr, Field(min_length=1, max_length=256)] | None = None
 
     @property
@@ -79,12 +134,33 @@ class SamplingFields(_Base):
             raise InvalidRequestError(
                 "stream_options is only allowed with stream=true", param="stream_options"
             )
-        if self.response_format is not None and self.response_format.type != "text":
+
+    def grammar(self) -> Grammar | None:
+        """The grammar response_format asks for (None: free text)."""
+        fmt = self.response_format
+        if fmt is None or fmt.type == "text":
+            return None
+        if fmt.type == "json_object":
+            return Grammar(json_object_grammar(), "response_format")
+        if fmt.json_schema is None or fmt.json_schema.schema_ is None:
             raise InvalidRequestError(
-                f"response_format {self.response_format.type!r} is not supported: this server "
-                "does not constrain decoding, so it cannot guarantee valid JSON",
-                param="response_format",
+                "response_format.json_schema.schema is required with type json_schema",
+                param="response_format.json_schema",
             )
+        schema = json_schema_grammar(fmt.json_schema.schema_, bool(fmt.json_schema.strict))
+        return Grammar(schema, "response_format.json_schema.schema")
+
+    def token_bias(self) -> dict[int, float] | None:
+        if not self.logit_bias:
+            return None
+        bias = {}
+        for key, value in self.logit_bias.items():
+            if not key.isdigit():
+                raise InvalidRequestError(
+                    f"logit_bias: keys are token ids, got {key!r}", param="logit_bias"
+                )
+            bias[int(key)] = float(value)
+        return bias
 
     def sampling_params(self, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
         """Engine parameters; OpenAI defaults where a field is absent. Raises on bad values."""
@@ -107,6 +183,8 @@ class SamplingFields(_Base):
             "min_tokens": self.min_tokens,
             "logprobs": logprobs,
             "cache_salt": self.cache_salt,
+            "logit_bias": self.token_bias(),
+            "grammar": self.grammar(),
         }
         if max_tokens is not None:
             values["max_tokens"] = max_tokens
@@ -118,6 +196,57 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: StrictInt | None = None
     logprobs: StrictBool = False
     top_logprobs: StrictInt | None = None
+    tools: Annotated[list[ToolDefinition], Field(max_length=128)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: StrictBool | None = None
+
+    def function_tools(self) -> list[FunctionTool]:
+        return [
+            FunctionTool(
+                t.function.name,
+                t.function.description or "",
+                t.function.parameters or {"type": "object", "properties": {}},
+                bool(t.function.strict),
+            )
+            for t in self.tools or []
+        ]
+
+    def tool_mode(self) -> str | None:
+        """How tools constrain the reply: None (they do not), "auto", "required", or the
+        name of the function that must be called."""
+        choice = self.tool_choice
+        if not self.tools or choice == "none":
+            return None
+        if isinstance(choice, NamedToolChoice):
+            return choice.function.name
+        return choice or "auto"
+
+    def check_common(self) -> None:
+        super().check_common()
+        names = [t.function.name for t in self.tools or []]
+        if self.tool_choice not in (None, "none") and not names:
+            raise InvalidRequestError("tool_choice requires tools", param="tool_choice")
+        if len(set(names)) != len(names):
+            raise InvalidRequestError("tools: function names must be unique", param="tools")
+        mode = self.tool_mode()
+        if mode not in (None, "auto", "required") and mode not in names:
+            raise InvalidRequestError(
+                f"tool_choice: no tool named {mode!r} in tools", param="tool_choice"
+            )
+        fmt = self.response_format
+        if mode is not None and fmt is not None and fmt.type != "text":
+            raise InvalidRequestError(
+                "response_format other than text cannot be combined with tools that may be "
+                "called; use tool_choice none, or one of the two",
+                param="response_format",
+            )
+
+    def grammar(self) -> Grammar | None:
+        mode = self.tool_mode()
+        if mode is None:
+            return super().grammar()
+        parallel = self.parallel_tool_calls is not False
+        return Grammar(tool_call_grammar(self.function_tools(), mode, parallel), "tools")
 
     def requested_max_tokens(self) -> int | None:
         return (

@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse, Response
 
 from chatfleet.config.server_config import ServerConfig
 from chatfleet.engine.engine_client import EngineClient
-from chatfleet.errors import ChatfleetError, ContextLengthExceededError
+from chatfleet.errors import ChatfleetError, ContextLengthExceededError, GrammarDeadEndError
 from chatfleet.http import sse
 from chatfleet.http.body import parse_model
 from chatfleet.http.handlers import unless_disconnected
@@ -38,10 +38,12 @@ from chatfleet.outputs import CompletionOutput, RequestOutput
 from chatfleet.sampling_params import SamplingParams
 from chatfleet.server.protocol import SamplingFields
 from chatfleet.server.server_metrics import ServerMetrics
+from chatfleet.structured.tool_calls import ToolCallStream
 
 RequestT = TypeVar("RequestT", bound=SamplingFields)
 # OpenAI's finish reasons have no "abort"; an aborted request never reaches a client anyway.
-_FINISH = {"stop": "stop", "length": "length", "abort": "stop"}
+# An "error" choice never reaches one either: it becomes an error response or event.
+_FINISH = {"stop": "stop", "length": "length", "abort": "stop", "error": "stop"}
 
 
 def finish_reason(reason: str | None) -> str | None:
@@ -73,6 +75,8 @@ class Job:
     stream: bool
     include_usage: bool
     echo: list[str] | None = None  # completion echo: prompt texts to prepend
+    parses_tool_calls: bool = False  # chat with tools: calls are parsed out of the text
+    tool_streams: dict[int, ToolCallStream] = field(default_factory=dict)  # by choice index
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created: int = field(default_factory=lambda: int(time.time()))
     arrival: float = field(default_factory=time.monotonic)
@@ -167,11 +171,12 @@ class OpenAIServing(ABC):
         """One finished choice of the non-streamed body."""
 
     @abstractmethod
-    def delta_choice(self, job: Job, index: int, c: CompletionOutput) -> dict[str, Any]:
-        """The text (and logprobs) a step added to one choice, as a chunk's choice."""
+    def delta_choice(self, job: Job, index: int, c: CompletionOutput) -> dict[str, Any] | None:
+        """What a step added to one choice (text, logprobs, tool-call pieces), as a chunk's
+        choice; None when there is nothing to send."""
 
     @abstractmethod
-    def finish_choice(self, index: int, reason: str | None) -> dict[str, Any]:
+    def finish_choice(self, job: Job, index: int, reason: str | None) -> dict[str, Any]:
         """The chunk's choice that ends choice `index` with `reason`."""
 
     def opening_choices(self, job: Job) -> list[dict[str, Any]]:
@@ -267,6 +272,7 @@ class OpenAIServing(ABC):
     def _body(self, job: Job, finals: dict[int, RequestOutput]) -> dict[str, Any]:
         choices = []
         for i in sorted(finals):
+            _raise_if_failed(finals[i])
             choices += [self.choice(job, i, c) for c in finals[i].outputs]
         return {
             "id": self.id_prefix + job.request_id,
@@ -289,12 +295,16 @@ class OpenAIServing(ABC):
         return sse.event(body)
 
     def _step_chunks(self, job: Job, i: int, out: RequestOutput) -> Iterator[str]:
+        _raise_if_failed(out)
         for c in out.outputs:
             index = job.choice_index(i, c)
-            if c.delta_text or c.delta_logprobs:
-                yield self._chunk(job, [self.delta_choice(job, index, c)])
+            if c.delta_text or c.delta_logprobs or c.finished:
+                delta = self.delta_choice(job, index, c)
+                if delta is not None:
+                    yield self._chunk(job, [delta])
             if c.finished and c.delta_token_ids:
-                yield self._chunk(job, [self.finish_choice(index, finish_reason(c.finish_reason))])
+                reason = finish_reason(c.finish_reason)
+                yield self._chunk(job, [self.finish_choice(job, index, reason)])
 
     async def _stream(
         self,
@@ -343,6 +353,13 @@ class OpenAIServing(ABC):
                     e = RequestTimeoutError("the request timed out and was aborted")
                 yield sse.error_event(e)
         yield sse.DONE
+
+
+def _raise_if_failed(out: RequestOutput) -> None:
+    """A choice that ended in error fails the response (an error event in a stream)."""
+    for c in out.outputs:
+        if c.finish_reason == "error":
+            raise GrammarDeadEndError(c.error or "generation failed", param=None)
 
 
 def _usage(outputs: Any) -> dict[str, Any]:

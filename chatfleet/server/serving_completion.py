@@ -21,6 +21,10 @@ class OpenAIServingCompletion(OpenAIServing):
         if req.suffix:
             raise InvalidRequestError("suffix is not supported", param="suffix")
         ids = [self.tokenizer.encode(p) if isinstance(p, str) else p for p in req.prompts()]
+        vocab_size = self.tokenizer.vocab_size
+        if any(not 0 <= t < vocab_size for p in ids for t in p):
+            # NOTE: checked here, not only by the engine: echo decodes the prompt first.
+            raise InvalidRequestError("prompt token id outside the vocabulary", param="prompt")
         max_tokens = req.max_tokens if req.max_tokens is not None else COMPLETIONS_MAX_TOKENS
         params = req.sampling_params(max_tokens, req.logprobs)
         echo = [self.tokenizer.decode(p) for p in ids] if req.echo else None
@@ -55,11 +59,13 @@ class OpenAIServingCompletion(OpenAIServing):
         n = job.params.n
         return [_choice(i * n + k, text) for i, text in enumerate(job.echo) for k in range(n)]
 
-    def delta_choice(self, job: Job, index: int, c: CompletionOutput) -> dict[str, Any]:
+    def delta_choice(self, job: Job, index: int, c: CompletionOutput) -> dict[str, Any] | None:
+        if not (c.delta_text or c.delta_logprobs):
+            return None
         logprobs = self._logprobs(c.delta_logprobs, 0) if c.delta_logprobs else None
         return _choice(index, c.delta_text, logprobs)
 
-    def finish_choice(self, index: int, reason: str | None) -> dict[str, Any]:
+    def finish_choice(self, job: Job, index: int, reason: str | None) -> dict[str, Any]:
         return _choice(index, "", finish_reason=reason)
 
 

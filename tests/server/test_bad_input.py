@@ -14,6 +14,9 @@ pytestmark = pytest.mark.e2e  # starts its own servers
 MSG = [{"role": "user", "content": "hi"}]
 
 
+TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+
+
 def _chat(**fields):
     return json.dumps({"model": "SmolLM2-135M-Instruct", "messages": MSG, **fields})
 
@@ -51,12 +54,46 @@ CASES = [
         400,
         "stream_options",
     ),
+    ("a field not implemented", _chat(functions=[{"name": "f"}]).encode(), 400, "functions"),
     (
-        "json_object not enforced",
-        _chat(response_format={"type": "json_object"}).encode(),
+        "an image part",
+        _chat(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]),
         400,
-        "response_format",
+        None,
     ),
+    (
+        "json_schema without a schema",
+        _chat(response_format={"type": "json_schema", "json_schema": {"name": "x"}}),
+        400,
+        "response_format.json_schema",
+    ),
+    (
+        "a schema that cannot be enforced",
+        _chat(
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"type": "wizard"}, "strict": True},
+            }
+        ),
+        400,
+        "response_format.json_schema.schema",
+    ),
+    ("tool_choice without tools", _chat(tool_choice="required"), 400, "tool_choice"),
+    (
+        "tool_choice naming no tool",
+        _chat(tools=[TOOL], tool_choice={"type": "function", "function": {"name": "nope"}}),
+        400,
+        "tool_choice",
+    ),
+    (
+        "a tool name with a space",
+        _chat(tools=[{"type": "function", "function": {"name": "get weather"}}]),
+        400,
+        "tools.0.function.name",
+    ),
+    ("logit_bias over 100", _chat(logit_bias={"42": 101}), 400, "logit_bias"),
+    ("logit_bias key not an id", _chat(logit_bias={"hello": 1}), 400, "logit_bias"),
+    ("logit_bias id past the vocabulary", _chat(logit_bias={"99999999": 1}), 400, "logit_bias"),
     ("invalid utf-8", b'{"messages": [{"role": "user", "content": "\xff\xfe"}]}', 400, None),
     ("lone surrogate", b'{"messages": [{"role": "user", "content": "\\ud800"}]}', 400, None),
     ("deeply nested", b'{"messages": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400, None),
@@ -108,6 +145,11 @@ def test_completion_bad_input(server):
     assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
     r = httpx.post(f"{server.base_url}/v1/completions", json={"prompt": [10**8]}, timeout=30)
     assert r.status_code == 400
+    # Echo decodes the prompt before the engine checks it: an id past any integer type.
+    for prompt in ([169756660467], [[5, -1]]):
+        body = {"prompt": prompt, "echo": True}
+        r = httpx.post(f"{server.base_url}/v1/completions", json=body, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "prompt", r.text
 
 
 def test_unknown_route_is_openai_shaped_404(server):
