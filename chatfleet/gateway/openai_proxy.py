@@ -62,7 +62,10 @@ class OpenAIProxy:
                     {"role": m["role"], "content": _text(m.get("content"))}
                     for m in payload["messages"]
                 ]
-                return self.counter.count_chat(messages), 1
+                # Tools are written into the prompt (the template or a system message).
+                tools = payload.get("tools")
+                described = self.counter.count_text(json.dumps(tools)) if tools else 0
+                return self.counter.count_chat(messages) + described, 1
             prompt = payload["prompt"]
             if isinstance(prompt, str):
                 return self.counter.count_text(prompt), 1

@@ -19,6 +19,30 @@ class _Choice:
     finish_reason: str | None = None
     logprobs: list[Any] | None = None  # chat: content items; completions: per-token rows
     has_role: bool = False
+    tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)  # chat, by call index
+
+    def add_call_delta(self, delta: dict[str, Any]) -> None:
+        """One tool-call delta: its id and name come once, its arguments in pieces."""
+        index = delta.get("index")
+        if not isinstance(index, int):
+            return
+        call = self.tool_calls.setdefault(
+            index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
+        )
+        call["id"] = delta.get("id") or call["id"]
+        function = delta.get("function")
+        if not isinstance(function, dict):
+            function = {}
+        call["function"]["name"] += _text(function.get("name"))
+        call["function"]["arguments"] += _text(function.get("arguments"))
+
+    @property
+    def generated(self) -> str:
+        """Everything generated so far, tool calls included (what a stopped stream bills)."""
+        calls = "".join(
+            c["function"]["name"] + c["function"]["arguments"] for c in self.tool_calls.values()
+        )
+        return self.text + calls
 
 
 @dataclass
@@ -49,6 +73,9 @@ class StreamAssembler:
         if self.is_chat:
             delta = raw.get("delta")
             piece = _text(delta.get("content") if isinstance(delta, dict) else None)
+            for call in (delta.get("tool_calls") if isinstance(delta, dict) else None) or []:
+                if isinstance(call, dict):
+                    choice.add_call_delta(call)
             lp = raw.get("logprobs")
             logprobs = lp.get("content") if isinstance(lp, dict) else None
         else:
@@ -60,8 +87,8 @@ class StreamAssembler:
         choice.finish_reason = raw.get("finish_reason") or choice.finish_reason
 
     def texts(self) -> list[str]:
-        """Every choice's text so far, by index."""
-        return [self.choices[i].text for i in sorted(self.choices)]
+        """Every choice's generated text so far (tool calls included), by index."""
+        return [self.choices[i].generated for i in sorted(self.choices)]
 
     def body(self) -> dict[str, Any]:
         """The chat.completion / text_completion object the stream amounted to."""
@@ -72,7 +99,10 @@ class StreamAssembler:
     def _choice_body(self, index: int, c: _Choice) -> dict[str, Any]:
         if self.is_chat:
             logprobs = None if c.logprobs is None else {"content": c.logprobs}
-            message = {"role": "assistant", "content": c.text}
+            message: dict[str, Any] = {"role": "assistant", "content": c.text}
+            if c.tool_calls:
+                message["tool_calls"] = [c.tool_calls[k] for k in sorted(c.tool_calls)]
+                message["content"] = c.text or None
             return {
                 "index": index,
                 "message": message,

@@ -144,3 +144,9 @@ def get_conversation(base_url: str, key: str, conversation_id: str) -> httpx.Res
     return httpx.get(
         f"{base_url}/api/conversations/{conversation_id}", headers=auth(key), timeout=10
     )
+
+
+def usage_row(base_url: str, key: str) -> dict:
+    """The key's user's first usage row (none yet: zeros)."""
+    rows = httpx.get(f"{base_url}/api/usage", headers=auth(key), timeout=10).json()["data"]
+    return rows[0] if rows else {"num_requests": 0, "completion_tokens": 0}

@@ -8,7 +8,7 @@ import json
 import httpx
 import pytest
 
-from tests.gateway.conftest import auth, make_key
+from tests.gateway.conftest import auth, make_key, usage_row
 from tests.server_process import start_server, wait_until
 
 MODEL = "SmolLM2-135M-Instruct"
@@ -72,11 +72,6 @@ def test_the_server_counts_each_prompt_and_choice_as_an_engine_request(tmp_path)
         srv.stop()
 
 
-def _usage_row(base_url: str, key: str) -> dict:
-    rows = httpx.get(f"{base_url}/api/usage", headers=auth(key), timeout=10).json()["data"]
-    return rows[0] if rows else {"num_requests": 0, "completion_tokens": 0}
-
-
 def test_a_non_streamed_request_whose_client_leaves_pays_for_what_was_generated(
     gateway_factory, sqlite_url
 ):
@@ -91,8 +86,8 @@ def test_a_non_streamed_request_whose_client_leaves_pays_for_what_was_generated(
             headers=auth(key),
             timeout=httpx.Timeout(60, read=2),
         )
-    assert wait_until(lambda: _usage_row(gw.base_url, key)["num_requests"] == 1, 30)
-    billed = _usage_row(gw.base_url, key)["completion_tokens"]
+    assert wait_until(lambda: usage_row(gw.base_url, key)["num_requests"] == 1, 30)
+    billed = usage_row(gw.base_url, key)["completion_tokens"]
     assert 0 < billed < 400  # what the engine made before it was stopped, not nothing
 
 
@@ -114,6 +109,6 @@ def test_every_choice_of_a_stream_left_early_is_billed(gateway_factory, sqlite_u
             if sum(received.values()) >= 30:
                 break
     assert set(received) == {0, 1, 2}
-    assert wait_until(lambda: _usage_row(gw.base_url, key)["num_requests"] == 1, 30)
-    billed = _usage_row(gw.base_url, key)["completion_tokens"]
+    assert wait_until(lambda: usage_row(gw.base_url, key)["num_requests"] == 1, 30)
+    billed = usage_row(gw.base_url, key)["completion_tokens"]
     assert billed >= sum(received.values()) - 3  # every choice's chunks, roughly a token each

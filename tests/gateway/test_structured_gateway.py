@@ -1,0 +1,49 @@
+"""Tools and structured output through the gateway: the fields reach the engine, a client
+that wants one body gets the tool calls the stream carried, and the calls are billed."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import openai
+
+from tests.gateway.conftest import make_key, usage_row
+from tests.server.test_structured_api import ADD, ASK, PARAMETERS, WEATHER
+
+
+def test_tool_calls_and_schemas_pass_through_and_are_billed(gateway_factory, sqlite_url):
+    key = make_key(sqlite_url, "alice")
+    gw = gateway_factory(sqlite_url)
+    client = openai.OpenAI(base_url=f"{gw.base_url}/v1", api_key=key, max_retries=0)
+    r = client.chat.completions.create(
+        model="SmolLM2-135M-Instruct",
+        messages=ASK,
+        tools=[WEATHER, ADD],
+        tool_choice="required",
+        parallel_tool_calls=False,
+        temperature=0,
+        max_tokens=80,
+    )
+    (call,) = r.choices[0].message.tool_calls
+    assert r.choices[0].finish_reason == "tool_calls" and call.id.startswith("call_")
+    jsonschema.validate(json.loads(call.function.arguments), PARAMETERS[call.function.name])
+    schema = PARAMETERS["get_weather"]
+    fmt = {"type": "json_schema", "json_schema": {"name": "w", "schema": schema, "strict": True}}
+    stream = client.chat.completions.create(
+        model="SmolLM2-135M-Instruct",
+        messages=ASK,
+        response_format=fmt,
+        max_tokens=60,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    jsonschema.validate(json.loads(text), schema)
+    billed = usage_row(gw.base_url, key)
+    assert billed["num_requests"] == 2
+    assert (
+        billed["completion_tokens"]
+        == r.usage.completion_tokens + chunks[-1].usage.completion_tokens
+    )
