@@ -196,6 +196,9 @@ class Workload:
     # Runs with seeds 0..repeats-1 (different conversations, so one run's prefixes do not
     # serve the next), alternating between servers; the workload's summary pools them.
     repeats: int = 1
+    # A workload run earlier on the same server and seed whose output lengths this one
+    # replays (with ignore_eos): the same work, with only what the two differ in changed.
+    lengths_of: str | None = None
 
 
 def workloads(scale: float, multi_turn_repeats: int) -> list[Workload]:
@@ -207,6 +210,13 @@ def workloads(scale: float, multi_turn_repeats: int) -> list[Workload]:
         Workload(f"sharegpt-c{c}", [*sharegpt, "--num-prompts", n(p)], c)
         for c, p in ((1, 8), (4, 16), (16, 48), (64, 128))
     ]
+    # JSON replies with the schema enforced, then the same prompts without it, each request
+    # generating as many tokens as its constrained reply had: the grammar's cost alone.
+    for c, p in ((16, 48), (64, 128)):
+        json_args = ["--num-prompts", n(p), "--max-tokens", "128"]
+        out.append(Workload(f"json-schema-c{c}", ["--dataset", "json-schema", *json_args], c))
+        free = ["--dataset", "json-prompts", *json_args, "--ignore-eos"]
+        out.append(Workload(f"json-prompts-c{c}", free, c, lengths_of=f"json-schema-c{c}"))
     out.append(
         Workload(
             "shared-prefix-c16",
@@ -246,6 +256,9 @@ def run_bench(
     argv += [*work.args, "--concurrency", str(work.concurrency), "--temperature", "0"]
     argv += ["--goodput", goodput, "--seed", str(seed), "--label", server.name, "--no-progress"]
     argv += ["--output", str(path)]
+    if work.lengths_of is not None:
+        source = dataclasses.replace(work, name=work.lengths_of)
+        argv += ["--lengths-from", str(result_path(out_dir, server, source, seed))]
     if server.api_key:
         argv += ["--api-key", server.api_key]
     started = time.monotonic()

@@ -129,6 +129,8 @@ class ChatClient:
             body["model"] = self.config.model
         if self.config.ignore_eos:
             body["ignore_eos"] = True
+        if request.response_format is not None:
+            body["response_format"] = request.response_format
         return body
 
     async def send(self, request: BenchRequest, run_start: float) -> Exchange:

@@ -7,9 +7,11 @@ gave (known only at run time), so requests are built by `request_for` as the run
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from chatfleet.bench.datasets import (
     ShareGPTConversation,
@@ -17,6 +19,7 @@ from chatfleet.bench.datasets import (
     random_text,
     shuffled_sharegpt,
 )
+from chatfleet.bench.json_schemas import SCHEMAS
 
 # ShareGPT filters as in vLLM's serving benchmark: drop near-empty turns, and prompts or
 # conversations too long for a small model's context.
@@ -29,6 +32,7 @@ MAX_TOTAL_TOKENS = 2048
 class TurnSpec:
     user_text: str
     max_tokens: int  # the reference answer's length capped by --max-tokens
+    response_format: dict[str, Any] | None = None  # sent as is (structured output)
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ class BenchRequest:
     messages: list[dict[str, str]]
     max_tokens: int
     conversation_id: str = ""  # the dataset's id, for tracing a request back to its source
+    response_format: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -86,8 +91,30 @@ def request_for(
     session: Session, session_index: int, turn_index: int, answers: Sequence[str]
 ) -> BenchRequest:
     messages = build_messages(session, turn_index, answers)
-    max_tokens = session.turns[turn_index].max_tokens
-    return BenchRequest(session_index, turn_index, messages, max_tokens, session.conversation_id)
+    turn = session.turns[turn_index]
+    return BenchRequest(
+        session_index,
+        turn_index,
+        messages,
+        turn.max_tokens,
+        session.conversation_id,
+        turn.response_format,
+    )
+
+
+def replay_lengths(sessions: list[Session], lengths: dict[tuple[int, int], int]) -> list[Session]:
+    """The sessions with each turn's max_tokens set to the output length another run got
+    for it ((session index, turn index) -> completion tokens; turns not in it unchanged).
+    With ignore_eos, a run then generates exactly those lengths: a comparison of two servers
+    or settings whose replies differ in length is made on equal work."""
+    out = []
+    for i, session in enumerate(sessions):
+        turns = tuple(
+            dataclasses.replace(turn, max_tokens=max(1, lengths.get((i, k), turn.max_tokens)))
+            for k, turn in enumerate(session.turns)
+        )
+        out.append(dataclasses.replace(session, turns=turns))
+    return out
 
 
 def _random(p: WorkloadParams, tokenizer: Callable[[], TokenEncoder]) -> list[Session]:
@@ -153,12 +180,32 @@ def _multi_turn(p: WorkloadParams, tokenizer: Callable[[], TokenEncoder]) -> lis
     return _sharegpt_sessions(p, p.num_turns, tokenizer)
 
 
+def _json_turns(p: WorkloadParams, with_schema: bool) -> list[Session]:
+    """Requests for JSON, one schema each (round robin); the same prompts with or without
+    the schema enforced, so a pair of runs isolates what the grammar costs."""
+    sessions = []
+    for i in range(p.num_prompts):
+        case = SCHEMAS[i % len(SCHEMAS)]
+        fmt = {
+            "type": "json_schema",
+            "json_schema": {"name": case.name, "schema": case.schema, "strict": True},
+        }
+        text = (
+            f"{case.prompt} Reply in JSON with the fields {', '.join(case.schema['properties'])}."
+        )
+        turn = TurnSpec(text, p.max_tokens, fmt if with_schema else None)
+        sessions.append(Session(f"{case.name}-{i}", (turn,)))
+    return sessions
+
+
 # The tokenizer is a factory: only the ShareGPT datasets need one, and loading it costs time.
 _BUILDERS: dict[str, Callable[[WorkloadParams, Callable[[], TokenEncoder]], list[Session]]] = {
     "sharegpt": _sharegpt,
     "random": _random,
     "shared-prefix": _shared_prefix,
     "multi-turn": _multi_turn,
+    "json-schema": lambda p, _: _json_turns(p, with_schema=True),
+    "json-prompts": lambda p, _: _json_turns(p, with_schema=False),
 }
 DATASETS = tuple(_BUILDERS)
 

@@ -11,13 +11,14 @@ import asyncio
 import dataclasses
 import datetime
 import functools
+import json
 import math
 import sys
 from typing import Any
 
 from chatfleet.bench.result import build_result, write_result
 from chatfleet.bench.summary import format_summary, parse_slo
-from chatfleet.bench.workload import DATASETS, WorkloadParams, build_workload
+from chatfleet.bench.workload import DATASETS, WorkloadParams, build_workload, replay_lengths
 from chatfleet.entrypoints.parsing import add_command
 
 # Not stored in the result: secrets, and argparse's own bookkeeping.
@@ -62,6 +63,12 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-turns", type=pos_int, default=2, help="multi-turn turns per chat")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--ignore-eos", action="store_true", help="send ignore_eos (vLLM, chatfleet)")
+    p.add_argument(
+        "--lengths-from",
+        default=None,
+        help="a result JSON: each request's max_tokens is the output length it got there "
+        "(with --ignore-eos: the same work as that run)",
+    )
     p.add_argument("--goodput", type=_slo_text, default=None, help="SLOs, e.g. ttft:500,tpot:50")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=pos_float, default=600.0, help="seconds per request")
@@ -104,7 +111,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     tokenizer = functools.partial(_tokenizer, args.tokenizer)
     try:
         sessions = build_workload(_workload_params(args), tokenizer)
-    except (ValueError, FileNotFoundError) as e:
+        if args.lengths_from:
+            sessions = replay_lengths(sessions, _lengths(args.lengths_from))
+    except (ValueError, FileNotFoundError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     client_config = ClientConfig(
@@ -126,6 +135,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
         write_result(args.output, result)
     print(format_summary(result["summary"]))
     return 0
+
+
+def _lengths(path: str) -> dict[tuple[int, int], int]:
+    """(session index, turn index) -> completion tokens, of a result's successful requests."""
+    with open(path) as f:
+        requests = json.load(f)["requests"]
+    return {
+        (r["session_index"], r["turn_index"]): r["completion_tokens"]
+        for r in requests
+        if r.get("status_code") == 200 and r.get("completion_tokens")
+    }
 
 
 def cmd_plot(args: argparse.Namespace) -> int:

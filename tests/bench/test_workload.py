@@ -8,6 +8,7 @@ from chatfleet.bench.workload import (
     WorkloadParams,
     build_messages,
     build_workload,
+    replay_lengths,
     request_for,
 )
 
@@ -50,3 +51,21 @@ def test_shared_prefix_groups_share_one_system_prompt_each():
     prefixes = {s.system_prompt for s in sessions}
     assert len(prefixes) == 3 and all(len(p.split()) == 40 for p in prefixes)
     assert len({s.turns[0].user_text for s in sessions}) == 12
+
+
+def test_json_schema_requests_carry_their_schema_and_the_paired_prompts_do_not():
+    schema = build_workload(WorkloadParams("json-schema", 12, max_tokens=64), _no_tokenizer)
+    free = build_workload(WorkloadParams("json-prompts", 12, max_tokens=64), _no_tokenizer)
+    assert [s.turns[0].user_text for s in schema] == [s.turns[0].user_text for s in free]
+    formats = [s.turns[0].response_format for s in schema]
+    names = {f["json_schema"]["name"] for f in formats if f is not None}
+    assert None not in formats and len(names) == 10
+    assert all(s.turns[0].response_format is None for s in free)
+    body = request_for(schema[3], 3, 0, [])
+    assert body.response_format == formats[3]
+
+
+def test_replayed_lengths_set_each_turns_max_tokens():
+    sessions = build_workload(WorkloadParams("json-prompts", 3, max_tokens=64), _no_tokenizer)
+    replayed = replay_lengths(sessions, {(0, 0): 17, (2, 0): 40})
+    assert [s.turns[0].max_tokens for s in replayed] == [17, 64, 40]
