@@ -1,5 +1,8 @@
 """Ten JSON schemas of the kinds structured-output clients send, each with a prompt and one
 valid instance: nested objects, arrays, enums, bounded numbers, required and optional fields.
+Every string, array and number is bounded (numbers by a `multipleOf` that is a power of two,
+exact in floating point, else a model may write digits until max_tokens), so a valid reply
+fits the workloads' token budgets.
 
 The `json-schema` serving workload sends one per request (round robin), the grammar benchmark
 walks the tokens of each instance, and the tests check generations against them.
@@ -50,7 +53,12 @@ SCHEMAS: tuple[SchemaCase, ...] = (
         _obj(
             {
                 "city": _STR,
-                "temperature_c": {"type": "number", "minimum": -90, "maximum": 60},
+                "temperature_c": {
+                    "type": "number",
+                    "minimum": -90,
+                    "maximum": 60,
+                    "multipleOf": 0.5,
+                },
                 "conditions": {"enum": ["sunny", "cloudy", "rain", "snow", "fog"]},
             }
         ),
@@ -93,10 +101,10 @@ SCHEMAS: tuple[SchemaCase, ...] = (
         _obj(
             {
                 "label": {"enum": ["positive", "negative", "mixed", "neutral"]},
-                "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+                "confidence": {"type": "number", "minimum": 0, "maximum": 1, "multipleOf": 0.125},
             }
         ),
-        {"label": "mixed", "confidence": 0.8},
+        {"label": "mixed", "confidence": 0.75},
     ),
     SchemaCase(
         "event",
@@ -145,11 +153,11 @@ SCHEMAS: tuple[SchemaCase, ...] = (
             {
                 "order_id": {"type": "integer", "minimum": 1, "maximum": 99999},
                 "customer": _obj({"name": _STR, "vip": {"type": "boolean"}}),
-                "total": {"type": "number", "minimum": 0, "maximum": 10000},
+                "total": {"type": "number", "minimum": 0, "maximum": 10000, "multipleOf": 0.25},
                 "status": {"enum": ["new", "paid", "shipped"]},
             }
         ),
-        {"order_id": 7, "customer": {"name": "Lee", "vip": False}, "total": 19.99, "status": "new"},
+        {"order_id": 7, "customer": {"name": "Lee", "vip": False}, "total": 19.75, "status": "new"},
     ),
     SchemaCase(
         "rating",

@@ -9,25 +9,14 @@ import jsonschema
 import openai
 
 from tests.gateway.conftest import make_key, usage_row
-from tests.server.test_structured_api import ADD, ASK, PARAMETERS, WEATHER
+from tests.server.test_structured_api import ADD, ASK, PARAMETERS, WEATHER, one_required_call
 
 
 def test_tool_calls_and_schemas_pass_through_and_are_billed(gateway_factory, sqlite_url):
     key = make_key(sqlite_url, "alice")
     gw = gateway_factory(sqlite_url)
     client = openai.OpenAI(base_url=f"{gw.base_url}/v1", api_key=key, max_retries=0)
-    r = client.chat.completions.create(
-        model="SmolLM2-135M-Instruct",
-        messages=ASK,
-        tools=[WEATHER, ADD],
-        tool_choice="required",
-        parallel_tool_calls=False,
-        temperature=0,
-        max_tokens=80,
-    )
-    (call,) = r.choices[0].message.tool_calls
-    assert r.choices[0].finish_reason == "tool_calls" and call.id.startswith("call_")
-    jsonschema.validate(json.loads(call.function.arguments), PARAMETERS[call.function.name])
+    r = one_required_call(client, [WEATHER, ADD])
     schema = PARAMETERS["get_weather"]
     fmt = {"type": "json_schema", "json_schema": {"name": "w", "schema": schema, "strict": True}}
     stream = client.chat.completions.create(

@@ -13,6 +13,7 @@ from openai import OpenAI
 from tests.gateway.conftest import launch_gateway, make_key
 from tests.ray.conftest import MODEL, REPLICA, wait_until
 from tests.router.conftest import stream_chat
+from tests.server.test_structured_api import WEATHER, one_required_call
 
 
 def stream_text(client: OpenAI, content: str, max_tokens: int = 12) -> tuple[str, str | None]:
@@ -46,6 +47,8 @@ def test_replicas_on_two_nodes_stream_through_ingress_and_gateway(
         assert text and finish == "length"
     served = [s["prefix_cache_queries"] for s in fleet.stats().values()]
     assert all(q > 0 for q in served), f"a replica served nothing: {served}"
+    # Grammars travel to the replicas with the request: a tool call comes back whole.
+    one_required_call(client, [WEATHER])
 
     db_url = f"sqlite:///{tmp_path}/gateway.db"
     gateway = launch_gateway(tmp_path, fleet.url, db_url)

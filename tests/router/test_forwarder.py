@@ -16,6 +16,7 @@ from tests.router.conftest import (
     replica_states,
     router_metric,
 )
+from tests.server.test_structured_api import ASK, WEATHER, City, one_required_call
 
 pytestmark = pytest.mark.e2e  # starts its own servers
 
@@ -75,6 +76,16 @@ def test_non_streamed_completions_and_models_pass_through(replicas, router_facto
         direct.completions.create(**kwargs).choices[0].text
     )
     assert [m.id for m in routed.models.list().data] == [MODEL]
+
+
+def test_tools_and_schemas_pass_through_the_router(replicas, router_factory):
+    router = router_factory(replicas, "--policy", "round_robin")
+    client = sdk(router.base_url)
+    one_required_call(client, [WEATHER])
+    with client.chat.completions.stream(
+        model=MODEL, messages=ASK, response_format=City, max_tokens=80, temperature=0
+    ) as stream:
+        assert isinstance(stream.get_final_completion().choices[0].message.parsed, City)
 
 
 def test_client_errors_keep_their_status_and_openai_shape(replicas, router_factory):

@@ -10,6 +10,7 @@ import httpx
 import jsonschema
 import openai
 import pytest
+from openai.types.chat import ChatCompletion
 from pydantic import BaseModel, Field
 
 from chatfleet.bench.json_schemas import SCHEMAS
@@ -54,6 +55,24 @@ PARAMETERS = {t["function"]["name"]: t["function"]["parameters"] for t in (WEATH
 ASK = [{"role": "user", "content": "What is the weather in Paris, and what is 2 + 3?"}]
 
 
+def one_required_call(client: openai.OpenAI, tools: list[dict]) -> ChatCompletion:
+    """One greedy reply that must be exactly one call; its arguments checked against the
+    function's parameters. Also what the router, gateway and Ray tests send."""
+    r = client.chat.completions.create(
+        model=MODEL,
+        messages=ASK,
+        tools=tools,
+        tool_choice="required",
+        parallel_tool_calls=False,
+        temperature=0,
+        max_tokens=80,
+    )
+    (call,) = r.choices[0].message.tool_calls or []
+    assert r.choices[0].finish_reason == "tool_calls" and call.id.startswith("call_")
+    jsonschema.validate(json.loads(call.function.arguments), PARAMETERS[call.function.name])
+    return r
+
+
 @pytest.fixture(scope="module")
 def client(server):
     return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
@@ -77,6 +96,28 @@ def test_parse_round_trips_a_pydantic_model(client):
     assert isinstance(parsed, City) and r.choices[0].finish_reason == "stop"
 
 
+def test_completions_take_a_response_format_too(client):
+    case = SCHEMAS[1]
+    r = client.completions.create(
+        model=MODEL,
+        prompt=f"{case.prompt} As JSON:",
+        max_tokens=120,
+        temperature=0.7,
+        extra_body={"response_format": _schema_format(case)},
+    )
+    assert r.choices[0].finish_reason == "stop"
+    jsonschema.validate(json.loads(r.choices[0].text), case.schema)
+    r = client.completions.create(
+        model=MODEL,
+        prompt="A JSON object describing a cat:",
+        max_tokens=100,
+        temperature=0,
+        extra_body={"response_format": {"type": "json_object"}},
+    )
+    assert r.choices[0].finish_reason == "stop", r.choices[0].text
+    assert isinstance(json.loads(r.choices[0].text), dict)
+
+
 def _schema_format(case) -> dict:
     return {
         "type": "json_schema",
@@ -84,7 +125,7 @@ def _schema_format(case) -> dict:
     }
 
 
-def _generate(client, case, n: int) -> list[str]:
+def _generate(client, case, n: int, seed: int = 0) -> list[str]:
     r = client.chat.completions.create(
         model=MODEL,
         messages=[{"role": "user", "content": case.prompt + " Reply in JSON."}],
@@ -92,21 +133,22 @@ def _generate(client, case, n: int) -> list[str]:
         temperature=0.8,
         max_tokens=200,
         n=n,
+        seed=seed,
     )
     assert all(c.finish_reason == "stop" for c in r.choices), [c.message for c in r.choices]
     return [c.message.content for c in r.choices]
 
 
 def test_a_hundred_schema_generations_all_validate(client):
-    for case in SCHEMAS:
-        for text in _generate(client, case, n=10):
+    for k, case in enumerate(SCHEMAS):
+        for text in _generate(client, case, n=10, seed=k):
             jsonschema.validate(json.loads(text), case.schema)
 
 
 def test_sixteen_concurrent_requests_with_different_schemas_all_validate(client):
     cases = [SCHEMAS[i % len(SCHEMAS)] for i in range(16)]
     with ThreadPoolExecutor(16) as pool:
-        results = list(pool.map(lambda c: _generate(client, c, n=1), cases))
+        results = list(pool.map(lambda k: _generate(client, cases[k], 1, seed=k), range(16)))
     for case, (text,) in zip(cases, results, strict=True):
         jsonschema.validate(json.loads(text), case.schema)
 
@@ -163,15 +205,7 @@ def test_a_streamed_tool_call_reassembles_in_the_sdk_stream_helper(client):
 
 
 def test_a_follow_up_turn_with_the_tool_result_is_answered(client):
-    first = client.chat.completions.create(
-        model=MODEL,
-        messages=ASK,
-        tools=[WEATHER],
-        tool_choice="required",
-        parallel_tool_calls=False,
-        temperature=0,
-        max_tokens=60,
-    )
+    first = one_required_call(client, [WEATHER])
     message = first.choices[0].message
     result = {"role": "tool", "tool_call_id": message.tool_calls[0].id, "content": "21 C, sunny"}
     after = {"model": MODEL, "tools": [WEATHER], "tool_choice": "none", "temperature": 0}
