@@ -101,7 +101,7 @@ SCHEMAS: tuple[SchemaCase, ...] = (
         _obj(
             {
                 "label": {"enum": ["positive", "negative", "mixed", "neutral"]},
-                "confidence": {"type": "number", "minimum": 0, "maximum": 1, "multipleOf": 0.125},
+                "confidence": {"type": "number", "minimum": 0, "maximum": 1, "multipleOf": 0.25},
             }
         ),
         {"label": "mixed", "confidence": 0.75},
