@@ -182,17 +182,21 @@ def _multi_turn(p: WorkloadParams, tokenizer: Callable[[], TokenEncoder]) -> lis
 
 def _json_turns(p: WorkloadParams, with_schema: bool) -> list[Session]:
     """Requests for JSON, one schema each (round robin); the same prompts with or without
-    the schema enforced, so a pair of runs isolates what the grammar costs."""
+    the schema enforced, so a pair of runs isolates what the grammar costs.
+
+    Each prompt opens with its seed and request number, marked differently on the two sides,
+    so neither run's prompts are in the prefix cache when the other (or another seed) runs.
+    """
     sessions = []
+    mark = "#" if with_schema else "@"
     for i in range(p.num_prompts):
         case = SCHEMAS[i % len(SCHEMAS)]
         fmt = {
             "type": "json_schema",
             "json_schema": {"name": case.name, "schema": case.schema, "strict": True},
         }
-        text = (
-            f"{case.prompt} Reply in JSON with the fields {', '.join(case.schema['properties'])}."
-        )
+        fields = ", ".join(case.schema["properties"])
+        text = f"{mark}{p.seed}.{i} {case.prompt} Reply in JSON with the fields {fields}."
         turn = TurnSpec(text, p.max_tokens, fmt if with_schema else None)
         sessions.append(Session(f"{case.name}-{i}", (turn,)))
     return sessions

@@ -56,7 +56,10 @@ def test_shared_prefix_groups_share_one_system_prompt_each():
 def test_json_schema_requests_carry_their_schema_and_the_paired_prompts_do_not():
     schema = build_workload(WorkloadParams("json-schema", 12, max_tokens=64), _no_tokenizer)
     free = build_workload(WorkloadParams("json-prompts", 12, max_tokens=64), _no_tokenizer)
-    assert [s.turns[0].user_text for s in schema] == [s.turns[0].user_text for s in free]
+    # The same requests, but no prompt shared (the prefix cache would favour the second run).
+    texts = [s.turns[0].user_text for s in schema]
+    assert [t[1:] for t in texts] == [s.turns[0].user_text[1:] for s in free]
+    assert not set(texts) & {s.turns[0].user_text for s in free}
     formats = [s.turns[0].response_format for s in schema]
     names = {f["json_schema"]["name"] for f in formats if f is not None}
     assert None not in formats and len(names) == 10
