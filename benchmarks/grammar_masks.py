@@ -6,7 +6,7 @@ every stream's mask is filled for the whole batch (each library's batched call),
 [B, vocab] logits, and each stream's next token accepted. A stream that reaches its end
 starts again. Every walked token must be allowed by its mask (else the run fails).
 
-    .venv/bin/pip install llguidance && .venv/bin/pip install --no-deps xgrammar apache-tvm-ffi
+    .venv/bin/pip install -c constraints.txt --no-deps xgrammar apache-tvm-ffi
     .venv/bin/python benchmarks/grammar_masks.py --out docs/results/grammar_masks.json
 """
 

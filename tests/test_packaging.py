@@ -7,6 +7,7 @@ package chatfleet imports; an optional part that is missing says which extra bri
 from __future__ import annotations
 
 import ast
+import importlib.metadata
 import re
 import shutil
 import subprocess
@@ -123,3 +124,21 @@ def test_the_cli_reports_a_missing_extra_in_one_line(tmp_path):
         "error: a PostgreSQL gateway store needs the `psycopg` package: "
         "pip install 'chatfleet[postgres]'"
     )
+
+
+def test_every_install_pins_torch_so_no_dependency_pulls_another_build():
+    """Packages that name torch without a version (accelerate in the bench extra, xgrammar
+    for the grammar benchmark) must not replace the pinned CPU build: every pip install in
+    the Makefile goes through constraints.txt, which pins what pyproject pins, and the venv
+    the tests run in holds that build and no CUDA wheels."""
+    pinned = re.search(r'"torch==([^"]+)"', (ROOT / "pyproject.toml").read_text())
+    assert pinned is not None
+    constraints = (ROOT / "constraints.txt").read_text().split("\n")
+    assert f"torch=={pinned.group(1)}" in constraints
+    makefile = (ROOT / "Makefile").read_text()
+    installs = [line for line in makefile.splitlines() if "pip install" in line]
+    assert installs and all("-c constraints.txt" in line for line in installs), installs
+    assert makefile.count("$(PIP_INSTALL)") >= 6  # the venv's and the wheel check's installs
+    assert importlib.metadata.version("torch").split("+")[0] == pinned.group(1)
+    names = [d.metadata["Name"].lower() for d in importlib.metadata.distributions()]
+    assert not [name for name in names if name.startswith("nvidia-")]
