@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 CALL_OPEN = "<tool_call>"
@@ -104,7 +104,6 @@ class ToolCallStream:
     num_calls: int = 0
     in_call: bool = False
     named: bool = False  # the current call's id and name were sent
-    call_ids: list[str] = field(default_factory=list)
 
     def feed(self, text: str, is_last: bool = False) -> dict[str, Any]:
         """The delta for `text`; with `is_last`, what was held back goes out as it stands."""
@@ -141,7 +140,6 @@ class ToolCallStream:
             if head is None:
                 return False
             call_id = new_call_id()
-            self.call_ids.append(call_id)
             function = {"name": head.group(1), "arguments": ""}
             calls.append(
                 {"index": self.num_calls, "id": call_id, "type": "function", "function": function}
@@ -161,7 +159,7 @@ class ToolCallStream:
 
     @property
     def has_calls(self) -> bool:
-        return bool(self.call_ids)
+        return self.num_calls > 0 or (self.in_call and self.named)
 
 
 def _partial_suffix(text: str, tag: str) -> int:
