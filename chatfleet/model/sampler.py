@@ -2,9 +2,8 @@
 
 Order of operations (like vLLM): raw logprobs -> penalties -> min_tokens mask -> logit bias ->
 grammar mask -> greedy argmax or temperature -> top-k / top-p / min-p -> exponential-race
-sampling. Seeded rows draw their
-noise from their own generator, so a seeded request samples the same tokens whatever else
-is in the batch.
+sampling. Seeded rows draw their noise from their own generator, so a seeded request samples
+the same tokens whatever else is in the batch.
 """
 
 from __future__ import annotations
@@ -61,16 +60,17 @@ def apply_bitmasks(logits: torch.Tensor, idx: list[int], bitmasks: torch.Tensor)
     """In place: logits[idx[j], t] = -inf where bit t of bitmasks[j] is clear.
 
     bitmasks [R, ceil(vocab / 32)] int32, little-endian: token t is bit t % 8 of byte t // 8.
+    A row that allows every token (free text before a tool call) is left alone.
     """
+    constrains = ~(bitmasks == -1).all(dim=1)  # [R]
+    keep = [j for j, c in enumerate(constrains.tolist()) if c]
+    if not keep:
+        return
     table = _BYTE_OFFSETS.to(logits.device)
-    packed = bitmasks.contiguous().view(torch.uint8).to(logits.device)  # [R, words * 4]
-    offsets = table.index_select(0, packed.flatten().long()).view(len(idx), -1)
-    rows = torch.tensor(idx, device=logits.device)
+    packed = bitmasks[keep].contiguous().view(torch.uint8).to(logits.device)  # [K, words * 4]
+    offsets = table.index_select(0, packed.flatten().long()).view(len(keep), -1)
+    rows = torch.tensor([idx[j] for j in keep], device=logits.device)
     logits.index_add_(0, rows, offsets[:, : logits.shape[1]].contiguous())
-
-
-def _allows_all(row: SamplingRow) -> bool:
-    return row.bitmask is not None and bool((row.bitmask == -1).all())
 
 
 def apply_truncation(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
@@ -110,8 +110,7 @@ class Sampler:
                 ids = torch.tensor(list(r.params.logit_bias), device=logits.device)
                 bias = torch.tensor(list(r.params.logit_bias.values()), device=logits.device)
                 logits[i, ids] += bias
-        # A row whose grammar allows every token (free text before a tool call) is skipped.
-        masked = [i for i, r in enumerate(rows) if r.bitmask is not None and not _allows_all(r)]
+        masked = [i for i, r in enumerate(rows) if r.bitmask is not None]
         if masked:
             masks = [rows[i].bitmask for i in masked]
             apply_bitmasks(logits, masked, torch.stack(masks))  # type: ignore[arg-type]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from chatfleet import SamplingParams
-from chatfleet.model.sampler import apply_truncation
+from chatfleet.model.sampler import apply_bitmasks, apply_truncation
 
 PROMPT = "Once upon a time in a small village,"
 
@@ -103,3 +103,21 @@ def test_max_tokens_finish_reason_length_and_min_tokens(llm):
     )[0].outputs[0]
     assert len(forced.token_ids) >= len(short.token_ids) + 5
     assert not set(forced.token_ids[: len(short.token_ids) + 4]) & set(eos)
+
+
+def test_grammar_bitmasks_forbid_exactly_the_clear_bits_of_their_rows():
+    """Against unpacking every bit: rows named by idx get -inf where their bit is clear, an
+    all-set row and the rows without a mask are untouched."""
+    vocab = 1000  # not a multiple of 32: the last word's spare bits are ignored
+    gen = torch.Generator().manual_seed(0)
+    masks = torch.randint(-(2**31), 2**31 - 1, (3, (vocab + 31) // 32), generator=gen)
+    masks = masks.to(torch.int32)
+    masks[1] = -1
+    logits = torch.randn(5, vocab, generator=gen)
+    out = logits.clone()
+    apply_bitmasks(out, [0, 2, 3], masks)
+    bits = torch.arange(32, dtype=torch.int32)
+    allowed = ((masks.unsqueeze(-1) >> bits) & 1).bool().flatten(1)[:, :vocab]
+    expected = logits.clone()
+    expected[[0, 3]] = expected[[0, 3]].masked_fill(~allowed[[0, 2]], float("-inf"))
+    assert torch.equal(out, expected)
