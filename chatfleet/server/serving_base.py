@@ -42,8 +42,9 @@ from chatfleet.structured.tool_calls import ToolCallStream
 
 RequestT = TypeVar("RequestT", bound=SamplingFields)
 # OpenAI's finish reasons have no "abort"; an aborted request never reaches a client anyway.
-# An "error" choice never reaches one either: it becomes an error response or event.
-_FINISH = {"stop": "stop", "length": "length", "abort": "stop", "error": "stop"}
+# An "error" choice never reaches one either (it becomes an error response or event): only
+# the metrics see it, under its own label.
+_FINISH = {"stop": "stop", "length": "length", "abort": "stop", "error": "error"}
 
 
 def finish_reason(reason: str | None) -> str | None:

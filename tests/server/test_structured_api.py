@@ -258,3 +258,8 @@ def test_a_dead_end_is_an_error_and_others_go_on(server):
         ok = normal.result()
     assert '"grammar_dead_end"' in events[-2] and events[-1] == "data: [DONE]"
     assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 24
+    # Counted as failures, not as requests that stopped.
+    lines = httpx.get(f"{server.base_url}/metrics", timeout=10).text.splitlines()
+    errors = [ln for ln in lines if ln.startswith("vllm:request_success_total{")]
+    errors = [ln for ln in errors if 'finished_reason="error"' in ln]
+    assert errors and float(errors[0].rsplit(" ", 1)[1]) >= 2
