@@ -66,8 +66,8 @@ class LLMEngine:
         self._parents: dict[str, _ParentState] = {}
         self._child_to_parent: dict[str, tuple[_ParentState, int]] = {}
         self._trace = StepTrace(config.step_trace) if config.step_trace else None
-        # NOTE: built in the background (~0.4 s: a token trie of the whole vocabulary), so
-        # neither the start-up nor the first constrained request waits for all of it.
+        # NOTE: built in the background (a token trie of the whole vocabulary), so neither
+        # the start-up nor the first constrained request waits for all of it.
         self._grammars: concurrent.futures.Future[GrammarCompiler] = concurrent.futures.Future()
         threading.Thread(
             target=self._build_grammars, name="chatfleet-grammars", daemon=True
