@@ -11,12 +11,11 @@ import asyncio
 import dataclasses
 import datetime
 import functools
-import json
 import math
 import sys
 from typing import Any
 
-from chatfleet.bench.result import build_result, write_result
+from chatfleet.bench.result import build_result, load_result, records_from_result, write_result
 from chatfleet.bench.summary import format_summary, parse_slo
 from chatfleet.bench.workload import DATASETS, WorkloadParams, build_workload, replay_lengths
 from chatfleet.entrypoints.parsing import add_command
@@ -139,12 +138,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def _lengths(path: str) -> dict[tuple[int, int], int]:
     """(session index, turn index) -> completion tokens, of a result's successful requests."""
-    with open(path) as f:
-        requests = json.load(f)["requests"]
     return {
-        (r["session_index"], r["turn_index"]): r["completion_tokens"]
-        for r in requests
-        if r.get("status_code") == 200 and r.get("completion_tokens")
+        (r.session_index, r.turn_index): r.completion_tokens
+        for r in records_from_result(load_result(path))
+        if r.is_success and r.completion_tokens
     }
 
 

@@ -83,3 +83,29 @@ def test_errors_are_recorded_not_raised(server, tmp_path):
     assert summary["num_failed"] == 3 and summary["errors_by_status"] == {"404": 3}
     assert summary["errors_by_type"] == {"model_not_found": 3}
     assert summary["request_throughput"] == 0.0 and summary["ttft_ms"]["p50"] is None
+
+
+def test_a_free_run_replays_the_constrained_runs_output_lengths(server, tmp_path):
+    """json-schema replies end where their schema does; the paired json-prompts run, with
+    --lengths-from and --ignore-eos, generates exactly as many tokens per request."""
+    args = ["--num-prompts", "6", "--concurrency", "3", "--max-tokens", "96", "--no-progress"]
+    constrained = _bench(server, tmp_path, "--dataset", "json-schema", *args)
+    source = tmp_path / "constrained.json"
+    (tmp_path / "result.json").rename(source)
+    free = _bench(
+        server,
+        tmp_path,
+        "--dataset",
+        "json-prompts",
+        "--ignore-eos",
+        "--lengths-from",
+        str(source),
+        *args,
+    )
+
+    def lengths(result: dict) -> dict:
+        return {r["session_index"]: r["completion_tokens"] for r in result["requests"]}
+
+    assert all(r["status_code"] == 200 for r in constrained["requests"] + free["requests"])
+    assert lengths(free) == lengths(constrained)
+    assert len(set(lengths(constrained).values())) > 1  # the schemas end at different lengths
