@@ -7,6 +7,7 @@ import json
 
 import jsonschema
 import openai
+import pytest
 
 from tests.gateway.conftest import make_key, usage_row
 from tests.server.test_structured_api import ADD, ASK, PARAMETERS, WEATHER, one_required_call
@@ -36,3 +37,17 @@ def test_tool_calls_and_schemas_pass_through_and_are_billed(gateway_factory, sql
         billed["completion_tokens"]
         == r.usage.completion_tokens + chunks[-1].usage.completion_tokens
     )
+
+
+def test_tools_count_toward_the_token_reservation(gateway_factory, sqlite_url):
+    """Tools are written into the prompt, so a key's token limit sees them: the same question
+    fits a 300-token minute alone and is too large with a long tool description."""
+    key = make_key(sqlite_url, "bob", tpm=300)
+    gw = gateway_factory(sqlite_url)
+    client = openai.OpenAI(base_url=f"{gw.base_url}/v1", api_key=key, max_retries=0)
+    ask = {"model": "SmolLM2-135M-Instruct", "messages": ASK, "max_tokens": 8}
+    assert client.chat.completions.create(**ask).usage.completion_tokens > 0
+    long_tool = {"type": "function", "function": {**WEATHER["function"]}}
+    long_tool["function"]["description"] = "Looks up the weather. " * 100
+    with pytest.raises(openai.RateLimitError, match="Request too large"):
+        client.chat.completions.create(**ask, tools=[long_tool])
