@@ -4,7 +4,7 @@
         transaction, taken alone per conversation: a second reply meanwhile is a 409)
         --> plan the prompt (trimmed history) --> admit (limits) --> upstream
         refused (400, 429, 502, 503): both messages dropped, the conversation as it was
-        accepted --> SSE to the client: start, delta..., end, [DONE]
+        accepted --> SSE to the client: start, delta... (text or tool-call pieces), end, [DONE]
             (every flush_interval_s the partial text is written: the reply's heartbeat,
             beating from the moment the reply is stored, queue wait included)
         --> the reply ends "complete", "failed" (upstream error), or "stopped" (the client
@@ -47,6 +47,7 @@ from chatfleet.gateway.store.base import (
     Usage,
     UsageOwner,
 )
+from chatfleet.gateway.stream_assembly import ToolCallParts
 from chatfleet.gateway.upstream import parse_chat_chunk
 from chatfleet.gateway.workers import run_db, run_tokenize
 from chatfleet.http import sse
@@ -105,6 +106,7 @@ class _Reply:
     message: Message
     beat: _Heartbeat
     parts: list[str] = field(default_factory=list)
+    calls: ToolCallParts = field(default_factory=ToolCallParts)
     status: str = "failed"
     finish_reason: str | None = None
     usage: Usage | None = None
@@ -196,7 +198,11 @@ class ChatService:
             raise InvalidRequestError(
                 f"content is over {self.config.max_message_chars} characters", param="content"
             )
-        turns = [Turn(m.seq, m.role, m.content) for m in history if m.role == "user" or m.content]
+        turns = [
+            Turn(m.seq, m.role, m.content, m.tool_calls)
+            for m in history
+            if m.role == "user" or m.content or m.tool_calls
+        ]
         if content is not None:
             turns.append(Turn(_NEW_SEQ, "user", content))
         return turns, replace
@@ -232,6 +238,9 @@ class ChatService:
         c = self.config
         max_model_len = c.max_model_len or await self.upstream.max_model_len()
         max_tokens = min(opts.max_tokens or c.reply_max_tokens, c.reply_max_tokens)
+        # The tools' description takes its part of the context, whatever turns are kept.
+        if conv.tools:
+            max_model_len -= await run_tokenize(self.counter.count_text, json.dumps(conv.tools))
         return await run_tokenize(
             plan_prompt,
             self.counter,
@@ -261,6 +270,10 @@ class ChatService:
             body["top_p"] = opts.top_p
         if opts.seed is not None:
             body["seed"] = opts.seed
+        if conv.tools:
+            body["tools"] = conv.tools
+            if conv.tool_choice is not None:
+                body["tool_choice"] = conv.tool_choice
         if (salt := self.backends.cache_salt(conv.user_id)) is not None:
             body["cache_salt"] = salt
         headers = self.upstream.headers(session_id=conv.conversation_id)
@@ -316,6 +329,12 @@ class ChatService:
                 if chunk.text:
                     reply.parts.append(chunk.text)
                     yield sse.event({"type": "delta", "content": chunk.text})
+                if chunk.tool_calls:
+                    for delta in chunk.tool_calls:
+                        reply.calls.add(delta)
+                    # "content" stays in every delta, so clients that only read text keep working.
+                    calls = list(chunk.tool_calls)
+                    yield sse.event({"type": "delta", "content": "", "tool_calls": calls})
                 reply.finish_reason = chunk.finish_reason or reply.finish_reason
                 reply.usage = chunk.usage or reply.usage
         except httpx.HTTPError as e:
@@ -336,9 +355,12 @@ class ChatService:
         await reply.response.aclose()
         usage = reply.usage
         if usage is None:
-            completion = await run_tokenize(self.counter.count_text, reply.text)
+            generated = reply.text + reply.calls.text
+            completion = await run_tokenize(self.counter.count_text, generated)
             usage = Usage(reply.plan.num_prompt_tokens, completion, 0)
-        end = ReplyEnd(reply.status, reply.text, reply.finish_reason, reply.error, usage)
+        end = ReplyEnd(
+            reply.status, reply.text, reply.finish_reason, reply.error, usage, reply.calls.as_list()
+        )
         owner = UsageOwner(today(), reply.key.user_id, reply.key.key_id)
         try:
             return await run_db(self.store.finish_reply, reply.message.message_id, end, owner)

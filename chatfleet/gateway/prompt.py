@@ -12,9 +12,11 @@ instead of shifting the whole prompt by one turn each time.
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from chatfleet.errors import ContextLengthExceededError
 
@@ -25,9 +27,9 @@ class TokenCounter(ABC):
     """Counts prompt tokens the way the upstream will."""
 
     @abstractmethod
-    def count_chat(self, messages: list[dict[str, str]]) -> int:
+    def count_chat(self, messages: list[dict[str, Any]]) -> int:
         """Tokens of the prompt the chat template makes from `messages` (with the
-        generation prompt)."""
+        generation prompt); an assistant's tool calls count as their JSON."""
 
     @abstractmethod
     def count_text(self, text: str) -> int: ...
@@ -41,8 +43,8 @@ class TemplateTokenCounter(TokenCounter):
 
         self.tokenizer = Tokenizer.from_model_path(model_path)
 
-    def count_chat(self, messages: list[dict[str, str]]) -> int:
-        return len(self.tokenizer.apply_chat_template(messages))
+    def count_chat(self, messages: list[dict[str, Any]]) -> int:
+        return len(self.tokenizer.apply_chat_template(_calls_as_text(messages)))
 
     def count_text(self, text: str) -> int:
         return len(self.tokenizer.encode(text))
@@ -51,11 +53,22 @@ class TemplateTokenCounter(TokenCounter):
 class CharTokenCounter(TokenCounter):
     """An upper-bound guess for upstreams whose tokenizer is unknown: 1 token per 3 chars."""
 
-    def count_chat(self, messages: list[dict[str, str]]) -> int:
-        return sum(8 + self.count_text(m["content"]) for m in messages) + 8
+    def count_chat(self, messages: list[dict[str, Any]]) -> int:
+        return sum(8 + self.count_text(m["content"]) for m in _calls_as_text(messages)) + 8
 
     def count_text(self, text: str) -> int:
         return -(-len(text) // 3)
+
+
+def _calls_as_text(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """The messages with each assistant's tool calls written after its text, as JSON: about
+    what the upstream's template writes for them."""
+    out = []
+    for m in messages:
+        calls = m.get("tool_calls")
+        text = m["content"] + ("\n" + json.dumps(calls) if calls else "")
+        out.append({"role": m["role"], "content": text})
+    return out
 
 
 COUNTERS: dict[str, Callable[[str | None], TokenCounter]] = {
@@ -69,20 +82,27 @@ class Turn:
     seq: int  # store order; the new message being sent has none yet (use a large value)
     role: str
     content: str
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)  # an assistant's calls
 
 
 @dataclass(frozen=True)
 class PromptPlan:
-    messages: list[dict[str, str]]  # to send upstream
+    messages: list[dict[str, Any]]  # to send upstream
     num_prompt_tokens: int  # as counted here; the upstream reports the exact number
     max_tokens: int
     context_start: int  # seq of the oldest turn kept
     num_dropped: int  # turns of history left out
 
 
-def _messages(system_prompt: str, turns: Sequence[Turn]) -> list[dict[str, str]]:
-    head = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    return head + [{"role": t.role, "content": t.content} for t in turns]
+def _messages(system_prompt: str, turns: Sequence[Turn]) -> list[dict[str, Any]]:
+    head: list[dict[str, Any]] = [{"role": "system", "content": system_prompt}]
+    messages = head if system_prompt else []
+    for t in turns:
+        message: dict[str, Any] = {"role": t.role, "content": t.content}
+        if t.tool_calls:
+            message["tool_calls"] = t.tool_calls
+        messages.append(message)
+    return messages
 
 
 def plan_prompt(

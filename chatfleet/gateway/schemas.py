@@ -4,9 +4,9 @@ JSON the routes return for stored records."""
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
 
 from chatfleet.gateway.store.base import (
     INTERRUPTED_ERROR,
@@ -24,13 +24,66 @@ class _Base(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
 
-class NewConversation(_Base):
+FunctionName = Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
+class FunctionSpec(_Base):
+    name: FunctionName
+    description: Annotated[StrictStr, Field(max_length=4_000)] = ""
+    parameters: dict[str, Any] | None = None  # a JSON schema; the upstream compiles it
+    strict: StrictBool | None = None
+
+
+class ToolSpec(_Base):
+    """A tool the model may call in a conversation (the OpenAI `tools` item). The gateway
+    runs no tools: a call is shown and stored, its result is the caller's to give."""
+
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+Tools = Annotated[list[ToolSpec], Field(max_length=32)]
+
+
+class NamedToolChoice(_Base):
+    class Function(_Base):
+        name: FunctionName
+
+    type: Literal["function"]
+    function: Function
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
+class _ToolSettings(_Base):
+    """How a conversation's replies may call tools (kept with the conversation)."""
+
+    tools: Tools | None = None
+    tool_choice: ToolChoice | None = None  # None: the upstream's default ("auto" with tools)
+
+    def tools_json(self) -> list[dict[str, Any]] | None:
+        tools = self.tools
+        return None if tools is None else [t.model_dump(exclude_none=True) for t in tools]
+
+    def tool_choice_json(self) -> str | dict[str, Any] | None:
+        choice = self.tool_choice
+        return choice.model_dump() if isinstance(choice, NamedToolChoice) else choice
+
+
+class NewConversation(_ToolSettings):
     title: Annotated[StrictStr, Field(max_length=MAX_TITLE_CHARS)] = ""
     system_prompt: Annotated[StrictStr, Field(max_length=20_000)] = ""
 
 
-class UpdateConversation(_Base):
-    title: Annotated[StrictStr, Field(min_length=1, max_length=MAX_TITLE_CHARS)]
+class UpdateConversation(_ToolSettings):
+    title: Annotated[StrictStr, Field(min_length=1, max_length=MAX_TITLE_CHARS)] | None = None
+
+    @model_validator(mode="after")
+    def _some_field(self) -> UpdateConversation:
+        if self.title is None and self.tools is None and self.tool_choice is None:
+            raise ValueError("give title, tools or tool_choice")
+        return self
 
 
 class ReplyOptions(_Base):
@@ -76,6 +129,7 @@ def message_json(m: Message, stale_after_s: float) -> dict[str, Any]:
         "finish_reason": m.finish_reason,
         "error": error,
         "created_at": m.created_at,
+        "tool_calls": m.tool_calls or None,
         "usage": {
             "prompt_tokens": u.prompt_tokens,
             "completion_tokens": u.completion_tokens,
@@ -91,6 +145,8 @@ def conversation_json(c: Conversation) -> dict[str, Any]:
         "object": "conversation",
         "title": c.title,
         "system_prompt": c.system_prompt,
+        "tools": c.tools,
+        "tool_choice": c.tool_choice,
         "created_at": c.created_at,
         "updated_at": c.updated_at,
     }

@@ -14,19 +14,17 @@ from typing import Any
 
 
 @dataclass
-class _Choice:
-    text: str = ""
-    finish_reason: str | None = None
-    logprobs: list[Any] | None = None  # chat: content items; completions: per-token rows
-    has_role: bool = False
-    tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)  # chat, by call index
+class ToolCallParts:
+    """A choice's tool calls assembled from their deltas: each call's id and name come once,
+    its arguments in pieces."""
 
-    def add_call_delta(self, delta: dict[str, Any]) -> None:
-        """One tool-call delta: its id and name come once, its arguments in pieces."""
-        index = delta.get("index")
+    calls: dict[int, dict[str, Any]] = field(default_factory=dict)  # by call index
+
+    def add(self, delta: Any) -> None:
+        index = delta.get("index") if isinstance(delta, dict) else None
         if not isinstance(index, int):
             return
-        call = self.tool_calls.setdefault(
+        call = self.calls.setdefault(
             index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
         )
         call["id"] = delta.get("id") or call["id"]
@@ -36,13 +34,27 @@ class _Choice:
         call["function"]["name"] += _text(function.get("name"))
         call["function"]["arguments"] += _text(function.get("arguments"))
 
+    def as_list(self) -> list[dict[str, Any]]:
+        return [self.calls[k] for k in sorted(self.calls)]
+
+    @property
+    def text(self) -> str:
+        """The calls' generated text (names and arguments), for billing."""
+        return "".join(c["function"]["name"] + c["function"]["arguments"] for c in self.as_list())
+
+
+@dataclass
+class _Choice:
+    text: str = ""
+    finish_reason: str | None = None
+    logprobs: list[Any] | None = None  # chat: content items; completions: per-token rows
+    has_role: bool = False
+    tool_calls: ToolCallParts = field(default_factory=ToolCallParts)
+
     @property
     def generated(self) -> str:
         """Everything generated so far, tool calls included (what a stopped stream bills)."""
-        calls = "".join(
-            c["function"]["name"] + c["function"]["arguments"] for c in self.tool_calls.values()
-        )
-        return self.text + calls
+        return self.text + self.tool_calls.text
 
 
 @dataclass
@@ -74,8 +86,7 @@ class StreamAssembler:
             delta = raw.get("delta")
             piece = _text(delta.get("content") if isinstance(delta, dict) else None)
             for call in (delta.get("tool_calls") if isinstance(delta, dict) else None) or []:
-                if isinstance(call, dict):
-                    choice.add_call_delta(call)
+                choice.tool_calls.add(call)
             lp = raw.get("logprobs")
             logprobs = lp.get("content") if isinstance(lp, dict) else None
         else:
@@ -100,8 +111,8 @@ class StreamAssembler:
         if self.is_chat:
             logprobs = None if c.logprobs is None else {"content": c.logprobs}
             message: dict[str, Any] = {"role": "assistant", "content": c.text}
-            if c.tool_calls:
-                message["tool_calls"] = [c.tool_calls[k] for k in sorted(c.tool_calls)]
+            if c.tool_calls.calls:
+                message["tool_calls"] = c.tool_calls.as_list()
                 message["content"] = c.text or None
             return {
                 "index": index,

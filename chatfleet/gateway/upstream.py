@@ -65,6 +65,7 @@ class ChatChunk:
     finish_reason: str | None = None
     usage: Usage | None = None
     error: str | None = None
+    tool_calls: tuple[Any, ...] = ()  # the tool-call deltas, as sent
 
 
 def parse_usage(usage: Any) -> Usage | None:
@@ -91,14 +92,17 @@ def parse_chat_chunk(data: str) -> ChatChunk:
         err = obj["error"]
         message = err.get("message") if isinstance(err, dict) else None
         return ChatChunk(error=str(message or err))
-    text, finish = "", None
+    text, finish, calls = "", None, []
     for choice in obj.get("choices") or []:
         if isinstance(choice, dict) and choice.get("index", 0) == 0:
             delta = choice.get("delta")
-            if isinstance(delta, dict) and isinstance(delta.get("content"), str):
-                text += delta["content"]
+            if isinstance(delta, dict):
+                if isinstance(delta.get("content"), str):
+                    text += delta["content"]
+                if isinstance(delta.get("tool_calls"), list):
+                    calls += delta["tool_calls"]
             finish = choice.get("finish_reason") or finish
-    return ChatChunk(text, finish, parse_usage(obj.get("usage")))
+    return ChatChunk(text, finish, parse_usage(obj.get("usage")), tool_calls=tuple(calls))
 
 
 class Upstream:

@@ -9,11 +9,13 @@ import os
 import subprocess
 
 import httpx
+import jsonschema
 import pytest
 
 from chatfleet.gateway.store import open_store
 from chatfleet.gateway.store.base import ReplyEnd
 from tests.gateway.conftest import auth, make_key
+from tests.server.test_structured_api import PARAMETERS, WEATHER
 
 HERE = os.path.join(os.path.dirname(__file__), "browser")
 # Model output is untrusted: a script tag, an event handler and a javascript: link in it
@@ -30,14 +32,28 @@ print("hello")
 """
 
 
-def _hostile_conversation(db_url: str, user: str) -> str:
+HOSTILE_CALL = {
+    "id": "call_1",
+    "type": "function",
+    "function": {"name": "render", "arguments": '{"html": "<img src=x onerror=alert(1)>"}'},
+}
+
+
+def _conversations(db_url: str, user: str) -> tuple[str, str]:
+    """(a conversation with a hostile reply and tool call, one whose replies must call
+    get_weather)."""
     store = open_store(db_url)
     try:
         owner = store.get_user_by_name(user)
         conv = store.create_conversation(owner.user_id, title="hostile")
         _, reply = store.start_reply(conv.conversation_id, "Show me some HTML.")
-        store.finish_reply(reply.message_id, ReplyEnd("complete", HOSTILE_REPLY, "stop"))
-        return conv.conversation_id
+        end = ReplyEnd("complete", HOSTILE_REPLY, "stop", tool_calls=[HOSTILE_CALL])
+        store.finish_reply(reply.message_id, end)
+        named = {"type": "function", "function": {"name": "get_weather"}}
+        tools = store.create_conversation(
+            owner.user_id, title="tools", tools=[WEATHER], tool_choice=named
+        )
+        return conv.conversation_id, tools.conversation_id
     finally:
         store.close()
 
@@ -48,10 +64,10 @@ def test_chat_page_in_chromium(gateway_factory, sqlite_url):
     if not os.path.exists("/usr/bin/chromium"):
         pytest.fail("Debian's chromium is not installed: `make test` installs it")
     key = make_key(sqlite_url, "alice")
-    hostile = _hostile_conversation(sqlite_url, "alice")
+    hostile, tools = _conversations(sqlite_url, "alice")
     gw = gateway_factory(sqlite_url, "--reply-max-tokens", "96")
     run = subprocess.run(
-        ["node", os.path.join(HERE, "chat_page.mjs"), gw.base_url, key, hostile],
+        ["node", os.path.join(HERE, "chat_page.mjs"), gw.base_url, key, hostile, tools],
         capture_output=True,
         text=True,
         timeout=300,
@@ -89,7 +105,15 @@ def test_chat_page_in_chromium(gateway_factory, sqlite_url):
     ).json()
     assert "<script>" in conv["messages"][-1]["content"]
     assert seen["scriptRendered"]["pwned"] is None and seen["scriptRendered"]["scripts"] == 0
-    # Untrusted HTML: nothing ran, nothing dangerous reached the DOM, Markdown still works.
+    # A tool call streams in as a block: the function's name and its arguments, which
+    # validate; stored, it comes back after a reload.
+    assert seen["toolReply"][-1][0] == "complete"
+    (call,) = seen["toolCalls"]
+    assert call["name"] == "Tool call: get_weather"
+    jsonschema.validate(json.loads(call["arguments"]), PARAMETERS["get_weather"])
+    assert seen["toolCallsAfterReload"] == seen["toolCalls"]
+    # Untrusted HTML (in a reply and in a tool call's arguments): nothing ran, nothing
+    # dangerous reached the DOM, Markdown still works.
     assert seen["xss"] == {
         "pwned": None,
         "scripts": 0,
@@ -97,6 +121,7 @@ def test_chat_page_in_chromium(gateway_factory, sqlite_url):
         "javascriptLinks": 0,
         "strong": 1,
         "imgs": 1,
+        "toolCallText": json.dumps(json.loads(HOSTILE_CALL["function"]["arguments"]), indent=2),
         "copyButtons": 1,
     }
     assert seen["clipboard"].strip() == 'print("hello")'

@@ -3,6 +3,7 @@ together), keys, conversations, the reply lifecycle, usage."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -95,6 +96,54 @@ def test_store_round_trip(db_url):
         assert store.get_conversation(conv.conversation_id) is None
         assert store.list_messages(conv.conversation_id) == []
         assert not store.delete_conversation(conv.conversation_id)
+    finally:
+        store.close()
+
+
+def test_tools_and_tool_calls_are_kept_and_older_databases_gain_them(db_url, monkeypatch):
+    """A conversation's tools and tool choice, and a reply's tool calls, round-trip; a database
+    made before they existed is migrated, and its rows read as having none."""
+    from chatfleet.gateway.store import migrations
+
+    monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:1])
+    monkeypatch.setattr(migrations, "LATEST_VERSION", 1)
+    old = open_store(db_url)
+    old.db.run("INSERT INTO users (user_id, name, created_at) VALUES ('u1', 'erin', 0)")
+    old.db.run(
+        "INSERT INTO conversations (conversation_id, user_id, created_at, updated_at) "
+        "VALUES ('c1', 'u1', 0, 0)"
+    )
+    old.db.run(
+        "INSERT INTO messages (message_id, conversation_id, role, content, status, created_at, "
+        "updated_at) VALUES ('m1', 'c1', 'user', 'Hi', 'complete', 0, 0)"
+    )
+    old.close()
+    monkeypatch.undo()
+
+    store = open_store(db_url)
+    try:
+        assert store.applied_migrations == list(range(2, migrations.LATEST_VERSION + 1))
+        before = store.get_conversation("c1")
+        assert (before.tools, before.tool_choice) == ([], None)
+        assert store.list_messages("c1")[0].tool_calls == []
+
+        tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+        named = {"type": "function", "function": {"name": "f"}}
+        conv = store.create_conversation("u1", tools=[tool], tool_choice=named)
+        assert store.get_conversation(conv.conversation_id) == conv
+        assert (conv.tools, conv.tool_choice) == ([tool], named)
+        size = store.stored_bytes("u1")
+        call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+        _, reply = store.start_reply(conv.conversation_id, "Call f.")
+        done = store.finish_reply(
+            reply.message_id, ReplyEnd("complete", "", "tool_calls", tool_calls=[call])
+        )
+        assert done.tool_calls == [call]
+        assert store.list_messages(conv.conversation_id)[1].tool_calls == [call]
+        stored_call = json.dumps([call], separators=(",", ":"))
+        assert store.stored_bytes("u1") == size + len("Call f.") + len(stored_call)
+        changed = store.update_conversation(conv.conversation_id, tools=[], tool_choice="auto")
+        assert (changed.tools, changed.tool_choice) == ([], "auto")
     finally:
         store.close()
 

@@ -1,9 +1,9 @@
 """/api/conversations: the caller's conversations and their replies.
 
 GET    /api/conversations                   most recent first (?limit, ?before)
-POST   /api/conversations                   {title?, system_prompt?}
+POST   /api/conversations                   {title?, system_prompt?, tools?, tool_choice?}
 GET    /api/conversations/{id}              with its messages
-PATCH  /api/conversations/{id}              rename {title}
+PATCH  /api/conversations/{id}              {title?, tools?, tool_choice?}
 DELETE /api/conversations/{id}              with its messages
 POST   /api/conversations/{id}/messages     {content, max_tokens?, temperature?, top_p?, seed?}
 POST   /api/conversations/{id}/regenerate   the last reply again (same options)
@@ -11,6 +11,7 @@ POST   /api/conversations/{id}/regenerate   the last reply again (same options)
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -52,8 +53,11 @@ async def create_conversation(request: Request, key: CallerKey, gw: GatewayDep) 
     stored bytes."""
     await gw.limiter.take_request(key)
     req = await gw.body(request, NewConversation)
-    await gw.check_storage(key, req.title + req.system_prompt)
-    conv = await run_db(gw.store.create_conversation, key.user_id, req.title, req.system_prompt)
+    tools, choice = req.tools_json(), req.tool_choice_json()
+    await gw.check_storage(key, req.title + req.system_prompt + json.dumps([tools, choice]))
+    conv = await run_db(
+        gw.store.create_conversation, key.user_id, req.title, req.system_prompt, tools, choice
+    )
     return conversation_json(conv)
 
 
@@ -66,12 +70,16 @@ async def get_conversation(conversation_id: str, key: CallerKey, gw: GatewayDep)
 
 
 @router.patch("/{conversation_id}")
-async def rename_conversation(
+async def update_conversation(
     request: Request, conversation_id: str, key: CallerKey, gw: GatewayDep
 ) -> dict[str, Any]:
     await gw.conversation(key, conversation_id)
     req = await gw.body(request, UpdateConversation)
-    conv = await run_db(gw.store.update_conversation, conversation_id, title=req.title)
+    tools, choice = req.tools_json(), req.tool_choice_json()
+    await gw.check_storage(key, json.dumps([tools, choice]))
+    conv = await run_db(
+        gw.store.update_conversation, conversation_id, req.title, None, tools, choice
+    )
     if conv is None:
         raise NotFoundError(f"No conversation {conversation_id!r}.", param="id")
     return conversation_json(conv)

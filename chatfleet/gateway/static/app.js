@@ -121,7 +121,38 @@
       body.innerHTML = renderMarkdown(m.content);
       addCopyButtons(body);
     }
+    el.querySelector(".tool-calls").replaceChildren(...(m.tool_calls || []).map(toolCallElement));
     el.querySelector(".status").textContent = statusText(m);
+  }
+
+  // A call the model asked for: its function's name and its arguments (pretty once they parse).
+  function toolCallElement(call) {
+    const el = document.createElement("div");
+    el.className = "tool-call";
+    const name = document.createElement("div");
+    name.className = "tool-name";
+    name.textContent = `Tool call: ${call.function.name}`;
+    const args = document.createElement("pre");
+    const code = document.createElement("code");
+    try {
+      code.textContent = JSON.stringify(JSON.parse(call.function.arguments), null, 2);
+    } catch {
+      code.textContent = call.function.arguments; // still streaming, or cut short
+    }
+    args.appendChild(code);
+    el.append(name, args);
+    return el;
+  }
+
+  // Adds one streamed tool-call delta: id and name come once, the arguments in pieces.
+  function addToolCallDelta(m, delta) {
+    m.tool_calls = m.tool_calls || [];
+    const call = m.tool_calls[delta.index]
+      || (m.tool_calls[delta.index] = { id: null, type: "function", function: { name: "", arguments: "" } });
+    if (delta.id) call.id = delta.id;
+    const fn = delta.function || {};
+    call.function.name += fn.name || "";
+    call.function.arguments += fn.arguments || "";
   }
 
   function messageElement(m) {
@@ -132,9 +163,11 @@
     role.textContent = m.role === "user" ? "You" : "Assistant";
     const body = document.createElement("div");
     body.className = "body";
+    const calls = document.createElement("div");
+    calls.className = "tool-calls";
     const status = document.createElement("div");
     status.className = "status";
-    el.append(role, body, status);
+    el.append(role, body, calls, status);
     updateMessage(el, m);
     return el;
   }
@@ -250,7 +283,8 @@
           replyEl = messageElement(reply);
           box.appendChild(replyEl);
         } else if (event.type === "delta") {
-          reply.content += event.content;
+          reply.content += event.content || "";
+          for (const delta of event.tool_calls || []) addToolCallDelta(reply, delta);
           if (!pending) {
             pending = true;
             requestAnimationFrame(draw);

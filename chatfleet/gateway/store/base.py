@@ -8,7 +8,8 @@ that take an id of a row that does not exist return None / False rather than rai
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 # Message.status: a reply is "streaming" while it is written; it ends "complete", "stopped"
 # (the client stopped it), "failed" (the upstream failed) or "incomplete" (its gateway died).
@@ -56,6 +57,8 @@ class Conversation:
     context_start: int  # seq of the oldest message still sent upstream (0: from the start)
     created_at: float
     updated_at: float
+    tools: list[dict[str, Any]] = field(default_factory=list)  # OpenAI tool objects
+    tool_choice: str | dict[str, Any] | None = None  # OpenAI tool_choice (None: the default)
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,7 @@ class Message:
     usage: Usage
     created_at: float
     updated_at: float
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)  # OpenAI tool-call objects
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,7 @@ class ReplyEnd:
     finish_reason: str | None = None
     error: str | None = None
     usage: Usage = Usage()
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -148,7 +153,12 @@ class GatewayStore(ABC):
     # ---- conversations ----------------------------------------------------------------
     @abstractmethod
     def create_conversation(
-        self, user_id: str, title: str = "", system_prompt: str = ""
+        self,
+        user_id: str,
+        title: str = "",
+        system_prompt: str = "",
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: str | dict[str, Any] | None = None,
     ) -> Conversation: ...
 
     @abstractmethod
@@ -156,7 +166,8 @@ class GatewayStore(ABC):
 
     @abstractmethod
     def stored_bytes(self, user_id: str) -> int:
-        """What the user's conversations take: system prompts and message texts, in bytes."""
+        """What the user's conversations take in bytes: system prompts, tools, message texts
+        and tool calls."""
 
     @abstractmethod
     def list_conversations(
@@ -166,8 +177,14 @@ class GatewayStore(ABC):
 
     @abstractmethod
     def update_conversation(
-        self, conversation_id: str, title: str | None = None, context_start: int | None = None
-    ) -> Conversation | None: ...
+        self,
+        conversation_id: str,
+        title: str | None = None,
+        context_start: int | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: str | dict[str, Any] | None = None,
+    ) -> Conversation | None:
+        """Set the fields given (not None); None if the conversation does not exist."""
 
     @abstractmethod
     def delete_conversation(self, conversation_id: str) -> bool:

@@ -72,6 +72,15 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "CREATE INDEX usage_by_user ON usage_daily(user_id, day)",
         ],
     ),
+    (
+        2,
+        "conversation tools and tool choice, reply tool calls (JSON text; empty: none)",
+        [
+            "ALTER TABLE conversations ADD COLUMN tools TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE conversations ADD COLUMN tool_choice TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE messages ADD COLUMN tool_calls TEXT NOT NULL DEFAULT ''",
+        ],
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

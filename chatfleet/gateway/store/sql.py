@@ -3,6 +3,7 @@ only in their `Dialect` (sql_connection.py)."""
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from typing import Any
@@ -28,11 +29,23 @@ _KEY_COLS = (
     "k.key_id, k.user_id, u.name, u.is_admin, k.name, k.salt, k.secret_hash, k.rpm, k.tpm, "
     "k.max_streams, k.created_at, k.revoked_at"
 )
-_CONV_COLS = "conversation_id, user_id, title, system_prompt, context_start, created_at, updated_at"
+_CONV_COLS = (
+    "conversation_id, user_id, title, system_prompt, context_start, created_at, updated_at, "
+    "tools, tool_choice"
+)
 _MSG_COLS = (
     "message_id, conversation_id, seq, role, content, status, finish_reason, error, "
-    "prompt_tokens, completion_tokens, cached_tokens, created_at, updated_at"
+    "prompt_tokens, completion_tokens, cached_tokens, created_at, updated_at, tool_calls"
 )
+
+
+def _to_json(value: Any) -> str:
+    """A JSON column; None or empty is stored as ''."""
+    return json.dumps(value, separators=(",", ":")) if value else ""
+
+
+def _from_json(text: str | None) -> Any:
+    return json.loads(text) if text else None
 
 
 def _key(row: Any) -> ApiKey:
@@ -54,7 +67,10 @@ def _key(row: Any) -> ApiKey:
 
 
 def _conversation(row: Any) -> Conversation:
-    return Conversation(row[0], row[1], row[2], row[3], int(row[4]), row[5], row[6])
+    tools, tool_choice = _from_json(row[7]) or [], _from_json(row[8])
+    return Conversation(
+        row[0], row[1], row[2], row[3], int(row[4]), row[5], row[6], tools, tool_choice
+    )
 
 
 def _message(row: Any) -> Message:
@@ -72,6 +88,7 @@ def _message(row: Any) -> Message:
         usage,
         created_at=row[11],
         updated_at=row[12],
+        tool_calls=_from_json(row[13]) or [],
     )
 
 
@@ -158,13 +175,22 @@ class SqlStore(GatewayStore):
 
     # ---- conversations ------------------------------------------------------------------
     def create_conversation(
-        self, user_id: str, title: str = "", system_prompt: str = ""
+        self,
+        user_id: str,
+        title: str = "",
+        system_prompt: str = "",
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: str | dict[str, Any] | None = None,
     ) -> Conversation:
         now = time.time()
-        conv = Conversation(new_id("conv"), user_id, title, system_prompt, 0, now, now)
+        conv_id = new_id("conv")
+        conv = Conversation(
+            conv_id, user_id, title, system_prompt, 0, now, now, tools or [], tool_choice
+        )
         self.db.run(
-            f"INSERT INTO conversations ({_CONV_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (conv.conversation_id, user_id, title, system_prompt, 0, now, now),
+            f"INSERT INTO conversations ({_CONV_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (conv_id, user_id, title, system_prompt, 0, now, now)
+            + (_to_json(tools), _to_json(tool_choice)),
         )
         return conv
 
@@ -186,9 +212,23 @@ class SqlStore(GatewayStore):
         return [_conversation(r) for r in rows]
 
     def update_conversation(
-        self, conversation_id: str, title: str | None = None, context_start: int | None = None
+        self,
+        conversation_id: str,
+        title: str | None = None,
+        context_start: int | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: str | dict[str, Any] | None = None,
     ) -> Conversation | None:
         with self.db.transaction() as cur:
+            for column, value in (("tools", tools), ("tool_choice", tool_choice)):
+                if value is not None:
+                    cur.execute(
+                        self.db.q(
+                            f"UPDATE conversations SET {column} = ?, updated_at = ? "
+                            "WHERE conversation_id = ?"
+                        ),
+                        (_to_json(value), time.time(), conversation_id),
+                    )
             if title is not None:
                 cur.execute(
                     self.db.q(
@@ -209,12 +249,14 @@ class SqlStore(GatewayStore):
     def stored_bytes(self, user_id: str) -> int:
         size = self.db.dialect.byte_length
         prompts = self.db.one(
-            f"SELECT COALESCE(SUM({size.format('system_prompt')}), 0) FROM conversations "
+            f"SELECT COALESCE(SUM({size.format('system_prompt')} + {size.format('tools')}), 0) "
+            "FROM conversations "
             "WHERE user_id = ?",
             (user_id,),
         )
         texts = self.db.one(
-            f"SELECT COALESCE(SUM({size.format('m.content')}), 0) FROM messages m "
+            f"SELECT COALESCE(SUM({size.format('m.content')} + {size.format('m.tool_calls')}), 0) "
+            "FROM messages m "
             "JOIN conversations c ON c.conversation_id = m.conversation_id WHERE c.user_id = ?",
             (user_id,),
         )
@@ -328,11 +370,11 @@ class SqlStore(GatewayStore):
             cur.execute(
                 self.db.q(
                     "UPDATE messages SET status = ?, content = ?, finish_reason = ?, error = ?, "
-                    "prompt_tokens = ?, completion_tokens = ?, cached_tokens = ?, updated_at = ? "
-                    f"WHERE message_id = ? RETURNING {_MSG_COLS}"
+                    "prompt_tokens = ?, completion_tokens = ?, cached_tokens = ?, updated_at = ?, "
+                    f"tool_calls = ? WHERE message_id = ? RETURNING {_MSG_COLS}"
                 ),
                 (end.status, end.content, end.finish_reason, end.error, *_usage(end.usage))
-                + (now, message_id),
+                + (now, _to_json(end.tool_calls), message_id),
             )
             row = cur.fetchone()
             if row is None:

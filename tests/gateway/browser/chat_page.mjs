@@ -1,9 +1,9 @@
 // Drives the gateway's web page in Debian's Chromium through playwright-core (never a
 // downloaded browser) and prints what it saw as one JSON object; test_browser.py asserts.
-// Usage: node chat_page.mjs BASE_URL API_KEY XSS_CONVERSATION_ID
+// Usage: node chat_page.mjs BASE_URL API_KEY XSS_CONVERSATION_ID TOOLS_CONVERSATION_ID
 import { chromium } from "playwright-core";
 
-const [baseUrl, apiKey, xssConversationId] = process.argv.slice(2);
+const [baseUrl, apiKey, xssConversationId, toolsConversationId] = process.argv.slice(2);
 const out = { pageErrors: [], dialogs: [], offsiteRequests: [] };
 const SCRIPT_PROMPT = 'Repeat exactly this HTML, nothing else: <script>window.__pwned="script"</script>';
 
@@ -110,6 +110,23 @@ try {
     text: document.querySelector(".message.assistant:last-child .body").textContent,
   }));
 
+  // A conversation whose tools the model must call: the call streams in as a block (name and
+  // arguments), and is there again after a reload.
+  const toolCalls = () => [...document.querySelectorAll(".message.assistant:last-child .tool-call")]
+    .map((el) => ({
+      name: el.querySelector(".tool-name").textContent,
+      arguments: el.querySelector("pre code").textContent,
+    }));
+  await page.click(`#conversations li[data-id="${toolsConversationId}"] .open`);
+  await page.waitForFunction((id) => location.hash === `#${id}`, toolsConversationId);
+  await page.fill("#message-input", "What is the weather in Paris?");
+  await page.press("#message-input", "Enter");
+  out.toolReply = await page.evaluate(watchReply);
+  out.toolCalls = await page.evaluate(toolCalls);
+  await page.reload();
+  await page.waitForSelector(".message.assistant:last-child .tool-call");
+  out.toolCallsAfterReload = await page.evaluate(toolCalls);
+
   // Untrusted HTML in a reply is sanitized; nothing in it runs; code blocks can be copied.
   await page.click(`#conversations li[data-id="${xssConversationId}"] .open`);
   await page.waitForFunction(() => document.querySelectorAll(".message.assistant").length === 1);
@@ -125,6 +142,7 @@ try {
       javascriptLinks: box.querySelectorAll("a[href^='javascript']").length,
       strong: box.querySelectorAll("strong").length,
       imgs: box.querySelectorAll("img").length,
+      toolCallText: box.querySelector(".tool-call pre code")?.textContent ?? null,
       copyButtons: box.querySelectorAll("pre .copy-code").length,
     };
   });
