@@ -44,6 +44,11 @@ class _ParentState:
         return all(c.finished for c in self.completions)
 
 
+def _masks_first(params: SamplingParams) -> bool:
+    """A grammar row whose top-k / top-p / min-p must see the masked distribution."""
+    return params.needs_truncation and not params.is_greedy
+
+
 class LLMEngine:
     def __init__(self, config: EngineConfig | None = None, attention: str = "auto") -> None:
         config = config or EngineConfig()
@@ -195,10 +200,12 @@ class LLMEngine:
         return self._grammars.result()
 
     def _start_masks(self, out: SchedulerOutput) -> TokenMasks | None:
-        """This step's grammar masks, filled while the forward pass runs; None if no request
-        that samples this step has a grammar."""
+        """The grammar masks of this step's rows that truncate their distribution, filled while
+        the forward pass runs; None if there are none. (Other grammar rows are checked after
+        sampling, in the sampler: most sampled tokens are allowed, and a check costs far less
+        than a mask.)"""
         requests = [cast(Request, s.request) for s in out.scheduled if s.samples]
-        rows = [r for r in requests if r.grammar is not None]
+        rows = [r for r in requests if r.grammar is not None and _masks_first(r.sampling_params)]
         if not rows:
             return None
         matchers = [cast(GrammarMatcher, r.grammar) for r in rows]

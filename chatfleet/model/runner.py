@@ -164,13 +164,15 @@ class ModelRunner:
             banned = list(params.stop_token_ids) + (
                 [] if params.ignore_eos else list(request.eos_token_ids)
             )
+        bitmask = masks.get(request.request_id)
         return SamplingRow(
             params,
             request.prompt_token_ids,
             request.output_token_ids,
             generator,
             banned,
-            masks.get(request.request_id),
+            bitmask,
+            request.grammar if bitmask is None else None,
         )
 
 

@@ -1,18 +1,30 @@
 """Batched sampling with per-request parameters.
 
 Order of operations (like vLLM): raw logprobs -> penalties -> min_tokens mask -> logit bias ->
-grammar mask -> greedy argmax or temperature -> top-k / top-p / min-p -> exponential-race
-sampling. Seeded rows draw their noise from their own generator, so a seeded request samples
-the same tokens whatever else is in the batch.
+grammar mask -> greedy argmax or temperature -> top-k / top-p / min-p -> inverse-CDF sampling
+with one uniform number per row. Seeded rows draw it from their own generator, so a seeded
+request samples the same tokens whatever else is in the batch, and its generator has advanced
+by exactly one draw per sampled token.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
 from chatfleet.sampling_params import SamplingParams
+
+
+class LazyGrammar(Protocol):
+    """A grammar checked after sampling: the mask is computed only for a refused token."""
+
+    def allows(self, token_id: int) -> bool: ...
+
+    def bitmask(self) -> torch.Tensor:
+        """[ceil(vocab / 32)] int32, bit set = allowed."""
+        ...
 
 
 @dataclass
@@ -23,6 +35,7 @@ class SamplingRow:
     generator: torch.Generator | None  # None: the runner's shared generator
     banned_token_ids: list[int]  # EOS / stop ids while fewer than min_tokens were produced
     bitmask: torch.Tensor | None = None  # [ceil(vocab / 32)] int32: the grammar's allowed ids
+    grammar: LazyGrammar | None = None  # a grammar to check the sampled token against
 
 
 @dataclass
@@ -112,15 +125,42 @@ class Sampler:
                 logits[i, ids] += bias
         masked = [i for i, r in enumerate(rows) if r.bitmask is not None]
         if masked:
-            masks = [rows[i].bitmask for i in masked]
-            apply_bitmasks(logits, masked, torch.stack(masks))  # type: ignore[arg-type]
-        tokens = logits.argmax(dim=-1)
-        random_idx = [i for i, r in enumerate(rows) if not r.params.is_greedy]
-        if random_idx:
-            tokens[random_idx] = self._sample(
-                logits[random_idx], rows, random_idx, shared_generator
-            )
-        return SamplerOutput(tokens.tolist(), logprobs)
+            bitmasks = [r.bitmask for r in rows if r.bitmask is not None]
+            apply_bitmasks(logits, masked, torch.stack(bitmasks))
+        tokens = self._draw(logits, rows, list(range(len(rows))), shared_generator)
+        # NOTE: a row whose draw the grammar refuses draws again from its masked distribution.
+        # Exact: a valid token t comes first with p(t), or after a refusal (probability 1 - Z,
+        # Z the valid mass) with p(t) / Z; in all p(t) / Z, the masked distribution.
+        refused = [i for i, r in enumerate(rows) if r.grammar and not r.grammar.allows(tokens[i])]
+        if refused:
+            grammars = [rows[i].grammar for i in refused]
+            apply_bitmasks(logits, refused, torch.stack([g.bitmask() for g in grammars if g]))
+            again = self._draw(logits, rows, refused, shared_generator)
+            for i, token in zip(refused, again, strict=True):
+                tokens[i] = token
+        return SamplerOutput(tokens, logprobs)
+
+    def _draw(
+        self,
+        logits: torch.Tensor,
+        rows: list[SamplingRow],
+        idx: list[int],
+        shared_generator: torch.Generator,
+    ) -> list[int]:
+        """One token for each row in `idx` (logits is not modified)."""
+        tokens = [0] * len(idx)
+        greedy = [j for j, i in enumerate(idx) if rows[i].params.is_greedy]
+        if greedy:
+            best = logits[[idx[j] for j in greedy]].argmax(dim=-1).tolist()
+            for j, token in zip(greedy, best, strict=True):
+                tokens[j] = token
+        if len(greedy) < len(idx):
+            random = [j for j, i in enumerate(idx) if not rows[i].params.is_greedy]
+            rows_idx = [idx[j] for j in random]
+            drawn = self._sample(logits[rows_idx], rows, rows_idx, shared_generator).tolist()
+            for j, token in zip(random, drawn, strict=True):
+                tokens[j] = token
+        return tokens
 
     def _sample(
         self,
@@ -135,9 +175,29 @@ class Sampler:
         if any(p.needs_truncation for p in params):
             logits = apply_truncation(logits, params)
         probs = logits.softmax(dim=-1)
-        # Exponential race: argmax(p / E) with E ~ Exp(1) draws from p. Each row's noise comes
-        # from one generator call of its own, so it does not depend on the batch.
-        noise = torch.empty_like(probs)
-        for j, i in enumerate(idx):
-            noise[j].exponential_(generator=rows[i].generator or shared_generator)
-        return (probs / noise).argmax(dim=-1)
+        # NOTE: one draw per row, not one per vocabulary entry (an exponential race over the
+        # vocabulary cost more than the forward pass of a small model).
+        generators = [rows[i].generator or shared_generator for i in idx]
+        uniforms = torch.cat(
+            [torch.rand(1, dtype=torch.float64, generator=g, device=g.device) for g in generators]
+        ).to(probs.device)
+        return sample_inverse_cdf(probs, uniforms)
+
+
+def sample_inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Row r's token: the first t with cumsum(probs[r])[t] > uniforms[r] * sum(probs[r]).
+
+    probs [R, V] >= 0 (zeros for masked tokens), uniforms [R] in [0, 1). A token of
+    probability 0 is never chosen: its cumulative sum equals its predecessor's. The sums are
+    fp32 (a float64 scan costs three times as much): over a vocabulary they are off by about
+    1e-5 of the mass, which is how far a token's share of the draws can move.
+    """
+    cdf = probs.cumsum(dim=-1)  # [R, V]
+    target = (uniforms.to(cdf.dtype) * cdf[:, -1]).unsqueeze(1)  # [R, 1], below each total
+    tokens = torch.searchsorted(cdf, target, right=True).squeeze(1).clamp_(max=probs.shape[1] - 1)
+    # Rounding can land past the last nonzero entry: take the most likely token there.
+    chosen = probs.gather(1, tokens.unsqueeze(1)).squeeze(1)
+    lost = (chosen <= 0).nonzero().flatten()
+    if len(lost):
+        tokens[lost] = probs[lost].argmax(dim=-1)
+    return tokens

@@ -2,8 +2,11 @@
 step's token masks for the whole batch, filled on a worker thread while the forward pass runs.
 
     add_request:  GrammarCompiler.matcher(grammar)      compile errors -> InvalidRequestError
-    step:         GrammarCompiler.start_masks(requests)  -> TokenMasks (a future bitmask)
-                  runner: logits, then TokenMasks.wait() applied to the grammar rows
+    step:         rows that truncate (top-k / top-p / min-p) need their mask before sampling:
+                    GrammarCompiler.start_masks(requests) -> TokenMasks (a future bitmask),
+                    runner: logits, then TokenMasks.wait() applied to those rows
+                  every other grammar row samples first and is checked after (sampler.py):
+                    matcher.allows(token), and only if not, matcher.bitmask() and a resample
                   scheduler: matcher.accept(token); a refused token ends the request (error)
 
 NOTE: llguidance was chosen over xgrammar by measurement (benchmarks/grammar_masks.py, in
@@ -29,6 +32,14 @@ class GrammarMatcher:
 
     def __init__(self, matcher: llguidance.LLMatcher) -> None:
         self._m = matcher
+
+    def allows(self, token_id: int) -> bool:
+        """Whether the grammar would accept `token_id` now (nothing is consumed)."""
+        return self._m.validate_tokens([token_id]) == 1
+
+    def bitmask(self) -> torch.Tensor:
+        """The tokens allowed now: [ceil(vocab / 32)] int32, bit set = allowed."""
+        return torch.frombuffer(bytearray(self._m.compute_bitmask()), dtype=torch.int32)
 
     def accept(self, token_id: int) -> bool:
         """Advance by one sampled token; False (and an error state) if the grammar refuses it."""

@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from chatfleet import SamplingParams
-from chatfleet.model.sampler import apply_bitmasks, apply_truncation
+from chatfleet.model.sampler import (
+    Sampler,
+    SamplingRow,
+    apply_bitmasks,
+    apply_truncation,
+    sample_inverse_cdf,
+)
 
 PROMPT = "Once upon a time in a small village,"
 
@@ -121,3 +127,74 @@ def test_grammar_bitmasks_forbid_exactly_the_clear_bits_of_their_rows():
     expected = logits.clone()
     expected[[0, 3]] = expected[[0, 3]].masked_fill(~allowed[[0, 2]], float("-inf"))
     assert torch.equal(out, expected)
+
+
+def test_inverse_cdf_sampling_follows_the_distribution_and_never_picks_a_masked_token():
+    probs = torch.tensor([0.5, 0.0, 0.3, 0.2, 0.0]).repeat(20_000, 1)
+    uniforms = torch.rand(20_000, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    counts = torch.bincount(sample_inverse_cdf(probs, uniforms), minlength=5) / 20_000
+    assert counts[1] == 0 and counts[4] == 0
+    assert torch.allclose(counts, probs[0], atol=0.015), counts
+    # The edges: the smallest and the largest uniform below 1 land on real tokens.
+    edges = torch.tensor([0.0, torch.nextafter(torch.tensor(1.0), torch.tensor(0.0)).item()])
+    assert sample_inverse_cdf(probs[:2], edges.double()).tolist() == [0, 3]
+
+
+def test_a_seeded_row_draws_one_number_per_sampled_token():
+    """What a resumed seeded stream relies on: after n tokens its generator is where n
+    uniform draws leave a fresh one (a race over the vocabulary drew one number per token id)."""
+    params = SamplingParams(temperature=0.8, seed=5, max_tokens=8)
+    generator = torch.Generator().manual_seed(5)
+    row = SamplingRow(params, [1], [], generator, [])
+    logits = torch.randn(4, 1000, generator=torch.Generator().manual_seed(0))
+    sampler = Sampler()
+    for _ in range(6):
+        sampler(logits[:1].clone(), [row], torch.Generator())
+    expected = torch.Generator().manual_seed(5)
+    for _ in range(6):
+        torch.rand(1, dtype=torch.float64, generator=expected)
+    assert torch.equal(generator.get_state(), expected.get_state())
+
+
+class _AllowOnly:
+    """A grammar allowing a fixed set of token ids; counts the masks asked of it."""
+
+    def __init__(self, allowed: set[int], vocab: int) -> None:
+        self.allowed, self.vocab, self.num_masks = allowed, vocab, 0
+
+    def allows(self, token_id: int) -> bool:
+        return token_id in self.allowed
+
+    def bitmask(self) -> torch.Tensor:
+        self.num_masks += 1
+        bits = torch.zeros((self.vocab + 31) // 32 * 32, dtype=torch.int64)
+        bits[list(self.allowed)] = 1
+        words = (bits.view(-1, 32) << torch.arange(32)).sum(1)
+        return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+
+
+def test_a_grammar_checked_after_sampling_masks_only_refused_draws_and_keeps_the_distribution():
+    """Rows without truncation sample first and ask the grammar after: an allowed draw costs
+    no mask; a refused one is drawn again from the masked distribution, so every token comes
+    with its masked probability."""
+    vocab = 64
+    logits = torch.full((1, vocab), -5.0)
+    logits[0, [3, 5, 7]] = torch.tensor([2.0, 3.0, 1.0])
+    greedy = SamplingParams(temperature=0, max_tokens=1)
+    liked = _AllowOnly({5, 7}, vocab)
+    out = Sampler()(logits.clone(), [SamplingRow(greedy, [1], [], None, [], grammar=liked)], None)
+    assert out.token_ids == [5] and liked.num_masks == 0
+    refused = _AllowOnly({3, 7}, vocab)
+    out = Sampler()(logits.clone(), [SamplingRow(greedy, [1], [], None, [], grammar=refused)], None)
+    assert out.token_ids == [3] and refused.num_masks == 1
+
+    sampled = SamplingParams(temperature=1.0, max_tokens=1)
+    grammar = _AllowOnly({3, 7}, vocab)
+    generator = torch.Generator().manual_seed(3)
+    rows = [SamplingRow(sampled, [1], [], None, [], grammar=grammar) for _ in range(4000)]
+    tokens = Sampler()(logits.repeat(4000, 1), rows, generator).token_ids
+    assert set(tokens) <= {3, 7}
+    expected = torch.tensor([2.0, 1.0]).softmax(0)[0].item()  # P(3) among {3, 7}
+    assert abs(tokens.count(3) / 4000 - expected) < 0.03
+    p_refused = 1 - logits[0].softmax(0)[[3, 7]].sum().item()  # masks only for refused draws
+    assert abs(grammar.num_masks / 4000 - p_refused) < 0.03

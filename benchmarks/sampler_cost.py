@@ -1,0 +1,74 @@
+"""The sampler's cost per step at temperature > 0, on this CPU: drawing one uniform per row
+(inverse CDF, what the sampler does) against an exponential race over the vocabulary (one
+draw per token id, what it did before), for B seeded rows of the default model's vocabulary.
+
+    .venv/bin/python benchmarks/sampler_cost.py --out docs/results/sampler_cost/sampler_cost.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import torch
+from offline_throughput import cpu_info
+
+from chatfleet import SamplingParams
+from chatfleet.model.sampler import Sampler, SamplingRow
+
+VOCAB = 49152  # SmolLM2's
+
+
+def exponential_race(logits: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    probs = (logits / 0.8).softmax(dim=-1)
+    noise = torch.empty_like(probs)
+    for j, g in enumerate(generators):
+        noise[j].exponential_(generator=g)
+    return (probs / noise).argmax(dim=-1)
+
+
+def median_ms(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def one_batch(b: int, params: SamplingParams, repeats: int) -> tuple[float, float]:
+    logits = torch.randn(b, VOCAB, generator=torch.Generator().manual_seed(b))
+    gens = [torch.Generator().manual_seed(i) for i in range(b)]
+    rows = [SamplingRow(params, [1], [], g, []) for g in gens]
+    sampler = Sampler()
+    now = median_ms(lambda: sampler(logits.clone(), rows, gens[0]), repeats)
+    return now, median_ms(lambda: exponential_race(logits, gens), repeats)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--batches", default="1,16,64")
+    p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--out", default="results/sampler_cost.json")
+    args = p.parse_args()
+    params = SamplingParams(temperature=0.8, seed=1, max_tokens=16)
+    results = []
+    for b in (int(x) for x in args.batches.split(",")):
+        now, race = one_batch(b, params, args.repeats)
+        results.append({"batch": b, "inverse_cdf_ms": now, "exponential_race_ms": race})
+        print(f"B={b}: sampler {now:.2f} ms, exponential race {race:.2f} ms ({race / now:.1f}x)")
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(
+            {"machine": cpu_info(), "threads": torch.get_num_threads(), "results": results},
+            f,
+            indent=2,
+        )
+
+
+if __name__ == "__main__":
+    main()
