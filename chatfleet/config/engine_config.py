@@ -16,8 +16,23 @@ KV_CACHE_DTYPES = ("auto", "fp32", "fp16", "bf16")
 
 
 @dataclass(frozen=True)
+class RopeScaling:
+    """How positions past the training context are stretched (HF `rope_scaling`).
+
+    "linear": every frequency divided by `factor`. "llama3" (Llama 3.1+): frequencies whose
+    wavelength exceeds original_context / low_freq_factor divided by `factor`, those below
+    original_context / high_freq_factor kept, the band between blended smoothly."""
+
+    kind: str  # "linear" or "llama3"
+    factor: float
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+
+@dataclass(frozen=True)
 class ModelConfig:
-    """Architecture of a Llama-family model, read from the model file."""
+    """Architecture of a Llama-family model (Llama, Mistral, Qwen2), read from the model file."""
 
     vocab_size: int
     hidden_size: int
@@ -30,6 +45,18 @@ class ModelConfig:
     max_position_embeddings: int
     tie_word_embeddings: bool = True
     head_dim: int = 0  # 0 = hidden_size // num_heads
+    family: str = "llama"  # a chatfleet.model.architectures family
+    qkv_bias: bool = False
+    rope_scaling: RopeScaling | None = None
+    sliding_window: int | None = None  # attention looks back this far (None: everything)
+
+    @property
+    def max_context_len(self) -> int:
+        """The longest context served exactly: within a sliding window, full attention and
+        windowed attention agree, so the context is capped at the window."""
+        if self.sliding_window is None:
+            return self.max_position_embeddings
+        return min(self.max_position_embeddings, self.sliding_window)
 
     def __post_init__(self) -> None:
         if self.head_dim == 0:

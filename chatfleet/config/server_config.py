@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from chatfleet.config.engine_config import EngineConfig
 from chatfleet.config.flags import format_bytes, parse_bytes, setting
 from chatfleet.config.http_config import HttpLimitsConfig
-from chatfleet.modelfile.paths import DEFAULT_MODEL_NAME
+from chatfleet.modelfile.paths import served_model_name
 
 # Where `chatfleet serve` and `chatfleet router` look for their API key when no flag or file
 # names one; the replica supervisor hands replicas their key through it.
@@ -16,9 +17,12 @@ API_KEY_ENV = "CHATFLEET_API_KEY"
 
 @dataclass(frozen=True)
 class ServerConfig:
-    model_names: tuple[str, ...] = field(
-        default=(DEFAULT_MODEL_NAME,),
-        metadata=setting("served_model_name", "the names /v1/models lists and requests use"),
+    model_names: tuple[str, ...] | None = field(
+        default=None,
+        metadata=setting(
+            "served_model_name",
+            "the names /v1/models lists and requests use (default: from the model file's name)",
+        ),
     )
     api_key: str | None = field(
         default=None,
@@ -47,8 +51,19 @@ class ServerConfig:
     )
     http: HttpLimitsConfig = field(default_factory=HttpLimitsConfig, metadata=setting("http_"))
 
+    def for_model(self, model: str | None) -> ServerConfig:
+        """This config with its names set: the given ones, else the model's own name."""
+        if self.model_names is not None:
+            return self
+        return dataclasses.replace(self, model_names=(served_model_name(model),))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        assert self.model_names, "resolved by for_model() before the server starts"
+        return self.model_names
+
     def __post_init__(self) -> None:
-        if not self.model_names or not all(self.model_names):
+        if self.model_names is not None and (not self.model_names or not all(self.model_names)):
             raise ValueError("served_model_name: give at least one non-empty name")
         if min(self.request_timeout_s, self.keep_alive_s, self.health_max_stall_s) <= 0:
             raise ValueError("request_timeout, keep_alive and health_max_stall must be positive")

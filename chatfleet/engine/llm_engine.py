@@ -57,9 +57,7 @@ class LLMEngine:
         self.runner = ModelRunner(config, attention)
         info = self.runner.info
         self.model_config = info.model_config
-        self.max_model_len = min(
-            config.scheduler.max_model_len, info.model_config.max_position_embeddings
-        )
+        self.max_model_len = min(config.scheduler.max_model_len, info.model_config.max_context_len)
         self.kv_cache_manager = KVCacheManager(
             info.num_blocks, info.block_size, config.cache.enable_prefix_caching
         )

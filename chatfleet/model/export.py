@@ -11,6 +11,7 @@ import os
 
 import torch
 
+from chatfleet.model.architectures import ARCHITECTURES
 from chatfleet.model.loader import HF_LAYER_NAMES, HF_TOP_NAMES, load_weights
 from chatfleet.modelfile.tokenizer import Tokenizer
 
@@ -23,6 +24,8 @@ def _hf_name(name: str) -> str:
     if name in _HF_TOP_NAMES:
         return f"{_HF_TOP_NAMES[name]}.weight"
     _, layer, part = name.split(".")
+    if part.endswith("_bias"):
+        return f"model.layers.{layer}.{_HF_LAYER_NAMES[part.removesuffix('_bias')]}.bias"
     return f"model.layers.{layer}.{_HF_LAYER_NAMES[part]}.weight"
 
 
@@ -31,14 +34,15 @@ def export_hf_dir(model: str | None, out_dir: str, dtype: torch.dtype = torch.fl
     from safetensors.torch import save_file
 
     config, weights = load_weights(model)
+    (arch,) = [a for a in ARCHITECTURES if a.family == config.family]
     tokenizer = Tokenizer.from_model_path(model)
     os.makedirs(out_dir, exist_ok=True)
     tensors = {_hf_name(k): v.to(dtype).contiguous() for k, v in weights.items()}
     save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
     eos = tokenizer.eos_token_ids[0]
     hf_config = {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+        "architectures": [arch.hf_name],
+        "model_type": arch.family,
         "hidden_act": "silu",
         "hidden_size": config.hidden_size,
         "intermediate_size": config.intermediate_size,
@@ -54,7 +58,16 @@ def export_hf_dir(model: str | None, out_dir: str, dtype: torch.dtype = torch.fl
         "bos_token_id": tokenizer.bos_token_id,
         "eos_token_id": eos,
         "torch_dtype": str(dtype).removeprefix("torch."),
+        "sliding_window": config.sliding_window,
     }
+    if (s := config.rope_scaling) is not None:
+        hf_config["rope_scaling"] = {
+            "rope_type": s.kind,
+            "factor": s.factor,
+            "low_freq_factor": s.low_freq_factor,
+            "high_freq_factor": s.high_freq_factor,
+            "original_max_position_embeddings": s.original_max_position_embeddings,
+        }
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(hf_config, f, indent=2)
     tokenizer.save_hf(out_dir)

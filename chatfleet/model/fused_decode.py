@@ -38,11 +38,13 @@ class FusedDecode:
 
     @classmethod
     def build(cls, model: Any, attention: str) -> FusedDecode | None:
-        """None unless every decoder linear is int8, attention is the cpu backend and the
-        kernel builds here."""
+        """None unless every decoder linear is int8, attention is the cpu backend, the model
+        has no q/k/v biases and the kernel builds here."""
         linears = [m for layer in model.layers for m in (layer.qkv, layer.o, layer.gate_up)]
         linears += [layer.down for layer in model.layers]
         if attention != "cpu" or not all(isinstance(m, BlockInt8Linear) for m in linears):
+            return None
+        if model.config.qkv_bias:  # the kernel has no bias add
             return None
         kernel = load_kernel()
         if kernel is None:

@@ -1,9 +1,13 @@
 """Model files -> (ModelConfig, fp32 weights under canonical names).
 
 Canonical names: `embed`, `norm`, `lm_head` (absent when tied) and per layer
-`layers.{i}.{attn_norm,q,k,v,o,ffn_norm,gate,up,down}`. Weights are [out, in] like
-`nn.Linear`; quantized GGUF tensors are dequantized here and re-packed by the model into
-the runtime weight format.
+`layers.{i}.{attn_norm,q,k,v,o,ffn_norm,gate,up,down}`, plus `layers.{i}.{q,k,v}_bias` for
+families with q/k/v biases. Weights are [out, in] like `nn.Linear`; quantized GGUF tensors are
+dequantized here and re-packed by the model into the runtime weight format.
+
+A file is served exactly or not at all: its architecture must be in `architectures.py`, every
+tensor it holds must have a place, and every tensor the model needs must be there
+(UnsupportedModelError naming what is wrong).
 """
 
 from __future__ import annotations
@@ -15,20 +19,25 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from chatfleet.config.engine_config import ModelConfig
+from chatfleet.config.engine_config import ModelConfig, RopeScaling
+from chatfleet.model import architectures
+from chatfleet.model.architectures import UnsupportedModelError
 from chatfleet.modelfile.gguf_file import read_gguf
 from chatfleet.modelfile.paths import resolve_model_path
 
 _GGUF_LAYER_NAMES = {
-    "attn_norm": "attn_norm",
-    "attn_q": "q",
-    "attn_k": "k",
-    "attn_v": "v",
-    "attn_output": "o",
-    "ffn_norm": "ffn_norm",
-    "ffn_gate": "gate",
-    "ffn_up": "up",
-    "ffn_down": "down",
+    "attn_norm.weight": "attn_norm",
+    "attn_q.weight": "q",
+    "attn_k.weight": "k",
+    "attn_v.weight": "v",
+    "attn_q.bias": "q_bias",
+    "attn_k.bias": "k_bias",
+    "attn_v.bias": "v_bias",
+    "attn_output.weight": "o",
+    "ffn_norm.weight": "ffn_norm",
+    "ffn_gate.weight": "gate",
+    "ffn_up.weight": "up",
+    "ffn_down.weight": "down",
 }
 # The tensors outside the layers: file name (without ".weight") -> canonical name.
 _GGUF_TOP_NAMES = {"token_embd": "embed", "output_norm": "norm", "output": "lm_head"}
@@ -44,6 +53,25 @@ HF_LAYER_NAMES = {
     "mlp.up_proj": "up",
     "mlp.down_proj": "down",
 }
+_LAYER_PARTS = ("attn_norm", "q", "k", "v", "o", "ffn_norm", "gate", "up", "down")
+_BIAS_PARTS = ("q_bias", "k_bias", "v_bias")
+# Buffers some HF checkpoints carry that the model recomputes (RoPE's inverse frequencies).
+_HF_DERIVED = ("rotary_emb.inv_freq",)
+
+
+def check_tensors(config: ModelConfig, names: set[str]) -> None:
+    """UnsupportedModelError unless `names` (canonical) are exactly what the model reads."""
+    needed = {"embed", "norm"} | (set() if config.tie_word_embeddings else {"lm_head"})
+    parts = _LAYER_PARTS + (_BIAS_PARTS if config.qkv_bias else ())
+    needed |= {f"layers.{i}.{p}" for i in range(config.num_layers) for p in parts}
+    # A tied model's file may still hold its output matrix (a copy of the embedding).
+    unexpected = names - needed - ({"lm_head"} if config.tie_word_embeddings else set())
+    missing = needed - names
+    if missing or unexpected:
+        raise UnsupportedModelError(
+            f"the {config.family} model file does not match its config: missing tensors "
+            f"{sorted(missing)[:8]}, unexpected tensors {sorted(unexpected)[:8]}"
+        )
 
 
 def load_weights(model: str | None) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
@@ -71,13 +99,17 @@ def _unpermute_rope(w: np.ndarray, num_heads: int) -> np.ndarray:
 
 def config_from_gguf(meta: dict, tensor_names: set[str]) -> ModelConfig:
     """ModelConfig from a GGUF's metadata (and tensor names: a missing `output.weight` means
-    tied embeddings). ValueError for a non-Llama architecture."""
-    arch = meta.get("general.architecture")
-    if arch != "llama":
-        raise ValueError(f"unsupported GGUF architecture {arch!r} (Llama family only)")
+    tied embeddings). UnsupportedModelError for an architecture or a setting not served."""
+    arch = architectures.from_gguf(meta.get("general.architecture"))
+    prefix = arch.gguf_name
 
     def key(name: str, default=None):
-        return meta.get(f"llama.{name}", default)
+        return meta.get(f"{prefix}.{name}", default)
+
+    if key("rope.scaling.type", "none") not in ("none",):
+        raise UnsupportedModelError(
+            f"GGUF rope scaling {key('rope.scaling.type')!r} is not supported yet"
+        )
 
     num_heads = int(key("attention.head_count"))
     num_kv_heads = int(key("attention.head_count_kv", num_heads))
@@ -92,6 +124,8 @@ def config_from_gguf(meta: dict, tensor_names: set[str]) -> ModelConfig:
         rope_theta=float(key("rope.freq_base", 10000.0)),
         max_position_embeddings=int(key("context_length", 2048)),
         tie_word_embeddings="output.weight" not in tensor_names,
+        family=arch.family,
+        qkv_bias=arch.qkv_bias,
     )
 
 
@@ -100,14 +134,17 @@ def _load_gguf(path: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
 
     meta, tensors = read_gguf(path)
     config = config_from_gguf(meta, {t.name for t in tensors})
+    permuted = architectures.from_gguf(meta.get("general.architecture")).gguf_rope_permuted
+    names = {t.name: _canonical_gguf_name(t.name) for t in tensors}
+    check_tensors(config, set(names.values()))
     num_heads, num_kv_heads = config.num_heads, config.num_kv_heads
     weights: dict[str, torch.Tensor] = {}
     for t in tensors:
         array = _dequantize(t.data, t.qtype, dequantize)
-        name = _canonical_gguf_name(t.name)
-        if name.endswith(".q"):
+        name = names[t.name]
+        if permuted and name.endswith((".q", ".q_bias")):
             array = _unpermute_rope(array, num_heads)
-        elif name.endswith(".k"):
+        elif permuted and name.endswith((".k", ".k_bias")):
             array = _unpermute_rope(array, num_kv_heads)
         weights[name] = torch.from_numpy(np.array(array))  # a writable copy
     return config, weights
@@ -141,16 +178,59 @@ def _dequantize(data: np.ndarray, qtype, fallback) -> np.ndarray:
 
 
 def _canonical_gguf_name(name: str) -> str:
-    base = name.removesuffix(".weight")
-    if base in _GGUF_TOP_NAMES:
-        return _GGUF_TOP_NAMES[base]
-    _, layer, part = base.split(".", 2)
-    return f"layers.{layer}.{_GGUF_LAYER_NAMES[part]}"
+    """The canonical name, or the file's own name prefixed `?` (refused by check_tensors)."""
+    if name.endswith(".weight") and name.removesuffix(".weight") in _GGUF_TOP_NAMES:
+        return _GGUF_TOP_NAMES[name.removesuffix(".weight")]
+    pieces = name.split(".", 2)
+    if len(pieces) == 3 and pieces[0] == "blk" and pieces[2] in _GGUF_LAYER_NAMES:
+        return f"layers.{pieces[1]}.{_GGUF_LAYER_NAMES[pieces[2]]}"
+    return f"?{name}"
+
+
+def _hf_rope(hf: dict) -> tuple[float, RopeScaling | None]:
+    """(rope_theta, scaling) from `rope_parameters` (transformers 5) or `rope_theta` and
+    `rope_scaling` (earlier files)."""
+    params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    theta = float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind == "default":
+        return theta, None
+    if kind not in ("linear", "llama3"):
+        raise UnsupportedModelError(
+            f"rope scaling {kind!r} is not supported (supported: linear, llama3)"
+        )
+    original = params.get("original_max_position_embeddings") or hf["max_position_embeddings"]
+    scaling = RopeScaling(
+        kind,
+        float(params["factor"]),
+        float(params.get("low_freq_factor", 1.0)),
+        float(params.get("high_freq_factor", 4.0)),
+        int(original),
+    )
+    return theta, scaling
+
+
+def _hf_sliding_window(hf: dict) -> int | None:
+    window = hf.get("sliding_window")
+    if "use_sliding_window" in hf and not hf["use_sliding_window"]:
+        return None  # Qwen2 writes a window it does not use
+    return int(window) if window else None
 
 
 def config_from_hf(hf: dict) -> ModelConfig:
-    """ModelConfig from a HF `config.json` dict (LlamaForCausalLM and friends)."""
+    """ModelConfig from a HF `config.json` dict; UnsupportedModelError for an architecture or
+    a setting chatfleet would not compute exactly."""
+    arch = architectures.from_hf(hf.get("architectures"))
+    unsupported = {
+        "hidden_act": hf.get("hidden_act", "silu") != "silu",
+        "mlp_bias": bool(hf.get("mlp_bias")),
+        "attention_bias": bool(hf.get("attention_bias")),  # also an output bias in Llama
+    }
+    for name, is_set in unsupported.items():
+        if is_set:
+            raise UnsupportedModelError(f"{arch.hf_name} with {name}={hf[name]!r} is not supported")
     num_heads = int(hf["num_attention_heads"])
+    theta, scaling = _hf_rope(hf)
     return ModelConfig(
         vocab_size=int(hf["vocab_size"]),
         hidden_size=int(hf["hidden_size"]),
@@ -159,10 +239,14 @@ def config_from_hf(hf: dict) -> ModelConfig:
         num_kv_heads=int(hf.get("num_key_value_heads", num_heads)),
         intermediate_size=int(hf["intermediate_size"]),
         rms_norm_eps=float(hf.get("rms_norm_eps", 1e-5)),
-        rope_theta=float(hf.get("rope_theta", 10000.0)),
+        rope_theta=theta,
         max_position_embeddings=int(hf.get("max_position_embeddings", 2048)),
         tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
         head_dim=int(hf.get("head_dim") or 0),
+        family=arch.family,
+        qkv_bias=arch.qkv_bias,
+        rope_scaling=scaling,
+        sliding_window=_hf_sliding_window(hf),
     )
 
 
@@ -183,15 +267,26 @@ def _load_hf_dir(path: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
         config = config_from_hf(json.load(f))
     weights: dict[str, torch.Tensor] = {}
     for name, tensor in _iter_safetensors(path):
-        base = name.removesuffix(".weight")
-        if base in HF_TOP_NAMES:
-            canonical = HF_TOP_NAMES[base]
-        elif (base := base.removeprefix("model.")).startswith("layers."):
-            _, layer, part = base.split(".", 2)
-            if part not in HF_LAYER_NAMES:
-                continue  # e.g. rotary inv_freq buffers
-            canonical = f"layers.{layer}.{HF_LAYER_NAMES[part]}"
-        else:
+        if name.endswith(_HF_DERIVED):
             continue
-        weights[canonical] = tensor.float()
+        weights[_canonical_hf_name(name)] = tensor.float()
+    check_tensors(config, set(weights))
+    tied_copy = weights.pop("lm_head", None) if config.tie_word_embeddings else None
+    if tied_copy is not None and not torch.equal(tied_copy, weights["embed"]):
+        raise UnsupportedModelError("tie_word_embeddings is set but lm_head differs from it")
     return config, weights
+
+
+def _canonical_hf_name(name: str) -> str:
+    """The canonical name, or the file's own name prefixed `?` (refused by check_tensors)."""
+    base, _, kind = name.rpartition(".")
+    if kind == "weight" and base in HF_TOP_NAMES:
+        return HF_TOP_NAMES[base]
+    pieces = base.removeprefix("model.").split(".", 2)
+    if len(pieces) == 3 and pieces[0] == "layers" and pieces[2] in HF_LAYER_NAMES:
+        part = HF_LAYER_NAMES[pieces[2]]
+        if kind == "weight":
+            return f"layers.{pieces[1]}.{part}"
+        if kind == "bias" and part in ("q", "k", "v"):
+            return f"layers.{pieces[1]}.{part}_bias"
+    return f"?{name}"

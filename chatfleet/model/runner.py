@@ -69,7 +69,13 @@ class ModelRunner:
         self.dtype = torch.bfloat16 if fmt == "bf16" else torch.float32
         self.model = LlamaForCausalLM(model_config, raw, fmt, self.dtype, self.device).eval()
         self.kv_dtype = resolve_kv_cache_dtype(config.cache.kv_cache_dtype, self.device, self.dtype)
-        self.attention = resolve_backend(attention, self.device, self.kv_dtype)
+        self.attention = resolve_backend(
+            attention,
+            self.device,
+            self.kv_dtype,
+            model_config.head_dim,
+            model_config.num_heads // model_config.num_kv_heads,
+        )
         self.attn: AttentionBackend = BACKENDS[self.attention](
             model_config.num_heads, model_config.num_kv_heads, model_config.head_dim
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -27,3 +28,18 @@ def resolve_model_path(model: str | None) -> str:
     if not os.path.exists(path):
         raise FileNotFoundError(f"model not found: {path}")
     return path
+
+
+# A GGUF file name's quantization tag: "...-Q4_K_M.gguf", "....Q8_0.gguf", "...-f16.gguf".
+_QUANT_TAG = re.compile(r"[.-](?:I?Q\d\w*|F16|F32|BF16)$", re.IGNORECASE)
+
+
+def served_model_name(model: str | None) -> str:
+    """The name a model is served under when none is given: the default model's name, a HF
+    directory's name, or a GGUF file's name without its extension and quantization tag."""
+    if model is None:
+        return DEFAULT_MODEL_NAME
+    base = os.path.basename(os.path.normpath(model))
+    if os.path.isdir(model):
+        return base
+    return _QUANT_TAG.sub("", base.removesuffix(".gguf")) or base

@@ -53,7 +53,7 @@ class Ingress:
             self.limits.max_num_seqs,
             self.retry,
         )
-        config = self.server_config
+        config = self.server_config.for_model(self.limits.model)
         if config.api_key is None and os.environ.get(API_KEY_ENV):
             # Deployed by Serve's own tooling (KubeRay): the key from the ingress's environment.
             config = dataclasses.replace(config, api_key=os.environ[API_KEY_ENV])

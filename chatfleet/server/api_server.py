@@ -203,7 +203,7 @@ def _openai_router(state: ServerState) -> APIRouter:
                 "owned_by": "chatfleet",
                 "max_model_len": max_model_len,
             }
-            for name in state.config.model_names
+            for name in state.config.names
         ]
         return {"object": "list", "data": data}
 
@@ -212,7 +212,7 @@ def _openai_router(state: ServerState) -> APIRouter:
 
 def build_app(engine: EngineClient, config: ServerConfig) -> FastAPI:
     """The app; `app.state.chatfleet` is its ServerState (drain it before exiting)."""
-    state = ServerState(engine, config, ServerMetrics(config.model_names[0]))
+    state = ServerState(engine, config, ServerMetrics(config.names[0]))
     app = new_app("chatfleet")
     app.state.chatfleet = state
     app.include_router(_openai_router(state))

@@ -37,7 +37,7 @@ async def _watch_engine(engine: AsyncEngine, server: UvicornServer) -> int:
 def run_server(engine_config: EngineConfig, config: ServerConfig, host: str, port: int) -> int:
     """Serve on host:port until SIGTERM / SIGINT (exit status 0) or the engine's death (1)."""
     engine = AsyncEngine(engine_config)
-    app = build_app(engine, config)
+    app = build_app(engine, config.for_model(engine_config.model))
     state = app.state.chatfleet
     server = UvicornServer(app, host, port, graceful_s=5, drain=state.drain, limits=config.http)
 

@@ -193,9 +193,9 @@ class OpenAIServing(ABC):
         return req, model
 
     def check_model(self, model: str | None) -> str:
-        if model is not None and model not in self.config.model_names:
+        if model is not None and model not in self.config.names:
             raise ModelNotFoundError(f"The model `{model}` does not exist.", param="model")
-        return model or self.config.model_names[0]
+        return model or self.config.names[0]
 
     def room_for_output(self, num_prompt: int, param: str) -> int:
         """max_tokens when the request gives none: what is left of the context."""

@@ -118,3 +118,19 @@ def test_sizes_parse_and_format_exactly():
 
 def test_policy_names_are_the_registry():
     assert set(POLICY_NAMES) == set(POLICIES)
+
+
+def test_the_served_name_comes_from_the_model_unless_given(tmp_path):
+    from chatfleet.modelfile.paths import served_model_name
+
+    hf_dir = tmp_path / "Qwen2.5-0.5B-Instruct"
+    hf_dir.mkdir()
+    assert served_model_name(None) == "SmolLM2-135M-Instruct"
+    assert served_model_name(str(hf_dir) + "/") == "Qwen2.5-0.5B-Instruct"
+    assert served_model_name("/m/Meta-Llama-3.1-8B-Instruct-Q4_K_M.gguf") == (
+        "Meta-Llama-3.1-8B-Instruct"
+    )
+    assert served_model_name("/m/SmolLM2-135M-Instruct.Q4_1.gguf") == "SmolLM2-135M-Instruct"
+    assert served_model_name("/m/tiny.gguf") == "tiny"
+    assert ServerConfig().for_model(str(hf_dir)).names == ("Qwen2.5-0.5B-Instruct",)
+    assert ServerConfig(model_names=("a",)).for_model(str(hf_dir)).names == ("a",)

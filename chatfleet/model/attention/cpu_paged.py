@@ -45,6 +45,11 @@ class CpuPagedMetadata(SdpaMetadata):
 class CpuPagedAttention(SdpaAttention):
     name = "cpu"
 
+    @staticmethod
+    def supports(head_dim: int, group: int) -> bool:
+        """The head shapes the kernel is instantiated for (`pick` in csrc/attention.h)."""
+        return head_dim in (64, 128) and 1 <= group <= 8
+
     def build_metadata(self, ctx: ForwardContext, block_size: int) -> CpuPagedMetadata:
         requests: list[int] = []  # requests with paged rows
         row_starts = [0]

@@ -1,5 +1,7 @@
-"""Llama-family decoder (GQA, RoPE, RMSNorm, SwiGLU, optionally tied embeddings) over a paged
-KV cache. Projections are fused (qkv, gate_up) so a layer is four matmuls.
+"""Llama-family decoder (GQA, RoPE, RMSNorm, SwiGLU, optionally tied embeddings and q/k/v
+biases) over a paged KV cache: Llama, Mistral and Qwen2 (the differences are data in
+ModelConfig, see chatfleet/model/architectures.py). Projections are fused (qkv, gate_up) so a
+layer is four matmuls.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ class LlamaLayer(torch.nn.Module):
         self.attn_norm = torch.nn.Parameter(w("attn_norm").to(dtype), requires_grad=False)
         self.ffn_norm = torch.nn.Parameter(w("ffn_norm").to(dtype), requires_grad=False)
         self.qkv: Linear = make_linear(torch.cat([w("q"), w("k"), w("v")]), fmt)
+        self.qkv_bias: torch.nn.Parameter | None = None
+        if config.qkv_bias:
+            bias = torch.cat([w("q_bias"), w("k_bias"), w("v_bias")]).to(dtype)
+            self.qkv_bias = torch.nn.Parameter(bias, requires_grad=False)
         self.o: Linear = make_linear(w("o"), fmt)
         self.gate_up: Linear = make_linear(torch.cat([w("gate"), w("up")]), fmt)
         self.down: Linear = make_linear(w("down"), fmt)
@@ -47,6 +53,8 @@ class LlamaLayer(torch.nn.Module):
         # residual add with it, so fast formats can fuse them (see Linear.fused).
         eps = self.config.rms_norm_eps
         qkv = self.qkv.fused(h, norm=self.attn_norm, eps=eps)
+        if self.qkv_bias is not None:
+            qkv = qkv + self.qkv_bias
         q = attn.rope_write_kv(qkv, cos, sin, kv_cache, ctx)
         h = self.o.fused(attn.forward(q, kv_cache, ctx), residual=h)
         gate_up = self.gate_up.fused(h, norm=self.ffn_norm, eps=eps)

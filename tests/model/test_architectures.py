@@ -1,0 +1,163 @@
+"""Each supported family against `transformers` on a tiny random-weight model built from a
+config (no downloads): Llama 3.1 with llama3 rope scaling past its original context, Qwen2 with
+q/k/v biases (tied and untied), Mistral; and the files chatfleet must refuse, by name."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from chatfleet import LLM, SamplingParams
+from chatfleet.config.engine_config import CacheConfig, SchedulerConfig
+from chatfleet.model.architectures import UnsupportedModelError
+from chatfleet.model.loader import load_weights
+from chatfleet.modelfile.tokenizer import Tokenizer
+
+transformers = pytest.importorskip("transformers")
+
+VOCAB = 49152  # the default model's tokenizer is saved with each tiny model
+SHAPE = {
+    "vocab_size": VOCAB,
+    "hidden_size": 256,  # head_dim 64: the cpu attention kernel's shape
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "initializer_range": 0.3,  # peaked logits: greedy choices far from ties
+    "max_position_embeddings": 512,
+}
+LLAMA31_ROPE = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 64,
+    "rope_theta": 500000.0,
+}
+# Engine (fp32 weights) and transformers differ only in the order of float32 operations.
+LOGPROB_ATOL = 1e-3
+
+
+def build(tmp_path: Path, family: str, **overrides) -> tuple[str, torch.nn.Module]:
+    """A random-weight model of `family` saved as a HF directory (with the default model's
+    tokenizer), and the transformers model it was saved from."""
+    config_cls, model_cls = {
+        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+        "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
+    }[family]
+    torch.manual_seed(0)
+    model = model_cls(config_cls(**(SHAPE | overrides))).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(".bias"):  # initialized to zero: they would prove nothing
+                param.normal_(0.0, 1.0)
+    path = tmp_path / family
+    model.save_pretrained(path)
+    Tokenizer.from_model_path(None).save_hf(str(path))
+    return str(path), model
+
+
+def engine(path: str) -> LLM:
+    return LLM(
+        model=path,
+        weight_format="fp32",
+        cache=CacheConfig(num_blocks_override=64, kv_cache_dtype="fp32"),
+        scheduler=SchedulerConfig(max_num_seqs=4),
+    )
+
+
+def assert_matches_transformers(
+    path: str, model: torch.nn.Module, prompt: list[int], attention: str = "cpu"
+) -> None:
+    """32 greedy tokens are transformers' argmax, with the same top-5 logprobs."""
+    params = SamplingParams(temperature=0, max_tokens=32, ignore_eos=True, logprobs=5)
+    llm = engine(path)
+    assert llm.engine.runner.attention == attention
+    out = llm.generate(prompt, params)[0].outputs[0]
+    with torch.inference_mode():
+        ids = torch.tensor([prompt + out.token_ids[:-1]])
+        ref = model(ids).logits[0, len(prompt) - 1 :].float().log_softmax(-1)
+    worst = 0.0
+    for step, (token, lp) in enumerate(zip(out.token_ids, out.logprobs, strict=True)):
+        assert token == int(ref[step].argmax()), f"token {step} differs"
+        for alt_id, alt_lp in lp.top:
+            worst = max(worst, abs(alt_lp - float(ref[step, alt_id])))
+    assert worst < LOGPROB_ATOL, f"logprobs differ by up to {worst}"
+
+
+def prompt_ids(n: int) -> list[int]:
+    return [(37 * i + 11) % (VOCAB - 1) + 1 for i in range(n)]
+
+
+def test_llama31_rope_scaling_matches_transformers_past_its_original_context(tmp_path):
+    path, model = build(tmp_path, "llama", rope_parameters=LLAMA31_ROPE)
+    config, _ = load_weights(path)
+    assert config.rope_scaling is not None and config.rope_scaling.kind == "llama3"
+    # 150 prompt tokens + 32 generated: positions run well past the original 64.
+    assert_matches_transformers(path, model, prompt_ids(150))
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_qwen2_with_qkv_biases_matches_transformers(tmp_path, tied):
+    path, model = build(tmp_path, "qwen2", tie_word_embeddings=tied)
+    assert any(".q_proj.bias" in name for name in load_file(f"{path}/model.safetensors"))
+    assert_matches_transformers(path, model, prompt_ids(20))
+
+
+def test_mistral_matches_transformers_and_serves_within_its_window(tmp_path):
+    """Also a head shape the cpu kernel lacks (head_dim 32): served through sdpa instead."""
+    path, model = build(tmp_path, "mistral", sliding_window=96, hidden_size=128)
+    assert_matches_transformers(path, model, prompt_ids(40), attention="sdpa")
+    # Past the window, full attention would be wrong: the context stops at the window.
+    assert engine(path).engine.max_model_len == 96
+
+
+def _edit(path: str, config: dict | None = None, drop: str | None = None, add: str | None = None):
+    if config is not None:
+        with open(f"{path}/config.json") as f:
+            merged = json.load(f) | config
+        with open(f"{path}/config.json", "w") as f:
+            json.dump(merged, f)
+    if drop or add:
+        tensors = load_file(f"{path}/model.safetensors")
+        if drop:
+            del tensors[drop]
+        if add:
+            tensors[add] = torch.zeros(3)
+        save_file(tensors, f"{path}/model.safetensors")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"config": {"architectures": ["GemmaForCausalLM"]}},
+            "'GemmaForCausalLM' is not supported (supported: LlamaForCausalLM, "
+            "MistralForCausalLM, Qwen2ForCausalLM)",
+        ),
+        (
+            {"drop": "model.layers.1.self_attn.k_proj.bias"},
+            "missing tensors ['layers.1.k_bias']",
+        ),
+        (
+            {"add": "model.layers.0.self_attn.q_norm.weight"},
+            "unexpected tensors ['?model.layers.0.self_attn.q_norm.weight']",
+        ),
+        (
+            {"config": {"rope_parameters": {"rope_type": "dynamic", "factor": 2.0}}},
+            "rope scaling 'dynamic' is not supported",
+        ),
+        ({"config": {"hidden_act": "gelu"}}, "hidden_act='gelu' is not supported"),
+    ],
+)
+def test_what_cannot_be_served_exactly_is_refused_by_name(tmp_path, change, message):
+    path, _ = build(tmp_path, "qwen2")
+    _edit(path, **change)
+    with pytest.raises(UnsupportedModelError) as err:
+        load_weights(path)
+    assert message in str(err.value)
