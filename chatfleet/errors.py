@@ -45,3 +45,7 @@ class GrammarDeadEndError(ChatfleetError):
 
     type = "server_error"
     code = "grammar_dead_end"
+
+
+class UnsupportedModelError(ChatfleetError, ValueError):
+    """A model file chatfleet cannot serve exactly (an architecture, a tensor, a setting)."""

@@ -21,13 +21,15 @@ class RopeScaling:
 
     "linear": every frequency divided by `factor`. "llama3" (Llama 3.1+): frequencies whose
     wavelength exceeds original_context / low_freq_factor divided by `factor`, those below
-    original_context / high_freq_factor kept, the band between blended smoothly."""
+    original_context / high_freq_factor kept, the band between blended smoothly. "factors": each
+    frequency divided by its own factor, as GGUF files store llama3 scaling (`rope_freqs`)."""
 
-    kind: str  # "linear" or "llama3"
-    factor: float
+    kind: str  # "linear", "llama3" or "factors"
+    factor: float = 1.0
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     original_max_position_embeddings: int = 8192
+    factors: tuple[float, ...] = ()  # "factors": one per frequency (head_dim / 2)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -20,12 +21,15 @@ from chatfleet.engine.request import Request, RequestStatus, check_fits
 from chatfleet.engine.scheduler import EngineCoreOutput, Scheduler
 from chatfleet.engine.step_trace import StepTrace, scheduled_seqs
 from chatfleet.errors import InvalidRequestError
-from chatfleet.model.runner import ModelRunner
+from chatfleet.model.loader import file_weight_types
+from chatfleet.model.runner import ModelRunner, RunnerInfo
 from chatfleet.modelfile.tokenizer import Tokenizer
 from chatfleet.outputs import CompletionOutput, RequestOutput
 from chatfleet.sampling_params import SamplingParams
 from chatfleet.step import SchedulerOutput, TokenMasks
 from chatfleet.structured.matcher import GrammarCompiler, GrammarMatcher
+
+logger = logging.getLogger("chatfleet.engine")
 
 
 @dataclass
@@ -42,6 +46,21 @@ class _ParentState:
     @property
     def finished(self) -> bool:
         return all(c.finished for c in self.completions)
+
+
+def _loaded_summary(model: str | None, info: RunnerInfo, max_model_len: int) -> str:
+    """What was loaded, for the log: a user sees at once whether it is the model they meant."""
+    c = info.model_config
+    kv_bytes = 2 * c.num_layers * c.num_kv_heads * c.head_dim * info.kv_cache_dtype.itemsize
+    stored = ", ".join(f"{n} {t}" for t, n in sorted(file_weight_types(model).items()))
+    return (
+        f"loaded {model or 'the default model'}: {c.family}, "
+        f"{info.num_parameters / 1e6:.1f}M parameters, {c.num_layers} layers, "
+        f"{c.num_heads}/{c.num_kv_heads} heads of {c.head_dim}; tensors {stored}; "
+        f"runs as {info.weight_format} on {info.device.type}, attention {info.attention}; "
+        f"KV cache {kv_bytes} bytes a token ({str(info.kv_cache_dtype).removeprefix('torch.')}),"
+        f" {info.num_blocks * info.block_size} tokens; context {max_model_len} tokens"
+    )
 
 
 def _masks_first(params: SamplingParams) -> bool:
@@ -66,6 +85,7 @@ class LLMEngine:
             self.kv_cache_manager,
         )
         self.eos_token_ids = tuple(self.tokenizer.eos_token_ids)
+        logger.info("%s", _loaded_summary(config.model, info, self.max_model_len))
         self._parents: dict[str, _ParentState] = {}
         self._child_to_parent: dict[str, tuple[_ParentState, int]] = {}
         self._trace = StepTrace(config.step_trace) if config.step_trace else None

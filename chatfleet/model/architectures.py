@@ -12,11 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from chatfleet.errors import ChatfleetError
+from chatfleet.errors import UnsupportedModelError
 
-
-class UnsupportedModelError(ChatfleetError, ValueError):
-    """A model file chatfleet cannot serve exactly (an architecture, a tensor, a setting)."""
+__all__ = ["ARCHITECTURES", "Architecture", "UnsupportedModelError", "from_gguf", "from_hf"]
 
 
 @dataclass(frozen=True)

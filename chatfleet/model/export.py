@@ -11,7 +11,7 @@ import os
 
 import torch
 
-from chatfleet.model.architectures import ARCHITECTURES
+from chatfleet.model.architectures import ARCHITECTURES, UnsupportedModelError
 from chatfleet.model.loader import HF_LAYER_NAMES, HF_TOP_NAMES, load_weights
 from chatfleet.modelfile.tokenizer import Tokenizer
 
@@ -35,6 +35,9 @@ def export_hf_dir(model: str | None, out_dir: str, dtype: torch.dtype = torch.fl
 
     config, weights = load_weights(model)
     (arch,) = [a for a in ARCHITECTURES if a.family == config.family]
+    if config.rope_scaling is not None and config.rope_scaling.kind == "factors":
+        # HF configs name a recipe, not a list of divisors.
+        raise UnsupportedModelError("a GGUF's rope_freqs cannot be written as a HF config")
     tokenizer = Tokenizer.from_model_path(model)
     os.makedirs(out_dir, exist_ok=True)
     tensors = {_hf_name(k): v.to(dtype).contiguous() for k, v in weights.items()}

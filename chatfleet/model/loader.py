@@ -12,6 +12,7 @@ tensor it holds must have a place, and every tensor the model needs must be ther
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Iterator
@@ -82,6 +83,23 @@ def load_weights(model: str | None) -> tuple[ModelConfig, dict[str, torch.Tensor
     return _load_gguf(path)
 
 
+def file_weight_types(model: str | None) -> dict[str, int]:
+    """How many tensors of each stored type the model file holds (read from its headers)."""
+    from collections import Counter
+
+    path = resolve_model_path(model)
+    if not os.path.isdir(path):
+        return dict(Counter(t.qtype.name for t in read_gguf(path)[1]))
+    from safetensors import safe_open
+
+    counts: Counter[str] = Counter()
+    for file in sorted(f for f in os.listdir(path) if f.endswith(".safetensors")):
+        with safe_open(os.path.join(path, file), framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+                counts[str(f.get_slice(name).get_dtype())] += 1
+    return dict(counts)
+
+
 def _unpermute_rope(w: np.ndarray, num_heads: int) -> np.ndarray:
     """Undo llama.cpp's Q/K row permutation so we can use HF's rotate-half RoPE.
 
@@ -134,13 +152,27 @@ def _load_gguf(path: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
 
     meta, tensors = read_gguf(path)
     config = config_from_gguf(meta, {t.name for t in tensors})
+    # Llama 3.1+ files store their rope scaling as one divisor per frequency.
+    rope_freqs = [t for t in tensors if t.name == "rope_freqs.weight"]
+    if rope_freqs:
+        factors = tuple(float(f) for f in np.asarray(rope_freqs[0].data, dtype=np.float32))
+        if len(factors) != config.head_dim // 2:
+            raise UnsupportedModelError(f"rope_freqs has {len(factors)} factors")
+        scaling = RopeScaling("factors", factors=factors)
+        config = dataclasses.replace(config, rope_scaling=scaling)
+        tensors = [t for t in tensors if t.name != "rope_freqs.weight"]
     permuted = architectures.from_gguf(meta.get("general.architecture")).gguf_rope_permuted
     names = {t.name: _canonical_gguf_name(t.name) for t in tensors}
     check_tensors(config, set(names.values()))
     num_heads, num_kv_heads = config.num_heads, config.num_kv_heads
     weights: dict[str, torch.Tensor] = {}
     for t in tensors:
-        array = _dequantize(t.data, t.qtype, dequantize)
+        try:
+            array = _dequantize(t.data, t.qtype, dequantize)
+        except NotImplementedError:
+            raise UnsupportedModelError(
+                f"tensor {t.name}: GGUF weight type {t.qtype.name} is not supported"
+            ) from None
         name = names[t.name]
         if permuted and name.endswith((".q", ".q_bias")):
             array = _unpermute_rope(array, num_heads)

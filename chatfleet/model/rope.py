@@ -18,6 +18,8 @@ def inverse_frequencies(config: ModelConfig) -> torch.Tensor:
         return inv_freq
     if scaling.kind == "linear":
         return inv_freq / scaling.factor
+    if scaling.kind == "factors":
+        return inv_freq / torch.tensor(scaling.factors, dtype=torch.float64)
     return _llama3(inv_freq, scaling)
 
 

@@ -32,6 +32,8 @@ class RunnerInfo:
     dtype: torch.dtype
     kv_cache_dtype: torch.dtype
     device: torch.device
+    num_parameters: int
+    attention: str
 
 
 def kv_block_bytes(model: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
@@ -90,7 +92,15 @@ class ModelRunner:
             for _ in range(model_config.num_layers)
         ]
         self.info = RunnerInfo(
-            model_config, num_blocks, self.block_size, fmt, self.dtype, self.kv_dtype, self.device
+            model_config,
+            num_blocks,
+            self.block_size,
+            fmt,
+            self.dtype,
+            self.kv_dtype,
+            self.device,
+            sum(t.numel() for t in raw.values()),
+            self.attention,
         )
         self.sampler = Sampler()
         self._generator = torch.Generator(device=self.device).manual_seed(config.seed)

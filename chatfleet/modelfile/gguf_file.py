@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
+from chatfleet.errors import UnsupportedModelError
+
 _SCALARS = {
     0: "<B",
     1: "<b",
@@ -88,7 +90,10 @@ def read_gguf(path: str, with_tensors: bool = True) -> tuple[dict[str, Any], lis
     for _ in range(num_tensors):
         name = cur.string()
         dims = [cur.scalar("<Q") for _ in range(cur.scalar("<I"))]
-        infos.append((name, GGMLQuantizationType(cur.scalar("<I")), dims, cur.scalar("<Q")))
+        code = cur.scalar("<I")
+        if code not in GGMLQuantizationType._value2member_map_:
+            raise UnsupportedModelError(f"tensor {name}: unknown GGUF weight type {code}")
+        infos.append((name, GGMLQuantizationType(code), dims, cur.scalar("<Q")))
     alignment = int(meta.get("general.alignment", 32))
     data_start = (cur.pos + alignment - 1) // alignment * alignment
     tensors = []

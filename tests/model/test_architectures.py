@@ -1,14 +1,17 @@
 """Each supported family against `transformers` on a tiny random-weight model built from a
 config (no downloads): Llama 3.1 with llama3 rope scaling past its original context, Qwen2 with
-q/k/v biases (tied and untied), Mistral; and the files chatfleet must refuse, by name."""
+q/k/v biases (tied and untied), Mistral, as HF directories and as GGUF files (F32 and
+quantized); and the files chatfleet must refuse, by name."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from gguf import GGMLQuantizationType
 from safetensors.torch import load_file, save_file
 
 from chatfleet import LLM, SamplingParams
@@ -16,6 +19,7 @@ from chatfleet.config.engine_config import CacheConfig, SchedulerConfig
 from chatfleet.model.architectures import UnsupportedModelError
 from chatfleet.model.loader import load_weights
 from chatfleet.modelfile.tokenizer import Tokenizer
+from tests.model.tiny_gguf import gguf_name, quantized, write_gguf
 
 transformers = pytest.importorskip("transformers")
 
@@ -103,10 +107,16 @@ def test_llama31_rope_scaling_matches_transformers_past_its_original_context(tmp
 
 
 @pytest.mark.parametrize("tied", [True, False])
-def test_qwen2_with_qkv_biases_matches_transformers(tmp_path, tied):
+def test_qwen2_with_qkv_biases_matches_transformers(tmp_path, caplog, tied):
     path, model = build(tmp_path, "qwen2", tie_word_embeddings=tied)
-    assert any(".q_proj.bias" in name for name in load_file(f"{path}/model.safetensors"))
-    assert_matches_transformers(path, model, prompt_ids(20))
+    tensors = load_file(f"{path}/model.safetensors")
+    assert any(".q_proj.bias" in name for name in tensors)
+    with caplog.at_level("INFO", logger="chatfleet.engine"):
+        assert_matches_transformers(path, model, prompt_ids(20))
+    # What was loaded is said at start: family, size, stored types, context.
+    (loaded,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loaded")]
+    assert f"loaded {path}: qwen2, " in loaded and f"tensors {len(tensors)} F32;" in loaded
+    assert "context 512 tokens" in loaded
 
 
 def test_mistral_matches_transformers_and_serves_within_its_window(tmp_path):
@@ -161,3 +171,66 @@ def test_what_cannot_be_served_exactly_is_refused_by_name(tmp_path, change, mess
     with pytest.raises(UnsupportedModelError) as err:
         load_weights(path)
     assert message in str(err.value)
+
+
+def _llama31_rope_factors(model: torch.nn.Module) -> np.ndarray:
+    """llama.cpp's `rope_freqs`: each frequency's divisor, from transformers' own llama3 rope."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    c = model.config
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](c, "cpu")
+    dim = c.hidden_size // c.num_attention_heads
+    theta = c.rope_parameters["rope_theta"]
+    plain = 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    return (plain / scaled.double()).numpy()
+
+
+def _as_loaded(model: torch.nn.Module, qtype) -> torch.nn.Module:
+    """The transformers model with each matrix replaced by what `qtype` keeps of it."""
+    with torch.no_grad():
+        for _, param in model.named_parameters():
+            if param.ndim == 2:
+                kept = quantized(param.detach().numpy().astype(np.float32), qtype)
+                param.copy_(torch.from_numpy(np.asarray(kept)).reshape(param.shape))
+    return model
+
+
+@pytest.mark.parametrize(
+    ("family", "overrides", "qtype"),
+    [
+        ("llama", {"rope_parameters": LLAMA31_ROPE}, GGMLQuantizationType.F32),
+        ("llama", {"rope_parameters": LLAMA31_ROPE}, GGMLQuantizationType.Q8_0),
+        ("qwen2", {"tie_word_embeddings": False}, GGMLQuantizationType.F32),
+        ("qwen2", {}, GGMLQuantizationType.Q4_0),
+    ],
+    ids=["llama31-f32", "llama31-q8_0", "qwen2-f32", "qwen2-q4_0"],
+)
+def test_gguf_files_match_transformers_on_the_weights_they_hold(tmp_path, family, overrides, qtype):
+    """Written as llama.cpp writes them (Llama's interleaved Q/K rows and `rope_freqs`,
+    Qwen2's biases); a quantized file matches transformers on its dequantized weights."""
+    hf_path, model = build(tmp_path, family, **overrides)
+    path = str(tmp_path / f"{family}.gguf")
+    factors = _llama31_rope_factors(model) if family == "llama" else None
+    write_gguf(model, family, path, qtype, rope_factors=factors)
+    prompt = prompt_ids(150 if family == "llama" else 20)  # llama: past the original 64
+    assert_matches_transformers(path, _as_loaded(model, qtype), prompt)
+
+
+def test_a_gguf_weight_type_that_cannot_be_read_is_refused_by_name(tmp_path):
+    _, model = build(tmp_path, "qwen2")
+    path = str(tmp_path / "bad.gguf")
+    write_gguf(model, "qwen2", path, GGMLQuantizationType.F32)
+    with open(path, "rb") as f:
+        data = bytearray(f.read())
+    # The first tensor's type field: after its name, dimension count and dimensions.
+    first = gguf_name(next(iter(model.state_dict()))).encode()
+    at = data.index(first) + len(first)
+    num_dims = int.from_bytes(data[at : at + 4], "little")
+    at += 4 + 8 * num_dims
+    data[at : at + 4] = (99).to_bytes(4, "little")  # no such type
+    with open(path, "wb") as f:
+        f.write(bytes(data))
+    with pytest.raises(
+        UnsupportedModelError, match=f"tensor {first.decode()}: unknown GGUF weight type 99"
+    ):
+        load_weights(path)

@@ -1,0 +1,105 @@
+"""Write a transformers model as a GGUF file the way llama.cpp's converter lays it out (tensor
+names, Llama's Q/K row interleave, Llama 3.1's `rope_freqs`), with the gguf package's writer
+and quantizers, and the default model's tokenizer metadata (the tiny models share its vocab).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from gguf import GGMLQuantizationType, GGUFWriter, quants
+
+from chatfleet.modelfile.gguf_file import read_gguf
+from chatfleet.modelfile.paths import default_model_path
+
+_LAYER = {
+    "input_layernorm.weight": "attn_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight",
+    "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.v_proj.weight": "attn_v.weight",
+    "self_attn.q_proj.bias": "attn_q.bias",
+    "self_attn.k_proj.bias": "attn_k.bias",
+    "self_attn.v_proj.bias": "attn_v.bias",
+    "self_attn.o_proj.weight": "attn_output.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight",
+    "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
+}
+_TOP = {
+    "model.embed_tokens.weight": "token_embd.weight",
+    "model.norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight",
+}
+
+
+def _interleave(w: np.ndarray, num_heads: int) -> np.ndarray:
+    """llama.cpp's permutation of a Llama Q/K projection: each head's halves interleaved."""
+    return (
+        w.reshape(num_heads, 2, w.shape[0] // num_heads // 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
+    )
+
+
+def gguf_name(name: str) -> str:
+    if name in _TOP:
+        return _TOP[name]
+    _, _, layer, rest = name.split(".", 3)
+    return f"blk.{layer}.{_LAYER[rest]}"
+
+
+def quantized(array: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
+    """What a tensor of `qtype` holds once read back: quantized, then dequantized (fp32)."""
+    if qtype == GGMLQuantizationType.F32 or array.ndim == 1:
+        return array
+    return quants.dequantize(quants.quantize(array, qtype), qtype)
+
+
+def write_gguf(
+    model: torch.nn.Module,
+    arch: str,
+    path: str,
+    qtype: GGMLQuantizationType = GGMLQuantizationType.F32,
+    rope_factors: np.ndarray | None = None,
+) -> None:
+    """Matrices in `qtype`, vectors (norms, biases) in F32, as llama.cpp writes them."""
+    c = model.config
+    writer = GGUFWriter(path, arch)
+    writer.add_block_count(c.num_hidden_layers)
+    writer.add_context_length(c.max_position_embeddings)
+    writer.add_embedding_length(c.hidden_size)
+    writer.add_feed_forward_length(c.intermediate_size)
+    writer.add_head_count(c.num_attention_heads)
+    writer.add_head_count_kv(c.num_key_value_heads)
+    writer.add_layer_norm_rms_eps(c.rms_norm_eps)
+    writer.add_rope_freq_base(c.rope_parameters["rope_theta"])
+    meta, _ = read_gguf(default_model_path(), with_tensors=False)
+    for key, value in meta.items():
+        if not key.startswith("tokenizer."):
+            continue
+        if isinstance(value, bool):
+            writer.add_bool(key, value)
+        elif isinstance(value, int):
+            writer.add_uint32(key, value)
+        elif isinstance(value, str):
+            writer.add_string(key, value)
+        else:
+            writer.add_array(key, value)
+    if rope_factors is not None:
+        writer.add_tensor("rope_freqs.weight", rope_factors.astype(np.float32))
+    for name, tensor in model.state_dict().items():
+        array = tensor.float().numpy()
+        if arch == "llama" and ".q_proj." in name:
+            array = _interleave(array, c.num_attention_heads)
+        elif arch == "llama" and ".k_proj." in name:
+            array = _interleave(array, c.num_key_value_heads)
+        if array.ndim == 1 or qtype == GGMLQuantizationType.F32:
+            writer.add_tensor(gguf_name(name), np.ascontiguousarray(array))
+        else:
+            data = quants.quantize(np.ascontiguousarray(array), qtype)
+            writer.add_tensor(gguf_name(name), data, raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
