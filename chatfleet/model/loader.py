@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ import torch
 from chatfleet.config.engine_config import ModelConfig, RopeScaling
 from chatfleet.model import architectures
 from chatfleet.model.architectures import UnsupportedModelError
-from chatfleet.modelfile.gguf_file import read_gguf
+from chatfleet.modelfile.gguf_file import GGUFTensor, read_gguf
 from chatfleet.modelfile.paths import resolve_model_path
 
 _GGUF_LAYER_NAMES = {
@@ -75,8 +76,30 @@ def check_tensors(config: ModelConfig, names: set[str]) -> None:
         )
 
 
-def load_weights(model: str | None) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """Read a GGUF file or a HF directory (config.json + *.safetensors)."""
+class LazyWeights(Mapping[str, torch.Tensor]):
+    """Canonical name -> fp32 tensor, read from the (memory-mapped) file each time it is asked
+    for: the model turns each into its runtime format as it builds, so a quantized file never
+    becomes a whole fp32 model in memory."""
+
+    def __init__(self, readers: dict[str, Callable[[], torch.Tensor]], sizes: dict[str, int]):
+        self._readers, self._sizes = readers, sizes
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._readers[name]()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._readers)
+
+    def __len__(self) -> int:
+        return len(self._readers)
+
+    def num_elements(self) -> int:
+        return sum(self._sizes.values())
+
+
+def load_weights(model: str | None) -> tuple[ModelConfig, LazyWeights]:
+    """Read a GGUF file or a HF directory (config.json + *.safetensors): its config now (and
+    every check on its tensors' names and types), its tensors when asked for."""
     path = resolve_model_path(model)
     if os.path.isdir(path):
         return _load_hf_dir(path)
@@ -147,7 +170,7 @@ def config_from_gguf(meta: dict, tensor_names: set[str]) -> ModelConfig:
     )
 
 
-def _load_gguf(path: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+def _load_gguf(path: str) -> tuple[ModelConfig, LazyWeights]:
     from gguf.quants import dequantize
 
     meta, tensors = read_gguf(path)
@@ -164,22 +187,28 @@ def _load_gguf(path: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     permuted = architectures.from_gguf(meta.get("general.architecture")).gguf_rope_permuted
     names = {t.name: _canonical_gguf_name(t.name) for t in tensors}
     check_tensors(config, set(names.values()))
-    num_heads, num_kv_heads = config.num_heads, config.num_kv_heads
-    weights: dict[str, torch.Tensor] = {}
-    for t in tensors:
-        try:
+    heads = {"q": config.num_heads, "k": config.num_kv_heads}
+
+    def reader(t: GGUFTensor) -> Callable[[], torch.Tensor]:
+        part = names[t.name].rsplit(".", 1)[-1].removesuffix("_bias")  # "embed": no layer
+
+        def read() -> torch.Tensor:
             array = _dequantize(t.data, t.qtype, dequantize)
+            if permuted and part in heads:
+                array = _unpermute_rope(array, heads[part])
+            return torch.from_numpy(np.array(array))  # a writable copy
+
+        return read
+
+    for t in tensors:
+        try:  # one row now: a type gguf cannot read fails at load, not mid-build
+            dequantize(np.asarray(t.data)[:1], t.qtype)
         except NotImplementedError:
             raise UnsupportedModelError(
                 f"tensor {t.name}: GGUF weight type {t.qtype.name} is not supported"
             ) from None
-        name = names[t.name]
-        if permuted and name.endswith((".q", ".q_bias")):
-            array = _unpermute_rope(array, num_heads)
-        elif permuted and name.endswith((".k", ".k_bias")):
-            array = _unpermute_rope(array, num_kv_heads)
-        weights[name] = torch.from_numpy(np.array(array))  # a writable copy
-    return config, weights
+    sizes = {names[t.name]: int(np.prod(t.shape)) for t in tensors}
+    return config, LazyWeights({names[t.name]: reader(t) for t in tensors}, sizes)
 
 
 def _dequantize(data: np.ndarray, qtype, fallback) -> np.ndarray:
@@ -282,31 +311,39 @@ def config_from_hf(hf: dict) -> ModelConfig:
     )
 
 
-def _iter_safetensors(path: str) -> Iterator[tuple[str, torch.Tensor]]:
-    from safetensors.torch import safe_open
+def _load_hf_dir(path: str) -> tuple[ModelConfig, LazyWeights]:
+    from safetensors import safe_open
 
+    with open(os.path.join(path, "config.json")) as f:
+        config = config_from_hf(json.load(f))
     files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
     if not files:
         raise FileNotFoundError(f"no *.safetensors in {path}")
+    readers: dict[str, Callable[[], torch.Tensor]] = {}
+    sizes: dict[str, int] = {}
     for file in files:
         with safe_open(os.path.join(path, file), framework="pt") as f:
             for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
-                yield name, f.get_tensor(name)
+                if not name.endswith(_HF_DERIVED):
+                    canonical = _canonical_hf_name(name)
+                    readers[canonical] = _safetensors_reader(os.path.join(path, file), name)
+                    sizes[canonical] = math.prod(f.get_slice(name).get_shape())
+    check_tensors(config, set(readers))
+    if config.tie_word_embeddings and "lm_head" in readers:
+        if not torch.equal(readers.pop("lm_head")(), readers["embed"]()):
+            raise UnsupportedModelError("tie_word_embeddings is set but lm_head differs from it")
+        sizes.pop("lm_head")
+    return config, LazyWeights(readers, sizes)
 
 
-def _load_hf_dir(path: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    with open(os.path.join(path, "config.json")) as f:
-        config = config_from_hf(json.load(f))
-    weights: dict[str, torch.Tensor] = {}
-    for name, tensor in _iter_safetensors(path):
-        if name.endswith(_HF_DERIVED):
-            continue
-        weights[_canonical_hf_name(name)] = tensor.float()
-    check_tensors(config, set(weights))
-    tied_copy = weights.pop("lm_head", None) if config.tie_word_embeddings else None
-    if tied_copy is not None and not torch.equal(tied_copy, weights["embed"]):
-        raise UnsupportedModelError("tie_word_embeddings is set but lm_head differs from it")
-    return config, weights
+def _safetensors_reader(file: str, name: str) -> Callable[[], torch.Tensor]:
+    def read() -> torch.Tensor:
+        from safetensors import safe_open
+
+        with safe_open(file, framework="pt") as f:
+            return f.get_tensor(name).float()
+
+    return read
 
 
 def _canonical_hf_name(name: str) -> str:

@@ -99,7 +99,7 @@ class ModelRunner:
             self.dtype,
             self.kv_dtype,
             self.device,
-            sum(t.numel() for t in raw.values()),
+            raw.num_elements(),
             self.attention,
         )
         self.sampler = Sampler()

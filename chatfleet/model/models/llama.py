@@ -6,6 +6,8 @@ layer is four matmuls.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 import torch.nn.functional as F
 
@@ -21,7 +23,7 @@ class LlamaLayer(torch.nn.Module):
     def __init__(
         self,
         config: ModelConfig,
-        weights: dict[str, torch.Tensor],
+        weights: Mapping[str, torch.Tensor],
         prefix: str,
         fmt: str,
         dtype: torch.dtype,
@@ -71,7 +73,7 @@ class LlamaForCausalLM(torch.nn.Module):
     def __init__(
         self,
         config: ModelConfig,
-        weights: dict[str, torch.Tensor],
+        weights: Mapping[str, torch.Tensor],
         fmt: str,
         dtype: torch.dtype,
         device: torch.device,
@@ -83,7 +85,8 @@ class LlamaForCausalLM(torch.nn.Module):
             LlamaLayer(config, weights, f"layers.{i}", fmt, dtype) for i in range(config.num_layers)
         )
         self.norm = torch.nn.Parameter(weights["norm"].to(dtype), requires_grad=False)
-        self.lm_head: Linear = make_linear(weights.get("lm_head", weights["embed"]), fmt)
+        head = weights["lm_head"] if "lm_head" in weights else weights["embed"]
+        self.lm_head: Linear = make_linear(head, fmt)
         self.to(device)
         cos, sin = rope_cos_sin(config, config.max_position_embeddings, device)
         self.register_buffer("rope_cos", cos.to(dtype), persistent=False)
