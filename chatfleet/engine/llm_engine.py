@@ -90,11 +90,10 @@ class LLMEngine:
         self._child_to_parent: dict[str, tuple[_ParentState, int]] = {}
         self._trace = StepTrace(config.step_trace) if config.step_trace else None
         # NOTE: built in the background (a token trie of the whole vocabulary), so neither
-        # the start-up nor the first constrained request waits for all of it.
+        # the start-up nor the first constrained request waits for all of it. Not a daemon:
+        # a process exiting while the build runs in native code would crash at shutdown.
         self._grammars: concurrent.futures.Future[GrammarCompiler] = concurrent.futures.Future()
-        threading.Thread(
-            target=self._build_grammars, name="chatfleet-grammars", daemon=True
-        ).start()
+        threading.Thread(target=self._build_grammars, name="chatfleet-grammars").start()
 
     # ---- requests ---------------------------------------------------------------------
     def validate_prompt(

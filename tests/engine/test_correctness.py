@@ -135,3 +135,17 @@ def test_hf_safetensors_dir_serves_the_same_model(llm, tmp_path):
     got = hf_llm.generate(PROMPTS, params)
     for a, b in zip(expected, got, strict=True):
         assert a.outputs[0].token_ids == b.outputs[0].token_ids
+
+
+def test_a_process_that_exits_right_after_loading_exits_cleanly():
+    """The grammar compiler is still being built in the background when such a process ends:
+    as a daemon thread in native code it crashed the interpreter's shutdown (SIGSEGV; four
+    exits in four, and one in two of slower scripts)."""
+    import subprocess
+    import sys
+
+    script = "from chatfleet import LLM; LLM()"
+    codes = [
+        subprocess.run([sys.executable, "-c", script], timeout=300).returncode for _ in range(2)
+    ]
+    assert codes == [0, 0]

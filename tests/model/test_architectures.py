@@ -18,8 +18,8 @@ from chatfleet import LLM, SamplingParams
 from chatfleet.config.engine_config import CacheConfig, SchedulerConfig
 from chatfleet.model.architectures import UnsupportedModelError
 from chatfleet.model.loader import load_weights
+from chatfleet.modelfile.gguf_writer import gguf_name, quantized, write_gguf
 from chatfleet.modelfile.tokenizer import Tokenizer
-from tests.model.tiny_gguf import gguf_name, quantized, write_gguf
 
 transformers = pytest.importorskip("transformers")
 

@@ -1,12 +1,14 @@
 """Write a transformers model as a GGUF file the way llama.cpp's converter lays it out (tensor
 names, Llama's Q/K row interleave, Llama 3.1's `rope_freqs`), with the gguf package's writer
-and quantizers, and the default model's tokenizer metadata (the tiny models share its vocab).
+and quantizers. The tokenizer metadata is copied from another GGUF (by default the default
+model's: random-weight models built for tests and benchmarks share its vocabulary).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
-import torch
 from gguf import GGMLQuantizationType, GGUFWriter, quants
 
 from chatfleet.modelfile.gguf_file import read_gguf
@@ -57,11 +59,12 @@ def quantized(array: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
 
 
 def write_gguf(
-    model: torch.nn.Module,
+    model: Any,  # a transformers PreTrainedModel
     arch: str,
     path: str,
     qtype: GGMLQuantizationType = GGMLQuantizationType.F32,
     rope_factors: np.ndarray | None = None,
+    tokenizer_from: str | None = None,
 ) -> None:
     """Matrices in `qtype`, vectors (norms, biases) in F32, as llama.cpp writes them."""
     c = model.config
@@ -74,7 +77,7 @@ def write_gguf(
     writer.add_head_count_kv(c.num_key_value_heads)
     writer.add_layer_norm_rms_eps(c.rms_norm_eps)
     writer.add_rope_freq_base(c.rope_parameters["rope_theta"])
-    meta, _ = read_gguf(default_model_path(), with_tensors=False)
+    meta, _ = read_gguf(tokenizer_from or default_model_path(), with_tensors=False)
     for key, value in meta.items():
         if not key.startswith("tokenizer."):
             continue
