@@ -88,6 +88,21 @@ def quantize_blocks(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
     )
 
 
+def _quantize_rows(
+    weight: torch.Tensor, block: int, rows_per_chunk: int = 2048
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """quantize_blocks over [n, k] weights a chunk of rows at a time: its temporaries are
+    several fp32 copies of what it is given, which for a whole output matrix (vocab x hidden)
+    would dwarf the model. Codes come back as uint8."""
+    n, k = weight.shape
+    parts = []
+    for start in range(0, n, rows_per_chunk):
+        rows = weight[start : start + rows_per_chunk].float().reshape(-1, k // block, block)
+        codes, scale, zero = quantize_blocks(rows)
+        parts.append((codes.to(torch.uint8), scale, zero))
+    return tuple(torch.cat(p) for p in zip(*parts, strict=True))  # type: ignore[return-value]
+
+
 class BlockInt8Linear(Linear):
     """8-bit weights in 32-wide blocks (w = s * u + z) times activations quantized per 32-wide
     block, accumulated in int32 by the VNNI kernel in csrc/qlinear.cpp.
@@ -112,7 +127,7 @@ class BlockInt8Linear(Linear):
         if kernel is None:
             raise ValueError("weight format int8 needs an AVX-512 VNNI CPU and a C++ compiler")
         self.kernel: Any = kernel
-        codes, scale, zero = quantize_blocks(weight.float().reshape(n, k // self.BLOCK, -1))
+        codes, scale, zero = _quantize_rows(weight, self.BLOCK)
         # Weights that came from 4-bit blocks (Q4_1) sit on every 17th code: store them in 4 bits
         # with a 17x scale, halving what a batch-1 step reads.
         self.bits = 4 if bool((codes % 17 == 0).all()) else 8

@@ -196,7 +196,9 @@ def _load_gguf(path: str) -> tuple[ModelConfig, LazyWeights]:
             array = _dequantize(t.data, t.qtype, dequantize)
             if permuted and part in heads:
                 array = _unpermute_rope(array, heads[part])
-            return torch.from_numpy(np.array(array))  # a writable copy
+            tensor = torch.from_numpy(np.array(array))  # a writable copy
+            t.release()
+            return tensor
 
         return read
 

@@ -7,8 +7,9 @@ memory-maps the tensor data.
 
 from __future__ import annotations
 
+import mmap
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,16 @@ class GGUFTensor:
     qtype: GGMLQuantizationType
     shape: tuple[int, ...]  # numpy order: [rows, cols]
     data: np.ndarray  # raw bytes [rows, bytes_per_row] or typed array for F32/F16
+    offset: int = 0  # where data starts in the file
+    file_map: Any = field(default=None, repr=False, compare=False)  # the mmap.mmap of the file
+
+    def release(self) -> None:
+        """Drop this tensor's pages from the process (the page cache keeps them): once it is
+        converted, its file bytes need not count toward the process's memory."""
+        if self.file_map is None:
+            return
+        start = self.offset // mmap.PAGESIZE * mmap.PAGESIZE
+        self.file_map.madvise(mmap.MADV_DONTNEED, start, self.offset + self.data.nbytes - start)
 
 
 class _Cursor:
@@ -108,7 +119,6 @@ def read_gguf(path: str, with_tensors: bool = True) -> tuple[dict[str, Any], lis
         elif qtype == GGMLQuantizationType.F16:
             raw = raw.view(np.float16)
         shape = (cols,) if len(dims) == 1 else (rows, cols)
-        tensors.append(
-            GGUFTensor(name, qtype, shape, raw.reshape(shape) if len(dims) == 1 else raw)
-        )
+        data = raw.reshape(shape) if len(dims) == 1 else raw
+        tensors.append(GGUFTensor(name, qtype, shape, data, start, getattr(mm, "_mmap", None)))
     return meta, tensors
