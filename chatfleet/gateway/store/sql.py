@@ -3,7 +3,6 @@ only in their `Dialect` (sql_connection.py)."""
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from typing import Any
@@ -23,77 +22,17 @@ from chatfleet.gateway.store.base import (
     User,
 )
 from chatfleet.gateway.store.sql_connection import Dialect, SqlConnection
+from chatfleet.gateway.store.sql_rows import (
+    CONV_COLS,
+    KEY_COLS,
+    MSG_COLS,
+    conversation_record,
+    key_record,
+    message_record,
+    to_json,
+    usage_values,
+)
 from chatfleet.http.http_errors import ConflictError
-
-_KEY_COLS = (
-    "k.key_id, k.user_id, u.name, u.is_admin, k.name, k.salt, k.secret_hash, k.rpm, k.tpm, "
-    "k.max_streams, k.created_at, k.revoked_at"
-)
-_CONV_COLS = (
-    "conversation_id, user_id, title, system_prompt, context_start, created_at, updated_at, "
-    "tools, tool_choice"
-)
-_MSG_COLS = (
-    "message_id, conversation_id, seq, role, content, status, finish_reason, error, "
-    "prompt_tokens, completion_tokens, cached_tokens, created_at, updated_at, tool_calls"
-)
-
-
-def _to_json(value: Any) -> str:
-    """A JSON column; None or empty is stored as ''."""
-    return json.dumps(value, separators=(",", ":")) if value else ""
-
-
-def _from_json(text: str | None) -> Any:
-    return json.loads(text) if text else None
-
-
-def _key(row: Any) -> ApiKey:
-    k_id, user_id, user_name, is_admin, name, salt, secret_hash, rpm, tpm, streams = row[:10]
-    return ApiKey(
-        k_id,
-        user_id,
-        user_name,
-        bool(is_admin),
-        name,
-        salt,
-        secret_hash,
-        rpm,
-        tpm,
-        streams,
-        created_at=row[10],
-        revoked_at=row[11],
-    )
-
-
-def _conversation(row: Any) -> Conversation:
-    tools, tool_choice = _from_json(row[7]) or [], _from_json(row[8])
-    return Conversation(
-        row[0], row[1], row[2], row[3], int(row[4]), row[5], row[6], tools, tool_choice
-    )
-
-
-def _message(row: Any) -> Message:
-    message_id, conversation_id, seq, role, content, status, finish_reason, error = row[:8]
-    usage = Usage(int(row[8]), int(row[9]), int(row[10]))
-    return Message(
-        message_id,
-        conversation_id,
-        int(seq),
-        role,
-        content,
-        status,
-        finish_reason,
-        error,
-        usage,
-        created_at=row[11],
-        updated_at=row[12],
-        tool_calls=_from_json(row[13]) or [],
-    )
-
-
-def _usage(u: Usage) -> tuple[int, int, int]:
-    return u.prompt_tokens, u.completion_tokens, u.cached_tokens
 
 
 def new_id(prefix: str) -> str:
@@ -150,19 +89,19 @@ class SqlStore(GatewayStore):
 
     def get_key(self, key_id: str) -> ApiKey | None:
         row = self.db.one(
-            f"SELECT {_KEY_COLS} FROM api_keys k JOIN users u ON u.user_id = k.user_id "
+            f"SELECT {KEY_COLS} FROM api_keys k JOIN users u ON u.user_id = k.user_id "
             "WHERE k.key_id = ?",
             (key_id,),
         )
-        return None if row is None else _key(row)
+        return None if row is None else key_record(row)
 
     def list_keys(self, user_id: str | None = None) -> list[ApiKey]:
-        sql = f"SELECT {_KEY_COLS} FROM api_keys k JOIN users u ON u.user_id = k.user_id"
+        sql = f"SELECT {KEY_COLS} FROM api_keys k JOIN users u ON u.user_id = k.user_id"
         if user_id is None:
             rows = self.db.all(sql + " ORDER BY k.created_at")
         else:
             rows = self.db.all(sql + " WHERE k.user_id = ? ORDER BY k.created_at", (user_id,))
-        return [_key(r) for r in rows]
+        return [key_record(r) for r in rows]
 
     def revoke_key(self, key_id: str) -> bool:
         if self.get_key(key_id) is None:
@@ -188,28 +127,28 @@ class SqlStore(GatewayStore):
             conv_id, user_id, title, system_prompt, 0, now, now, tools or [], tool_choice
         )
         self.db.run(
-            f"INSERT INTO conversations ({_CONV_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO conversations ({CONV_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (conv_id, user_id, title, system_prompt, 0, now, now)
-            + (_to_json(tools), _to_json(tool_choice)),
+            + (to_json(tools), to_json(tool_choice)),
         )
         return conv
 
     def get_conversation(self, conversation_id: str) -> Conversation | None:
         row = self.db.one(
-            f"SELECT {_CONV_COLS} FROM conversations WHERE conversation_id = ?", (conversation_id,)
+            f"SELECT {CONV_COLS} FROM conversations WHERE conversation_id = ?", (conversation_id,)
         )
-        return None if row is None else _conversation(row)
+        return None if row is None else conversation_record(row)
 
     def list_conversations(
         self, user_id: str, limit: int, before: float | None = None
     ) -> list[Conversation]:
-        sql = f"SELECT {_CONV_COLS} FROM conversations WHERE user_id = ?"
+        sql = f"SELECT {CONV_COLS} FROM conversations WHERE user_id = ?"
         order = " ORDER BY updated_at DESC, conversation_id LIMIT ?"
         if before is None:
             rows = self.db.all(sql + order, (user_id, limit))
         else:
             rows = self.db.all(sql + " AND updated_at < ?" + order, (user_id, before, limit))
-        return [_conversation(r) for r in rows]
+        return [conversation_record(r) for r in rows]
 
     def update_conversation(
         self,
@@ -227,7 +166,7 @@ class SqlStore(GatewayStore):
                             f"UPDATE conversations SET {column} = ?, updated_at = ? "
                             "WHERE conversation_id = ?"
                         ),
-                        (_to_json(value), time.time(), conversation_id),
+                        (to_json(value), time.time(), conversation_id),
                     )
             if title is not None:
                 cur.execute(
@@ -275,10 +214,10 @@ class SqlStore(GatewayStore):
     # ---- messages -----------------------------------------------------------------------
     def list_messages(self, conversation_id: str) -> list[Message]:
         rows = self.db.all(
-            f"SELECT {_MSG_COLS} FROM messages WHERE conversation_id = ? ORDER BY seq",
+            f"SELECT {MSG_COLS} FROM messages WHERE conversation_id = ? ORDER BY seq",
             (conversation_id,),
         )
-        return [_message(r) for r in rows]
+        return [message_record(r) for r in rows]
 
     def _insert_message(
         self, cur: Any, conversation_id: str, role: str, content: str, status: str, now: float
@@ -371,10 +310,10 @@ class SqlStore(GatewayStore):
                 self.db.q(
                     "UPDATE messages SET status = ?, content = ?, finish_reason = ?, error = ?, "
                     "prompt_tokens = ?, completion_tokens = ?, cached_tokens = ?, updated_at = ?, "
-                    f"tool_calls = ? WHERE message_id = ? RETURNING {_MSG_COLS}"
+                    f"tool_calls = ? WHERE message_id = ? RETURNING {MSG_COLS}"
                 ),
-                (end.status, end.content, end.finish_reason, end.error, *_usage(end.usage))
-                + (now, _to_json(end.tool_calls), message_id),
+                (end.status, end.content, end.finish_reason, end.error, *usage_values(end.usage))
+                + (now, to_json(end.tool_calls), message_id),
             )
             row = cur.fetchone()
             if row is None:
@@ -383,7 +322,7 @@ class SqlStore(GatewayStore):
                 self.db.q("UPDATE conversations SET updated_at = ? WHERE conversation_id = ?"),
                 (now, row[1]),
             )
-        return _message(row)
+        return message_record(row)
 
     def expire_stale_replies(self, stale_before: float) -> int:
         return self.db.run(
