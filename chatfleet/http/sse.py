@@ -31,9 +31,15 @@ def data_event(payload: str) -> str:
     return f"data: {payload}\n\n"
 
 
+# Characters that str.splitlines() and clients built on it (httpx's iter_lines) take for line
+# breaks, though SSE does not: raw in a `data:` line they cut the event in two.
+_LINE_BREAKS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
+
+
 def event(obj: Any) -> str:
-    """One `data:` event carrying `obj` as JSON (UTF-8 kept as is)."""
-    return data_event(json.dumps(obj, ensure_ascii=False))
+    """One `data:` event carrying `obj` as JSON (UTF-8 kept as is, but for the characters
+    some clients split lines on, which are escaped)."""
+    return data_event(json.dumps(obj, ensure_ascii=False).translate(_LINE_BREAKS))
 
 
 def error_event(exc: BaseException) -> str:

@@ -69,3 +69,11 @@ def test_error_event_has_the_openai_error_shape():
         }
     }
     assert event.endswith("\n\n") and sse.DONE == "data: [DONE]\n\n"
+
+
+def test_an_event_stays_one_line_for_clients_that_split_on_unicode_line_breaks():
+    """httpx's iter_lines (like str.splitlines) breaks at U+2028, U+2029 and U+0085; a model
+    can sample them, and a raw one cut the event's JSON in two."""
+    text = "a\u2028b\u2029c\x85d"
+    lines = sse.event({"content": text}).splitlines()
+    assert lines[1:] == [""] and json.loads(lines[0].removeprefix("data: ")) == {"content": text}

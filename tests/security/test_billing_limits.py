@@ -78,17 +78,17 @@ def test_a_non_streamed_request_whose_client_leaves_pays_for_what_was_generated(
     key = make_key(sqlite_url, "dave")
     gw = gateway_factory(sqlite_url)
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell a long tale."}]}
-    body |= {"max_tokens": 400, "ignore_eos": True}
-    with pytest.raises(httpx.ReadTimeout):  # the client gives up after 2 s of a long reply
+    body |= {"max_tokens": 1500, "ignore_eos": True}
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up after 1 s of a long reply
         httpx.post(
             f"{gw.base_url}/v1/chat/completions",
             json=body,
             headers=auth(key),
-            timeout=httpx.Timeout(60, read=2),
+            timeout=httpx.Timeout(60, read=1),
         )
     assert wait_until(lambda: usage_row(gw.base_url, key)["num_requests"] == 1, 30)
     billed = usage_row(gw.base_url, key)["completion_tokens"]
-    assert 0 < billed < 400  # what the engine made before it was stopped, not nothing
+    assert 0 < billed < 1500  # what the engine made before it was stopped, not nothing
 
 
 def test_every_choice_of_a_stream_left_early_is_billed(gateway_factory, sqlite_url):
