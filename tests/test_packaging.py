@@ -127,10 +127,11 @@ def test_the_cli_reports_a_missing_extra_in_one_line(tmp_path):
 
 
 def test_every_install_pins_torch_so_no_dependency_pulls_another_build():
-    """Packages that name torch without a version (accelerate in the bench extra, xgrammar
-    for the grammar benchmark) must not replace the pinned CPU build: every pip install in
-    the Makefile goes through constraints.txt, which pins what pyproject pins, and the venv
-    the tests run in holds that build and no CUDA wheels."""
+    """Packages that name torch without a version (xgrammar for the grammar benchmark) must
+    not replace the pinned CPU build: every pip install in the Makefile goes through
+    constraints.txt, which pins what pyproject pins, and the venv the tests run in holds that
+    build and no CUDA wheels. Nothing chatfleet's installed extras depend on names torch
+    without the pin (accelerate did, and nothing used it)."""
     pinned = re.search(r'"torch==([^"]+)"', (ROOT / "pyproject.toml").read_text())
     assert pinned is not None
     constraints = (ROOT / "constraints.txt").read_text().split("\n")
@@ -142,3 +143,41 @@ def test_every_install_pins_torch_so_no_dependency_pulls_another_build():
     assert importlib.metadata.version("torch").split("+")[0] == pinned.group(1)
     names = [d.metadata["Name"].lower() for d in importlib.metadata.distributions()]
     assert not [name for name in names if name.startswith("nvidia-")]
+    assert _unpinned_torch_users(["dev", "ray"], f"torch=={pinned.group(1)}") == []
+
+
+def _unpinned_torch_users(extras: list[str], pin: str) -> list[str]:
+    """Installed packages reachable from chatfleet with `extras` whose requirements name
+    torch without `pin`."""
+    from packaging.requirements import Requirement
+
+    found, seen = [], set()
+    todo = [(r, set(extras)) for r in importlib.metadata.requires("chatfleet") or []]
+    while todo:
+        raw, chosen = todo.pop()
+        req = Requirement(raw)
+        if req.marker is not None and not any(
+            req.marker.evaluate({"extra": e}) for e in chosen | {""}
+        ):
+            continue
+        name = req.name.lower()
+        if name == "torch":
+            continue
+        if name == "chatfleet":
+            todo += [(r, set(req.extras)) for r in importlib.metadata.requires("chatfleet") or []]
+            continue
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = importlib.metadata.requires(name) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        for r in requires:
+            dep = Requirement(r)
+            if dep.name.lower() == "torch" and str(dep.specifier) != pin.removeprefix("torch"):
+                if dep.marker is None or dep.marker.evaluate({"extra": ""}):
+                    found.append(f"{name}: {r}")
+            else:
+                todo.append((r, set(req.extras)))
+    return found
