@@ -21,7 +21,6 @@ from chatfleet.engine.request import Request, RequestStatus, check_fits
 from chatfleet.engine.scheduler import EngineCoreOutput, Scheduler
 from chatfleet.engine.step_trace import StepTrace, scheduled_seqs
 from chatfleet.errors import InvalidRequestError
-from chatfleet.model.loader import file_weight_types
 from chatfleet.model.runner import ModelRunner, RunnerInfo
 from chatfleet.modelfile.tokenizer import Tokenizer
 from chatfleet.outputs import CompletionOutput, RequestOutput
@@ -52,7 +51,7 @@ def _loaded_summary(model: str | None, info: RunnerInfo, max_model_len: int) -> 
     """What was loaded, for the log: a user sees at once whether it is the model they meant."""
     c = info.model_config
     kv_bytes = 2 * c.num_layers * c.num_kv_heads * c.head_dim * info.kv_cache_dtype.itemsize
-    stored = ", ".join(f"{n} {t}" for t, n in sorted(file_weight_types(model).items()))
+    stored = ", ".join(f"{n} {t}" for t, n in sorted(info.stored_type_counts.items()))
     return (
         f"loaded {model or 'the default model'}: {c.family}, "
         f"{info.num_parameters / 1e6:.1f}M parameters, {c.num_layers} layers, "

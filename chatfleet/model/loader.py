@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import os
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
@@ -81,8 +82,13 @@ class LazyWeights(Mapping[str, torch.Tensor]):
     for: the model turns each into its runtime format as it builds, so a quantized file never
     becomes a whole fp32 model in memory."""
 
-    def __init__(self, readers: dict[str, Callable[[], torch.Tensor]], sizes: dict[str, int]):
-        self._readers, self._sizes = readers, sizes
+    def __init__(
+        self,
+        readers: dict[str, Callable[[], torch.Tensor]],
+        sizes: dict[str, int],
+        stored_types: dict[str, str],
+    ) -> None:
+        self._readers, self._sizes, self._types = readers, sizes, stored_types
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self._readers[name]()
@@ -96,6 +102,10 @@ class LazyWeights(Mapping[str, torch.Tensor]):
     def num_elements(self) -> int:
         return sum(self._sizes.values())
 
+    def stored_type_counts(self) -> dict[str, int]:
+        """How many tensors the file stores in each type (GGUF weight type, safetensors dtype)."""
+        return dict(Counter(self._types[name] for name in self._readers))
+
 
 def load_weights(model: str | None) -> tuple[ModelConfig, LazyWeights]:
     """Read a GGUF file or a HF directory (config.json + *.safetensors): its config now (and
@@ -104,23 +114,6 @@ def load_weights(model: str | None) -> tuple[ModelConfig, LazyWeights]:
     if os.path.isdir(path):
         return _load_hf_dir(path)
     return _load_gguf(path)
-
-
-def file_weight_types(model: str | None) -> dict[str, int]:
-    """How many tensors of each stored type the model file holds (read from its headers)."""
-    from collections import Counter
-
-    path = resolve_model_path(model)
-    if not os.path.isdir(path):
-        return dict(Counter(t.qtype.name for t in read_gguf(path)[1]))
-    from safetensors import safe_open
-
-    counts: Counter[str] = Counter()
-    for file in sorted(f for f in os.listdir(path) if f.endswith(".safetensors")):
-        with safe_open(os.path.join(path, file), framework="pt") as f:
-            for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
-                counts[str(f.get_slice(name).get_dtype())] += 1
-    return dict(counts)
 
 
 def _unpermute_rope(w: np.ndarray, num_heads: int) -> np.ndarray:
@@ -210,7 +203,8 @@ def _load_gguf(path: str) -> tuple[ModelConfig, LazyWeights]:
                 f"tensor {t.name}: GGUF weight type {t.qtype.name} is not supported"
             ) from None
     sizes = {names[t.name]: int(np.prod(t.shape)) for t in tensors}
-    return config, LazyWeights({names[t.name]: reader(t) for t in tensors}, sizes)
+    stored = {names[t.name]: t.qtype.name for t in tensors}
+    return config, LazyWeights({names[t.name]: reader(t) for t in tensors}, sizes, stored)
 
 
 def _dequantize(data: np.ndarray, qtype, fallback) -> np.ndarray:
@@ -323,6 +317,7 @@ def _load_hf_dir(path: str) -> tuple[ModelConfig, LazyWeights]:
         raise FileNotFoundError(f"no *.safetensors in {path}")
     readers: dict[str, Callable[[], torch.Tensor]] = {}
     sizes: dict[str, int] = {}
+    stored: dict[str, str] = {}
     for file in files:
         with safe_open(os.path.join(path, file), framework="pt") as f:
             for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
@@ -330,12 +325,13 @@ def _load_hf_dir(path: str) -> tuple[ModelConfig, LazyWeights]:
                     canonical = _canonical_hf_name(name)
                     readers[canonical] = _safetensors_reader(os.path.join(path, file), name)
                     sizes[canonical] = math.prod(f.get_slice(name).get_shape())
+                    stored[canonical] = str(f.get_slice(name).get_dtype())
     check_tensors(config, set(readers))
     if config.tie_word_embeddings and "lm_head" in readers:
         if not torch.equal(readers.pop("lm_head")(), readers["embed"]()):
             raise UnsupportedModelError("tie_word_embeddings is set but lm_head differs from it")
         sizes.pop("lm_head")
-    return config, LazyWeights(readers, sizes)
+    return config, LazyWeights(readers, sizes, stored)
 
 
 def _safetensors_reader(file: str, name: str) -> Callable[[], torch.Tensor]:

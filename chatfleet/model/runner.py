@@ -45,6 +45,7 @@ class RunnerInfo:
     device: torch.device
     num_parameters: int
     attention: str
+    stored_type_counts: dict[str, int]  # tensors per type in the model file
 
 
 def kv_block_bytes(model: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
@@ -113,6 +114,7 @@ class ModelRunner:
             self.device,
             raw.num_elements(),
             self.attention,
+            raw.stored_type_counts(),
         )
         self.sampler = Sampler()
         self._generator = torch.Generator(device=self.device).manual_seed(config.seed)
