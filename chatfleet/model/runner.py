@@ -25,8 +25,8 @@ from chatfleet.step import ModelRunnerOutput, SchedulerOutput
 
 
 def _return_freed_memory() -> None:
-    """Give the heap that building the model freed back to the OS (glibc keeps it otherwise:
-    a fifth of what a loaded model holds, for nothing)."""
+    """Give the heap that building the model freed back to the OS (glibc keeps it otherwise,
+    and the process holds it for nothing)."""
     if sys.platform == "linux":
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL("libc.so.6").malloc_trim(0)

@@ -139,8 +139,7 @@ def test_hf_safetensors_dir_serves_the_same_model(llm, tmp_path):
 
 def test_a_process_that_exits_right_after_loading_exits_cleanly():
     """The grammar compiler is still being built in the background when such a process ends:
-    as a daemon thread in native code it crashed the interpreter's shutdown (SIGSEGV; four
-    exits in four, and one in two of slower scripts)."""
+    as a daemon thread in native code it crashed the interpreter's shutdown (SIGSEGV)."""
     import subprocess
     import sys
 
