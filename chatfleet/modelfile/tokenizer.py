@@ -15,7 +15,7 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -23,53 +23,16 @@ import jinja2
 import jinja2.ext
 import jinja2.sandbox
 import tokenizers
-from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors
+from tokenizers import AddedToken, processors
 
 from chatfleet.errors import InvalidRequestError
 from chatfleet.modelfile.gguf_file import read_gguf
+from chatfleet.modelfile.gguf_vocab import BUILDERS, CONTROL, NORMAL, USER_DEFINED
 from chatfleet.modelfile.paths import default_model_path
 
 CHAT_ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
 # Tokens that chat templates use to close a turn; generation must stop on them as on EOS.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
-CONTROL, USER_DEFINED = 3, 4  # llama.cpp token types (`tokenizer.ggml.token_type`)
-
-# Split patterns for BPE pre-tokenizers that HF writes as Split(regex) + ByteLevel(no regex).
-_LLAMA3_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-_QWEN2_PATTERN = _LLAMA3_PATTERN.replace(r"\p{N}{1,3}", r"\p{N}")
-
-
-def _gpt2_pre() -> pre_tokenizers.PreTokenizer:
-    return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-
-
-def _digits_gpt2_pre() -> pre_tokenizers.PreTokenizer:
-    # NOTE: matches llama.cpp's regex list ["\p{N}", <gpt2 regex>]: every digit is its own word.
-    return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), _gpt2_pre()])
-
-
-def _split_pre(pattern: str) -> Callable[[], pre_tokenizers.PreTokenizer]:
-    def build() -> pre_tokenizers.PreTokenizer:
-        split = pre_tokenizers.Split(tokenizers.Regex(pattern), behavior="isolated", invert=False)
-        byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-        return pre_tokenizers.Sequence([split, byte_level])
-
-    return build
-
-
-# `tokenizer.ggml.pre` -> (pre-tokenizer factory, BPE ignore_merges).
-PRE_TOKENIZERS: dict[str, tuple[Callable[[], pre_tokenizers.PreTokenizer], bool]] = {
-    "default": (_gpt2_pre, False),
-    "gpt2": (_gpt2_pre, False),
-    "smollm": (_digits_gpt2_pre, False),
-    "starcoder": (_digits_gpt2_pre, False),
-    "refact": (_digits_gpt2_pre, False),
-    "llama-bpe": (_split_pre(_LLAMA3_PATTERN), True),
-    "qwen2": (_split_pre(_QWEN2_PATTERN), False),
-}
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -144,6 +107,13 @@ class Tokenizer:
         added = hf_tokenizer.get_added_tokens_decoder()
         self._special_ids = frozenset(i for i, tok in added.items() if tok.special)
         self._special_texts = [added[i].content for i in sorted(self._special_ids)]
+        self._control_ids = {added[i].content: i for i in self._special_ids}
+        longest_first = sorted(self._special_texts, key=len, reverse=True)
+        self._control_pattern = (
+            re.compile("(" + "|".join(map(re.escape, longest_first)) + ")")
+            if longest_first
+            else None
+        )
         decoder = json.loads(serialized).get("decoder")
         self._is_byte_level = "ByteLevel" in json.dumps(decoder)
         self.chat_template = chat_template
@@ -169,23 +139,14 @@ class Tokenizer:
     def from_gguf_metadata(cls, metadata: Mapping[str, Any]) -> Tokenizer:
         """Build from GGUF key/value metadata (the loader can pass what it already read)."""
         meta = metadata.get
-        kind, pre = meta("tokenizer.ggml.model"), meta("tokenizer.ggml.pre", "default")
-        if kind != "gpt2":
-            raise ValueError(f"unsupported GGUF tokenizer model {kind!r} (only 'gpt2' BPE)")
-        if pre not in PRE_TOKENIZERS:
-            raise ValueError(f"unsupported GGUF pre-tokenizer {pre!r}, known: {[*PRE_TOKENIZERS]}")
-        build_pre, ignore_merges = PRE_TOKENIZERS[pre]
         tokens: list[str] = list(meta("tokenizer.ggml.tokens") or [])
         if not tokens:
             raise ValueError("GGUF metadata has no tokenizer.ggml.tokens")
-        types: list[int] = meta("tokenizer.ggml.token_type", [1] * len(tokens))
-        merges = [tuple(m.split(" ", 1)) for m in meta("tokenizer.ggml.merges", [])]
-        vocab = {tok: i for i, tok in enumerate(tokens)}
-        hf = tokenizers.Tokenizer(
-            models.BPE(vocab=vocab, merges=merges, fuse_unk=False, ignore_merges=ignore_merges)
-        )
-        hf.pre_tokenizer = build_pre()
-        hf.decoder = decoders.ByteLevel()
+        types: list[int] = meta("tokenizer.ggml.token_type", [NORMAL] * len(tokens))
+        kind = meta("tokenizer.ggml.model")
+        if kind not in BUILDERS:
+            raise ValueError(f"unsupported GGUF tokenizer model {kind!r}, known: {[*BUILDERS]}")
+        hf = BUILDERS[kind](metadata, tokens, types)
         typed = list(zip(tokens, types, strict=True))
         # Control tokens become special added tokens so template text encodes them as one id.
         hf.add_special_tokens([AddedToken(t, special=True) for t, ty in typed if ty == CONTROL])
@@ -345,13 +306,29 @@ class Tokenizer:
             # in any content, encoding the real rendering with special parsing is safe. If there
             # is some, the pieces below win: content goes in untransformed but stays plain text.
             return self._special.encode(rendered, add_special_tokens=False).ids
+        # Control tokens are taken from the template's text only; the text between two of them
+        # (template and content alike) is encoded in one piece, as it would be in the rendered
+        # prompt: a SentencePiece vocabulary prefixes a space to each such stretch, and BPE
+        # merges do not stop where a message's content starts.
         ids: list[int] = []
+        stretch: list[str] = []
         for k, piece in enumerate(pieces):
-            if k % 2 == 0:
-                ids += self._special.encode(piece, add_special_tokens=False).ids
-            else:
-                ids += self.encode(contents[int(piece)])
-        return ids
+            parts = [contents[int(piece)]] if k % 2 else self._split_control(piece)
+            for part in parts:
+                if isinstance(part, int):
+                    ids += self.encode("".join(stretch)) if stretch else []
+                    ids.append(part)
+                    stretch = []
+                else:
+                    stretch.append(part)
+        return ids + (self.encode("".join(stretch)) if stretch else [])
+
+    def _split_control(self, text: str) -> list[str | int]:
+        """Template text as plain stretches and the ids of the control tokens it spells."""
+        if self._control_pattern is None:
+            return [text]
+        parts = self._control_pattern.split(text)  # [text, control, text, ..., text]
+        return [p if k % 2 == 0 else self._control_ids[p] for k, p in enumerate(parts) if p]
 
     def _render(
         self,
