@@ -1,6 +1,7 @@
 """`chatfleet` command line: each command's module registers its parser and function.
 
-Exit status: the command's own; 2 for bad arguments or settings.
+Exit status: the command's own; 2 for bad arguments or settings, or a model that cannot be
+found or served (the message says why, without a traceback).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from chatfleet.entrypoints import (
     router_cmd,
     serve_cmd,
 )
-from chatfleet.errors import InvalidRequestError
+from chatfleet.errors import InvalidRequestError, UnsupportedModelError
 from chatfleet.extras import MissingExtraError
 
 COMMANDS = (offline_cmd, serve_cmd, router_cmd, gateway_cmd, bench_cmd, plan_cmd)
@@ -35,7 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (InvalidRequestError, ConfigError, MissingExtraError) as e:
+    except (
+        InvalidRequestError,
+        ConfigError,
+        MissingExtraError,
+        UnsupportedModelError,
+        FileNotFoundError,
+    ) as e:
         message = e.message if isinstance(e, InvalidRequestError) else str(e)
         print(f"error: {message}", file=sys.stderr)
         return 2

@@ -28,7 +28,7 @@ from tokenizers import AddedToken, processors
 from chatfleet.errors import InvalidRequestError
 from chatfleet.modelfile.gguf_file import read_gguf
 from chatfleet.modelfile.gguf_vocab import BUILDERS, CONTROL, NORMAL, USER_DEFINED
-from chatfleet.modelfile.paths import default_model_path
+from chatfleet.modelfile.paths import resolve_model_path
 
 CHAT_ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
 # Tokens that chat templates use to close a turn; generation must stop on them as on EOS.
@@ -125,8 +125,9 @@ class Tokenizer:
 
     @classmethod
     def from_model_path(cls, path: str | None = None) -> Tokenizer:
-        """Build from None (the default GGUF), a `.gguf` file, or a dir with tokenizer.json."""
-        path = default_model_path() if path is None else path
+        """Build from None (the default GGUF), a `.gguf` file, a dir with tokenizer.json, or
+        a HF repo id in the hub's cache."""
+        path = resolve_model_path(path)
         if os.path.isdir(path):
             return cls.from_hf_dir(path)
         if path.endswith(".gguf") and os.path.isfile(path):
