@@ -6,6 +6,7 @@ model's: random-weight models built for tests and benchmarks share its vocabular
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -65,8 +66,13 @@ def write_gguf(
     qtype: GGMLQuantizationType = GGMLQuantizationType.F32,
     rope_factors: np.ndarray | None = None,
     tokenizer_from: str | None = None,
+    encoded: Mapping[str, np.ndarray] | None = None,
 ) -> None:
-    """Matrices in `qtype`, vectors (norms, biases) in F32, as llama.cpp writes them."""
+    """Matrices in `qtype`, vectors (norms, biases) in F32, as llama.cpp writes them.
+
+    `encoded` gives some matrices' bytes in `qtype` directly (by transformers name), for types
+    gguf has no quantizer for (the K-quants): the caller made the model's weights what those
+    bytes decode to."""
     c = model.config
     writer = GGUFWriter(path, arch)
     writer.add_block_count(c.num_hidden_layers)
@@ -97,7 +103,9 @@ def write_gguf(
             array = _interleave(array, c.num_attention_heads)
         elif arch == "llama" and ".k_proj." in name:
             array = _interleave(array, c.num_key_value_heads)
-        if array.ndim == 1 or qtype == GGMLQuantizationType.F32:
+        if encoded is not None and name in encoded:
+            writer.add_tensor(gguf_name(name), encoded[name], raw_dtype=qtype)
+        elif array.ndim == 1 or qtype == GGMLQuantizationType.F32:
             writer.add_tensor(gguf_name(name), np.ascontiguousarray(array))
         else:
             data = quants.quantize(np.ascontiguousarray(array), qtype)

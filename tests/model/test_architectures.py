@@ -16,7 +16,9 @@ from safetensors.torch import load_file, save_file
 
 from chatfleet import LLM, SamplingParams
 from chatfleet.config.engine_config import CacheConfig, SchedulerConfig
+from chatfleet.model import kernels
 from chatfleet.model.architectures import UnsupportedModelError
+from chatfleet.model.linear import BlockInt8Linear
 from chatfleet.model.loader import load_weights
 from chatfleet.modelfile.gguf_writer import gguf_name, quantized, write_gguf
 from chatfleet.modelfile.tokenizer import Tokenizer
@@ -66,21 +68,26 @@ def build(tmp_path: Path, family: str, **overrides) -> tuple[str, torch.nn.Modul
     return str(path), model
 
 
-def engine(path: str) -> LLM:
+def engine(path: str, weight_format: str = "fp32") -> LLM:
     return LLM(
         model=path,
-        weight_format="fp32",
+        weight_format=weight_format,
         cache=CacheConfig(num_blocks_override=64, kv_cache_dtype="fp32"),
         scheduler=SchedulerConfig(max_num_seqs=4),
     )
 
 
 def assert_matches_transformers(
-    path: str, model: torch.nn.Module, prompt: list[int], attention: str = "cpu"
+    path: str,
+    model: torch.nn.Module,
+    prompt: list[int],
+    attention: str = "cpu",
+    weight_format: str = "fp32",
+    atol: float = LOGPROB_ATOL,
 ) -> None:
     """32 greedy tokens are transformers' argmax, with the same top-5 logprobs."""
     params = SamplingParams(temperature=0, max_tokens=32, ignore_eos=True, logprobs=5)
-    llm = engine(path)
+    llm = engine(path, weight_format)
     assert llm.engine.runner.attention == attention
     out = llm.generate(prompt, params)[0].outputs[0]
     with torch.inference_mode():
@@ -91,7 +98,7 @@ def assert_matches_transformers(
         assert token == int(ref[step].argmax()), f"token {step} differs"
         for alt_id, alt_lp in lp.top:
             worst = max(worst, abs(alt_lp - float(ref[step, alt_id])))
-    assert worst < LOGPROB_ATOL, f"logprobs differ by up to {worst}"
+    assert worst < atol, f"logprobs differ by up to {worst}"
 
 
 def prompt_ids(n: int) -> list[int]:
@@ -214,6 +221,60 @@ def test_gguf_files_match_transformers_on_the_weights_they_hold(tmp_path, family
     write_gguf(model, family, path, qtype, rope_factors=factors)
     prompt = prompt_ids(150 if family == "llama" else 20)  # llama: past the original 64
     assert_matches_transformers(path, _as_loaded(model, qtype), prompt)
+
+
+# Each K-quant's 256-value super-block: its size in bytes and where its fp16 scales sit, with a
+# range for them that keeps weights near the model's own scale (see ggml-common.h).
+K_QUANTS = {
+    GGMLQuantizationType.Q4_K: (144, {0: (2e-4, 5e-4), 2: (1e-3, 3e-3)}),  # d, dmin
+    GGMLQuantizationType.Q5_K: (176, {0: (1e-4, 2.5e-4), 2: (1e-3, 3e-3)}),  # d, dmin
+    GGMLQuantizationType.Q6_K: (210, {208: (1e-4, 2e-4)}),  # d (last)
+}
+
+
+def _random_k_quant(model: torch.nn.Module, qtype, rng) -> dict[str, np.ndarray]:
+    """Random super-blocks in `qtype` for every matrix (any bytes are a valid K-quant once its
+    fp16 scales are sane), with the model's weights set to what gguf decodes them to: the model
+    is then exactly the file's, and gguf's dequantizer is the reference."""
+    from gguf.quants import dequantize
+
+    block_bytes, scales = K_QUANTS[qtype]
+    encoded = {}
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.ndim != 2:
+                continue
+            rows, cols = param.shape
+            raw = rng.integers(0, 256, (rows, cols // 256, block_bytes), dtype=np.uint8)
+            for at, (lo, hi) in scales.items():
+                d = rng.uniform(lo, hi, raw.shape[:2]).astype(np.float16)
+                raw[..., at : at + 2] = d.view(np.uint8).reshape(*raw.shape[:2], 2)
+            raw = raw.reshape(rows, -1)
+            encoded[name] = raw
+            param.copy_(torch.from_numpy(dequantize(raw, qtype).reshape(rows, cols)))
+    return encoded
+
+
+@pytest.mark.parametrize("qtype", list(K_QUANTS), ids=lambda q: q.name)
+def test_k_quant_gguf_files_match_transformers_on_what_they_decode_to(tmp_path, qtype):
+    """Q4_K, Q5_K and Q6_K (what most people download) against transformers holding gguf's
+    decoding of the same bytes, in fp32; in the int8 runtime format, against transformers
+    holding what that format keeps of them (8 bits per 32 values with fp16 scales: the K-quants'
+    two-level scales, and Q6_K's 16-value sub-blocks, are rounded once more, as an F16 file's
+    weights are)."""
+    _, model = build(tmp_path, "qwen2", tie_word_embeddings=False)
+    encoded = _random_k_quant(model, qtype, np.random.default_rng(0))
+    path = str(tmp_path / f"qwen2-{qtype.name}.gguf")
+    write_gguf(model, "qwen2", path, qtype, encoded=encoded)
+    assert_matches_transformers(path, model, prompt_ids(20))
+    if kernels.load("qlinear") is not None:
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if param.ndim == 2 and "embed_tokens" not in name:
+                    param.copy_(BlockInt8Linear(param.detach()).dequantized_weight())
+        # The int8 kernel also rounds activations to 16 bits per 32 values.
+        int8_atol = 1e-2
+        assert_matches_transformers(path, model, prompt_ids(20), "cpu", "int8", int8_atol)
 
 
 def test_a_gguf_weight_type_that_cannot_be_read_is_refused_by_name(tmp_path):
