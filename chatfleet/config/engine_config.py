@@ -128,6 +128,14 @@ class EngineConfig:
     # Decode-only steps in one C++ call where it applies (model/fused_decode.py); off gives
     # the same bits through the per-layer path (tests compare the two).
     fused_decode: bool = True
+    batch_invariant: bool = field(
+        default=True,
+        metadata=setting(
+            help="compute every row with the same kernels whatever the batch (greedy outputs "
+            "do not depend on other requests); off, int8 layers take oneDNN bf16 for the row "
+            "counts where it measures faster on this CPU (model/matmul_plan.py)"
+        ),
+    )
     seed: int = 0
     step_trace: str | None = field(
         default=None,

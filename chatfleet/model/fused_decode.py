@@ -25,6 +25,10 @@ def load_kernel() -> Any | None:
 class FusedDecode:
     """The per-layer tensors of an int8 Llama, gathered once, and the call that runs them."""
 
+    # Steps with this many rows or more go layer by layer: a matmul plan gives them another
+    # kernel (see matmul_plan.py), which the fused call does not have. None: every step.
+    max_rows: int | None = None
+
     def __init__(self, layers: Any, num_heads: int, eps: float, kernel: Any) -> None:
         self.kernel = kernel
         self.num_heads = num_heads
@@ -52,9 +56,9 @@ class FusedDecode:
         config = model.config
         return cls(model.layers, config.num_heads, config.rms_norm_eps, kernel)
 
-    @staticmethod
-    def applies(ctx: ForwardContext) -> bool:
-        return ctx.num_decodes == len(ctx.query_lens)
+    def applies(self, ctx: ForwardContext) -> bool:
+        rows = len(ctx.query_lens)
+        return ctx.num_decodes == rows and (self.max_rows is None or rows < self.max_rows)
 
     def __call__(
         self,

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from chatfleet.model import kernels
+from chatfleet.model.matmul_plan import bucket_index
 
 
 class Linear(torch.nn.Module):
@@ -41,13 +42,17 @@ class Linear(torch.nn.Module):
     ) -> torch.Tensor:
         """residual + self(prologue(x)), where the prologue is RMSNorm with weight `norm`, or
         SwiGLU (x = [gate | up] -> silu(gate) * up). Formats with a kernel fuse all of it."""
-        if norm is not None:
-            x = F.rms_norm(x, (x.shape[-1],), norm, eps)
-        if swiglu:
-            gate, up = x.chunk(2, dim=-1)
-            x = F.silu(gate) * up
-        y = self(x)
+        y = self(_prologue(x, norm, eps, swiglu))
         return y if residual is None else residual + y
+
+
+def _prologue(x: torch.Tensor, norm: torch.Tensor | None, eps: float, swiglu: bool) -> torch.Tensor:
+    if norm is not None:
+        x = F.rms_norm(x, (x.shape[-1],), norm, eps)
+    if swiglu:
+        gate, up = x.chunk(2, dim=-1)
+        x = F.silu(gate) * up
+    return x
 
 
 class DenseLinear(Linear):
@@ -148,6 +153,15 @@ class BlockInt8Linear(Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fused(x)
 
+    def use_plan(self, choices: tuple[str, ...]) -> None:
+        """Multiply by a bf16 copy of the weights (oneDNN) for the row buckets `choices` gives
+        to "bf16" (see matmul_plan.py); the copy costs 2 bytes per weight."""
+        self.plan = choices if "bf16" in choices else None
+        if self.plan is not None:
+            self.bf16_weight = self.dequantized_weight().to(torch.bfloat16)  # [out, in]
+
+    plan: tuple[str, ...] | None = None
+
     def fused(
         self,
         x: torch.Tensor,
@@ -156,6 +170,21 @@ class BlockInt8Linear(Linear):
         swiglu: bool = False,
         residual: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        if self.plan is not None and self.plan[bucket_index(x.shape[0])] == "bf16":
+            x = _prologue(x, norm, eps, swiglu)
+            y = F.linear(x.to(torch.bfloat16), self.bf16_weight).float()
+            return y if residual is None else residual + y
+        return self.int8(x, norm, eps, swiglu, residual)
+
+    def int8(
+        self,
+        x: torch.Tensor,
+        norm: torch.Tensor | None = None,
+        eps: float = 0.0,
+        swiglu: bool = False,
+        residual: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The VNNI kernel, whatever the plan."""
         return self.kernel.qlinear(
             x,
             self.packed,

@@ -18,6 +18,7 @@ from chatfleet.model.forward_context import ForwardContext
 from chatfleet.model.fused_decode import FusedDecode
 from chatfleet.model.linear import resolve_weight_format
 from chatfleet.model.loader import load_weights
+from chatfleet.model.matmul_plan import MatmulPlan, load_or_measure
 from chatfleet.model.models.llama import LlamaForCausalLM
 from chatfleet.model.sampler import Sampler, SamplingRow
 from chatfleet.outputs import TokenLogprobs
@@ -67,6 +68,8 @@ def resolve_kv_cache_dtype(name: str, device: torch.device, compute: torch.dtype
 
 
 class ModelRunner:
+    matmul_plan: MatmulPlan | None = None  # set where batch invariance is off (int8, CPU)
+
     def __init__(self, config: EngineConfig, attention: str = "auto") -> None:
         self.device = torch.device(config.device)
         fmt = resolve_weight_format(config.weight_format, self.device)
@@ -96,6 +99,8 @@ class ModelRunner:
         )
         if config.fused_decode:
             self.model.fused_decode = FusedDecode.build(self.model, self.attention)
+        if not config.batch_invariant and fmt == "int8" and self.device.type == "cpu":
+            self._apply_matmul_plan(config.num_threads)
         self.block_size = config.cache.block_size
         num_blocks = self._num_blocks(model_config, config.cache)
         shape = (2, num_blocks, self.block_size, model_config.num_kv_heads, model_config.head_dim)
@@ -119,6 +124,17 @@ class ModelRunner:
         self.sampler = Sampler()
         self._generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self._generators: dict[str, torch.Generator] = {}
+
+    def _apply_matmul_plan(self, num_threads: int) -> None:
+        """Per decoder layer and row bucket, the faster of int8 and bf16 (matmul_plan.py)."""
+        parts = ("qkv", "o", "gate_up", "down")
+        linears = [getattr(layer, part) for layer in self.model.layers for part in parts]
+        plan = load_or_measure(linears, num_threads)
+        for linear in linears:
+            linear.use_plan(plan.choices[(linear.out_features, linear.in_features)])
+        if self.model.fused_decode is not None:
+            self.model.fused_decode.max_rows = plan.min_rows("bf16")
+        self.matmul_plan = plan
 
     def _num_blocks(self, model: ModelConfig, cache: CacheConfig) -> int:
         if cache.num_blocks_override is not None:
