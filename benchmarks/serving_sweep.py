@@ -4,6 +4,7 @@ All servers run on the same weights (the SmolLM2 GGUF; vLLM gets it dequantized 
 safetensors dir) and stay up for the whole run; every workload is run against each of them in
 turn (alternating), with `chatfleet bench` as the one client:
   sharegpt     first turns, 128 output tokens (ignore_eos), concurrency 1, 4, 16, 64
+(chatfleet-planned, named in --servers, is chatfleet with --no-batch-invariant)
   shared-prefix groups sharing a long system prompt, concurrency 16
   multi-turn   conversations replayed turn by turn with their history, concurrency 4;
                also against a chatfleet server with prefix caching off; run
@@ -48,6 +49,7 @@ MODEL_NAME = "SmolLM2-135M-Instruct"
 BIN = Path(sys.executable).parent
 NO_CACHE = "chatfleet-no-prefix-cache"
 BASELINE = "chatfleet-baseline"
+PLANNED = "chatfleet-planned"
 # chatfleet as a server's own source tree runs it (its cwd and PYTHONPATH)
 CLI = [sys.executable, "-m", "chatfleet.entrypoints.cli"]
 
@@ -83,6 +85,8 @@ def servers(threads: int, baseline: str | None = None) -> list[Server]:
     # chatfleet's first start may build its kernels (about a minute each).
     return [
         Server("chatfleet", 18100, [*chatfleet, "--port", "18100"], {}, 600.0),
+        # Matmuls by measured cost per row count (model/matmul_plan.py), not batch-invariant.
+        Server(PLANNED, 18105, [*chatfleet, "--port", "18105", "--no-batch-invariant"], {}, 600.0),
         # The prefix-caching ablation, used on the multi-turn run only.
         Server(NO_CACHE, 18103, [*chatfleet, "--port", "18103", *no_cache], {}, 600.0),
         Server("llama.cpp", 18101, [*llama, "18101"]),
