@@ -121,6 +121,7 @@ class BlockInt8Linear(Linear):
     packed: torch.Tensor
     scales: torch.Tensor
     zeros: torch.Tensor
+    plan: tuple[str, ...] | None = None  # kernel per row bucket, set by use_plan
     TILE, BLOCK = 16, 32
 
     def __init__(self, weight: torch.Tensor) -> None:
@@ -159,8 +160,6 @@ class BlockInt8Linear(Linear):
         self.plan = choices if "bf16" in choices else None
         if self.plan is not None:
             self.bf16_weight = self.dequantized_weight().to(torch.bfloat16)  # [out, in]
-
-    plan: tuple[str, ...] | None = None
 
     def fused(
         self,
