@@ -171,8 +171,9 @@ class BlockInt8Linear(Linear):
     ) -> torch.Tensor:
         if self.plan is not None and self.plan[bucket_index(x.shape[0])] == "bf16":
             x = _prologue(x, norm, eps, swiglu)
-            y = F.linear(x.to(torch.bfloat16), self.bf16_weight).float()
-            return y if residual is None else residual + y
+            y = F.linear(x.to(torch.bfloat16), self.bf16_weight)
+            # fp32 + bf16 promotes to fp32 in the add itself: no separate widening pass.
+            return y.float() if residual is None else residual + y
         return self.int8(x, norm, eps, swiglu, residual)
 
     def int8(
