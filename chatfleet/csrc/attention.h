@@ -118,6 +118,16 @@ void attend(const Task& task, const T* k_cache, const T* v_cache, std::vector<fl
           if (++j == bs) j = 0, ++b;
         }
         for (int64_t t = n; t < 16; ++t) key[t] = key[n - 1];  // computed, never stored
+        // The next 16 keys' lines, requested now: blocks sit anywhere in the cache, so the
+        // hardware prefetcher cannot run ahead across a block boundary.
+        int64_t nb = (start + 16) / bs, nj = (start + 16) % bs;
+        for (int64_t t = 0; t < 16 && start + 16 + t < len; ++t) {
+          const char* p = reinterpret_cast<const char*>(
+              k_cache + (task.table[nb] * bs + nj) * task.slot_stride + task.head_offset);
+          for (int64_t off = 0; off < static_cast<int64_t>(D * sizeof(T)); off += 64)
+            _mm_prefetch(p + off, _MM_HINT_T0);
+          if (++nj == bs) nj = 0, ++nb;
+        }
       }
       __m512 y[G][4];
       for (int grp = 0; grp < 4; ++grp) {
@@ -148,6 +158,13 @@ void attend(const Task& task, const T* k_cache, const T* v_cache, std::vector<fl
   for (int64_t start = 0; start < len; start += bs) {
     const int64_t n = std::min(bs, len - start);
     const T* vb = v_cache + task.table[start / bs] * bs * task.slot_stride + task.head_offset;
+    if (start + bs < len) {  // the next block's values (see the keys above)
+      const char* nb = reinterpret_cast<const char*>(
+          v_cache + task.table[start / bs + 1] * bs * task.slot_stride + task.head_offset);
+      for (int64_t t = 0; t < std::min(bs, len - start - bs); ++t)
+        for (int64_t off = 0; off < static_cast<int64_t>(D * sizeof(T)); off += 64)
+          _mm_prefetch(nb + t * task.slot_stride * sizeof(T) + off, _MM_HINT_T0);
+    }
     for (int64_t t = 0; t < n; ++t) {
       __m512 vv[V];
       for (int v = 0; v < V; ++v) vv[v] = load16(vb + t * task.slot_stride + 16 * v);
