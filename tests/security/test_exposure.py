@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 
 import httpx
 
@@ -19,6 +20,15 @@ def _mode(path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
 
 
+def _log_once_it_has(gateway, text: str, timeout_s: float = 10.0) -> str:
+    """The gateway's log once `text` is in it: it prints the admin-key line just after it starts
+    answering /health, so a log read as soon as it is ready can be empty."""
+    deadline = time.monotonic() + timeout_s
+    while text not in (log := gateway.log()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return log
+
+
 def test_state_files_are_private_and_the_admin_key_is_shown_once(tmp_path, server):
     state = tmp_path / "state"
     db = f"sqlite:///{state}/gateway.db"
@@ -28,13 +38,14 @@ def test_state_files_are_private_and_the_admin_key_is_shown_once(tmp_path, serve
         assert _mode(state) == 0o700
         assert _mode(state / "gateway.db") == 0o600 and _mode(key_file) == 0o600
         key = key_file.read_text().strip()
-        assert key in gw.log()
+        assert key in _log_once_it_has(gw, "new admin key:")
     finally:
         gw.stop()
     os.chmod(key_file, 0o644)  # an older install's file
     again = launch_gateway(tmp_path, server.base_url, db, "--admin-key-file", str(key_file))
     try:
-        assert key not in again.log() and _mode(key_file) == 0o600
+        log = _log_once_it_has(again, "admin key: in")
+        assert "admin key: in" in log and key not in log and _mode(key_file) == 0o600
         assert key_file.read_text().strip() == key
         r = httpx.get(f"{again.base_url}/api/me", headers=auth(key), timeout=10)
         assert r.status_code == 200 and r.json()["is_admin"]
