@@ -144,6 +144,24 @@ def test_every_install_pins_torch_so_no_dependency_pulls_another_build():
     names = [d.metadata["Name"].lower() for d in importlib.metadata.distributions()]
     assert not [name for name in names if name.startswith("nvidia-")]
     assert _unpinned_torch_users(["dev", "ray"], f"torch=={pinned.group(1)}") == []
+    # Nor anything else in the venv: a package an older install left behind (as accelerate
+    # was) would bring another torch build with its next upgrade.
+    assert _installed_unpinned_torch_users(f"torch=={pinned.group(1)}") == []
+
+
+def _installed_unpinned_torch_users(pin: str) -> list[str]:
+    """Installed packages whose unconditional requirements name torch without `pin`."""
+    from packaging.requirements import Requirement
+
+    found = []
+    for dist in importlib.metadata.distributions():
+        for raw in dist.requires or []:
+            req = Requirement(raw)
+            if req.name.lower() != "torch" or str(req.specifier) == pin.removeprefix("torch"):
+                continue
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                found.append(f"{dist.metadata['Name']}: {raw}")
+    return found
 
 
 def _unpinned_torch_users(extras: list[str], pin: str) -> list[str]:

@@ -115,7 +115,7 @@ def _cache_path(shapes: Sequence[tuple[int, int]], num_threads: int) -> str:
 
 def load_or_measure(linears: Sequence, num_threads: int) -> MatmulPlan:
     """The plan for these layers (BlockInt8Linear) on this CPU: cached, else measured once
-    per distinct shape (a second or two for a small model) and cached."""
+    per distinct shape and cached."""
     by_shape = {(m.out_features, m.in_features): m for m in linears}
     path = _cache_path(list(by_shape), num_threads)
     if os.path.isfile(path):
