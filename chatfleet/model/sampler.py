@@ -128,17 +128,28 @@ class Sampler:
             bitmasks = [r.bitmask for r in rows if r.bitmask is not None]
             apply_bitmasks(logits, masked, torch.stack(bitmasks))
         tokens = self._draw(logits, rows, list(range(len(rows))), shared_generator)
-        # NOTE: a row whose draw the grammar refuses draws again from its masked distribution.
-        # Exact: a valid token t comes first with p(t), or after a refusal (probability 1 - Z,
-        # Z the valid mass) with p(t) / Z; in all p(t) / Z, the masked distribution.
         refused = [i for i, r in enumerate(rows) if r.grammar and not r.grammar.allows(tokens[i])]
         if refused:
-            grammars = [rows[i].grammar for i in refused]
-            apply_bitmasks(logits, refused, torch.stack([g.bitmask() for g in grammars if g]))
-            again = self._draw(logits, rows, refused, shared_generator)
-            for i, token in zip(refused, again, strict=True):
-                tokens[i] = token
+            self._redraw(logits, rows, refused, tokens, shared_generator)
         return SamplerOutput(tokens, logprobs)
+
+    def _redraw(
+        self,
+        logits: torch.Tensor,
+        rows: list[SamplingRow],
+        refused: list[int],
+        tokens: list[int],
+        shared_generator: torch.Generator,
+    ) -> None:
+        """In place on tokens: rows whose draw the grammar refused draw again from the masked
+        distribution."""
+        # NOTE: exact. A valid token t comes first with p(t), or after a refusal (probability
+        # 1 - Z, Z the valid mass) with p(t) / Z; in all p(t) / Z, the masked distribution.
+        grammars = [rows[i].grammar for i in refused]
+        apply_bitmasks(logits, refused, torch.stack([g.bitmask() for g in grammars if g]))
+        again = self._draw(logits, rows, refused, shared_generator)
+        for i, token in zip(refused, again, strict=True):
+            tokens[i] = token
 
     def _draw(
         self,
