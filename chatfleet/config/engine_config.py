@@ -22,14 +22,21 @@ class RopeScaling:
     "linear": every frequency divided by `factor`. "llama3" (Llama 3.1+): frequencies whose
     wavelength exceeds original_context / low_freq_factor divided by `factor`, those below
     original_context / high_freq_factor kept, the band between blended smoothly. "factors": each
-    frequency divided by its own factor, as GGUF files store llama3 scaling (`rope_freqs`)."""
+    frequency divided by its own factor, as GGUF files store llama3 scaling (`rope_freqs`).
+    "yarn" (Qwen2.5's long-context setting): frequencies that turn fewer than `beta_slow` times
+    over the original context divided by `factor`, those turning more than `beta_fast` times
+    kept, a linear ramp between, and q and k both scaled by `attention_factor`."""
 
-    kind: str  # "linear", "llama3" or "factors"
+    kind: str  # "linear", "llama3", "factors" or "yarn"
     factor: float = 1.0
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     original_max_position_embeddings: int = 8192
     factors: tuple[float, ...] = ()  # "factors": one per frequency (head_dim / 2)
+    beta_fast: float = 32.0  # "yarn": rotations over the original context, ramp's ends
+    beta_slow: float = 1.0
+    attention_factor: float = 1.0  # "yarn": multiplies cos and sin
+    truncate: bool = True  # "yarn": the ramp's ends rounded to whole dimensions
 
 
 @dataclass(frozen=True)

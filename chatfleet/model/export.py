@@ -67,10 +67,13 @@ def export_hf_dir(model: str | None, out_dir: str, dtype: torch.dtype = torch.fl
         hf_config["rope_scaling"] = {
             "rope_type": s.kind,
             "factor": s.factor,
-            "low_freq_factor": s.low_freq_factor,
-            "high_freq_factor": s.high_freq_factor,
             "original_max_position_embeddings": s.original_max_position_embeddings,
-        }
+        } | (
+            {"beta_fast": s.beta_fast, "beta_slow": s.beta_slow}
+            | {"attention_factor": s.attention_factor, "truncate": s.truncate}
+            if s.kind == "yarn"
+            else {"low_freq_factor": s.low_freq_factor, "high_freq_factor": s.high_freq_factor}
+        )
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(hf_config, f, indent=2)
     tokenizer.save_hf(out_dir)

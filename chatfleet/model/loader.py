@@ -18,6 +18,7 @@ import math
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -140,11 +141,6 @@ def config_from_gguf(meta: dict, tensor_names: set[str]) -> ModelConfig:
     def key(name: str, default=None):
         return meta.get(f"{prefix}.{name}", default)
 
-    if key("rope.scaling.type", "none") not in ("none",):
-        raise UnsupportedModelError(
-            f"GGUF rope scaling {key('rope.scaling.type')!r} is not supported yet"
-        )
-
     num_heads = int(key("attention.head_count"))
     num_kv_heads = int(key("attention.head_count_kv", num_heads))
     return ModelConfig(
@@ -160,6 +156,42 @@ def config_from_gguf(meta: dict, tensor_names: set[str]) -> ModelConfig:
         tie_word_embeddings="output.weight" not in tensor_names,
         family=arch.family,
         qkv_bias=arch.qkv_bias,
+        rope_scaling=_gguf_rope_scaling(key),
+    )
+
+
+def _gguf_rope_scaling(key: Callable[..., Any]) -> RopeScaling | None:
+    """`rope.scaling.*` as llama.cpp's converter writes it: "linear" or "yarn" with a factor
+    and the original context (llama3 scaling comes as the `rope_freqs` tensor instead)."""
+    kind = key("rope.scaling.type", "none")
+    if kind == "none":
+        return None
+    if kind not in ("linear", "yarn"):
+        raise UnsupportedModelError(
+            f"GGUF rope scaling {kind!r} is not supported (supported: linear, yarn)"
+        )
+    unread = [
+        k
+        for k in ("attn_factor", "yarn_ext_factor", "yarn_log_multiplier")
+        if key(f"rope.scaling.{k}")
+    ]
+    if unread:
+        raise UnsupportedModelError(
+            f"GGUF rope scaling with rope.scaling.{unread[0]} is not supported"
+        )
+    factor = float(key("rope.scaling.factor"))
+    original = int(key("rope.scaling.original_context_length", key("context_length")))
+    if kind == "linear":
+        return RopeScaling("linear", factor, original_max_position_embeddings=original)
+    # llama.cpp multiplies YaRN's temperature by yarn_attn_factor (1 unless set).
+    attention = float(key("rope.scaling.yarn_attn_factor", 1.0)) * yarn_mscale(factor)
+    return RopeScaling(
+        "yarn",
+        factor,
+        original_max_position_embeddings=original,
+        beta_fast=float(key("rope.scaling.yarn_beta_fast", 32.0)),
+        beta_slow=float(key("rope.scaling.yarn_beta_slow", 1.0)),
+        attention_factor=attention,
     )
 
 
@@ -252,11 +284,13 @@ def _hf_rope(hf: dict) -> tuple[float, RopeScaling | None]:
     kind = params.get("rope_type", params.get("type", "default"))
     if kind == "default":
         return theta, None
-    if kind not in ("linear", "llama3"):
+    if kind not in ("linear", "llama3", "yarn"):
         raise UnsupportedModelError(
-            f"rope scaling {kind!r} is not supported (supported: linear, llama3)"
+            f"rope scaling {kind!r} is not supported (supported: linear, llama3, yarn)"
         )
     original = params.get("original_max_position_embeddings") or hf["max_position_embeddings"]
+    if kind == "yarn":
+        return theta, _yarn_scaling(params, int(original), hf["max_position_embeddings"])
     scaling = RopeScaling(
         kind,
         float(params["factor"]),
@@ -265,6 +299,34 @@ def _hf_rope(hf: dict) -> tuple[float, RopeScaling | None]:
         int(original),
     )
     return theta, scaling
+
+
+def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
+    """YaRN's attention temperature for a context stretched `factor` times."""
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+
+
+def _yarn_scaling(params: dict, original: int, max_positions: int) -> RopeScaling:
+    """YaRN as transformers reads it: the factor defaults to max / original positions; the
+    attention factor to yarn_mscale(factor), or a ratio of two when mscale and mscale_all_dim
+    are both given (DeepSeek's form)."""
+    factor = float(params.get("factor") or max_positions / original)
+    attention = params.get("attention_factor")
+    if attention is None:
+        mscale, mscale_all_dim = params.get("mscale"), params.get("mscale_all_dim")
+        if mscale and mscale_all_dim:
+            attention = yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all_dim)
+        else:
+            attention = yarn_mscale(factor)
+    return RopeScaling(
+        "yarn",
+        factor,
+        original_max_position_embeddings=original,
+        beta_fast=float(params.get("beta_fast") or 32.0),
+        beta_slow=float(params.get("beta_slow") or 1.0),
+        attention_factor=float(attention),
+        truncate=bool(params.get("truncate", True)),
+    )
 
 
 def _hf_sliding_window(hf: dict) -> int | None:

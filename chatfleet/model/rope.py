@@ -20,6 +20,8 @@ def inverse_frequencies(config: ModelConfig) -> torch.Tensor:
         return inv_freq / scaling.factor
     if scaling.kind == "factors":
         return inv_freq / torch.tensor(scaling.factors, dtype=torch.float64)
+    if scaling.kind == "yarn":
+        return _yarn(inv_freq, scaling, dim, config.rope_theta)
     return _llama3(inv_freq, scaling)
 
 
@@ -39,12 +41,36 @@ def _llama3(inv_freq: torch.Tensor, s: RopeScaling) -> torch.Tensor:
     return torch.where(wavelength < original / s.high_freq_factor, inv_freq, out)
 
 
+def _yarn(inv_freq: torch.Tensor, s: RopeScaling, dim: int, base: float) -> torch.Tensor:
+    """Dimension pairs whose frequency turns more than beta_fast times over the original
+    context are kept (extrapolated), those under beta_slow divided by `factor`
+    (interpolated), a linear ramp over the pairs between:
+
+        pair:     0 ... low | ..... ramp ..... | high ... dim / 2
+        keeps:    inv_freq  | blend by (i - low) / (high - low) | inv_freq / factor
+    """
+
+    def pair_turning(rotations: float) -> float:  # the pair index turning `rotations` times
+        turns = s.original_max_position_embeddings / (rotations * 2 * math.pi)
+        return dim * math.log(turns) / (2 * math.log(base))
+
+    low, high = pair_turning(s.beta_fast), pair_turning(s.beta_slow)
+    if s.truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    ramp = ((torch.arange(dim // 2, dtype=torch.float64) - low) / max(high - low, 1e-3)).clamp(0, 1)
+    return inv_freq / s.factor * ramp + inv_freq * (1 - ramp)
+
+
 def rope_cos_sin(config: ModelConfig, max_len: int, device: torch.device):
-    """cos/sin tables [max_len, head_dim] for rotate-half RoPE (HF layout)."""
+    """cos/sin tables [max_len, head_dim] for rotate-half RoPE (HF layout); YaRN's attention
+    factor is folded in (q and k each scaled by it, so the logits by its square)."""
     inv_freq = inverse_frequencies(config)
     angles = torch.outer(torch.arange(max_len, dtype=torch.float64), inv_freq)
     angles = torch.cat([angles, angles], dim=-1)
-    return angles.cos().float().to(device), angles.sin().float().to(device)
+    scaling = config.rope_scaling
+    scale = scaling.attention_factor if scaling is not None and scaling.kind == "yarn" else 1.0
+    return (scale * angles.cos()).float().to(device), (scale * angles.sin()).float().to(device)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

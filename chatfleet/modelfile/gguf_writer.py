@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFWriter, quants
+from gguf import GGMLQuantizationType, GGUFWriter, RopeScalingType, quants
 
 from chatfleet.modelfile.gguf_file import read_gguf
 from chatfleet.modelfile.paths import default_model_path
@@ -83,6 +83,12 @@ def write_gguf(
     writer.add_head_count_kv(c.num_key_value_heads)
     writer.add_layer_norm_rms_eps(c.rms_norm_eps)
     writer.add_rope_freq_base(c.rope_parameters["rope_theta"])
+    kind = c.rope_parameters.get("rope_type", "default")
+    if kind in ("linear", "yarn"):  # llama3 scaling is the caller's `rope_factors` tensor
+        writer.add_rope_scaling_type(RopeScalingType(kind))
+        writer.add_rope_scaling_factor(c.rope_parameters["factor"])
+        original = c.rope_parameters.get("original_max_position_embeddings")
+        writer.add_rope_scaling_orig_ctx_len(original or c.max_position_embeddings)
     meta, _ = read_gguf(tokenizer_from or default_model_path(), with_tensors=False)
     for key, value in meta.items():
         if not key.startswith("tokenizer."):

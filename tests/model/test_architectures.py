@@ -1,7 +1,7 @@
 """Each supported family against `transformers` on a tiny random-weight model built from a
-config (no downloads): Llama 3.1 with llama3 rope scaling past its original context, Qwen2 with
-q/k/v biases (tied and untied), Mistral, as HF directories and as GGUF files (F32 and
-quantized); and the files chatfleet must refuse, by name."""
+config (no downloads): Llama 3.1 with llama3 rope scaling and Qwen2.5 with YaRN past their
+original context, Qwen2 with q/k/v biases (tied and untied), Mistral, as HF directories and as
+GGUF files (F32 and quantized); and the files chatfleet must refuse, by name."""
 
 from __future__ import annotations
 
@@ -43,6 +43,12 @@ LLAMA31_ROPE = {
     "high_freq_factor": 4.0,
     "original_max_position_embeddings": 64,
     "rope_theta": 500000.0,
+}
+QWEN25_YARN = {  # Qwen2.5's long-context setting, with the original context cut to 64
+    "rope_type": "yarn",
+    "factor": 4.0,
+    "original_max_position_embeddings": 64,
+    "rope_theta": 1000000.0,
 }
 # Engine (fp32 weights) and transformers differ only in the order of float32 operations.
 LOGPROB_ATOL = 1e-3
@@ -113,6 +119,14 @@ def test_llama31_rope_scaling_matches_transformers_past_its_original_context(tmp
     assert_matches_transformers(path, model, prompt_ids(150))
 
 
+def test_yarn_rope_scaling_matches_transformers_past_its_original_context(tmp_path):
+    path, model = build(tmp_path, "qwen2", rope_parameters=QWEN25_YARN)
+    config, _ = load_weights(path)
+    scaling = config.rope_scaling
+    assert scaling is not None and scaling.kind == "yarn" and scaling.attention_factor > 1.1
+    assert_matches_transformers(path, model, prompt_ids(150))
+
+
 @pytest.mark.parametrize("tied", [True, False])
 def test_qwen2_with_qkv_biases_matches_transformers(tmp_path, caplog, tied):
     path, model = build(tmp_path, "qwen2", tie_word_embeddings=tied)
@@ -167,7 +181,7 @@ def _edit(path: str, config: dict | None = None, drop: str | None = None, add: s
         ),
         (
             {"config": {"rope_parameters": {"rope_type": "dynamic", "factor": 2.0}}},
-            "rope scaling 'dynamic' is not supported",
+            "rope scaling 'dynamic' is not supported (supported: linear, llama3, yarn)",
         ),
         ({"config": {"hidden_act": "gelu"}}, "hidden_act='gelu' is not supported"),
     ],
@@ -209,8 +223,9 @@ def _as_loaded(model: torch.nn.Module, qtype) -> torch.nn.Module:
         ("llama", {"rope_parameters": LLAMA31_ROPE}, GGMLQuantizationType.Q8_0),
         ("qwen2", {"tie_word_embeddings": False}, GGMLQuantizationType.F32),
         ("qwen2", {}, GGMLQuantizationType.Q4_0),
+        ("qwen2", {"rope_parameters": QWEN25_YARN}, GGMLQuantizationType.F32),
     ],
-    ids=["llama31-f32", "llama31-q8_0", "qwen2-f32", "qwen2-q4_0"],
+    ids=["llama31-f32", "llama31-q8_0", "qwen2-f32", "qwen2-q4_0", "qwen25-yarn-f32"],
 )
 def test_gguf_files_match_transformers_on_the_weights_they_hold(tmp_path, family, overrides, qtype):
     """Written as llama.cpp writes them (Llama's interleaved Q/K rows and `rope_freqs`,
@@ -219,7 +234,8 @@ def test_gguf_files_match_transformers_on_the_weights_they_hold(tmp_path, family
     path = str(tmp_path / f"{family}.gguf")
     factors = _llama31_rope_factors(model) if family == "llama" else None
     write_gguf(model, family, path, qtype, rope_factors=factors)
-    prompt = prompt_ids(150 if family == "llama" else 20)  # llama: past the original 64
+    scaled = "rope_parameters" in overrides
+    prompt = prompt_ids(150 if scaled else 20)  # scaled rope: past the original 64
     assert_matches_transformers(path, _as_loaded(model, qtype), prompt)
 
 
