@@ -50,6 +50,7 @@ QWEN25_YARN = {  # Qwen2.5's long-context setting, with the original context cut
     "original_max_position_embeddings": 64,
     "rope_theta": 1000000.0,
 }
+LINEAR_ROPE = {"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0}
 # Engine (fp32 weights) and transformers differ only in the order of float32 operations.
 LOGPROB_ATOL = 1e-3
 
@@ -224,15 +225,17 @@ def _as_loaded(model: torch.nn.Module, qtype) -> torch.nn.Module:
         ("qwen2", {"tie_word_embeddings": False}, GGMLQuantizationType.F32),
         ("qwen2", {}, GGMLQuantizationType.Q4_0),
         ("qwen2", {"rope_parameters": QWEN25_YARN}, GGMLQuantizationType.F32),
+        ("llama", {"rope_parameters": LINEAR_ROPE}, GGMLQuantizationType.F32),
     ],
-    ids=["llama31-f32", "llama31-q8_0", "qwen2-f32", "qwen2-q4_0", "qwen25-yarn-f32"],
+    ids=["llama31-f32", "llama31-q8_0", "qwen2-f32", "qwen2-q4_0", "qwen25-yarn", "linear-rope"],
 )
 def test_gguf_files_match_transformers_on_the_weights_they_hold(tmp_path, family, overrides, qtype):
     """Written as llama.cpp writes them (Llama's interleaved Q/K rows and `rope_freqs`,
     Qwen2's biases); a quantized file matches transformers on its dequantized weights."""
     hf_path, model = build(tmp_path, family, **overrides)
     path = str(tmp_path / f"{family}.gguf")
-    factors = _llama31_rope_factors(model) if family == "llama" else None
+    llama3 = overrides.get("rope_parameters") == LLAMA31_ROPE
+    factors = _llama31_rope_factors(model) if llama3 else None
     write_gguf(model, family, path, qtype, rope_factors=factors)
     scaled = "rope_parameters" in overrides
     prompt = prompt_ids(150 if scaled else 20)  # scaled rope: past the original 64
