@@ -266,15 +266,19 @@ def single_stream_decode_ms(llm: LLM, prompt: list[int], num_tokens: int, repeat
 
 
 def bytes_read_per_token(llm: LLM) -> int:
-    """Weight bytes one decode token streams: every matmul weight (+ scales) and norm, one
-    embedding row. RoPE tables are indexed, not streamed, so they do not count."""
+    """Weight bytes one decode token streams: every matmul weight (+ scales) and norm. RoPE
+    tables and an untied embedding are indexed, not streamed, so they do not count (a tied one
+    is the head's weight)."""
     model = llm.engine.runner.model
     total = 0
     tensors = itertools.chain(model.named_parameters(), model.named_buffers())
     for name, t in tensors:
-        if name in ("rope_cos", "rope_sin"):
+        untied_embedding = (
+            name.startswith("embed_table.") and model.embed_table is not model.lm_head
+        )
+        if name in ("rope_cos", "rope_sin") or untied_embedding:
             continue
-        total += t[0].nbytes if name == "embed" else t.nbytes
+        total += t.nbytes
     return total
 
 

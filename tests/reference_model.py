@@ -29,7 +29,7 @@ def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
 def reference_logits(model: LlamaForCausalLM, token_ids: list[int]) -> torch.Tensor:
     """Logits [S, vocab]: row i predicts the token after token_ids[: i + 1] (causal mask)."""
     c = model.config
-    h = model.embed[torch.tensor(token_ids, device=model.embed.device)].float()
+    h = model.embed(torch.tensor(token_ids, device=model.rope_cos.device)).float()
     seq = h.shape[0]
     causal = torch.ones(seq, seq, dtype=torch.bool, device=h.device).tril()
     group = c.num_heads // c.num_kv_heads

@@ -32,6 +32,11 @@ class Linear(torch.nn.Module):
         """The weight the format actually multiplies by, as fp32 [out, in] (for references)."""
         raise NotImplementedError
 
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Rows `ids` of the weight as the format holds them, [len(ids), in] fp32: a tied
+        embedding is looked up in its head's weights, so the model holds it once."""
+        raise NotImplementedError
+
     def fused(
         self,
         x: torch.Tensor,
@@ -68,6 +73,9 @@ class DenseLinear(Linear):
 
     def dequantized_weight(self) -> torch.Tensor:
         return self.weight.float()
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.weight).float()
 
 
 def quantize_blocks(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -206,6 +214,17 @@ class BlockInt8Linear(Linear):
         untile = lambda t: t.permute(0, 2, 1).reshape(n, -1, 1)  # noqa: E731
         scales, zeros = untile(self.scales.float()), untile(self.zeros.float())
         return (codes.float() * scales + zeros).reshape(n, k)
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Only the rows asked for are decoded (the same arithmetic as dequantized_weight)."""
+        tile, lane = ids // self.TILE, ids % self.TILE
+        codes = self.packed[tile, :, :, lane]  # [T, nb, 8 (4 when 4-bit), 4]
+        if self.bits == 4:
+            codes = torch.cat([codes & 0x0F, codes >> 4], dim=2)
+        codes = codes.reshape(len(ids), -1, self.BLOCK)
+        scales = self.scales[tile, :, lane].float()[..., None]  # [T, nb, 1]
+        zeros = self.zeros[tile, :, lane].float()[..., None]
+        return (codes.float() * scales + zeros).reshape(len(ids), self.in_features)
 
 
 def make_linear(weight: torch.Tensor, fmt: str) -> Linear:

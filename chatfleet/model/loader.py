@@ -218,12 +218,11 @@ def _load_gguf(path: str) -> tuple[ModelConfig, LazyWeights]:
         part = names[t.name].rsplit(".", 1)[-1].removesuffix("_bias")  # "embed": no layer
 
         def read() -> torch.Tensor:
-            array = _dequantize(t.data, t.qtype, dequantize)
+            array = _dequantize(t.data, t.qtype, dequantize)  # a writable array of its own
             if permuted and part in heads:
-                array = _unpermute_rope(array, heads[part])
-            tensor = torch.from_numpy(np.array(array))  # a writable copy
+                array = np.ascontiguousarray(_unpermute_rope(array, heads[part]))
             t.release()
-            return tensor
+            return torch.from_numpy(array)
 
         return read
 
@@ -239,7 +238,30 @@ def _load_gguf(path: str) -> tuple[ModelConfig, LazyWeights]:
     return config, LazyWeights({names[t.name]: reader(t) for t in tensors}, sizes, stored)
 
 
-def _dequantize(data: np.ndarray, qtype, fallback) -> np.ndarray:
+def _dequantize(data: np.ndarray, qtype, fallback, rows_per_chunk: int = 1024) -> np.ndarray:
+    """fp32 [rows, cols] of a GGUF tensor, decoded a chunk of rows at a time into one array:
+    the decoders' temporaries (several copies of what they are given) stay the size of a
+    chunk, not of the tensor (a vocabulary-sized embedding would otherwise peak at several
+    times its fp32 size)."""
+    if data.ndim == 1 or data.dtype == np.float32:
+        return np.array(data, dtype=np.float32)  # vectors, F32: one copy out of the map
+    out = np.empty((data.shape[0], _decoded_cols(data, qtype)), dtype=np.float32)
+    for start in range(0, data.shape[0], rows_per_chunk):
+        chunk = data[start : start + rows_per_chunk]
+        out[start : start + len(chunk)] = _dequantize_rows(chunk, qtype, fallback)
+    return out
+
+
+def _decoded_cols(data: np.ndarray, qtype) -> int:
+    from gguf.constants import GGML_QUANT_SIZES
+
+    if data.dtype == np.float16:
+        return data.shape[1]
+    block, block_bytes = GGML_QUANT_SIZES[qtype]
+    return data.shape[1] // block_bytes * block
+
+
+def _dequantize_rows(data: np.ndarray, qtype, fallback) -> np.ndarray:
     """Torch fast paths for the block formats of the default model; gguf's numpy otherwise.
 
     Both formats use 32-value blocks whose first bytes are an fp16 scale `d`:
@@ -248,6 +270,8 @@ def _dequantize(data: np.ndarray, qtype, fallback) -> np.ndarray:
     """
     from gguf import GGMLQuantizationType as Q
 
+    if data.dtype == np.float16:
+        return data.astype(np.float32)
     if qtype not in (Q.Q8_0, Q.Q4_1):
         return np.asarray(fallback(data, qtype), dtype=np.float32)
     raw = torch.from_numpy(np.array(data))  # [rows, bytes], copied out of the memory map

@@ -289,10 +289,12 @@ def test_k_quant_gguf_files_match_transformers_on_what_they_decode_to(tmp_path, 
     if kernels.load("qlinear") is not None:
         with torch.no_grad():
             for name, param in model.named_parameters():
-                if param.ndim == 2 and "embed_tokens" not in name:
+                if param.ndim == 2:  # the embedding too: it is held in int8 as well
                     param.copy_(BlockInt8Linear(param.detach()).dequantized_weight())
-        # The int8 kernel also rounds activations to 16 bits per 32 values.
-        int8_atol = 1e-2
+        # The int8 kernel also rounds activations to 16 bits per 32 values; the random
+        # super-blocks give large logits, and the worst top-5 logprob moves by about 1e-2
+        # with as little as which embedding the same weights start from.
+        int8_atol = 2e-2
         assert_matches_transformers(path, model, prompt_ids(20), "cpu", "int8", int8_atol)
 
 

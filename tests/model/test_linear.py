@@ -71,6 +71,29 @@ def test_rows_are_batch_invariant_bit_for_bit():
         assert torch.equal(lin(x[i : i + 1].clone())[0], batched[i])
 
 
+@pytest.mark.parametrize(("make", "bits"), [(q4_1_weight, 4), (q8_0_weight, 8)])
+def test_looked_up_rows_are_the_held_weights_rows(make, bits):
+    lin = BlockInt8Linear(make(64, 96))
+    assert lin.bits == bits
+    ids = torch.tensor([0, 15, 16, 63, 15])
+    assert torch.equal(lin.rows(ids), lin.dequantized_weight()[ids])
+
+
+def test_a_tied_embedding_is_held_once_in_the_weight_format(llm):
+    """The default model ties its embedding to its head: the lookups read the head's int8
+    weights, and no fp32 vocabulary-by-hidden matrix is held beside them."""
+    model = llm.engine.runner.model
+    assert model.embed_table is model.lm_head
+    c = model.config
+    assert not [
+        name
+        for name, t in model.state_dict().items()
+        if t.dtype == torch.float32 and t.numel() >= c.vocab_size * c.hidden_size
+    ]
+    ids = torch.tensor([1, 2, 3])
+    assert torch.equal(model.embed(ids), model.lm_head.dequantized_weight()[ids])
+
+
 def test_int8_model_agrees_with_fp32_model(llm):
     fp32 = make_llm(weight_format="fp32")
     assert llm.engine.runner.info.weight_format == "int8"

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-import torch.nn.functional as F
 
 from chatfleet.config.engine_config import ModelConfig
 from chatfleet.model.attention.base import AttentionBackend
@@ -80,13 +79,16 @@ class LlamaForCausalLM(torch.nn.Module):
     ) -> None:
         super().__init__()
         self.config = config
-        self.embed = torch.nn.Parameter(weights["embed"].to(dtype), requires_grad=False)
+        self.dtype = dtype
+        # The embedding is held in the weight format like a matmul's weight and looked up row
+        # by row (int8: a quarter of fp32); a tied one is its head's weight, held once.
+        self.embed_table: Linear = make_linear(weights["embed"], fmt)
         self.layers = torch.nn.ModuleList(
             LlamaLayer(config, weights, f"layers.{i}", fmt, dtype) for i in range(config.num_layers)
         )
         self.norm = torch.nn.Parameter(weights["norm"].to(dtype), requires_grad=False)
-        head = weights["lm_head"] if "lm_head" in weights else weights["embed"]
-        self.lm_head: Linear = make_linear(head, fmt)
+        tied = "lm_head" not in weights
+        self.lm_head: Linear = self.embed_table if tied else make_linear(weights["lm_head"], fmt)
         self.to(device)
         cos, sin = rope_cos_sin(config, config.max_position_embeddings, device)
         self.register_buffer("rope_cos", cos.to(dtype), persistent=False)
@@ -102,7 +104,7 @@ class LlamaForCausalLM(torch.nn.Module):
         kv_caches: list[torch.Tensor],
         attn: AttentionBackend,
     ) -> torch.Tensor:
-        h = F.embedding(input_ids, self.embed)  # [T, hidden]
+        h = self.embed(input_ids)  # [T, hidden]
         cos = self.rope_cos[ctx.positions]  # [T, head_dim]
         sin = self.rope_sin[ctx.positions]
         if self.fused_decode is not None and self.fused_decode.applies(ctx):
@@ -111,6 +113,9 @@ class LlamaForCausalLM(torch.nn.Module):
             for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
                 h = layer(h, cos, sin, kv_cache, attn, ctx)
         return h
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.embed_table.rows(input_ids).to(self.dtype)
 
     @torch.inference_mode()
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
