@@ -17,6 +17,9 @@ import torch.nn.functional as F
 
 from chatfleet.model import kernels
 from chatfleet.model.matmul_plan import bucket_index
+from chatfleet.model.weight_rows import WeightRows
+
+Weight = torch.Tensor | WeightRows  # a whole matrix, or one read in blocks of rows
 
 
 class Linear(torch.nn.Module):
@@ -24,7 +27,7 @@ class Linear(torch.nn.Module):
 
     fmt = "base"
 
-    def __init__(self, weight: torch.Tensor) -> None:
+    def __init__(self, weight: Weight) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
 
@@ -63,10 +66,11 @@ def _prologue(x: torch.Tensor, norm: torch.Tensor | None, eps: float, swiglu: bo
 class DenseLinear(Linear):
     """fp32 or bf16 weights through the platform GEMM (oneDNN / MKL / cuBLAS)."""
 
-    def __init__(self, weight: torch.Tensor, dtype: torch.dtype) -> None:
+    def __init__(self, weight: Weight, dtype: torch.dtype) -> None:
         super().__init__(weight)
         self.fmt = {torch.float32: "fp32", torch.bfloat16: "bf16"}[dtype]
-        self.weight = torch.nn.Parameter(weight.to(dtype).contiguous(), requires_grad=False)
+        held = weight.whole(dtype) if isinstance(weight, WeightRows) else weight.to(dtype)
+        self.weight = torch.nn.Parameter(held.contiguous(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x.to(self.weight.dtype), self.weight).to(x.dtype)
@@ -101,19 +105,19 @@ def quantize_blocks(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
     )
 
 
-def _quantize_rows(
-    weight: torch.Tensor, block: int, rows_per_chunk: int = 2048
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """quantize_blocks over [n, k] weights a chunk of rows at a time: its temporaries are
+def _quantize_rows(weight: WeightRows, block: int) -> tuple[torch.Tensor, ...]:
+    """quantize_blocks over [n, k] weights a block of rows at a time: its temporaries are
     several fp32 copies of what it is given, which for a whole output matrix (vocab x hidden)
-    would dwarf the model. Codes come back as uint8."""
+    would dwarf the model. Codes come back as uint8 [n, k / block, block]."""
     n, k = weight.shape
-    parts = []
-    for start in range(0, n, rows_per_chunk):
-        rows = weight[start : start + rows_per_chunk].float().reshape(-1, k // block, block)
-        codes, scale, zero = quantize_blocks(rows)
-        parts.append((codes.to(torch.uint8), scale, zero))
-    return tuple(torch.cat(p) for p in zip(*parts, strict=True))  # type: ignore[return-value]
+    codes = torch.empty(n, k // block, block, dtype=torch.uint8)
+    scale, zero = torch.empty(n, k // block), torch.empty(n, k // block)
+    at = 0
+    for rows in weight.blocks():
+        c, s, z = quantize_blocks(rows.reshape(-1, k // block, block))
+        codes[at : at + len(rows)], scale[at : at + len(rows)], zero[at : at + len(rows)] = c, s, z
+        at += len(rows)
+    return codes, scale, zero
 
 
 class BlockInt8Linear(Linear):
@@ -132,7 +136,7 @@ class BlockInt8Linear(Linear):
     plan: tuple[str, ...] | None = None  # kernel per row bucket, set by use_plan
     TILE, BLOCK = 16, 32
 
-    def __init__(self, weight: torch.Tensor) -> None:
+    def __init__(self, weight: Weight) -> None:
         super().__init__(weight)
         n, k = weight.shape
         if n % self.TILE or k % self.BLOCK:
@@ -141,10 +145,11 @@ class BlockInt8Linear(Linear):
         if kernel is None:
             raise ValueError("weight format int8 needs an AVX-512 VNNI CPU and a C++ compiler")
         self.kernel: Any = kernel
-        codes, scale, zero = _quantize_rows(weight, self.BLOCK)
+        rows = weight if isinstance(weight, WeightRows) else WeightRows.of(weight)
+        codes, scale, zero = _quantize_rows(rows, self.BLOCK)
         # Weights that came from 4-bit blocks (Q4_1) sit on every 17th code: store them in 4 bits
         # with a 17x scale, halving what a batch-1 step reads.
-        self.bits = 4 if bool((codes % 17 == 0).all()) else 8
+        self.bits = 4 if all(bool((c % 17 == 0).all()) for c in codes.split(4096)) else 8
         if self.bits == 4:
             codes, scale = codes // 17, scale * 17
         # [n, nb, 32] -> [n/16, nb, 8, 16, 4]: vector j of a tile holds, per output row
@@ -227,7 +232,7 @@ class BlockInt8Linear(Linear):
         return (codes.float() * scales + zeros).reshape(len(ids), self.in_features)
 
 
-def make_linear(weight: torch.Tensor, fmt: str) -> Linear:
+def make_linear(weight: Weight, fmt: str) -> Linear:
     if fmt == "int8":
         return BlockInt8Linear(weight)
     return DenseLinear(weight, torch.bfloat16 if fmt == "bf16" else torch.float32)

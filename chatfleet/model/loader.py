@@ -13,6 +13,7 @@ tensor it holds must have a place, and every tensor the model needs must be ther
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -26,6 +27,7 @@ import torch
 from chatfleet.config.engine_config import ModelConfig, RopeScaling
 from chatfleet.model import architectures
 from chatfleet.model.architectures import UnsupportedModelError
+from chatfleet.model.weight_rows import WeightRows
 from chatfleet.modelfile.gguf_file import GGUFTensor, read_gguf
 from chatfleet.modelfile.paths import resolve_model_path
 
@@ -80,32 +82,39 @@ def check_tensors(config: ModelConfig, names: set[str]) -> None:
 
 class LazyWeights(Mapping[str, torch.Tensor]):
     """Canonical name -> fp32 tensor, read from the (memory-mapped) file each time it is asked
-    for: the model turns each into its runtime format as it builds, so a quantized file never
-    becomes a whole fp32 model in memory."""
+    for, and matrices also as blocks of rows (`rows`): the model turns each into its runtime
+    format as it builds, so a quantized file never becomes a whole fp32 model, nor a large
+    matrix a whole fp32 copy, in memory."""
 
     def __init__(
         self,
-        readers: dict[str, Callable[[], torch.Tensor]],
-        sizes: dict[str, int],
+        matrices: dict[str, WeightRows],
+        vectors: dict[str, Callable[[], torch.Tensor]],
         stored_types: dict[str, str],
     ) -> None:
-        self._readers, self._sizes, self._types = readers, sizes, stored_types
+        self._matrices, self._vectors, self._types = matrices, vectors, stored_types
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        return self._readers[name]()
+        if name in self._matrices:
+            return self._matrices[name].whole()
+        return self._vectors[name]()
+
+    def rows(self, name: str) -> WeightRows:
+        return self._matrices[name]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._readers)
+        return iter([*self._matrices, *self._vectors])
 
     def __len__(self) -> int:
-        return len(self._readers)
+        return len(self._matrices) + len(self._vectors)
 
     def num_elements(self) -> int:
-        return sum(self._sizes.values())
+        matrices = sum(math.prod(m.shape) for m in self._matrices.values())
+        return matrices + sum(v().numel() for v in self._vectors.values())
 
     def stored_type_counts(self) -> dict[str, int]:
         """How many tensors the file stores in each type (GGUF weight type, safetensors dtype)."""
-        return dict(Counter(self._types[name] for name in self._readers))
+        return dict(Counter(self._types[name] for name in self))
 
 
 def load_weights(model: str | None) -> tuple[ModelConfig, LazyWeights]:
@@ -214,15 +223,26 @@ def _load_gguf(path: str) -> tuple[ModelConfig, LazyWeights]:
     check_tensors(config, set(names.values()))
     heads = {"q": config.num_heads, "k": config.num_kv_heads}
 
-    def reader(t: GGUFTensor) -> Callable[[], torch.Tensor]:
-        part = names[t.name].rsplit(".", 1)[-1].removesuffix("_bias")  # "embed": no layer
+    def matrix(t: GGUFTensor) -> WeightRows:
+        rows = t.shape[0]
+        # Q and K rows are interleaved per head (llama.cpp's layout): blocks hold whole heads.
+        unpermute = permuted and names[t.name].rsplit(".", 1)[-1] in heads
 
+        def read(start: int, stop: int) -> torch.Tensor:
+            block = _dequantize_rows(np.asarray(t.data[start:stop]), t.qtype, dequantize)
+            if unpermute:
+                block = _unpermute_rope(block, (stop - start) // config.head_dim)
+            if stop == rows:
+                t.release()
+            return torch.from_numpy(np.require(block, np.float32, ["C", "W"]))
+
+        align = config.head_dim if unpermute else 1
+        return WeightRows((rows, _decoded_cols(t.data, t.qtype)), ((rows, read),), align)
+
+    def vector(t: GGUFTensor) -> Callable[[], torch.Tensor]:
         def read() -> torch.Tensor:
-            array = _dequantize(t.data, t.qtype, dequantize)  # a writable array of its own
-            if permuted and part in heads:
-                array = np.ascontiguousarray(_unpermute_rope(array, heads[part]))
-            t.release()
-            return torch.from_numpy(array)
+            data = np.asarray(t.data).reshape(1, -1)
+            return torch.from_numpy(np.array(_dequantize_rows(data, t.qtype, dequantize)[0]))
 
         return read
 
@@ -233,29 +253,16 @@ def _load_gguf(path: str) -> tuple[ModelConfig, LazyWeights]:
             raise UnsupportedModelError(
                 f"tensor {t.name}: GGUF weight type {t.qtype.name} is not supported"
             ) from None
-    sizes = {names[t.name]: int(np.prod(t.shape)) for t in tensors}
+    matrices = {names[t.name]: matrix(t) for t in tensors if len(t.shape) == 2}
+    vectors = {names[t.name]: vector(t) for t in tensors if len(t.shape) != 2}
     stored = {names[t.name]: t.qtype.name for t in tensors}
-    return config, LazyWeights({names[t.name]: reader(t) for t in tensors}, sizes, stored)
-
-
-def _dequantize(data: np.ndarray, qtype, fallback, rows_per_chunk: int = 1024) -> np.ndarray:
-    """fp32 [rows, cols] of a GGUF tensor, decoded a chunk of rows at a time into one array:
-    the decoders' temporaries (several copies of what they are given) stay the size of a
-    chunk, not of the tensor (a vocabulary-sized embedding would otherwise peak at several
-    times its fp32 size)."""
-    if data.ndim == 1 or data.dtype == np.float32:
-        return np.array(data, dtype=np.float32)  # vectors, F32: one copy out of the map
-    out = np.empty((data.shape[0], _decoded_cols(data, qtype)), dtype=np.float32)
-    for start in range(0, data.shape[0], rows_per_chunk):
-        chunk = data[start : start + rows_per_chunk]
-        out[start : start + len(chunk)] = _dequantize_rows(chunk, qtype, fallback)
-    return out
+    return config, LazyWeights(matrices, vectors, stored)
 
 
 def _decoded_cols(data: np.ndarray, qtype) -> int:
     from gguf.constants import GGML_QUANT_SIZES
 
-    if data.dtype == np.float16:
+    if data.dtype in (np.float16, np.float32):
         return data.shape[1]
     block, block_bytes = GGML_QUANT_SIZES[qtype]
     return data.shape[1] // block_bytes * block
@@ -401,31 +408,38 @@ def _load_hf_dir(path: str) -> tuple[ModelConfig, LazyWeights]:
     files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
     if not files:
         raise FileNotFoundError(f"no *.safetensors in {path}")
-    readers: dict[str, Callable[[], torch.Tensor]] = {}
-    sizes: dict[str, int] = {}
+    matrices: dict[str, WeightRows] = {}
+    vectors: dict[str, Callable[[], torch.Tensor]] = {}
     stored: dict[str, str] = {}
     for file in files:
         with safe_open(os.path.join(path, file), framework="pt") as f:
             for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
-                if not name.endswith(_HF_DERIVED):
-                    canonical = _canonical_hf_name(name)
-                    readers[canonical] = _safetensors_reader(os.path.join(path, file), name)
-                    sizes[canonical] = math.prod(f.get_slice(name).get_shape())
-                    stored[canonical] = str(f.get_slice(name).get_dtype())
-    check_tensors(config, set(readers))
-    if config.tie_word_embeddings and "lm_head" in readers:
-        if not torch.equal(readers.pop("lm_head")(), readers["embed"]()):
+                if name.endswith(_HF_DERIVED):
+                    continue
+                canonical = _canonical_hf_name(name)
+                shape = f.get_slice(name).get_shape()
+                stored[canonical] = str(f.get_slice(name).get_dtype())
+                read = _safetensors_reader(os.path.join(path, file), name)
+                if len(shape) == 2:
+                    matrices[canonical] = WeightRows((shape[0], shape[1]), ((shape[0], read),))
+                else:
+                    vectors[canonical] = functools.partial(read, None, None)
+    check_tensors(config, {*matrices, *vectors})
+    if config.tie_word_embeddings and "lm_head" in matrices:
+        head = matrices.pop("lm_head")  # the embedding serves as the head
+        if not torch.equal(head.whole(), matrices["embed"].whole()):
             raise UnsupportedModelError("tie_word_embeddings is set but lm_head differs from it")
-        sizes.pop("lm_head")
-    return config, LazyWeights(readers, sizes, stored)
+    return config, LazyWeights(matrices, vectors, stored)
 
 
-def _safetensors_reader(file: str, name: str) -> Callable[[], torch.Tensor]:
-    def read() -> torch.Tensor:
+def _safetensors_reader(file: str, name: str) -> Callable[[int | None, int | None], torch.Tensor]:
+    """Rows [start, stop) of a tensor, fp32 (all of it for None, None)."""
+
+    def read(start: int | None, stop: int | None) -> torch.Tensor:
         from safetensors import safe_open
 
         with safe_open(file, framework="pt") as f:
-            return f.get_tensor(name).float()
+            return f.get_slice(name)[start:stop].float()
 
     return read
 

@@ -16,6 +16,7 @@ from chatfleet.model.forward_context import ForwardContext
 from chatfleet.model.fused_decode import FusedDecode
 from chatfleet.model.linear import Linear, make_linear
 from chatfleet.model.rope import rope_cos_sin
+from chatfleet.model.weight_rows import WeightRows, rows_of
 
 
 class LlamaLayer(torch.nn.Module):
@@ -29,17 +30,21 @@ class LlamaLayer(torch.nn.Module):
     ) -> None:
         super().__init__()
         w = lambda name: weights[f"{prefix}.{name}"]  # noqa: E731
+
+        def rows(*names: str) -> WeightRows:  # fused projections: the parts' rows in turn
+            return WeightRows.stack(*(rows_of(weights, f"{prefix}.{n}") for n in names))
+
         self.config = config
         self.attn_norm = torch.nn.Parameter(w("attn_norm").to(dtype), requires_grad=False)
         self.ffn_norm = torch.nn.Parameter(w("ffn_norm").to(dtype), requires_grad=False)
-        self.qkv: Linear = make_linear(torch.cat([w("q"), w("k"), w("v")]), fmt)
+        self.qkv: Linear = make_linear(rows("q", "k", "v"), fmt)
         self.qkv_bias: torch.nn.Parameter | None = None
         if config.qkv_bias:
             bias = torch.cat([w("q_bias"), w("k_bias"), w("v_bias")]).to(dtype)
             self.qkv_bias = torch.nn.Parameter(bias, requires_grad=False)
-        self.o: Linear = make_linear(w("o"), fmt)
-        self.gate_up: Linear = make_linear(torch.cat([w("gate"), w("up")]), fmt)
-        self.down: Linear = make_linear(w("down"), fmt)
+        self.o: Linear = make_linear(rows("o"), fmt)
+        self.gate_up: Linear = make_linear(rows("gate", "up"), fmt)
+        self.down: Linear = make_linear(rows("down"), fmt)
 
     def forward(
         self,
@@ -82,13 +87,15 @@ class LlamaForCausalLM(torch.nn.Module):
         self.dtype = dtype
         # The embedding is held in the weight format like a matmul's weight and looked up row
         # by row (int8: a quarter of fp32); a tied one is its head's weight, held once.
-        self.embed_table: Linear = make_linear(weights["embed"], fmt)
+        self.embed_table: Linear = make_linear(rows_of(weights, "embed"), fmt)
         self.layers = torch.nn.ModuleList(
             LlamaLayer(config, weights, f"layers.{i}", fmt, dtype) for i in range(config.num_layers)
         )
         self.norm = torch.nn.Parameter(weights["norm"].to(dtype), requires_grad=False)
         tied = "lm_head" not in weights
-        self.lm_head: Linear = self.embed_table if tied else make_linear(weights["lm_head"], fmt)
+        self.lm_head: Linear = (
+            self.embed_table if tied else make_linear(rows_of(weights, "lm_head"), fmt)
+        )
         self.to(device)
         cos, sin = rope_cos_sin(config, config.max_position_embeddings, device)
         self.register_buffer("rope_cos", cos.to(dtype), persistent=False)

@@ -1,0 +1,66 @@
+"""A weight matrix read a block of rows at a time.
+
+The runtime weight formats are built from fp32 values, and a whole fp32 copy of a large matrix
+(a vocabulary-sized embedding, a fused gate/up projection) is several times what the file holds
+of it. Built from blocks of rows, a format holds one block's fp32 values at a time.
+
+    file tensor(s) --read rows [a, b)--> fp32 block --> int8 codes / bf16 rows of the format
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+
+import torch
+
+BLOCK_ROWS = 2048  # at most, per block
+
+ReadRows = Callable[[int, int], torch.Tensor]  # (start, stop) -> fp32 [stop - start, cols]
+
+
+@dataclass(frozen=True)
+class WeightRows:
+    """[rows, cols]: parts stacked in order, each (its row count, its reader)."""
+
+    shape: tuple[int, int]
+    parts: tuple[tuple[int, ReadRows], ...]
+    align: int = 1  # blocks start and end on multiples of this (a reader that needs whole heads)
+
+    @staticmethod
+    def of(tensor: torch.Tensor) -> WeightRows:
+        rows, cols = tensor.shape
+        return WeightRows((rows, cols), ((rows, lambda a, b: tensor[a:b].float()),))
+
+    @staticmethod
+    def stack(*mats: WeightRows) -> WeightRows:
+        """Rows of each in turn, as torch.cat(dim=0) would give them."""
+        cols = {m.shape[1] for m in mats}
+        if len(cols) != 1:
+            raise ValueError(f"cannot stack matrices of {sorted(cols)} columns")
+        rows = sum(m.shape[0] for m in mats)
+        parts = tuple(p for m in mats for p in m.parts)
+        return WeightRows((rows, cols.pop()), parts, math.lcm(*(m.align for m in mats)))
+
+    def blocks(self, rows: int = BLOCK_ROWS) -> Iterator[torch.Tensor]:
+        """fp32 blocks of about `rows` rows (a multiple of `align`), top to bottom."""
+        rows = max(rows // self.align, 1) * self.align
+        for count, read in self.parts:
+            for start in range(0, count, rows):
+                yield read(start, min(start + rows, count))
+
+    def whole(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        out = torch.empty(self.shape, dtype=dtype)
+        at = 0
+        for block in self.blocks():
+            out[at : at + len(block)] = block
+            at += len(block)
+        return out
+
+
+def rows_of(weights: Mapping[str, torch.Tensor], name: str) -> WeightRows:
+    """`weights[name]` as rows: read in blocks where the mapping can (the loader's), whole
+    otherwise."""
+    read_rows = getattr(weights, "rows", None)
+    return read_rows(name) if read_rows is not None else WeightRows.of(weights[name])

@@ -1,0 +1,51 @@
+"""Matrices read a block of rows at a time (chatfleet/model/weight_rows.py): the formats built
+from blocks hold what they would hold built from the whole matrix, and a GGUF's Q/K rows,
+interleaved per head in the file, come out in transformers' order block by block."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from gguf import GGMLQuantizationType
+
+from chatfleet.model import kernels
+from chatfleet.model.linear import BlockInt8Linear, DenseLinear
+from chatfleet.model.loader import load_weights
+from chatfleet.model.weight_rows import WeightRows
+from chatfleet.modelfile.gguf_writer import write_gguf
+from tests.model.test_architectures import build
+
+
+def test_blocks_cover_the_stacked_parts_in_order_on_aligned_boundaries():
+    a, b = torch.randn(10, 8), torch.randn(6, 8)
+    mats = WeightRows.stack(WeightRows.of(a), WeightRows((6, 8), ((6, lambda i, j: b[i:j]),), 3))
+    blocks = list(mats.blocks(4))
+    assert [len(x) for x in blocks] == [3, 3, 3, 1, 3, 3]  # lcm(1, 3) = 3 rows at a time
+    assert torch.equal(torch.cat(blocks), torch.cat([a, b]))
+    assert torch.equal(mats.whole(torch.bfloat16), torch.cat([a, b]).bfloat16())
+    with pytest.raises(ValueError, match="columns"):
+        WeightRows.stack(WeightRows.of(a), WeightRows.of(torch.randn(2, 4)))
+
+
+@pytest.mark.skipif(kernels.load("qlinear") is None, reason="int8 kernel needs AVX-512 VNNI")
+def test_int8_weights_built_from_blocks_are_those_built_from_the_whole():
+    w = torch.randn(4096 + 48, 64)
+    whole, blocked = BlockInt8Linear(w), BlockInt8Linear(WeightRows.of(w))
+    for name in ("packed", "scales", "zeros"):
+        assert torch.equal(getattr(whole, name), getattr(blocked, name))
+    assert torch.equal(DenseLinear(WeightRows.of(w), torch.float32).weight, w)
+
+
+def test_gguf_q_and_k_rows_read_a_head_at_a_time_are_transformers_rows(tmp_path):
+    _, model = build(tmp_path, "llama")
+    path = str(tmp_path / "llama.gguf")
+    write_gguf(model, "llama", path, GGMLQuantizationType.F32)  # Q/K interleaved per head
+    _, weights = load_weights(path)
+    attn = model.model.layers[1].self_attn
+    for name, want in (("q", attn.q_proj.weight), ("k", attn.k_proj.weight)):
+        rows = weights.rows(f"layers.1.{name}")
+        head_dim = model.config.hidden_size // model.config.num_attention_heads
+        assert rows.align == head_dim
+        blocks = list(rows.blocks(1))  # one head per block
+        assert len(blocks) == want.shape[0] // head_dim
+        assert torch.equal(torch.cat(blocks), want.detach())
