@@ -106,17 +106,21 @@ def quantize_blocks(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
 
 
 def _quantize_rows(weight: WeightRows, block: int) -> tuple[torch.Tensor, ...]:
-    """quantize_blocks over [n, k] weights a block of rows at a time: its temporaries are
-    several fp32 copies of what it is given, which for a whole output matrix (vocab x hidden)
-    would dwarf the model. Codes come back as uint8 [n, k / block, block]."""
+    """Codes uint8 [n, k / block, block], scale and zero [n, k / block] of [n, k] weights, a
+    block of rows at a time: quantize_blocks' temporaries are several fp32 copies of what it
+    is given, which for a whole output matrix (vocab x hidden) would dwarf the model. Rows that
+    come encoded (GGUF blocks the format holds as they are) are taken as they are."""
     n, k = weight.shape
     codes = torch.empty(n, k // block, block, dtype=torch.uint8)
     scale, zero = torch.empty(n, k // block), torch.empty(n, k // block)
     at = 0
-    for rows in weight.blocks():
-        c, s, z = quantize_blocks(rows.reshape(-1, k // block, block))
-        codes[at : at + len(rows)], scale[at : at + len(rows)], zero[at : at + len(rows)] = c, s, z
-        at += len(rows)
+    for item in weight.codes_or_blocks():
+        if isinstance(item, torch.Tensor):
+            item = quantize_blocks(item.reshape(-1, k // block, block))
+        c, s, z = item
+        end = at + len(c)
+        codes[at:end], scale[at:end], zero[at:end] = c, s, z
+        at = end
     return codes, scale, zero
 
 
@@ -147,11 +151,14 @@ class BlockInt8Linear(Linear):
         self.kernel: Any = kernel
         rows = weight if isinstance(weight, WeightRows) else WeightRows.of(weight)
         codes, scale, zero = _quantize_rows(rows, self.BLOCK)
-        # Weights that came from 4-bit blocks (Q4_1) sit on every 17th code: store them in 4 bits
-        # with a 17x scale, halving what a batch-1 step reads.
-        self.bits = 4 if all(bool((c % 17 == 0).all()) for c in codes.split(4096)) else 8
-        if self.bits == 4:
-            codes, scale = codes // 17, scale * 17
+        # Weights from 4-bit blocks are held in 4 bits, halving what a batch-1 step reads: read
+        # as codes they are 0..15; requantized, they sit on every 17th code (a 17x scale).
+        parts = codes.split(4096)
+        self.bits = 8
+        if all(bool((c <= 15).all()) for c in parts):
+            self.bits = 4
+        elif all(bool((c % 17 == 0).all()) for c in parts):
+            self.bits, codes, scale = 4, codes // 17, scale * 17
         # [n, nb, 32] -> [n/16, nb, 8, 16, 4]: vector j of a tile holds, per output row
         # (lane), the 4 codes of columns 4j..4j+3 of the block (see qlinear.cpp).
         tiled = codes.to(torch.uint8).reshape(n // 16, 16, k // self.BLOCK, 8, 4)

@@ -27,7 +27,8 @@ import torch
 from chatfleet.config.engine_config import ModelConfig, RopeScaling
 from chatfleet.model import architectures
 from chatfleet.model.architectures import UnsupportedModelError
-from chatfleet.model.weight_rows import WeightRows
+from chatfleet.model.weight_rows import Codes, WeightRows
+from chatfleet.modelfile import gguf_blocks
 from chatfleet.modelfile.gguf_file import GGUFTensor, read_gguf
 from chatfleet.modelfile.paths import resolve_model_path
 
@@ -228,16 +229,27 @@ def _load_gguf(path: str) -> tuple[ModelConfig, LazyWeights]:
         # Q and K rows are interleaved per head (llama.cpp's layout): blocks hold whole heads.
         unpermute = permuted and names[t.name].rsplit(".", 1)[-1] in heads
 
+        def in_order(array: np.ndarray) -> torch.Tensor:  # rows of whole heads when unpermuted
+            if unpermute:
+                array = _unpermute_rope(array, len(array) // config.head_dim)
+            return torch.from_numpy(np.require(array, requirements=["C", "W"]))
+
         def read(start: int, stop: int) -> torch.Tensor:
             block = _dequantize_rows(np.asarray(t.data[start:stop]), t.qtype, dequantize)
-            if unpermute:
-                block = _unpermute_rope(block, (stop - start) // config.head_dim)
             if stop == rows:
                 t.release()
-            return torch.from_numpy(np.require(block, np.float32, ["C", "W"]))
+            return in_order(np.asarray(block, dtype=np.float32))
+
+        def encode(start: int, stop: int) -> Codes:
+            encoded = gguf_blocks.encode_rows(np.asarray(t.data[start:stop]), t.qtype)
+            if stop == rows:
+                t.release()
+            codes, scale, zero = (in_order(a) for a in encoded)
+            return codes, scale, zero
 
         align = config.head_dim if unpermute else 1
-        return WeightRows((rows, _decoded_cols(t.data, t.qtype)), ((rows, read),), align)
+        encoder = encode if gguf_blocks.encodable(t.qtype) else None
+        return WeightRows((rows, _decoded_cols(t.data, t.qtype)), ((rows, read, encoder),), align)
 
     def vector(t: GGUFTensor) -> Callable[[], torch.Tensor]:
         def read() -> torch.Tensor:
@@ -421,7 +433,9 @@ def _load_hf_dir(path: str) -> tuple[ModelConfig, LazyWeights]:
                 stored[canonical] = str(f.get_slice(name).get_dtype())
                 read = _safetensors_reader(os.path.join(path, file), name)
                 if len(shape) == 2:
-                    matrices[canonical] = WeightRows((shape[0], shape[1]), ((shape[0], read),))
+                    matrices[canonical] = WeightRows(
+                        (shape[0], shape[1]), ((shape[0], read, None),)
+                    )
                 else:
                     vectors[canonical] = functools.partial(read, None, None)
     check_tensors(config, {*matrices, *vectors})

@@ -5,6 +5,8 @@ The runtime weight formats are built from fp32 values, and a whole fp32 copy of 
 of it. Built from blocks of rows, a format holds one block's fp32 values at a time.
 
     file tensor(s) --read rows [a, b)--> fp32 block --> int8 codes / bf16 rows of the format
+                   --encode rows [a, b)--> codes, scales, zeros (block formats the int8 kernel
+                                           holds as they are: see modelfile/gguf_blocks.py)
 """
 
 from __future__ import annotations
@@ -18,20 +20,24 @@ import torch
 BLOCK_ROWS = 2048  # at most, per block
 
 ReadRows = Callable[[int, int], torch.Tensor]  # (start, stop) -> fp32 [stop - start, cols]
+# codes uint8 [rows, cols / 32, 32], scale and zero [rows, cols / 32]: value = scale * code + zero
+Codes = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+EncodeRows = Callable[[int, int], Codes]
+Part = tuple[int, ReadRows, EncodeRows | None]  # rows, their reader, their encoder if any
 
 
 @dataclass(frozen=True)
 class WeightRows:
-    """[rows, cols]: parts stacked in order, each (its row count, its reader)."""
+    """[rows, cols]: parts stacked in order, each (its row count, its reader, its encoder)."""
 
     shape: tuple[int, int]
-    parts: tuple[tuple[int, ReadRows], ...]
+    parts: tuple[Part, ...]
     align: int = 1  # blocks start and end on multiples of this (a reader that needs whole heads)
 
     @staticmethod
     def of(tensor: torch.Tensor) -> WeightRows:
         rows, cols = tensor.shape
-        return WeightRows((rows, cols), ((rows, lambda a, b: tensor[a:b].float()),))
+        return WeightRows((rows, cols), ((rows, lambda a, b: tensor[a:b].float(), None),))
 
     @staticmethod
     def stack(*mats: WeightRows) -> WeightRows:
@@ -45,10 +51,19 @@ class WeightRows:
 
     def blocks(self, rows: int = BLOCK_ROWS) -> Iterator[torch.Tensor]:
         """fp32 blocks of about `rows` rows (a multiple of `align`), top to bottom."""
+        for read, _, start, stop in self._spans(rows):
+            yield read(start, stop)
+
+    def codes_or_blocks(self, rows: int = BLOCK_ROWS) -> Iterator[Codes | torch.Tensor]:
+        """As `blocks`, but encoded where a part has an encoder."""
+        for read, encode, start, stop in self._spans(rows):
+            yield encode(start, stop) if encode is not None else read(start, stop)
+
+    def _spans(self, rows: int) -> Iterator[tuple[ReadRows, EncodeRows | None, int, int]]:
         rows = max(rows // self.align, 1) * self.align
-        for count, read in self.parts:
+        for count, read, encode in self.parts:
             for start in range(0, count, rows):
-                yield read(start, min(start + rows, count))
+                yield read, encode, start, min(start + rows, count)
 
     def whole(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         out = torch.empty(self.shape, dtype=dtype)

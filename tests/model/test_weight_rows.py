@@ -4,6 +4,7 @@ interleaved per head in the file, come out in transformers' order block by block
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from gguf import GGMLQuantizationType
@@ -13,12 +14,14 @@ from chatfleet.model.linear import BlockInt8Linear, DenseLinear
 from chatfleet.model.loader import load_weights
 from chatfleet.model.weight_rows import WeightRows
 from chatfleet.modelfile.gguf_writer import write_gguf
-from tests.model.test_architectures import build
+from tests.model.test_architectures import K_QUANTS, _random_k_quant, build, engine
 
 
 def test_blocks_cover_the_stacked_parts_in_order_on_aligned_boundaries():
     a, b = torch.randn(10, 8), torch.randn(6, 8)
-    mats = WeightRows.stack(WeightRows.of(a), WeightRows((6, 8), ((6, lambda i, j: b[i:j]),), 3))
+    mats = WeightRows.stack(
+        WeightRows.of(a), WeightRows((6, 8), ((6, lambda i, j: b[i:j], None),), 3)
+    )
     blocks = list(mats.blocks(4))
     assert [len(x) for x in blocks] == [3, 3, 3, 1, 3, 3]  # lcm(1, 3) = 3 rows at a time
     assert torch.equal(torch.cat(blocks), torch.cat([a, b]))
@@ -49,3 +52,34 @@ def test_gguf_q_and_k_rows_read_a_head_at_a_time_are_transformers_rows(tmp_path)
         blocks = list(rows.blocks(1))  # one head per block
         assert len(blocks) == want.shape[0] // head_dim
         assert torch.equal(torch.cat(blocks), want.detach())
+
+
+@pytest.mark.skipif(kernels.load("qlinear") is None, reason="int8 kernel needs AVX-512 VNNI")
+@pytest.mark.parametrize(
+    ("qtype", "bits"),
+    [
+        (GGMLQuantizationType.Q8_0, 8),
+        (GGMLQuantizationType.Q4_0, 4),
+        (GGMLQuantizationType.Q4_1, 4),
+        (GGMLQuantizationType.Q4_K, 4),
+        (GGMLQuantizationType.Q5_K, 8),
+    ],
+    ids=lambda v: getattr(v, "name", str(v)),
+)
+def test_gguf_blocks_are_held_as_their_own_codes(tmp_path, qtype, bits):
+    """The int8 format holds a 32-value block format's codes as they are: 4-bit files in 4
+    bits, the values exactly (the K-quants' scales rounded once, to fp16)."""
+    _, model = build(tmp_path, "qwen2", tie_word_embeddings=False)
+    k_quant = qtype in K_QUANTS
+    encoded = _random_k_quant(model, qtype, np.random.default_rng(0)) if k_quant else None
+    path = str(tmp_path / f"{qtype.name}.gguf")
+    write_gguf(model, "qwen2", path, qtype, encoded=encoded)
+    _, weights = load_weights(path)
+    held = engine(path, "int8").engine.runner.model
+    for linear, parts in ((held.layers[0].gate_up, ("gate", "up")), (held.embed_table, None)):
+        names = [f"layers.0.{p}" for p in parts] if parts else ["embed"]
+        want = torch.cat([weights[n] for n in names])
+        assert linear.bits == bits
+        got = linear.dequantized_weight()
+        tolerance = 2e-3 * want.abs().max().item() if k_quant else 0.0
+        assert (got - want).abs().max().item() <= tolerance
