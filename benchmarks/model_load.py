@@ -4,7 +4,8 @@ A random-weight Llama of a mid-size shape is written once per format (a HF direc
 safetensors, GGUF F16 / Q8_0 / Q4_1 / Q4_0 with gguf's quantizers, laid out as llama.cpp
 writes them); each is loaded by a fresh process building the engine (`LLM`) in the default
 runtime format, which reports its load time, its peak resident memory above what the process
-held before the load (the file's pages it touched included), and what it holds after.
+held before the load (the file's pages it touched included), what it holds after, and of
+that the model's own tensors (weights, scales, RoPE tables).
 `--baseline DIR` loads the same files with another chatfleet checkout too, in the same run.
 Each checkout first loads one file unmeasured (its C++ kernels are built then, if needed).
 
@@ -38,7 +39,11 @@ llm = LLM(model=sys.argv[1], cache=CacheConfig(num_blocks_override=16))
 seconds = time.perf_counter() - start
 fmt = llm.engine.runner.info.weight_format
 peak, after = (kib("VmHWM") - before) / 1024, (kib("VmRSS") - before) / 1024
-print(json.dumps({"load_s": seconds, "peak_mib": peak, "held_mib": after, "runtime": fmt}))
+model = llm.engine.runner.model
+tensors = {t.data_ptr(): t.nbytes for t in [*model.parameters(), *model.buffers()]}
+weights = sum(tensors.values()) / 2**20
+row = {"load_s": seconds, "peak_mib": peak, "held_mib": after, "weights_mib": weights}
+print(json.dumps(row | {"runtime": fmt}))
 sys.stdout.flush()
 os._exit(0)  # the measurement is taken; a baseline may not shut down cleanly
 """
@@ -120,6 +125,7 @@ def main() -> None:
                     f"{fmt:5} {label:9} file {row['file_mib']:7.1f} MiB  load "
                     f"{row['load_s']:5.1f} s  peak {row['peak_mib']:7.1f} MiB "
                     f"({row['peak_over_file']:.2f}x the file), held {row['held_mib']:7.1f} MiB "
+                    f"(model tensors {row['weights_mib']:6.1f} MiB) "
                     f"as {row['runtime']}",
                     flush=True,
                 )

@@ -120,3 +120,39 @@ def write_gguf(
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+
+
+# Each K-quant's 256-value super-block: its size in bytes and where its fp16 scales sit, with a
+# range for them that keeps weights near the model's own scale (see ggml-common.h).
+K_QUANTS = {
+    GGMLQuantizationType.Q4_K: (144, {0: (2e-4, 5e-4), 2: (1e-3, 3e-3)}),  # d, dmin
+    GGMLQuantizationType.Q5_K: (176, {0: (1e-4, 2.5e-4), 2: (1e-3, 3e-3)}),  # d, dmin
+    GGMLQuantizationType.Q6_K: (210, {208: (1e-4, 2e-4)}),  # d (last)
+}
+
+
+def random_k_quants(
+    model: Any, qtype: GGMLQuantizationType, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """Random super-blocks in `qtype` for every matrix of a transformers model (any bytes are a
+    valid K-quant once its fp16 scales are sane), with the model's weights set to what gguf
+    decodes them to, for `write_gguf(..., encoded=)`: the model is then exactly the file's.
+    (gguf has no K-quant quantizer; llama.cpp's is a C++ build.)"""
+    import torch
+    from gguf.quants import dequantize
+
+    block_bytes, scales = K_QUANTS[qtype]
+    encoded = {}
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.ndim != 2:
+                continue
+            rows, cols = param.shape
+            raw = rng.integers(0, 256, (rows, cols // 256, block_bytes), dtype=np.uint8)
+            for at, (lo, hi) in scales.items():
+                d = rng.uniform(lo, hi, raw.shape[:2]).astype(np.float16)
+                raw[..., at : at + 2] = d.view(np.uint8).reshape(*raw.shape[:2], 2)
+            raw = raw.reshape(rows, -1)
+            encoded[name] = raw
+            param.copy_(torch.from_numpy(dequantize(raw, qtype).reshape(rows, cols)))
+    return encoded

@@ -18,9 +18,14 @@ from chatfleet import LLM, SamplingParams
 from chatfleet.config.engine_config import CacheConfig, SchedulerConfig
 from chatfleet.model import kernels
 from chatfleet.model.architectures import UnsupportedModelError
-from chatfleet.model.linear import BlockInt8Linear
 from chatfleet.model.loader import load_weights
-from chatfleet.modelfile.gguf_writer import gguf_name, quantized, write_gguf
+from chatfleet.modelfile.gguf_writer import (
+    K_QUANTS,
+    gguf_name,
+    quantized,
+    random_k_quants,
+    write_gguf,
+)
 from chatfleet.modelfile.tokenizer import Tokenizer
 
 transformers = pytest.importorskip("transformers")
@@ -242,60 +247,43 @@ def test_gguf_files_match_transformers_on_the_weights_they_hold(tmp_path, family
     assert_matches_transformers(path, _as_loaded(model, qtype), prompt)
 
 
-# Each K-quant's 256-value super-block: its size in bytes and where its fp16 scales sit, with a
-# range for them that keeps weights near the model's own scale (see ggml-common.h).
-K_QUANTS = {
-    GGMLQuantizationType.Q4_K: (144, {0: (2e-4, 5e-4), 2: (1e-3, 3e-3)}),  # d, dmin
-    GGMLQuantizationType.Q5_K: (176, {0: (1e-4, 2.5e-4), 2: (1e-3, 3e-3)}),  # d, dmin
-    GGMLQuantizationType.Q6_K: (210, {208: (1e-4, 2e-4)}),  # d (last)
-}
-
-
-def _random_k_quant(model: torch.nn.Module, qtype, rng) -> dict[str, np.ndarray]:
-    """Random super-blocks in `qtype` for every matrix (any bytes are a valid K-quant once its
-    fp16 scales are sane), with the model's weights set to what gguf decodes them to: the model
-    is then exactly the file's, and gguf's dequantizer is the reference."""
-    from gguf.quants import dequantize
-
-    block_bytes, scales = K_QUANTS[qtype]
-    encoded = {}
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.ndim != 2:
-                continue
-            rows, cols = param.shape
-            raw = rng.integers(0, 256, (rows, cols // 256, block_bytes), dtype=np.uint8)
-            for at, (lo, hi) in scales.items():
-                d = rng.uniform(lo, hi, raw.shape[:2]).astype(np.float16)
-                raw[..., at : at + 2] = d.view(np.uint8).reshape(*raw.shape[:2], 2)
-            raw = raw.reshape(rows, -1)
-            encoded[name] = raw
-            param.copy_(torch.from_numpy(dequantize(raw, qtype).reshape(rows, cols)))
-    return encoded
-
-
 @pytest.mark.parametrize("qtype", list(K_QUANTS), ids=lambda q: q.name)
 def test_k_quant_gguf_files_match_transformers_on_what_they_decode_to(tmp_path, qtype):
     """Q4_K, Q5_K and Q6_K (what most people download) against transformers holding gguf's
     decoding of the same bytes, in fp32; in the int8 runtime format, against transformers
-    holding what that format keeps of them (8 bits per 32 values with fp16 scales: the K-quants'
-    two-level scales, and Q6_K's 16-value sub-blocks, are rounded once more, as an F16 file's
-    weights are)."""
+    holding the weights that format holds (Q4_K and Q5_K as their own codes, scales rounded to
+    fp16; Q6_K, whose 16-value sub-blocks do not fit 32-value blocks, fitted again)."""
     _, model = build(tmp_path, "qwen2", tie_word_embeddings=False)
-    encoded = _random_k_quant(model, qtype, np.random.default_rng(0))
+    encoded = random_k_quants(model, qtype, np.random.default_rng(0))
     path = str(tmp_path / f"qwen2-{qtype.name}.gguf")
     write_gguf(model, "qwen2", path, qtype, encoded=encoded)
     assert_matches_transformers(path, model, prompt_ids(20))
     if kernels.load("qlinear") is not None:
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                if param.ndim == 2:  # the embedding too: it is held in int8 as well
-                    param.copy_(BlockInt8Linear(param.detach()).dequantized_weight())
-        # The int8 kernel also rounds activations to 16 bits per 32 values; the random
-        # super-blocks give large logits, and the worst top-5 logprob moves by about 1e-2
-        # with as little as which embedding the same weights start from.
+        _hold_what_the_engine_holds(model, engine(path, "int8").engine.runner.model)
+        # The int8 kernel also rounds activations to 16 bits per 32 values; Q6_K's random
+        # super-blocks give weights, and logits, several times larger than the others'.
         int8_atol = 2e-2
         assert_matches_transformers(path, model, prompt_ids(20), "cpu", "int8", int8_atol)
+
+
+def _hold_what_the_engine_holds(model: torch.nn.Module, held: torch.nn.Module) -> None:
+    """Sets the transformers model's matrices to the engine model's (as their format holds
+    them, fused projections split back)."""
+    c = model.config
+    head_dim = c.hidden_size // c.num_attention_heads
+    qkv_rows = [c.num_attention_heads * head_dim] + [c.num_key_value_heads * head_dim] * 2
+    with torch.no_grad():
+        model.model.embed_tokens.weight.copy_(held.embed_table.dequantized_weight())
+        model.lm_head.weight.copy_(held.lm_head.dequantized_weight())
+        for ours, theirs in zip(held.layers, model.model.layers, strict=True):
+            attn, mlp = theirs.self_attn, theirs.mlp
+            q, k, v = ours.qkv.dequantized_weight().split(qkv_rows)
+            gate, up = ours.gate_up.dequantized_weight().chunk(2)
+            pairs = [(attn.q_proj, q), (attn.k_proj, k), (attn.v_proj, v), (mlp.gate_proj, gate)]
+            pairs += [(mlp.up_proj, up), (attn.o_proj, ours.o.dequantized_weight())]
+            pairs += [(mlp.down_proj, ours.down.dequantized_weight())]
+            for linear, weight in pairs:
+                linear.weight.copy_(weight)
 
 
 def test_a_gguf_weight_type_that_cannot_be_read_is_refused_by_name(tmp_path):

@@ -13,8 +13,8 @@ from chatfleet.model import kernels
 from chatfleet.model.linear import BlockInt8Linear, DenseLinear
 from chatfleet.model.loader import load_weights
 from chatfleet.model.weight_rows import WeightRows
-from chatfleet.modelfile.gguf_writer import write_gguf
-from tests.model.test_architectures import K_QUANTS, _random_k_quant, build, engine
+from chatfleet.modelfile.gguf_writer import K_QUANTS, random_k_quants, write_gguf
+from tests.model.test_architectures import build, engine
 
 
 def test_blocks_cover_the_stacked_parts_in_order_on_aligned_boundaries():
@@ -71,7 +71,7 @@ def test_gguf_blocks_are_held_as_their_own_codes(tmp_path, qtype, bits):
     bits, the values exactly (the K-quants' scales rounded once, to fp16)."""
     _, model = build(tmp_path, "qwen2", tie_word_embeddings=False)
     k_quant = qtype in K_QUANTS
-    encoded = _random_k_quant(model, qtype, np.random.default_rng(0)) if k_quant else None
+    encoded = random_k_quants(model, qtype, np.random.default_rng(0)) if k_quant else None
     path = str(tmp_path / f"{qtype.name}.gguf")
     write_gguf(model, "qwen2", path, qtype, encoded=encoded)
     _, weights = load_weights(path)
