@@ -1,11 +1,12 @@
 """Load time and peak load memory per model file format, on this machine.
 
 A random-weight Llama of a mid-size shape is written once per format (a HF directory with
-safetensors, GGUF F16 / Q8_0 / Q4_1 / Q4_0 with gguf's quantizers, laid out as llama.cpp
-writes them); each is loaded by a fresh process building the engine (`LLM`) in the default
-runtime format, which reports its load time, its peak resident memory above what the process
-held before the load (the file's pages it touched included), what it holds after, and of
-that the model's own tensors (weights, scales, RoPE tables).
+safetensors, GGUF F16 / Q8_0 / Q4_1 / Q4_0 with gguf's quantizers and Q4_K / Q5_K / Q6_K
+of random super-blocks, laid out as llama.cpp writes them); each is loaded by a fresh process
+building the engine (`LLM`) in the default runtime format, which reports its load time, its
+peak resident memory above what the process held before the load (the file's pages it
+touched included), what it holds after, and of that the model's own tensors (weights,
+scales, RoPE tables).
 `--baseline DIR` loads the same files with another chatfleet checkout too, in the same run.
 Each checkout first loads one file unmeasured (its C++ kernels are built then, if needed).
 
@@ -15,6 +16,7 @@ Each checkout first loads one file unmeasured (its C++ kernels are built then, i
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import subprocess
@@ -24,7 +26,7 @@ from typing import Any
 
 from offline_throughput import cpu_info
 
-FORMATS = ("hf", "F16", "Q8_0", "Q4_1", "Q4_0")
+FORMATS = ("hf", "F16", "Q8_0", "Q4_1", "Q4_0", "Q4_K", "Q5_K", "Q6_K")
 # Runs in the fresh process: the peak above the process's own (torch and chatfleet imported).
 _PROBE = """
 import json, os, sys, time
@@ -50,11 +52,12 @@ os._exit(0)  # the measurement is taken; a baseline may not shut down cleanly
 
 
 def build_files(out_dir: str, shape: dict[str, int]) -> dict[str, str]:
+    import numpy as np
     import torch
     import transformers
     from gguf import GGMLQuantizationType
 
-    from chatfleet.modelfile.gguf_writer import write_gguf
+    from chatfleet.modelfile.gguf_writer import K_QUANTS, random_k_quants, write_gguf
     from chatfleet.modelfile.tokenizer import Tokenizer
 
     torch.manual_seed(0)
@@ -65,7 +68,13 @@ def build_files(out_dir: str, shape: dict[str, int]) -> dict[str, str]:
     Tokenizer.from_model_path(None).save_hf(paths["hf"])
     for name in FORMATS[1:]:
         paths[name] = os.path.join(out_dir, f"model-{name}.gguf")
-        write_gguf(model, "llama", paths[name], GGMLQuantizationType[name])
+        qtype = GGMLQuantizationType[name]
+        if qtype in K_QUANTS:  # random super-blocks: gguf has no K-quant quantizer
+            k_model = copy.deepcopy(model)
+            encoded = random_k_quants(k_model, qtype, np.random.default_rng(0))
+            write_gguf(k_model, "llama", paths[name], qtype, encoded=encoded)
+        else:
+            write_gguf(model, "llama", paths[name], qtype)
     return paths
 
 

@@ -167,7 +167,8 @@ class BlockInt8Linear(Linear):
             tiled = tiled[:, :, :4] | (tiled[:, :, 4:] << 4)
         self.register_buffer("packed", tiled.contiguous())
         by_tile = lambda t: t.reshape(n // 16, 16, -1).permute(0, 2, 1).contiguous()  # noqa: E731
-        # fp16 scales are exact for GGUF blocks (their d and m are fp16 already).
+        # fp16 scales: exact for Q8_0 / Q4_0 / Q4_1 blocks (their d and m are fp16 already);
+        # a K-quant's d * sub-block scale is rounded to them once.
         self.register_buffer("scales", by_tile(scale).half())
         self.register_buffer("zeros", by_tile(zero).half())
 

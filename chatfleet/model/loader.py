@@ -103,6 +103,9 @@ class LazyWeights(Mapping[str, torch.Tensor]):
     def rows(self, name: str) -> WeightRows:
         return self._matrices[name]
 
+    def __contains__(self, name: object) -> bool:  # Mapping's would read the tensor
+        return name in self._matrices or name in self._vectors
+
     def __iter__(self) -> Iterator[str]:
         return iter([*self._matrices, *self._vectors])
 

@@ -155,4 +155,9 @@ def random_k_quants(
             raw = raw.reshape(rows, -1)
             encoded[name] = raw
             param.copy_(torch.from_numpy(dequantize(raw, qtype).reshape(rows, cols)))
+    # A tied head is the embedding's parameter under a second name in the state dict.
+    by_data = {p.data_ptr(): name for name, p in model.named_parameters() if name in encoded}
+    for name, tensor in model.state_dict().items():
+        if name not in encoded and tensor.data_ptr() in by_data:
+            encoded[name] = encoded[by_data[tensor.data_ptr()]]
     return encoded
