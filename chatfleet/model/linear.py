@@ -128,9 +128,10 @@ class BlockInt8Linear(Linear):
     """8-bit weights in 32-wide blocks (w = s * u + z) times activations quantized per 32-wide
     block, accumulated in int32 by the VNNI kernel in csrc/qlinear.cpp.
 
-    Activations are rounded to 16 bits per 32 values; the weights of GGUF Q4_1 / Q8_0 blocks
-    are represented exactly (see `quantize_blocks`), so the result matches the fp32 matmul on
-    the same weights to float rounding, bit-identically whatever the batch.
+    Activations are rounded to 16 bits per 32 values; GGUF Q8_0 / Q4_0 / Q4_1 blocks are held
+    exactly, as their own codes (modelfile/gguf_blocks.py; Q4_1 and Q8_0 also survive
+    `quantize_blocks`), so the result matches the fp32 matmul on the same weights to float
+    rounding, bit-identically whatever the batch.
     """
 
     fmt = "int8"
@@ -154,23 +155,34 @@ class BlockInt8Linear(Linear):
         # Weights from 4-bit blocks are held in 4 bits, halving what a batch-1 step reads: read
         # as codes they are 0..15; requantized, they sit on every 17th code (a 17x scale).
         parts = codes.split(4096)
-        self.bits = 8
+        self.bits, step = 8, 1
         if all(bool((c <= 15).all()) for c in parts):
             self.bits = 4
         elif all(bool((c % 17 == 0).all()) for c in parts):
-            self.bits, codes, scale = 4, codes // 17, scale * 17
-        # [n, nb, 32] -> [n/16, nb, 8, 16, 4]: vector j of a tile holds, per output row
-        # (lane), the 4 codes of columns 4j..4j+3 of the block (see qlinear.cpp).
-        tiled = codes.to(torch.uint8).reshape(n // 16, 16, k // self.BLOCK, 8, 4)
-        tiled = tiled.permute(0, 2, 3, 1, 4).contiguous()
-        if self.bits == 4:  # vector j in the low nibbles, vector j + 4 in the high ones
-            tiled = tiled[:, :, :4] | (tiled[:, :, 4:] << 4)
-        self.register_buffer("packed", tiled.contiguous())
+            self.bits, step, scale = 4, 17, scale * 17
+        self.register_buffer("packed", self._tiled(codes, step))
         by_tile = lambda t: t.reshape(n // 16, 16, -1).permute(0, 2, 1).contiguous()  # noqa: E731
         # fp16 scales: exact for Q8_0 / Q4_0 / Q4_1 blocks (their d and m are fp16 already);
         # a K-quant's d * sub-block scale is rounded to them once.
         self.register_buffer("scales", by_tile(scale).half())
         self.register_buffer("zeros", by_tile(zero).half())
+
+    def _tiled(self, codes: torch.Tensor, step: int) -> torch.Tensor:
+        """codes [n, nb, 32] (divided by `step`) -> [n/16, nb, 8, 16, 4]: vector j of a tile
+        holds, per output row (lane), the 4 codes of columns 4j..4j+3 of the block (see
+        qlinear.cpp); in 4 bits, vector j in the low nibbles and j + 4 in the high ones. Built
+        256 tiles at a time: its temporaries stay small beside a vocabulary-sized matrix."""
+        n, nb = codes.shape[:2]
+        vectors = 8 if self.bits == 8 else 4
+        packed = torch.empty(n // 16, nb, vectors, 16, 4, dtype=torch.uint8)
+        for t in range(0, n // 16, 256):
+            rows = codes[t * 16 : (t + 256) * 16]
+            rows = rows // step if step != 1 else rows
+            tiled = rows.reshape(-1, 16, nb, 8, 4).permute(0, 2, 3, 1, 4)
+            if self.bits == 4:
+                tiled = tiled[:, :, :4] | (tiled[:, :, 4:] << 4)
+            packed[t : t + len(tiled)] = tiled
+        return packed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fused(x)

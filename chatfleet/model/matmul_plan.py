@@ -44,11 +44,18 @@ def bucket_index(rows: int) -> int:
     return min(max(rows - 1, 0).bit_length(), len(BUCKETS) - 1)
 
 
+def plan_key(linear) -> tuple[int, int, int]:
+    """(out, in, code bits): 4-bit codes halve what the int8 kernel reads, so the same shape
+    can choose differently at each width."""
+    return (linear.out_features, linear.in_features, linear.bits)
+
+
 @dataclass(frozen=True)
 class MatmulPlan:
-    """Per weight shape (out, in): the kernel of each bucket, in BUCKETS order."""
+    """Per weight (out, in, code bits), see plan_key: the kernel of each bucket, in BUCKETS
+    order."""
 
-    choices: dict[tuple[int, int], tuple[str, ...]]
+    choices: dict[tuple[int, int, int], tuple[str, ...]]
 
     def min_rows(self, kernel: str) -> int | None:
         """The fewest rows for which any shape uses `kernel` (None: never)."""
@@ -56,15 +63,15 @@ class MatmulPlan:
         return min(rows, default=None)
 
     def to_json(self) -> str:
-        return json.dumps({f"{n}x{k}": list(c) for (n, k), c in self.choices.items()})
+        return json.dumps({"x".join(map(str, key)): list(c) for key, c in self.choices.items()})
 
     @classmethod
     def from_json(cls, text: str) -> MatmulPlan:
         raw = json.loads(text)
         choices = {}
-        for shape, kernels in raw.items():
-            n, k = (int(v) for v in shape.split("x"))
-            choices[(n, k)] = tuple(kernels)
+        for key, kernels in raw.items():
+            n, k, bits = (int(v) for v in key.split("x"))
+            choices[(n, k, bits)] = tuple(kernels)
         return cls(choices)
 
 
@@ -99,7 +106,7 @@ def measure(linear, reps: int = 5) -> tuple[str, ...]:
     return tuple(picks)
 
 
-def _cache_path(shapes: Sequence[tuple[int, int]], num_threads: int) -> str:
+def _cache_path(shapes: Sequence[tuple[int, int, int]], num_threads: int) -> str:
     cpu = ""
     try:
         with open("/proc/cpuinfo") as f:
@@ -116,7 +123,7 @@ def _cache_path(shapes: Sequence[tuple[int, int]], num_threads: int) -> str:
 def load_or_measure(linears: Sequence, num_threads: int) -> MatmulPlan:
     """The plan for these layers (BlockInt8Linear) on this CPU: cached, else measured once
     per distinct shape and cached."""
-    by_shape = {(m.out_features, m.in_features): m for m in linears}
+    by_shape = {plan_key(m): m for m in linears}
     path = _cache_path(list(by_shape), num_threads)
     if os.path.isfile(path):
         with open(path) as f:

@@ -18,7 +18,7 @@ from chatfleet.model.forward_context import ForwardContext
 from chatfleet.model.fused_decode import FusedDecode
 from chatfleet.model.linear import resolve_weight_format
 from chatfleet.model.loader import load_weights
-from chatfleet.model.matmul_plan import MatmulPlan, load_or_measure
+from chatfleet.model.matmul_plan import MatmulPlan, load_or_measure, plan_key
 from chatfleet.model.models.llama import LlamaForCausalLM
 from chatfleet.model.sampler import Sampler, SamplingRow
 from chatfleet.outputs import TokenLogprobs
@@ -131,7 +131,7 @@ class ModelRunner:
         linears = [getattr(layer, part) for layer in self.model.layers for part in parts]
         plan = load_or_measure(linears, num_threads)
         for linear in linears:
-            linear.use_plan(plan.choices[(linear.out_features, linear.in_features)])
+            linear.use_plan(plan.choices[plan_key(linear)])
         if self.model.fused_decode is not None:
             self.model.fused_decode.max_rows = plan.min_rows("bf16")
         self.matmul_plan = plan

@@ -29,7 +29,8 @@ CHAT = [
     "Who wrote Hamlet?",
 ]
 # The real model's decoder shapes (qkv, o, gate_up, down) and the default thread count.
-SMOLLM2_SHAPES = [(960, 576), (576, 576), (3072, 576), (576, 1536)]
+# The default model's decoder matmuls (plan keys): Q4_1 in the file, held as 4-bit codes.
+SMOLLM2_SHAPES = [(960, 576, 4), (576, 576, 4), (3072, 576, 4), (576, 1536, 4)]
 
 
 def test_row_counts_fall_in_power_of_two_buckets() -> None:
@@ -41,16 +42,23 @@ def test_row_counts_fall_in_power_of_two_buckets() -> None:
 def test_the_plan_is_measured_once_then_read_from_the_cache(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("CHATFLEET_CACHE_DIR", str(tmp_path))
     lin = BlockInt8Linear(torch.randn(64, 128) * 0.05)
-    plan = load_or_measure([lin], num_threads=1)
-    assert set(plan.choices) == {(64, 128)}
-    assert len(plan.choices[(64, 128)]) == len(BUCKETS)
-    assert set(plan.choices[(64, 128)]) <= set(matmul_plan.KERNELS)
+    # The same shape in 4-bit codes reads half the bytes: it is measured on its own.
+    q = torch.randint(0, 16, (64, 4, 32))
+    q[..., 0], q[..., 1] = 0, 15  # a Q4_1 grid: 16 levels, both ends used in every block
+    lin4 = BlockInt8Linear(q.reshape(64, 128).float() * 0.01)
+    assert (lin.bits, lin4.bits) == (8, 4)
+    plan = load_or_measure([lin, lin4], num_threads=1)
+    assert set(plan.choices) == {(64, 128, 8), (64, 128, 4)}
+    assert len(plan.choices[(64, 128, 8)]) == len(BUCKETS)
+    assert set(plan.choices[(64, 128, 4)]) <= set(matmul_plan.KERNELS)
     (path,) = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path) for f in fs]
     # A plan written there is what the next start uses, without measuring.
-    planted = MatmulPlan({(64, 128): ("int8",) * 3 + ("bf16",) * 7})
+    planted = MatmulPlan(
+        {(64, 128, 8): ("int8",) * 3 + ("bf16",) * 7, (64, 128, 4): ("int8",) * 10}
+    )
     with open(path, "w") as f:
         f.write(planted.to_json())
-    assert load_or_measure([lin], num_threads=1) == planted
+    assert load_or_measure([lin, lin4], num_threads=1) == planted
     assert planted.min_rows("bf16") == 8 and planted.min_rows("int8") == 1
 
 
