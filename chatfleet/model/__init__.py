@@ -1,6 +1,8 @@
 """The data plane: everything that touches tensors.
 
-loader.py          GGUF / safetensors -> weights under canonical names
+loader.py          a model file -> (config, LazyWeights): gguf_weights.py, hf_weights.py
+lazy_weights.py    canonical names, the checks on them, tensors read when asked for
+weight_rows.py     a matrix read a block of rows at a time (fp32 or the int8 codes)
 models/llama.py    the decoder
 linear.py          weight formats: fp32 / bf16 through the platform GEMM, int8 (C++ kernel)
 attention/         paged attention backends: reference, sdpa (also CUDA), cpu (C++ kernel)

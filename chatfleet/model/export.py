@@ -12,7 +12,8 @@ import os
 import torch
 
 from chatfleet.model.architectures import ARCHITECTURES, UnsupportedModelError
-from chatfleet.model.loader import HF_LAYER_NAMES, HF_TOP_NAMES, load_weights
+from chatfleet.model.hf_weights import HF_LAYER_NAMES, HF_TOP_NAMES
+from chatfleet.model.loader import load_weights
 from chatfleet.modelfile.tokenizer import Tokenizer
 
 # Canonical name -> HF module name: the loader's mappings, inverted.

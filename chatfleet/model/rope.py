@@ -41,6 +41,11 @@ def _llama3(inv_freq: torch.Tensor, s: RopeScaling) -> torch.Tensor:
     return torch.where(wavelength < original / s.high_freq_factor, inv_freq, out)
 
 
+def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
+    """YaRN's attention temperature for a context stretched `factor` times."""
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+
+
 def _yarn(inv_freq: torch.Tensor, s: RopeScaling, dim: int, base: float) -> torch.Tensor:
     """Dimension pairs whose frequency turns more than beta_fast times over the original
     context are kept (extrapolated), those under beta_slow divided by `factor`

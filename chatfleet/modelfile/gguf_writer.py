@@ -59,6 +59,17 @@ def quantized(array: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
     return quants.dequantize(quants.quantize(array, qtype), qtype)
 
 
+def _add_rope_scaling(writer: GGUFWriter, c: Any) -> None:
+    """Linear and YaRN scaling as llama.cpp's converter writes them (llama3 scaling is the
+    caller's `rope_factors` tensor)."""
+    kind = c.rope_parameters.get("rope_type", "default")
+    if kind in ("linear", "yarn"):
+        writer.add_rope_scaling_type(RopeScalingType(kind))
+        writer.add_rope_scaling_factor(c.rope_parameters["factor"])
+        original = c.rope_parameters.get("original_max_position_embeddings")
+        writer.add_rope_scaling_orig_ctx_len(original or c.max_position_embeddings)
+
+
 def write_gguf(
     model: Any,  # a transformers PreTrainedModel
     arch: str,
@@ -83,12 +94,7 @@ def write_gguf(
     writer.add_head_count_kv(c.num_key_value_heads)
     writer.add_layer_norm_rms_eps(c.rms_norm_eps)
     writer.add_rope_freq_base(c.rope_parameters["rope_theta"])
-    kind = c.rope_parameters.get("rope_type", "default")
-    if kind in ("linear", "yarn"):  # llama3 scaling is the caller's `rope_factors` tensor
-        writer.add_rope_scaling_type(RopeScalingType(kind))
-        writer.add_rope_scaling_factor(c.rope_parameters["factor"])
-        original = c.rope_parameters.get("original_max_position_embeddings")
-        writer.add_rope_scaling_orig_ctx_len(original or c.max_position_embeddings)
+    _add_rope_scaling(writer, c)
     meta, _ = read_gguf(tokenizer_from or default_model_path(), with_tensors=False)
     for key, value in meta.items():
         if not key.startswith("tokenizer."):

@@ -115,13 +115,13 @@ def load_model_shape(name_or_path: str, weight_bytes_per_param: float = 2.0) -> 
         raise ValueError(f"unknown model shape {name_or_path!r}: not {sorted(MODEL_SHAPES)}")
     name = os.path.basename(name_or_path.rstrip("/"))
     if path.endswith(".gguf"):
-        from chatfleet.model.loader import config_from_gguf
+        from chatfleet.model.gguf_weights import config_from_gguf
         from chatfleet.modelfile.gguf_file import read_gguf
 
         meta, tensors = read_gguf(path)
         config = config_from_gguf(meta, {t.name for t in tensors})
     else:
-        from chatfleet.model.loader import config_from_hf
+        from chatfleet.model.hf_weights import config_from_hf
 
         with open(path, encoding="utf-8") as f:
             config = config_from_hf(json.load(f))
