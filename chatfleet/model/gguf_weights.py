@@ -200,32 +200,14 @@ def _decoded_cols(data: np.ndarray, qtype) -> int:
 
 
 def _dequantize_rows(data: np.ndarray, qtype, fallback) -> np.ndarray:
-    """Torch fast paths for the block formats of the default model; gguf's numpy otherwise.
-
-    Both formats use 32-value blocks whose first bytes are an fp16 scale `d`:
-        Q8_0: [d:f16][32 x int8]                   value = d * q
-        Q4_1: [d:f16][m:f16][16 bytes of nibbles]  value = d * q + m, low nibbles first
-    """
-    from gguf import GGMLQuantizationType as Q
-
+    """fp32 [rows, cols]: block formats from their codes (scale * code + zero, which for these
+    formats is gguf's own arithmetic, exact in fp32), F16 widened, gguf's numpy otherwise."""
     if data.dtype == np.float16:
         return data.astype(np.float32)
-    if qtype not in (Q.Q8_0, Q.Q4_1):
+    if not gguf_blocks.encodable(qtype):
         return np.asarray(fallback(data, qtype), dtype=np.float32)
-    raw = torch.from_numpy(np.array(data))  # [rows, bytes], copied out of the memory map
-    rows = raw.shape[0]
-    block_bytes = 34 if qtype == Q.Q8_0 else 20
-    blocks = raw.reshape(rows, -1, block_bytes)
-    d = blocks[..., 0:2].contiguous().view(torch.float16).float()  # [rows, nblocks, 1]
-    if qtype == Q.Q8_0:
-        q = blocks[..., 2:].contiguous().view(torch.int8).float()
-        out = q * d
-    else:
-        m = blocks[..., 2:4].contiguous().view(torch.float16).float()
-        nibbles = blocks[..., 4:]
-        q = torch.cat([nibbles & 0x0F, nibbles >> 4], dim=-1).float()
-        out = q * d + m
-    return out.reshape(rows, -1).numpy()
+    codes, scale, zero = gguf_blocks.encode_rows(data, qtype)
+    return (codes * scale[..., None] + zero[..., None]).reshape(len(data), -1)
 
 
 def _canonical_gguf_name(name: str) -> str:

@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 import torch
 from gguf import GGMLQuantizationType
+from gguf.quants import dequantize
 
 from chatfleet.model import kernels
 from chatfleet.model.linear import BlockInt8Linear, DenseLinear
 from chatfleet.model.loader import load_weights
 from chatfleet.model.weight_rows import WeightRows
+from chatfleet.modelfile.gguf_file import read_gguf
 from chatfleet.modelfile.gguf_writer import K_QUANTS, random_k_quants, write_gguf
 from tests.model.test_architectures import build, engine
 
@@ -75,6 +77,12 @@ def test_gguf_blocks_are_held_as_their_own_codes(tmp_path, qtype, bits):
     path = str(tmp_path / f"{qtype.name}.gguf")
     write_gguf(model, "qwen2", path, qtype, encoded=encoded)
     _, weights = load_weights(path)
+    # The loader's fp32 reading of the file is gguf's own decoding, bit for bit.
+    _, tensors = read_gguf(path)
+    gguf_gate = next(t for t in tensors if t.name == "blk.0.ffn_gate.weight")
+    assert torch.equal(
+        weights["layers.0.gate"], torch.from_numpy(dequantize(gguf_gate.data, qtype))
+    )
     held = engine(path, "int8").engine.runner.model
     for linear, parts in ((held.layers[0].gate_up, ("gate", "up")), (held.embed_table, None)):
         names = [f"layers.0.{p}" for p in parts] if parts else ["embed"]
