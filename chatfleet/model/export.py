@@ -14,6 +14,7 @@ import torch
 from chatfleet.model.architectures import ARCHITECTURES, UnsupportedModelError
 from chatfleet.model.hf_weights import HF_LAYER_NAMES, HF_TOP_NAMES
 from chatfleet.model.loader import load_weights
+from chatfleet.model.models.llama import LlamaForCausalLM
 from chatfleet.modelfile.tokenizer import Tokenizer
 
 # Canonical name -> HF module name: the loader's mappings, inverted.
@@ -28,6 +29,11 @@ def _hf_name(name: str) -> str:
     if part.endswith("_bias"):
         return f"model.layers.{layer}.{_HF_LAYER_NAMES[part.removesuffix('_bias')]}.bias"
     return f"model.layers.{layer}.{_HF_LAYER_NAMES[part]}.weight"
+
+
+def held_hf_weights(model: LlamaForCausalLM) -> dict[str, torch.Tensor]:
+    """HF name -> each matrix as a loaded model holds it (fp32), for a transformers reference."""
+    return {_hf_name(name): matrix for name, matrix in model.held_matrices().items()}
 
 
 def export_hf_dir(model: str | None, out_dir: str, dtype: torch.dtype = torch.float32) -> None:

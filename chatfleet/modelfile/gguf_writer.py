@@ -109,7 +109,11 @@ def write_gguf(
             writer.add_array(key, value)
     if rope_factors is not None:
         writer.add_tensor("rope_freqs.weight", rope_factors.astype(np.float32))
+    written: set[int] = set()
     for name, tensor in model.state_dict().items():
+        if tensor.data_ptr() in written:
+            continue  # a tied head: llama.cpp's converter writes the embedding only
+        written.add(tensor.data_ptr())
         array = tensor.float().numpy()
         if arch == "llama" and ".q_proj." in name:
             array = _interleave(array, c.num_attention_heads)

@@ -18,7 +18,9 @@ from chatfleet import LLM, SamplingParams
 from chatfleet.config.engine_config import CacheConfig, SchedulerConfig
 from chatfleet.model import kernels
 from chatfleet.model.architectures import UnsupportedModelError
+from chatfleet.model.export import held_hf_weights
 from chatfleet.model.loader import load_weights
+from chatfleet.modelfile.gguf_file import read_gguf
 from chatfleet.modelfile.gguf_writer import (
     K_QUANTS,
     gguf_name,
@@ -247,6 +249,20 @@ def test_gguf_files_match_transformers_on_the_weights_they_hold(tmp_path, family
     assert_matches_transformers(path, _as_loaded(model, qtype), prompt)
 
 
+def test_a_tied_head_is_written_once_and_held_once(tmp_path):
+    """As llama.cpp's converter writes a tied model (SmolLM2, Llama 3.2 1B): no `output.weight`;
+    the engine's head is then its embedding."""
+    _, model = build(tmp_path, "llama", tie_word_embeddings=True)
+    path = str(tmp_path / "tied.gguf")
+    write_gguf(model, "llama", path, GGMLQuantizationType.Q8_0)
+    _, tensors = read_gguf(path)
+    assert "token_embd.weight" in {t.name for t in tensors}
+    assert "output.weight" not in {t.name for t in tensors}
+    held = engine(path).engine.runner.model
+    assert held.lm_head is held.embed_table
+    assert_matches_transformers(path, _as_loaded(model, GGMLQuantizationType.Q8_0), prompt_ids(20))
+
+
 @pytest.mark.parametrize("qtype", list(K_QUANTS), ids=lambda q: q.name)
 def test_k_quant_gguf_files_match_transformers_on_what_they_decode_to(tmp_path, qtype):
     """Q4_K, Q5_K and Q6_K (what most people download) against transformers holding gguf's
@@ -259,31 +275,14 @@ def test_k_quant_gguf_files_match_transformers_on_what_they_decode_to(tmp_path, 
     write_gguf(model, "qwen2", path, qtype, encoded=encoded)
     assert_matches_transformers(path, model, prompt_ids(20))
     if kernels.load("qlinear") is not None:
-        _hold_what_the_engine_holds(model, engine(path, "int8").engine.runner.model)
+        held = held_hf_weights(engine(path, "int8").engine.runner.model)
+        result = model.load_state_dict(held, strict=False)
+        assert not result.unexpected_keys  # every matrix the engine holds is set, and only
+        assert all(k.endswith(("norm.weight", ".bias")) for k in result.missing_keys)
         # The int8 kernel also rounds activations to 16 bits per 32 values; Q6_K's random
         # super-blocks give weights, and logits, several times larger than the others'.
         int8_atol = 2e-2
         assert_matches_transformers(path, model, prompt_ids(20), "cpu", "int8", int8_atol)
-
-
-def _hold_what_the_engine_holds(model: torch.nn.Module, held: torch.nn.Module) -> None:
-    """Sets the transformers model's matrices to the engine model's (as their format holds
-    them, fused projections split back)."""
-    c = model.config
-    head_dim = c.hidden_size // c.num_attention_heads
-    qkv_rows = [c.num_attention_heads * head_dim] + [c.num_key_value_heads * head_dim] * 2
-    with torch.no_grad():
-        model.model.embed_tokens.weight.copy_(held.embed_table.dequantized_weight())
-        model.lm_head.weight.copy_(held.lm_head.dequantized_weight())
-        for ours, theirs in zip(held.layers, model.model.layers, strict=True):
-            attn, mlp = theirs.self_attn, theirs.mlp
-            q, k, v = ours.qkv.dequantized_weight().split(qkv_rows)
-            gate, up = ours.gate_up.dequantized_weight().chunk(2)
-            pairs = [(attn.q_proj, q), (attn.k_proj, k), (attn.v_proj, v), (mlp.gate_proj, gate)]
-            pairs += [(mlp.up_proj, up), (attn.o_proj, ours.o.dequantized_weight())]
-            pairs += [(mlp.down_proj, ours.down.dequantized_weight())]
-            for linear, weight in pairs:
-                linear.weight.copy_(weight)
 
 
 def test_a_gguf_weight_type_that_cannot_be_read_is_refused_by_name(tmp_path):

@@ -121,6 +121,23 @@ class LlamaForCausalLM(torch.nn.Module):
                 h = layer(h, cos, sin, kv_cache, attn, ctx)
         return h
 
+    def held_matrices(self) -> dict[str, torch.Tensor]:
+        """Canonical name -> each matrix as the weight format holds it, in fp32, fused
+        projections split back: what a reference model must hold to be compared exactly."""
+        c = self.config
+        held = {"embed": self.embed_table.dequantized_weight()}
+        if self.lm_head is not self.embed_table:
+            held["lm_head"] = self.lm_head.dequantized_weight()
+        qkv_rows = [c.num_heads * c.head_dim] + [c.num_kv_heads * c.head_dim] * 2
+        for i, module in enumerate(self.layers):
+            layer: LlamaLayer = module  # type: ignore[assignment]  # ModuleList items are Modules
+            q, k, v = layer.qkv.dequantized_weight().split(qkv_rows)
+            gate, up = layer.gate_up.dequantized_weight().chunk(2)
+            parts = {"q": q, "k": k, "v": v, "gate": gate, "up": up}
+            parts |= {"o": layer.o.dequantized_weight(), "down": layer.down.dequantized_weight()}
+            held |= {f"layers.{i}.{name}": matrix for name, matrix in parts.items()}
+        return held
+
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.embed_table.rows(input_ids).to(self.dtype)
 
