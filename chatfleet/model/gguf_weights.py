@@ -186,8 +186,10 @@ def _matrix(t: GGUFTensor, head_dim: int, unpermute: bool) -> WeightRows:
         return codes, scale, zero
 
     align = head_dim if unpermute else 1
-    encoder = encode if gguf_blocks.encodable(t.qtype) else None
-    return WeightRows((rows, _decoded_cols(t.data, t.qtype)), ((rows, read, encoder),), align)
+    shape = (rows, _decoded_cols(t.data, t.qtype))
+    if not gguf_blocks.encodable(t.qtype):
+        return WeightRows(shape, ((rows, read, None),), align)
+    return WeightRows(shape, ((rows, read, encode),), align, gguf_blocks.code_bits(t.qtype))
 
 
 def _decoded_cols(data: np.ndarray, qtype) -> int:

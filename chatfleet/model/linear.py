@@ -10,6 +10,9 @@ a quarter of the bytes. `auto` picks it on CPUs with AVX-512 VNNI, else fp32; bf
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -17,7 +20,7 @@ import torch.nn.functional as F
 
 from chatfleet.model import kernels
 from chatfleet.model.matmul_plan import bucket_index
-from chatfleet.model.weight_rows import WeightRows
+from chatfleet.model.weight_rows import Codes, WeightRows
 
 Weight = torch.Tensor | WeightRows  # a whole matrix, or one read in blocks of rows
 
@@ -151,6 +154,31 @@ class BlockInt8Linear(Linear):
             raise ValueError("weight format int8 needs an AVX-512 VNNI CPU and a C++ compiler")
         self.kernel: Any = kernel
         rows = weight if isinstance(weight, WeightRows) else WeightRows.of(weight)
+        blocks, step = self._codes(rows)
+        nb = k // self.BLOCK
+        vectors = 8 if self.bits == 8 else 4  # 4-bit: two codes a byte
+        self.register_buffer("packed", torch.empty(n // 16, nb, vectors, 16, 4, dtype=torch.uint8))
+        # fp16 scales, by tile: exact for Q8_0 / Q4_0 / Q4_1 blocks (their d and m are fp16
+        # already); a K-quant's d * sub-block scale is rounded to them once.
+        self.register_buffer("scales", torch.empty(n // 16, nb, 16, dtype=torch.float16))
+        self.register_buffer("zeros", torch.empty(n // 16, nb, 16, dtype=torch.float16))
+        tile = 0
+        for codes, scale, zero in blocks:
+            tiles = len(codes) // 16
+            self._tile(codes, step, tile)
+            self.scales[tile : tile + tiles] = scale.reshape(tiles, 16, nb).permute(0, 2, 1)
+            self.zeros[tile : tile + tiles] = zero.reshape(tiles, 16, nb).permute(0, 2, 1)
+            tile += tiles
+
+    def _codes(self, rows: WeightRows) -> tuple[Iterable[Codes], int]:
+        """Sets the bit width; returns the codes, scales and zeros in blocks of whole tiles, and
+        the step the codes sit on."""
+        if rows.code_bits is not None and all(count % self.TILE == 0 for count, *_ in rows.parts):
+            # Codes read from the file are tiled a block of rows at a time: no copy of the
+            # whole matrix's codes beside its tiles. 4-bit formats are held in 4 bits.
+            self.bits = 4 if rows.code_bits <= 4 else 8
+            aligned = dataclasses.replace(rows, align=math.lcm(rows.align, self.TILE))
+            return aligned.codes_or_blocks(), 1  # type: ignore[return-value]  # all encoded
         codes, scale, zero = _quantize_rows(rows, self.BLOCK)
         # Weights from 4-bit blocks are held in 4 bits, halving what a batch-1 step reads: read
         # as codes they are 0..15; requantized, they sit on every 17th code (a 17x scale).
@@ -160,29 +188,22 @@ class BlockInt8Linear(Linear):
             self.bits = 4
         elif all(bool((c % 17 == 0).all()) for c in parts):
             self.bits, step, scale = 4, 17, scale * 17
-        self.register_buffer("packed", self._tiled(codes, step))
-        by_tile = lambda t: t.reshape(n // 16, 16, -1).permute(0, 2, 1).contiguous()  # noqa: E731
-        # fp16 scales: exact for Q8_0 / Q4_0 / Q4_1 blocks (their d and m are fp16 already);
-        # a K-quant's d * sub-block scale is rounded to them once.
-        self.register_buffer("scales", by_tile(scale).half())
-        self.register_buffer("zeros", by_tile(zero).half())
+        return [(codes, scale, zero)], step
 
-    def _tiled(self, codes: torch.Tensor, step: int) -> torch.Tensor:
-        """codes [n, nb, 32] (divided by `step`) -> [n/16, nb, 8, 16, 4]: vector j of a tile
-        holds, per output row (lane), the 4 codes of columns 4j..4j+3 of the block (see
-        qlinear.cpp); in 4 bits, vector j in the low nibbles and j + 4 in the high ones. Built
-        256 tiles at a time: its temporaries stay small beside a vocabulary-sized matrix."""
-        n, nb = codes.shape[:2]
-        vectors = 8 if self.bits == 8 else 4
-        packed = torch.empty(n // 16, nb, vectors, 16, 4, dtype=torch.uint8)
-        for t in range(0, n // 16, 256):
+    def _tile(self, codes: torch.Tensor, step: int, first: int) -> None:
+        """codes [16 t, nb, 32] (divided by `step`) -> packed[first : first + t], each tile
+        [nb, 8, 16, 4]: vector j holds, per output row (lane), the 4 codes of columns 4j..4j+3
+        of the block (see qlinear.cpp); in 4 bits, vector j in the low nibbles and j + 4 in the
+        high ones. 256 tiles at a time: the temporaries stay small beside a vocabulary-sized
+        matrix."""
+        nb = codes.shape[1]
+        for t in range(0, len(codes) // 16, 256):
             rows = codes[t * 16 : (t + 256) * 16]
             rows = rows // step if step != 1 else rows
             tiled = rows.reshape(-1, 16, nb, 8, 4).permute(0, 2, 3, 1, 4)
             if self.bits == 4:
                 tiled = tiled[:, :, :4] | (tiled[:, :, 4:] << 4)
-            packed[t : t + len(tiled)] = tiled
-        return packed
+            self.packed[first + t : first + t + len(tiled)] = tiled
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fused(x)

@@ -33,6 +33,8 @@ class WeightRows:
     shape: tuple[int, int]
     parts: tuple[Part, ...]
     align: int = 1  # blocks start and end on multiples of this (a reader that needs whole heads)
+    # Every part comes encoded, with codes below 2**code_bits; None when some part is read as fp32.
+    code_bits: int | None = None
 
     @staticmethod
     def of(tensor: torch.Tensor) -> WeightRows:
@@ -47,7 +49,9 @@ class WeightRows:
             raise ValueError(f"cannot stack matrices of {sorted(cols)} columns")
         rows = sum(m.shape[0] for m in mats)
         parts = tuple(p for m in mats for p in m.parts)
-        return WeightRows((rows, cols.pop()), parts, math.lcm(*(m.align for m in mats)))
+        bits = [m.code_bits for m in mats]
+        code_bits = None if None in bits else max(b for b in bits if b is not None)
+        return WeightRows((rows, cols.pop()), parts, math.lcm(*(m.align for m in mats)), code_bits)
 
     def blocks(self, rows: int = BLOCK_ROWS) -> Iterator[torch.Tensor]:
         """fp32 blocks of about `rows` rows (a multiple of `align`), top to bottom."""

@@ -22,10 +22,16 @@ from gguf import GGMLQuantizationType as Q
 Encoded = tuple[np.ndarray, np.ndarray, np.ndarray]  # codes uint8 [r, nb, 32], scale, zero [r, nb]
 
 _BYTES = {Q.Q8_0: 34, Q.Q4_0: 18, Q.Q4_1: 20, Q.Q4_K: 144, Q.Q5_K: 176}
+_CODE_BITS = {Q.Q8_0: 8, Q.Q4_0: 4, Q.Q4_1: 4, Q.Q4_K: 4, Q.Q5_K: 5}
 
 
 def encodable(qtype: Q) -> bool:
     return qtype in _BYTES
+
+
+def code_bits(qtype: Q) -> int:
+    """The codes `encode_rows` gives for `qtype` are below 2**code_bits."""
+    return _CODE_BITS[qtype]
 
 
 def encode_rows(data: np.ndarray, qtype: Q) -> Encoded:

@@ -4,6 +4,8 @@ interleaved per head in the file, come out in transformers' order block by block
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -30,6 +32,28 @@ def test_blocks_cover_the_stacked_parts_in_order_on_aligned_boundaries():
     assert torch.equal(mats.whole(torch.bfloat16), torch.cat([a, b]).bfloat16())
     with pytest.raises(ValueError, match="columns"):
         WeightRows.stack(WeightRows.of(a), WeightRows.of(torch.randn(2, 4)))
+
+
+@pytest.mark.skipif(kernels.load("qlinear") is None, reason="int8 kernel needs AVX-512 VNNI")
+def test_codes_from_the_file_are_tiled_block_by_block_as_from_the_whole():
+    """Rows that all come encoded are tiled as they are read (no whole-matrix copy of their
+    codes); what is held is what the whole matrix's codes give, 4-bit codes in 4 bits."""
+    n, nb = 2 * 2048 + 48, 4  # three blocks of rows
+    codes = torch.randint(0, 16, (n, nb, 32), dtype=torch.uint8)
+    scale, zero = torch.rand(n, nb), -torch.rand(n, nb)
+    encode = lambda a, b: (codes[a:b], scale[a:b], zero[a:b])  # noqa: E731
+    read = lambda a, b: (codes[a:b].float() * scale[a:b, :, None] + zero[a:b, :, None]).flatten(1)  # noqa: E731
+    encoded = WeightRows((n, nb * 32), ((n, read, encode),), code_bits=4)
+    stacked = WeightRows.stack(encoded, WeightRows((16, nb * 32), ((16, read, encode),), 1, 5))
+    assert stacked.code_bits == 5  # the widest part's
+    assert WeightRows.stack(encoded, WeightRows.of(torch.randn(16, nb * 32))).code_bits is None
+    streamed = BlockInt8Linear(encoded)
+    whole = BlockInt8Linear(dataclasses.replace(encoded, code_bits=None))  # codes all at once
+    assert streamed.bits == whole.bits == 4
+    for name in ("packed", "scales", "zeros"):
+        assert torch.equal(getattr(streamed, name), getattr(whole, name))
+    held = codes.float() * scale.half().float()[..., None] + zero.half().float()[..., None]
+    assert torch.equal(streamed.dequantized_weight(), held.flatten(1))  # fp16 scales, zeros
 
 
 @pytest.mark.skipif(kernels.load("qlinear") is None, reason="int8 kernel needs AVX-512 VNNI")
