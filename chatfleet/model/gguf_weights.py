@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from gguf.constants import GGMLQuantizationType as Q
 
 from chatfleet.config.engine_config import ModelConfig, RopeScaling
 from chatfleet.model import architectures
@@ -187,9 +188,12 @@ def _matrix(t: GGUFTensor, head_dim: int, unpermute: bool) -> WeightRows:
 
     align = head_dim if unpermute else 1
     shape = (rows, _decoded_cols(t.data, t.qtype))
-    if not gguf_blocks.encodable(t.qtype):
-        return WeightRows(shape, ((rows, read, None),), align)
-    return WeightRows(shape, ((rows, read, encode),), align, gguf_blocks.code_bits(t.qtype))
+    if gguf_blocks.encodable(t.qtype):
+        return WeightRows(shape, ((rows, read, encode),), align, gguf_blocks.code_bits(t.qtype))
+    # Other block formats (Q6_K) are decoded and fitted to 8-bit codes; float ones may sit on
+    # a 4-bit grid (a file written from 4-bit weights), which only all their rows can tell.
+    bits = None if t.qtype in (Q.F32, Q.F16, Q.BF16) else 8
+    return WeightRows(shape, ((rows, read, None),), align, bits)
 
 
 def _decoded_cols(data: np.ndarray, qtype) -> int:

@@ -174,11 +174,14 @@ class BlockInt8Linear(Linear):
         """Sets the bit width; returns the codes, scales and zeros in blocks of whole tiles, and
         the step the codes sit on."""
         if rows.code_bits is not None and all(count % self.TILE == 0 for count, *_ in rows.parts):
-            # Codes read from the file are tiled a block of rows at a time: no copy of the
-            # whole matrix's codes beside its tiles. 4-bit formats are held in 4 bits.
+            # Codes read from the file, or fitted to 8 bits from blocks it gives as fp32, are
+            # tiled a block of rows at a time: no copy of the whole matrix's codes beside its
+            # tiles. 4-bit formats are held in 4 bits.
             self.bits = 4 if rows.code_bits <= 4 else 8
             aligned = dataclasses.replace(rows, align=math.lcm(rows.align, self.TILE))
-            return aligned.codes_or_blocks(), 1  # type: ignore[return-value]  # all encoded
+            blocks = aligned.codes_or_blocks()
+            fit = lambda b: quantize_blocks(b.reshape(len(b), -1, self.BLOCK))  # noqa: E731
+            return ((fit(b) if isinstance(b, torch.Tensor) else b) for b in blocks), 1
         codes, scale, zero = _quantize_rows(rows, self.BLOCK)
         # Weights from 4-bit blocks are held in 4 bits, halving what a batch-1 step reads: read
         # as codes they are 0..15; requantized, they sit on every 17th code (a 17x scale).

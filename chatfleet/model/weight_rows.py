@@ -33,7 +33,8 @@ class WeightRows:
     shape: tuple[int, int]
     parts: tuple[Part, ...]
     align: int = 1  # blocks start and end on multiples of this (a reader that needs whole heads)
-    # Every part comes encoded, with codes below 2**code_bits; None when some part is read as fp32.
+    # The codes the matrix is held in are below 2**code_bits: those of the parts that come
+    # encoded, 8 bits fitted to those that do not. None: unknown until every row is fitted.
     code_bits: int | None = None
 
     @staticmethod

@@ -36,8 +36,9 @@ def test_blocks_cover_the_stacked_parts_in_order_on_aligned_boundaries():
 
 @pytest.mark.skipif(kernels.load("qlinear") is None, reason="int8 kernel needs AVX-512 VNNI")
 def test_codes_from_the_file_are_tiled_block_by_block_as_from_the_whole():
-    """Rows that all come encoded are tiled as they are read (no whole-matrix copy of their
-    codes); what is held is what the whole matrix's codes give, 4-bit codes in 4 bits."""
+    """Rows whose code width is known before they are read are tiled as they are read (no
+    whole-matrix copy of their codes); what is held is what the whole matrix gives, 4-bit
+    codes in 4 bits."""
     n, nb = 2 * 2048 + 48, 4  # three blocks of rows
     codes = torch.randint(0, 16, (n, nb, 32), dtype=torch.uint8)
     scale, zero = torch.rand(n, nb), -torch.rand(n, nb)
@@ -54,6 +55,13 @@ def test_codes_from_the_file_are_tiled_block_by_block_as_from_the_whole():
         assert torch.equal(getattr(streamed, name), getattr(whole, name))
     held = codes.float() * scale.half().float()[..., None] + zero.half().float()[..., None]
     assert torch.equal(streamed.dequantized_weight(), held.flatten(1))  # fp16 scales, zeros
+    # Rows a file gives as fp32 but whose format is fitted to 8 bits (Q6_K): fitted per block.
+    w = torch.randn(n, nb * 32)
+    fitted = WeightRows((n, nb * 32), ((n, lambda a, b: w[a:b], None),), code_bits=8)
+    streamed, whole = BlockInt8Linear(fitted), BlockInt8Linear(WeightRows.of(w))
+    assert streamed.bits == whole.bits == 8
+    for name in ("packed", "scales", "zeros"):
+        assert torch.equal(getattr(streamed, name), getattr(whole, name))
 
 
 @pytest.mark.skipif(kernels.load("qlinear") is None, reason="int8 kernel needs AVX-512 VNNI")
