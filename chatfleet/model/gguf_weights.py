@@ -205,13 +205,21 @@ def _decoded_cols(data: np.ndarray, qtype) -> int:
     return data.shape[1] // block_bytes * block
 
 
+_DECODE_ROWS = 128
+
+
 def _dequantize_rows(data: np.ndarray, qtype, fallback) -> np.ndarray:
     """fp32 [rows, cols]: block formats from their codes (scale * code + zero, which for these
     formats is gguf's own arithmetic, exact in fp32), F16 widened, gguf's numpy otherwise."""
     if data.dtype == np.float16:
         return data.astype(np.float32)
     if not gguf_blocks.encodable(qtype):
-        return np.asarray(fallback(data, qtype), dtype=np.float32)
+        # gguf's numpy decoders hold several temporaries the size of their input's values:
+        # a few rows at a time, they stay small beside the block.
+        out = np.empty((len(data), _decoded_cols(data, qtype)), dtype=np.float32)
+        for start in range(0, len(data), _DECODE_ROWS):
+            out[start : start + _DECODE_ROWS] = fallback(data[start : start + _DECODE_ROWS], qtype)
+        return out
     codes, scale, zero = gguf_blocks.encode_rows(data, qtype)
     return (codes * scale[..., None] + zero[..., None]).reshape(len(data), -1)
 
