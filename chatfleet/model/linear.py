@@ -179,7 +179,8 @@ class BlockInt8Linear(Linear):
             # tiles. 4-bit formats are held in 4 bits.
             self.bits = 4 if rows.code_bits <= 4 else 8
             aligned = dataclasses.replace(rows, align=math.lcm(rows.align, self.TILE))
-            blocks = aligned.codes_or_blocks()
+            # Small blocks: fitting one takes several fp32 copies of it.
+            blocks = aligned.codes_or_blocks(rows=256)
             fit = lambda b: quantize_blocks(b.reshape(len(b), -1, self.BLOCK))  # noqa: E731
             return ((fit(b) if isinstance(b, torch.Tensor) else b) for b in blocks), 1
         codes, scale, zero = _quantize_rows(rows, self.BLOCK)

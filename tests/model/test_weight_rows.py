@@ -39,7 +39,7 @@ def test_codes_from_the_file_are_tiled_block_by_block_as_from_the_whole():
     """Rows whose code width is known before they are read are tiled as they are read (no
     whole-matrix copy of their codes); what is held is what the whole matrix gives, 4-bit
     codes in 4 bits."""
-    n, nb = 2 * 2048 + 48, 4  # three blocks of rows
+    n, nb = 2 * 2048 + 48, 4  # several blocks of rows, the last one short
     codes = torch.randint(0, 16, (n, nb, 32), dtype=torch.uint8)
     scale, zero = torch.rand(n, nb), -torch.rand(n, nb)
     encode = lambda a, b: (codes[a:b], scale[a:b], zero[a:b])  # noqa: E731
