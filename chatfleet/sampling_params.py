@@ -67,12 +67,17 @@ class SamplingParams:
     cache_salt: str | None = None
     logit_bias: dict[int, float] | None = None  # added to the token's logit before sampling
     grammar: Grammar | None = None  # structured output: the tokens the grammar allows
+    # A reply that continues one begun elsewhere (a router resuming a stream whose replica
+    # died): these are its first output tokens, counted in max_tokens and the usage, and a
+    # seeded generator starts as far along as they took it.
+    continue_token_ids: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         self.stop = list(self.stop)
         self.stop_token_ids = list(self.stop_token_ids)
+        self.continue_token_ids = list(self.continue_token_ids)
         self._validate()
 
     def _validate(self) -> None:
@@ -113,6 +118,18 @@ class SamplingParams:
             "logprobs",
             f"must be in [0, {MAX_LOGPROBS}]",
         )
+        _check(
+            all(type(t) is int and t >= 0 for t in self.continue_token_ids),
+            "continue_token_ids",
+            "must be non-negative integers",
+        )
+        if self.continue_token_ids:
+            _check(self.n == 1, "continue_token_ids", "continue one choice at a time (n = 1)")
+            _check(
+                len(self.continue_token_ids) < self.max_tokens,
+                "continue_token_ids",
+                "must leave room for max_tokens to generate more",
+            )
         bias = self.logit_bias or {}
         _check(len(bias) <= MAX_LOGIT_BIAS, "logit_bias", f"at most {MAX_LOGIT_BIAS} tokens")
         for token_id, value in bias.items():
@@ -126,6 +143,8 @@ class SamplingParams:
         _check(not bad, "stop_token_ids", f"unknown token ids {bad} (vocab size {vocab_size})")
         bad = [t for t in self.logit_bias or {} if t >= vocab_size]
         _check(not bad, "logit_bias", f"unknown token ids {bad} (vocab size {vocab_size})")
+        bad = [t for t in self.continue_token_ids if t >= vocab_size]
+        _check(not bad, "continue_token_ids", f"unknown token ids {bad} (vocab size {vocab_size})")
 
     @property
     def is_greedy(self) -> bool:

@@ -108,6 +108,11 @@ class ProxyConfig:
     max_body_bytes: int = field(
         default=4 << 20, metadata=setting(parse=parse_bytes, format=format_bytes)
     )
+    # A stream whose replica fails mid-way continues on another replica this many times
+    # (router/relay.py); 0: it ends with an error event, as with every other proxy.
+    max_resumptions: int = field(
+        default=3, metadata=setting(help="times a stream may move to another replica mid-way")
+    )
     max_connections: int = 4096
     session_header: str = field(default="x-session-id", metadata=setting(parse=str.lower))
 

@@ -41,6 +41,7 @@ class _ParentState:
     children: list[Request]
     detokenizers: list[IncrementalDetokenizer]
     completions: list[CompletionOutput]
+    carried: str = ""  # a continued reply's text so far: the first delta's start
 
     @property
     def finished(self) -> bool:
@@ -142,19 +143,21 @@ class LLMEngine:
             )
             if grammar is not None:
                 child.grammar = grammar if index == 0 else grammar.fork()
+            detokenizer = IncrementalDetokenizer(
+                self.tokenizer,
+                ids,
+                params.stop,
+                params.include_stop_str_in_output,
+                params.skip_special_tokens,
+            )
+            completion = CompletionOutput(
+                index, logprobs=[] if params.logprobs is not None else None
+            )
+            if params.continue_token_ids:
+                state.carried = _continue(child, detokenizer, completion)
             state.children.append(child)
-            state.detokenizers.append(
-                IncrementalDetokenizer(
-                    self.tokenizer,
-                    ids,
-                    params.stop,
-                    params.include_stop_str_in_output,
-                    params.skip_special_tokens,
-                )
-            )
-            state.completions.append(
-                CompletionOutput(index, logprobs=[] if params.logprobs is not None else None)
-            )
+            state.detokenizers.append(detokenizer)
+            state.completions.append(completion)
             self._child_to_parent[child.request_id] = (state, index)
         self._parents[request_id] = state
         for child in state.children:
@@ -249,6 +252,7 @@ class LLMEngine:
     def _apply(self, state: _ParentState, index: int, out: EngineCoreOutput) -> None:
         completion, detok = state.completions[index], state.detokenizers[index]
         delta, matched = detok.update(out.new_token_ids)
+        delta, state.carried = state.carried + delta, ""
         finished = out.finished
         request = out.request
         if matched is not None and not finished:
@@ -260,8 +264,11 @@ class LLMEngine:
         if finished and matched is None:
             delta += detok.flush()
         completion.text = detok.output_text
-        completion.token_ids.extend(out.new_token_ids)
-        completion.delta_text, completion.delta_token_ids = delta, list(out.new_token_ids)
+        new_ids = out.new_token_ids
+        if not completion.token_ids and request.num_output_tokens > len(new_ids):
+            new_ids = request.output_token_ids  # a continued reply: its first delta holds all
+        completion.token_ids.extend(new_ids)
+        completion.delta_text, completion.delta_token_ids = delta, list(new_ids)
         completion.delta_logprobs = list(out.new_logprobs)
         if completion.logprobs is not None:
             completion.logprobs.extend(out.new_logprobs)
@@ -301,3 +308,23 @@ class LLMEngine:
         self._parents.pop(state.request_id, None)
         for child in state.children:
             self._child_to_parent.pop(child.request_id, None)
+
+
+def _continue(child: Request, detokenizer: IncrementalDetokenizer, c: CompletionOutput) -> str:
+    """Starts `child` after its continued tokens, as if it had generated them: they are its
+    output (the next token is sampled after them), its detokenizer has read them (a stop
+    string or a character split across the seam is seen whole) and its grammar has accepted
+    them. Returns their text so far, which the first delta carries."""
+    ids = child.sampling_params.continue_token_ids
+    if child.grammar is not None and not all(child.grammar.accept(t) for t in ids):
+        raise InvalidRequestError(
+            "continue_token_ids: the grammar does not allow them", param="continue_token_ids"
+        )
+    text, matched = detokenizer.update(ids)
+    if matched is not None:
+        raise InvalidRequestError(
+            f"continue_token_ids: they already end at the stop string {matched!r}",
+            param="continue_token_ids",
+        )
+    child.token_ids.extend(ids)
+    return text

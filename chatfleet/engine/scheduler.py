@@ -90,7 +90,7 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             request = self.running[i]
-            num_new = min(request.num_tokens_to_compute, budget)
+            num_new = min(request.num_tokens_to_compute, budget, _to_seam(request))
             block_ids = self.kv.allocate_slots(request, num_new)
             while block_ids is None:
                 victim = self.running[-1]
@@ -117,6 +117,8 @@ class Scheduler:
                 continue
             hits, num_hit_tokens = self.kv.get_computed_blocks(request)
             num_new = min(request.num_tokens - num_hit_tokens, budget)
+            if num_hit_tokens < request.num_prompt_tokens:
+                num_new = min(num_new, request.num_prompt_tokens - num_hit_tokens)
             block_ids = self.kv.allocate_slots(request, num_new, hits, num_hit_tokens)
             if block_ids is None:
                 break
@@ -191,3 +193,12 @@ class Scheduler:
         if request.num_tokens >= self.config.max_model_len:
             return RequestStatus.FINISHED_LENGTH
         return None
+
+
+def _to_seam(request: Request) -> int:
+    """A chunk ends where the prompt does: output tokens computed again (a preempted request,
+    a continued reply) are then attended one row at a time, as they were when decoded, so
+    they give the same bits (see model/attention/cpu_paged.py)."""
+    if request.num_computed_tokens < request.num_prompt_tokens:
+        return request.num_prompt_tokens - request.num_computed_tokens
+    return request.num_tokens_to_compute

@@ -24,6 +24,8 @@ class ForwardContext:
     context_lens: list[int]
     num_decodes: int  # the first num_decodes requests have query_len == 1
     attn_metadata: Any = None  # built by the attention backend once per step
+    # Per request: positions from here on are output tokens (None: unknown, all prompt).
+    prompt_lens: list[int] | None = None
 
     @property
     def seq_lens(self) -> list[int]:

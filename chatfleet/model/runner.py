@@ -165,6 +165,7 @@ class ModelRunner:
             query_lens=[s.num_new_tokens for s in items],
             context_lens=[s.start for s in items],
             num_decodes=sum(1 for s in items if s.num_new_tokens == 1),
+            prompt_lens=[len(s.request.prompt_token_ids) for s in items],
         )
         ctx.attn_metadata = self.attn.build_metadata(ctx, bs)
         return torch.tensor(input_ids, dtype=torch.long, device=dev), ctx, items
@@ -204,6 +205,10 @@ class ModelRunner:
             generator = self._generators.get(request.request_id)
             if generator is None:
                 generator = torch.Generator(device=self.device).manual_seed(params.seed)
+                # A continued reply (SamplingParams.continue_token_ids) resumes the sequence
+                # where it was: the sampler draws one number per sampled token.
+                for _ in range(request.num_output_tokens):
+                    torch.rand(1, dtype=torch.float64, generator=generator, device=self.device)
                 self._generators[request.request_id] = generator
         banned: list[int] = []
         if request.num_output_tokens < params.min_tokens:

@@ -11,6 +11,7 @@ unavailable (Serve calls its on_replica_actor_died / _unavailable hooks), so it 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import time
@@ -37,6 +38,42 @@ class RetryConfig:
     max_attempts: int = 3  # replicas tried per request before its first output
     retry_deadline_s: float = 30.0  # no new attempt starts after this long
     backoff_s: float = 0.2  # before a retry: Serve may not have replaced the replica yet
+    max_resumptions: int = 3  # times a stream may continue on another replica mid-way
+
+
+class _Seam:
+    """A stream continued on another replica after its own failed mid-way: the outputs
+    after the seam, as if one replica had made them all (the continued reply's first output
+    carries the text and ids of the whole reply so far; only what is new is passed on)."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.resumptions = 0
+        self.token_ids: list[int] = []  # the reply's so far
+        self.sent_chars = 0  # of its text, passed on
+        self.skip_ids = self.skip_chars = 0  # of the next outputs: had before the seam
+
+    def splice(self, out: RequestOutput) -> RequestOutput:
+        self.started = True
+        if len(out.outputs) != 1:  # n > 1: never resumed
+            return out
+        c = out.outputs[0]
+        if self.skip_ids or self.skip_chars:
+            cut = min(self.skip_chars, len(c.delta_text))
+            self.skip_chars -= cut
+            c.delta_text = c.delta_text[cut:]
+            c.delta_token_ids = c.delta_token_ids[self.skip_ids :]
+            self.skip_ids = 0
+        self.token_ids += c.delta_token_ids
+        self.sent_chars += len(c.delta_text)
+        return out
+
+    def continuation(self, call: GenerateCall) -> GenerateCall:
+        if not self.token_ids:  # nothing of the reply was passed on: the request as it was
+            return call
+        self.skip_ids, self.skip_chars = len(self.token_ids), self.sent_chars
+        params = dataclasses.replace(call.params, continue_token_ids=list(self.token_ids))
+        return dataclasses.replace(call, params=params)
 
 
 def _user_error(e: BaseException) -> ChatfleetError | None:
@@ -96,32 +133,51 @@ class RayEngineClient:
         )
         deadline = time.monotonic() + self.retry.retry_deadline_s
         last: BaseException | None = None
-        for attempt in range(self.retry.max_attempts):
+        seam = _Seam()
+        attempt = 0
+        while attempt < self.retry.max_attempts + self.retry.max_resumptions:
             if attempt and (time.monotonic() > deadline):
                 break
             if attempt:
-                await asyncio.sleep(self.retry.backoff_s * attempt)
+                await asyncio.sleep(self.retry.backoff_s)
+            attempt += 1
             stream = self.handle.generate.remote(call)
             self._streams[call.request_id] = stream
-            started = finished = False
+            finished = False
             try:
                 async for out in stream:
-                    started, finished = True, out.finished
-                    yield out
+                    finished = out.finished
+                    yield seam.splice(out)
                 return
             except (RayError, RayServeException) as e:
                 if (user_error := _user_error(e)) is not None:
                     raise user_error from None
-                if started:
-                    logger.warning("replica failed mid-stream of %s: %r", call.request_id, e)
-                    raise ReplicaFailedError("the replica failed mid-stream") from e
-                logger.warning("attempt %d of %s failed: %r", attempt + 1, call.request_id, e)
                 last = e
+                if seam.started:
+                    if not self._resumable(params, seam):
+                        logger.warning("replica failed mid-stream of %s: %r", call.request_id, e)
+                        raise ReplicaFailedError("the replica failed mid-stream") from e
+                    seam.resumptions += 1
+                    call = seam.continuation(call)
+                    deadline = time.monotonic() + self.retry.retry_deadline_s
+                logger.warning("attempt %d of %s failed: %r", attempt, call.request_id, e)
             finally:
                 self._streams.pop(call.request_id, None)
                 if not finished:
                     stream.cancel()  # the client left, or the attempt failed: stop the replica
+        if seam.started:
+            raise ReplicaFailedError(f"no replica could resume the stream: {last!r}")
         raise NoReplicaError(f"no replica could serve the request: {last!r}", retry_after_s=1)
+
+    def _resumable(self, params: SamplingParams, seam: _Seam) -> bool:
+        """As the HTTP router's (router/stream_ledger.py): one choice, within the budget, and
+        no seeded sampling under a grammar (whose draws are not one per token)."""
+        seeded = params.seed is not None and not params.is_greedy
+        return (
+            params.n == 1
+            and seam.resumptions < self.retry.max_resumptions
+            and not (seeded and params.grammar is not None)
+        )
 
     async def abort(self, request_id: str) -> None:
         stream = self._streams.get(request_id)

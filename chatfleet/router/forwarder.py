@@ -9,10 +9,10 @@ Any other 4xx/5xx is the request's own and is passed on, counted against no repl
 stream must bring a token (keep-alive comments do not count) every `token_timeout_s`: a replica
 that misses it is ejected at once.
 
-The replica's answer is relayed chunk by chunk as it arrives (SSE events are never torn: a
-partial event is held until its blank line). Once the first byte went to the client the
-request is never replayed: if the replica fails mid-stream the client gets an SSE `error`
-event and `[DONE]`.
+A non-streamed answer is read whole before it is passed on, so a replica failing part-way is
+retried like one failing before its first byte. A stream is relayed as it arrives (relay.py);
+if its replica fails mid-stream, a resumable one continues on another replica, and any other
+ends with an SSE `error` event and `[DONE]`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -32,11 +32,9 @@ import httpx
 from fastapi.responses import Response
 
 from chatfleet.config.router_config import RouterConfig
-from chatfleet.http import sse
 from chatfleet.http.http_client import make_async_client
 from chatfleet.http.http_errors import (
     NoReplicaError,
-    ReplicaFailedError,
     ReplicaHungError,
     error_json,
 )
@@ -45,9 +43,11 @@ from chatfleet.router.health import HealthChecker
 from chatfleet.router.policies import make_policy
 from chatfleet.router.pool import ReplicaPool
 from chatfleet.router.prefix_index import PrefixIndex, route_request
+from chatfleet.router.relay import Relay, Resumption, Upstream, before
 from chatfleet.router.router_metrics import RouterMetrics
 from chatfleet.router.session import session_key
 from chatfleet.router.snapshot import RouteRequest
+from chatfleet.router.stream_ledger import EXTENSIONS, StreamLedger, resumable, strip_extensions
 
 logger = logging.getLogger("chatfleet.router")
 
@@ -166,6 +166,16 @@ class Router:
         deadline = time.monotonic() + self.config.proxy.retry_deadline_s
         fwd_headers = _forward_headers(headers)
         tried: list[str] = []
+        if isinstance(payload, dict) and any(k in payload for k in EXTENSIONS):
+            payload = strip_extensions(payload)
+            body = json.dumps(payload).encode()
+        resumption = None
+        if self.config.proxy.max_resumptions > 0 and resumable(path, payload):
+            payload = {**payload, "chatfleet_token_ids": True}
+            body = json.dumps(payload).encode()
+            ledger = StreamLedger(payload)
+            budget = self.config.proxy.max_resumptions
+            resumption = Resumption(ledger, request, method, path, fwd_headers, tried, budget)
         last: _Retry | None = None
         for _ in range(self.config.proxy.max_attempts):
             replicas = self.pool.snapshot(exclude=tried)
@@ -181,7 +191,9 @@ class Router:
                 self.metrics.prefix_hit_blocks.inc(request.matched_blocks.get(rid, 0))
             tried.append(rid)
             self.index.insert(hashes, rid)
-            outcome = await self._attempt(rid, method, path, body, fwd_headers, is_stream)
+            outcome = await self._attempt(
+                rid, method, path, body, fwd_headers, is_stream, resumption
+            )
             if isinstance(outcome, Response):
                 self.metrics.requests.labels(str(outcome.status_code)).inc()
                 return outcome
@@ -194,9 +206,47 @@ class Router:
         raise NoReplicaError(f"{reason}; retry later", retry_after_s=1)
 
     async def _attempt(
-        self, rid: str, method: str, path: str, body: bytes, headers: dict[str, str], stream: bool
+        self,
+        rid: str,
+        method: str,
+        path: str,
+        body: bytes,
+        headers: dict[str, str],
+        stream: bool,
+        resumption: Resumption | None,
     ) -> Response | _Retry:
         """One try on one replica: a Response to return, or a _Retry to try elsewhere."""
+        opened = await self._open(rid, method, path, body, headers, stream)
+        if not isinstance(opened, Upstream):
+            return opened
+        if not stream:  # read whole: a failure part-way is retried like any other
+            try:
+                rest = [chunk async for chunk in opened.chunks]
+            except httpx.HTTPError as e:
+                self.pool.record_failure(rid, time.monotonic())
+                return _Retry(type(e).__name__)
+            finally:
+                await self._close(rid, opened.response)
+            response_headers = _forward_headers(opened.response.headers)
+            response_headers[REPLICA_HEADER] = rid
+            content = b"".join([opened.first or b"", *rest])
+            return Response(content, opened.response.status_code, response_headers)
+        relay = Relay(self, opened, resumption)
+        response_headers = _forward_headers(opened.response.headers)
+        response_headers[REPLICA_HEADER] = rid
+        return ClosingStreamingResponse(
+            relay.body(),
+            opened.response.status_code,
+            response_headers,
+            media_type=None,
+            on_close=[relay.close],
+        )
+
+    async def _open(
+        self, rid: str, method: str, path: str, body: bytes, headers: dict[str, str], stream: bool
+    ) -> Upstream | Response | _Retry:
+        """Sends the request to one replica: its accepted response with the first chunk read
+        (a stream's first token), a refusal to pass on, or a _Retry to try elsewhere."""
         self.pool.acquire(rid)
         self.metrics.routed.labels(rid).inc()
         upstream: httpx.Response | None = None
@@ -205,12 +255,12 @@ class Router:
         due = time.monotonic() + self.config.proxy.token_timeout_s if stream else None
         try:
             req = self.client.build_request(method, rid + path, content=body, headers=headers)
-            upstream = await _before(due, self.client.send(req, stream=True))
+            upstream = await before(due, self.client.send(req, stream=True))
             if upstream.status_code >= 400:
                 content = await upstream.aread()
             else:
                 chunks = upstream.aiter_raw()
-                first = await _before(due, anext(chunks, None))
+                first = await before(due, anext(chunks, None))
         except (httpx.HTTPError, TimeoutError) as e:  # no byte reached the client: try elsewhere
             await self._close(rid, upstream)
             if isinstance(e, TimeoutError):
@@ -225,12 +275,25 @@ class Router:
             await self._close(rid, upstream)
             return self._refusal(rid, upstream, content)
         self.pool.record_success(rid)
-        relay = _Relay(self, rid, upstream, first, chunks, due)
-        headers = _forward_headers(upstream.headers)
-        headers[REPLICA_HEADER] = rid
-        return ClosingStreamingResponse(
-            relay.body(), upstream.status_code, headers, media_type=None, on_close=[relay.close]
-        )
+        return Upstream(rid, upstream, first, chunks, due)
+
+    async def reopen(self, r: Resumption, body: bytes) -> Upstream | None:
+        """A resumed stream's continuation, sent to replicas it has not been on until one
+        accepts it; None if none does."""
+        deadline = time.monotonic() + self.config.proxy.retry_deadline_s
+        for _ in range(self.config.proxy.max_attempts):
+            replicas = self.pool.snapshot(exclude=r.tried)
+            if not replicas or time.monotonic() > deadline:
+                return None
+            rid = self.policy.choose(r.request, replicas).replica_id
+            r.tried.append(rid)
+            opened = await self._open(rid, r.method, r.path, body, r.headers, stream=True)
+            if isinstance(opened, Upstream):
+                return opened
+            if isinstance(opened, Response):  # refused for the request's own reasons
+                logger.warning("replica %s refused a stream's continuation: %s", rid, opened.body)
+                return None
+        return None
 
     def _hung(self, rid: str) -> None:
         logger.warning(
@@ -267,65 +330,3 @@ class Router:
             with anyio.CancelScope(shield=True):
                 await upstream.aclose()
         self.pool.release(rid)
-
-
-async def _before(due: float | None, step: Awaitable[T]) -> T:
-    """`step`, or TimeoutError if time.monotonic() passes `due` first (None: no deadline)."""
-    if due is None:
-        return await step
-    return await asyncio.wait_for(step, max(due - time.monotonic(), 0.0))
-
-
-class _Relay:
-    """One accepted upstream response, relayed chunk by chunk; closed exactly once."""
-
-    def __init__(
-        self,
-        router: Router,
-        rid: str,
-        upstream: httpx.Response,
-        first: bytes | None,
-        chunks: AsyncIterator[bytes],
-        due: float | None,
-    ) -> None:
-        self.router, self.rid, self.upstream = router, rid, upstream
-        self.first, self.chunks, self.due = first, chunks, due
-        self.is_sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
-        self.is_closed = False
-
-    async def close(self) -> None:
-        if not self.is_closed:
-            self.is_closed = True
-            await self.router._close(self.rid, self.upstream)
-
-    async def body(self) -> AsyncIterator[bytes]:
-        """The body as it arrives; if the replica fails or hangs, an SSE error event (or, for
-        other content, a dropped connection: a truncated JSON body must not look complete)."""
-        events = sse.EventSplitter()
-        try:
-            chunk = self.first
-            while chunk is not None:
-                if not self.is_sse:
-                    yield chunk
-                elif complete := events.feed(chunk):
-                    if self.due is not None and b"data:" in complete:  # a token, not a comment
-                        self.due = time.monotonic() + self.router.config.proxy.token_timeout_s
-                    yield complete
-                chunk = await _before(self.due, anext(self.chunks, None))
-            if rest := events.flush():
-                yield rest
-        except TimeoutError:
-            self.router._hung(self.rid)
-            yield (
-                sse.error_event(ReplicaHungError("the replica stopped sending tokens")) + sse.DONE
-            ).encode()
-        except httpx.HTTPError as e:
-            self.router.pool.record_failure(self.rid, time.monotonic())
-            self.router.metrics.stream_errors.labels(self.rid).inc()
-            logger.warning("replica %s failed mid-response: %r", self.rid, e)
-            if not self.is_sse:
-                raise ReplicaFailedError(f"replica {self.rid} failed mid-response") from e
-            error = sse.error_event(ReplicaFailedError("the replica failed mid-stream"))
-            yield (error + sse.DONE).encode()
-        finally:
-            await self.close()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
 from chatfleet.router.pool import ReplicaPool, ReplicaState
@@ -87,6 +87,17 @@ class RouterMetrics:
             "stream_errors",
             "Responses cut by the replica after streaming began (ended with an error event).",
             ["replica"],
+        )
+        self.resumptions = counter(
+            "stream_resumptions",
+            "Streams moved to another replica mid-way, by outcome (attempted, succeeded, failed).",
+            ["outcome"],
+        )
+        self.resume_seconds = Histogram(
+            _PREFIX + "resume_seconds",
+            "From a replica's failure mid-stream to the first token of the replica resuming it.",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+            registry=reg,
         )
         self.prefix_query_blocks = Counter(
             _PREFIX + "prefix_query_blocks",

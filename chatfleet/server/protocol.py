@@ -101,6 +101,14 @@ class ChatMessage(_Base):
         return "".join(part.text for part in self.content)
 
 
+class ContinueFrom(_Base):
+    """A reply begun on another replica (the router resuming a stream whose replica died):
+    its tokens so far, and how many characters of its text the client already has."""
+
+    token_ids: Annotated[list[StrictInt], Field(min_length=1)]
+    sent_chars: Annotated[StrictInt, Field(ge=0)] = 0
+
+
 class SamplingFields(_Base):
     model: StrictStr | None = None
     max_tokens: StrictInt | None = None
@@ -123,6 +131,10 @@ class SamplingFields(_Base):
     response_format: ResponseFormat | None = None
     logit_bias: dict[StrictStr, Number] | None = None  # token id (as a string) -> bias
     cache_salt: Annotated[StrictStr, Field(min_length=1, max_length=256)] | None = None
+    # The router's extensions (it strips them from what its clients send): every chunk of a
+    # stream carries the token ids it adds; the reply continues one begun elsewhere.
+    chatfleet_token_ids: StrictBool = False
+    chatfleet_continue: ContinueFrom | None = None
 
     @property
     def include_usage(self) -> bool:
@@ -185,6 +197,9 @@ class SamplingFields(_Base):
             "cache_salt": self.cache_salt,
             "logit_bias": self.token_bias(),
             "grammar": self.grammar(),
+            "continue_token_ids": self.chatfleet_continue.token_ids
+            if self.chatfleet_continue
+            else [],
         }
         if max_tokens is not None:
             values["max_tokens"] = max_tokens

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -27,7 +28,12 @@ from fastapi.responses import JSONResponse, Response
 
 from chatfleet.config.server_config import ServerConfig
 from chatfleet.engine.engine_client import EngineClient
-from chatfleet.errors import ChatfleetError, ContextLengthExceededError, GrammarDeadEndError
+from chatfleet.errors import (
+    ChatfleetError,
+    ContextLengthExceededError,
+    GrammarDeadEndError,
+    InvalidRequestError,
+)
 from chatfleet.http import sse
 from chatfleet.http.body import parse_model
 from chatfleet.http.handlers import unless_disconnected
@@ -36,6 +42,7 @@ from chatfleet.http.streaming import ClosingStreamingResponse
 from chatfleet.modelfile.tokenizer import Tokenizer
 from chatfleet.outputs import CompletionOutput, RequestOutput
 from chatfleet.sampling_params import SamplingParams
+from chatfleet.server.merge import Merged, merge_streams
 from chatfleet.server.protocol import SamplingFields
 from chatfleet.server.server_metrics import ServerMetrics
 from chatfleet.structured.tool_calls import ToolCallStream
@@ -78,6 +85,8 @@ class Job:
     echo: list[str] | None = None  # completion echo: prompt texts to prepend
     parses_tool_calls: bool = False  # chat with tools: calls are parsed out of the text
     tool_streams: dict[int, ToolCallStream] = field(default_factory=dict)  # by choice index
+    reports_token_ids: bool = False  # each chunk carries its token ids (for the router)
+    skip_chars: int = 0  # a continued reply: characters of its text the client already has
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created: int = field(default_factory=lambda: int(time.time()))
     arrival: float = field(default_factory=time.monotonic)
@@ -111,43 +120,6 @@ class _Tracker:
             for c in out.outputs:
                 reason = finish_reason(c.finish_reason) or "stop"
                 self.metrics.request_success.labels(self.metrics.model_name, reason).inc()
-
-
-Merged = AsyncGenerator[tuple[int, RequestOutput], None]
-
-
-async def _merge(gens: list[AsyncIterator[RequestOutput]]) -> Merged:
-    """Interleave several engine streams; closing the merge aborts every unfinished one."""
-    if len(gens) == 1:
-        async with contextlib.aclosing(gens[0]) as g:  # type: ignore[type-var]
-            async for out in g:
-                yield 0, out
-        return
-    queue: asyncio.Queue[tuple[int, RequestOutput | BaseException | None]] = asyncio.Queue()
-
-    async def pump(i: int, gen: AsyncIterator[RequestOutput]) -> None:
-        try:
-            async for out in gen:
-                queue.put_nowait((i, out))
-            queue.put_nowait((i, None))
-        except Exception as e:
-            queue.put_nowait((i, e))
-
-    tasks = [asyncio.create_task(pump(i, g)) for i, g in enumerate(gens)]
-    try:
-        remaining = len(gens)
-        while remaining:
-            i, item = await queue.get()
-            if item is None:
-                remaining -= 1
-            elif isinstance(item, BaseException):
-                raise item
-            else:
-                yield i, item
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class OpenAIServing(ABC):
@@ -185,6 +157,21 @@ class OpenAIServing(ABC):
         return []
 
     # ---- shared parsing helpers ---------------------------------------------------------
+    def router_extensions(self, job: Job, req: SamplingFields) -> Job:
+        """The router's fields: token ids in every chunk; a reply continued from another
+        replica, streamed from where the client's copy ends (one plain-text choice)."""
+        job.reports_token_ids = req.chatfleet_token_ids
+        if req.chatfleet_continue is None:
+            return job
+        if not job.stream or len(job.prompts) > 1 or job.echo or job.parses_tool_calls:
+            raise InvalidRequestError(
+                "chatfleet_continue: only a stream of one prompt, without echo or tools",
+                param="chatfleet_continue",
+            )
+        job.skip_chars = req.chatfleet_continue.sent_chars
+        return job
+
+    # ---- shared parsing helpers ---------------------------------------------------------
     def parse(self, schema: type[RequestT], body: Any) -> tuple[RequestT, str]:
         """The validated request and the model it names (the default when it names none)."""
         req = parse_model(schema, body)
@@ -215,7 +202,7 @@ class OpenAIServing(ABC):
             self.engine.generate(p, job.params, f"{job.request_id}-{i}")
             for i, p in enumerate(job.prompts)
         ]
-        merged = _merge(gens)
+        merged = merge_streams(gens)
         tracker = _Tracker(self.metrics, job.arrival)
         deadline = job.arrival + self.config.request_timeout_s
         # NOTE: a stream waits for its first output only keep_alive_s: a request still queued
@@ -299,10 +286,18 @@ class OpenAIServing(ABC):
         _raise_if_failed(out)
         for c in out.outputs:
             index = job.choice_index(i, c)
+            if job.skip_chars and c.delta_text:  # the client has this much of a continued reply
+                cut = min(job.skip_chars, len(c.delta_text))
+                job.skip_chars -= cut
+                c = dataclasses.replace(c, delta_text=c.delta_text[cut:])
+            ids = {"chatfleet_token_ids": c.delta_token_ids} if job.reports_token_ids else {}
             if c.delta_text or c.delta_logprobs or c.finished:
                 delta = self.delta_choice(job, index, c)
                 if delta is not None:
-                    yield self._chunk(job, [delta])
+                    yield self._chunk(job, [delta], **ids)
+                    ids = {}
+            if ids and c.delta_token_ids:  # tokens whose text is held back: ids alone
+                yield self._chunk(job, [], **ids)
             if c.finished and c.delta_token_ids:
                 reason = finish_reason(c.finish_reason)
                 yield self._chunk(job, [self.finish_choice(job, index, reason)])
@@ -333,7 +328,8 @@ class OpenAIServing(ABC):
                 while first is None:
                     yield sse.KEEP_ALIVE
                     first = await anext(pacer)
-                opening = self.opening_choices(job)
+                # A continued reply's client has had its opening chunk.
+                opening = [] if job.params.continue_token_ids else self.opening_choices(job)
                 if opening:
                     yield self._chunk(job, opening)
                 is_done = take(first)

@@ -34,7 +34,7 @@ class OpenAIServingChat(OpenAIServing):
         params = req.sampling_params(max_tokens, req.num_logprobs())
         job = Job(model, [prompt], params, req.stream, req.include_usage)
         job.parses_tool_calls = req.tool_mode() is not None
-        return job
+        return self.router_extensions(job, req)
 
     def _logprobs(self, items: list[TokenLogprobs]) -> dict[str, Any]:
         content = []

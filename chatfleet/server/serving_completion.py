@@ -28,7 +28,8 @@ class OpenAIServingCompletion(OpenAIServing):
         max_tokens = req.max_tokens if req.max_tokens is not None else COMPLETIONS_MAX_TOKENS
         params = req.sampling_params(max_tokens, req.logprobs)
         echo = [self.tokenizer.decode(p) for p in ids] if req.echo else None
-        return Job(model, list(ids), params, req.stream, req.include_usage, echo)
+        job = Job(model, list(ids), params, req.stream, req.include_usage, echo)
+        return self.router_extensions(job, req)
 
     def _logprobs(self, items: list[TokenLogprobs], text_offset: int) -> dict[str, Any]:
         tokens, token_logprobs, tops, offsets = [], [], [], []

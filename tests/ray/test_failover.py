@@ -1,8 +1,8 @@
-"""Killing the worker node (its raylet) under a steady load: nothing is lost or stuck."""
+"""Killing the worker node (its raylet) under a steady load: nothing is lost or stuck, and the
+streams in flight on it continue on the surviving replica (RayEngineClient resumes them)."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 
@@ -10,13 +10,6 @@ from tests.ray.conftest import wait_until
 from tests.router.conftest import stream_chat
 
 LONG_TOKENS, SHORT_TOKENS = 150, 16
-
-
-def started_before_error(result: dict) -> bool:
-    """The error event came after content: the stream was in flight when the replica died."""
-    objects = [json.loads(e) for e in result["events"] if e != "[DONE]"]
-    first_error = next(i for i, o in enumerate(objects) if "error" in o)
-    return any(o.get("choices") for o in objects[:first_error])
 
 
 def test_worker_node_death_loses_no_request(two_nodes, fleet_factory):
@@ -29,7 +22,7 @@ def test_worker_node_death_loses_no_request(two_nodes, fleet_factory):
         result = stream_chat(fleet.url, max_tokens, started, content=content)
         results.append({**result, "max_tokens": max_tokens})
 
-    # In flight on both replicas when the node dies: these may end with an error event.
+    # In flight on both replicas when the node dies: those on the dead one are resumed.
     threads = [
         threading.Thread(target=run, args=(LONG_TOKENS, f"Long story {i} about the sea."))
         for i in range(4)
@@ -57,15 +50,9 @@ def test_worker_node_death_loses_no_request(two_nodes, fleet_factory):
     assert not any(t.is_alive() for t in threads), "a request hung"
 
     assert len(results) == 20
-    errors = [r for r in results if r["error"]]
-    for r in results:
-        assert r["status"] == 200 and r["done"], r  # every stream ends with [DONE]
-        if not r["error"]:
-            assert r["completion_tokens"] == r["max_tokens"], r
-    # Only streams already under way may fail, and only with an SSE error event; every
-    # request that had not started streaming completed (retried on the surviving replica).
-    assert all(started_before_error(r) for r in errors), errors
-    assert errors, "no stream was in flight on the killed node"
+    for r in results:  # every stream ends with [DONE], whole, those cut mid-way too
+        assert r["status"] == 200 and r["done"] and not r["error"], r
+        assert r["completion_tokens"] == r["max_tokens"], r
 
     # Serve restores the replica count, on the surviving (head) node.
     def restored() -> bool:
@@ -75,8 +62,7 @@ def test_worker_node_death_loses_no_request(two_nodes, fleet_factory):
     assert wait_until(restored, 120, interval_s=2), fleet.stats()
     # For docs/deploy.md (run with -s): what the failover cost.
     print(
-        f"failover: {len(errors)} of 20 requests (all streaming when the node died) ended "
-        f"with an error event, {20 - len(errors)} completed, 2 replicas again after "
+        f"failover: 20 of 20 requests completed, 2 replicas again after "
         f"{time.monotonic() - killed_at:.0f} s"
     )
     r = stream_chat(fleet.url, SHORT_TOKENS, content="After the failover?")

@@ -1,7 +1,7 @@
 """`chatfleet up` over three replicas (two sequences each, autoscaling between 3 and 4).
 
 Kill one under steady load: requests that had not begun streaming are retried elsewhere and
-succeed; streams cut on the dead replica end with an SSE error event; the replica is ejected,
+succeed; streams cut on the dead replica continue on another one; the replica is ejected,
 restarted by `up` and re-admitted. Then queue requests: `up` adds a fourth replica, and drains
 and removes one when the load falls. The tests share one fleet and run in file order.
 """
@@ -109,15 +109,15 @@ def test_killed_replica_fails_over_is_restarted_and_readmitted(fleet):
             t.join(120)
     assert not any(t.is_alive() for t in threads)
 
-    # Nothing is lost: every request got a 200 and either finished or, when it was already
-    # streaming from the killed replica, ended with an error event and [DONE].
+    # Nothing is lost: every request got a 200 and finished, those streaming from the killed
+    # replica too (resumed on another replica, router/relay.py).
     assert all(r["status"] == 200 and "exception" not in r for r in results), results
-    cut = [r for r in results if r["error"]]
-    assert cut, "the kill should have cut at least one stream"
-    assert all(r["replica"] == victim_url and r["streamed"] and r["done"] for r in cut)
-    ok = [r for r in results if not r["error"]]
-    assert all(r["done"] and r["completion_tokens"] == 32 for r in ok)
-    assert router_metric(fleet, "chatfleet_router_stream_errors_total") == len(cut)
+    assert not any(r["error"] for r in results), results
+    assert all(r["done"] and r["completion_tokens"] == 32 for r in results)
+    cut = router_metric(fleet, "chatfleet_router_stream_errors_total")
+    assert cut >= 1, "the kill should have cut at least one stream"
+    # each attempted and succeeded
+    assert router_metric(fleet, "chatfleet_router_stream_resumptions_total") == 2 * cut
 
     # Ejected, restarted by `up` (a new process), then re-admitted after the cool-down.
     assert router_metric(fleet, "chatfleet_router_ejections_total") >= 1

@@ -58,9 +58,17 @@ class CpuPagedAttention(SdpaAttention):
         long_prefills: list[int] = []
         token_starts: list[int] = []
         start = 0
+        prompt_lens = ctx.prompt_lens or [ctx_len + 1 for ctx_len in ctx.context_lens]
         for i, (qlen, ctx_len) in enumerate(zip(ctx.query_lens, ctx.context_lens, strict=True)):
             token_starts.append(start)
-            if qlen <= MAX_PAGED_QUERY_LEN:
+            if qlen > 1 and ctx_len >= prompt_lens[i]:
+                # Output tokens computed again (after a preemption, or continuing a reply
+                # begun elsewhere): each a lone row, as when it was decoded, for the same bits.
+                requests += [i] * qlen
+                row_starts += range(row_starts[-1] + 1, row_starts[-1] + qlen + 1)
+                seq_lens += range(ctx_len + 1, ctx_len + qlen + 1)
+                rows += range(start, start + qlen)
+            elif qlen <= MAX_PAGED_QUERY_LEN:
                 requests.append(i)
                 row_starts.append(row_starts[-1] + qlen)
                 seq_lens += range(ctx_len + 1, ctx_len + qlen + 1)

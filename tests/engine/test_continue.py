@@ -1,0 +1,59 @@
+"""A reply continued from its first tokens (SamplingParams.continue_token_ids, what the router
+sends when a stream's replica died) is the reply an undisturbed run gives: the same tokens
+greedy or seeded, a stop string across the seam caught, the whole reply in the output."""
+
+from __future__ import annotations
+
+import pytest
+
+from chatfleet import SamplingParams
+from chatfleet.errors import InvalidRequestError
+
+PROMPT = "Write a short poem about the sea."
+SEAM = 20  # tokens made before the seam
+
+
+def _continued(llm, params: SamplingParams, ids: list[int]):
+    cont = SamplingParams(**{**params.__dict__, "continue_token_ids": ids[:SEAM]})
+    return llm.generate(PROMPT, cont)[0].outputs[0]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(temperature=0, max_tokens=48, ignore_eos=True),
+        SamplingParams(temperature=0.8, seed=1234, max_tokens=48, ignore_eos=True),
+        SamplingParams(temperature=0.8, seed=7, top_p=0.9, max_tokens=48, ignore_eos=True),
+    ],
+    ids=["greedy", "seeded", "seeded-top-p"],
+)
+def test_a_continued_reply_is_the_undisturbed_one(llm, params):
+    whole = llm.generate(PROMPT, params)[0].outputs[0]
+    continued = _continued(llm, params, whole.token_ids)
+    assert continued.token_ids == whole.token_ids  # the continued ones, then the rest
+    assert continued.text == whole.text
+    assert continued.finish_reason == whole.finish_reason == "length"  # max_tokens counts all
+
+
+def test_a_stop_string_across_the_seam_is_caught(llm):
+    params = SamplingParams(temperature=0, max_tokens=48, ignore_eos=True)
+    whole = llm.generate(PROMPT, params)[0].outputs[0]
+    before = llm.tokenizer.decode(whole.token_ids[:SEAM])
+    after = llm.tokenizer.decode(whole.token_ids[: SEAM + 1])
+    assert after.startswith(before) and len(after) > len(before)
+    stop = before[-2:] + after[len(before) : len(before) + 2]  # half each side of the seam
+    with_stop = SamplingParams(**{**params.__dict__, "stop": [stop]})
+    expected = llm.generate(PROMPT, with_stop)[0].outputs[0]
+    assert expected.finish_reason == "stop"
+    continued = _continued(llm, with_stop, whole.token_ids)
+    assert continued.finish_reason == "stop" and continued.stop_reason == stop
+    assert continued.text == expected.text
+
+
+def test_continued_tokens_are_checked(llm):
+    with pytest.raises(InvalidRequestError, match="continue_token_ids"):
+        SamplingParams(max_tokens=4, continue_token_ids=[1, 2, 3, 4])  # no room left
+    with pytest.raises(InvalidRequestError, match="continue_token_ids"):
+        SamplingParams(n=2, max_tokens=8, continue_token_ids=[1])
+    with pytest.raises(InvalidRequestError, match="unknown token ids"):
+        llm.generate(PROMPT, SamplingParams(max_tokens=8, continue_token_ids=[10**9]))
