@@ -154,7 +154,7 @@ class LLMEngine:
                 index, logprobs=[] if params.logprobs is not None else None
             )
             if params.continue_token_ids:
-                state.carried = _continue(child, detokenizer, completion)
+                state.carried = _continue(child, detokenizer)
             state.children.append(child)
             state.detokenizers.append(detokenizer)
             state.completions.append(completion)
@@ -310,7 +310,7 @@ class LLMEngine:
             self._child_to_parent.pop(child.request_id, None)
 
 
-def _continue(child: Request, detokenizer: IncrementalDetokenizer, c: CompletionOutput) -> str:
+def _continue(child: Request, detokenizer: IncrementalDetokenizer) -> str:
     """Starts `child` after its continued tokens, as if it had generated them: they are its
     output (the next token is sampled after them), its detokenizer has read them (a stop
     string or a character split across the seam is seen whole) and its grammar has accepted

@@ -98,16 +98,24 @@ def test_next_turn_reuses_every_computed_token_and_matches_uncached(llm):
     assert cached.outputs[0].token_ids == uncached.outputs[0].token_ids
 
 
-def test_preemption_gives_identical_outputs(llm):
+def test_preemption_gives_identical_outputs():
+    """Greedy and seeded requests recomputed after a preemption give the very same tokens and
+    logprob floats: their output tokens are attended one row at a time again, as decoded."""
     prompts = [f"{p} Please be detailed." for p in PROMPTS] * 2
-    params = SamplingParams(temperature=0, max_tokens=48, ignore_eos=True)
-    expected = llm.generate(prompts, params)
+    greedy = SamplingParams(temperature=0, max_tokens=48, ignore_eos=True, logprobs=2)
+    seeded = SamplingParams(temperature=0.8, seed=11, max_tokens=48, ignore_eos=True, logprobs=2)
+    params = [greedy, seeded] * 4
+    # Without the prefix cache in both: a prompt is computed as one chunk by each.
+    uncached = CacheConfig(kv_cache_memory_bytes=256 << 20, enable_prefix_caching=False)
+    roomy = make_llm(cache=uncached)
+    expected = roomy.generate(prompts, params)
     # 8 requests x ~5 blocks each do not fit in 16 blocks of 16 tokens.
     tight = make_llm(cache=CacheConfig(num_blocks_override=16, enable_prefix_caching=False))
     got = tight.generate(prompts, params)
     assert tight.engine.scheduler.num_preemptions > 0
     for a, b in zip(expected, got, strict=True):
         assert a.outputs[0].token_ids == b.outputs[0].token_ids
+        assert a.outputs[0].logprobs == b.outputs[0].logprobs
     tight.engine.kv_cache_manager.check_integrity()
     assert tight.engine.kv_cache_manager.pool.num_free_blocks == 16
 

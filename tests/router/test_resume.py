@@ -38,9 +38,9 @@ PROMPT = "Tell me about lighthouses."
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
-    """A router over five replicas; each test kills one (four in all)."""
+    """A router over six replicas; each test kills one (five in all)."""
     tmp_path = tmp_path_factory.mktemp("resume")
-    replicas = launch_servers(tmp_path, 5)
+    replicas = launch_servers(tmp_path, 6)
     router = start_router(tmp_path, replicas, *FAST_HEALTH)
     yield router, {r.base_url: r for r in replicas}, tmp_path
     router.stop()
@@ -184,3 +184,17 @@ def test_a_gateway_reply_whose_replica_dies_is_stored_complete(fleet):
         assert len(reply.text) > len("".join(deltas[:8]))  # it went on past the kill
     finally:
         gateway.stop()
+
+
+def test_past_its_resumptions_a_cut_stream_ends_with_an_error_event(fleet):
+    """--max-resumptions bounds them; 0 is every other proxy's behaviour."""
+    _, replicas, tmp_path = fleet
+    alive = [r for r in replicas.values() if r.proc.poll() is None]
+    router = start_router(tmp_path, alive, *FAST_HEALTH, "--max-resumptions", "0")
+    try:
+        cut = stream(router, chat_body(temperature=0), _kill_when(replicas, kill_after=10))
+        assert replicas[cut["replica"]].proc.poll() is not None
+        assert cut["error"] and cut["usage"] is None
+        assert router_metric(router, "chatfleet_router_stream_resumptions_total") == 0
+    finally:
+        router.stop()
