@@ -34,6 +34,7 @@ def start_up(
     log_path: Path,
     timeout_s: float = 300,
     port: int | None = None,
+    extra_args: list[str] | None = None,
 ) -> tuple[subprocess.Popen, str]:
     """(the `chatfleet up` process, the router's URL) once every replica is eligible.
 
@@ -44,6 +45,7 @@ def start_up(
     cmd = [str(BIN / "chatfleet"), "up", "--port", str(port), "--replicas", str(replicas)]
     cmd += ["--policy", policy, "--replica-threads", "1", "--replica-port-start", str(port + 1)]
     cmd += ["--replica-args", replica_args, "--log-dir", str(log_path.with_suffix(""))]
+    cmd += extra_args or []
     proc = subprocess.Popen(cmd, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)  # noqa: SIM115
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout_s
