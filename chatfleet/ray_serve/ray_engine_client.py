@@ -73,7 +73,7 @@ class _Seam:
             return call
         self.skip_ids, self.skip_chars = len(self.token_ids), self.sent_chars
         params = dataclasses.replace(call.params, continue_token_ids=list(self.token_ids))
-        return dataclasses.replace(call, params=params)
+        return dataclasses.replace(call, params=params, priority=-1)  # ahead of new requests
 
 
 def _user_error(e: BaseException) -> ChatfleetError | None:

@@ -198,8 +198,10 @@ class OpenAIServing(ABC):
     # ---- execution ----------------------------------------------------------------------
     async def create(self, raw: Request, job: Job) -> Response:
         """Run `job` on the engine; the JSON body, or a StreamingResponse for stream=true."""
+        # A continued reply goes ahead of new requests: its client is waiting mid-reply.
+        priority = -1 if job.params.continue_token_ids else 0
         gens = [
-            self.engine.generate(p, job.params, f"{job.request_id}-{i}")
+            self.engine.generate(p, job.params, f"{job.request_id}-{i}", priority)
             for i, p in enumerate(job.prompts)
         ]
         merged = merge_streams(gens)

@@ -38,9 +38,9 @@ PROMPT = "Tell me about lighthouses."
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
-    """A router over six replicas; each test kills one (five in all)."""
+    """A router over seven replicas; each test kills (or stops) one: six in all."""
     tmp_path = tmp_path_factory.mktemp("resume")
-    replicas = launch_servers(tmp_path, 6)
+    replicas = launch_servers(tmp_path, 7)
     router = start_router(tmp_path, replicas, *FAST_HEALTH)
     yield router, {r.base_url: r for r in replicas}, tmp_path
     router.stop()
@@ -184,6 +184,33 @@ def test_a_gateway_reply_whose_replica_dies_is_stored_complete(fleet):
         assert len(reply.text) > len("".join(deltas[:8]))  # it went on past the kill
     finally:
         gateway.stop()
+
+
+def test_a_stream_whose_replica_hangs_continues_elsewhere(fleet):
+    """A replica that stops sending tokens (SIGSTOP: alive, silent) misses the token deadline,
+    is ejected, and the stream goes on elsewhere."""
+    _, replicas, tmp_path = fleet
+    alive = [r for r in replicas.values() if r.proc.poll() is None]
+    router = start_router(tmp_path, alive, *FAST_HEALTH, "--token-timeout", "2")
+    stopped = []
+
+    def hang(url: str, num_chunks: int) -> None:
+        if num_chunks == 10:
+            replicas[url].proc.send_signal(signal.SIGSTOP)
+            stopped.append(replicas[url])
+
+    try:
+        body = chat_body(temperature=0)
+        undisturbed = stream(router, body)
+        hung = stream(router, body, hang)
+        assert len(stopped) == 1 and not hung["error"]
+        assert hung["text"] == undisturbed["text"]
+        assert router_metric(router, "chatfleet_router_stream_resumptions_total") == 2
+    finally:
+        router.stop()
+        for r in stopped:
+            r.proc.send_signal(signal.SIGKILL)
+            r.proc.wait(10)
 
 
 def test_past_its_resumptions_a_cut_stream_ends_with_an_error_event(fleet):
