@@ -91,7 +91,11 @@ class Relay:
                         raise ReplicaFailedError(failed) from e
                     error = ReplicaFailedError("the replica failed mid-stream")
                 if not await self._resume():
-                    yield (sse.error_event(error) + sse.DONE).encode()
+                    ledger = self.resumption.ledger if self.resumption is not None else None
+                    if ledger is not None and ledger.finished:  # the reply is whole: end it
+                        yield sse.DONE.encode()
+                    else:
+                        yield (sse.error_event(error) + sse.DONE).encode()
                     return
         finally:
             await self.close()

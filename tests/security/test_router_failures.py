@@ -1,7 +1,7 @@
 """The router against replicas that hang or fail: a hung replica (a real `chatfleet serve`
 stopped with SIGSTOP) is ejected by the token deadline and holds no stream past it; a 500
 that the request itself causes is passed on, not retried on every replica and not counted
-against healthy ones."""
+against healthy ones; a stream cut after its last token ends cleanly."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import httpx
 import uvicorn
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
 from tests.router.conftest import launch_router, replica_states, stream_chat
 from tests.server_process import ServerProcess, free_port, start_server, wait_until
@@ -139,3 +139,47 @@ def test_a_500_the_request_causes_is_passed_on_and_ejects_nothing(tmp_path):
         dead_router.stop()
         for r in buggy + dead:
             r.stop()
+
+
+def _cut_after_finish_app() -> FastAPI:
+    """A replica whose stream sends its reply to the end (finish_reason) and then breaks off
+    before [DONE]: nothing is left to resume."""
+    app = FastAPI()
+    app.get("/health")(lambda: PlainTextResponse("ok"))
+    app.get("/ready")(lambda: PlainTextResponse("ok"))
+    app.get("/metrics")(lambda: PlainTextResponse(""))
+
+    @app.post("/v1/chat/completions")
+    def chat() -> StreamingResponse:
+        def events() -> Iterator[str]:
+            base = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1}
+            delta = {"index": 0, "delta": {"content": "Hello"}, "finish_reason": None}
+            yield f"data: {json.dumps(base | {'choices': [delta], 'chatfleet_token_ids': [7]})}\n\n"
+            end = {"index": 0, "delta": {}, "finish_reason": "stop"}
+            yield f"data: {json.dumps(base | {'choices': [end]})}\n\n"
+            raise RuntimeError("the replica dies")
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return app
+
+
+def test_a_stream_cut_after_its_last_token_ends_without_an_error(tmp_path):
+    port = free_port()
+    config = uvicorn.Config(_cut_after_finish_app(), port=port, log_level="critical")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    assert wait_until(lambda: server.started, 10)
+    router = launch_router(tmp_path, [f"http://127.0.0.1:{port}"], "--probe-interval", "0.2")
+    try:
+        assert wait_until(lambda: all(s["eligible"] for s in replica_states(router).values()))
+        result = stream_chat(router.base_url, 8)
+        assert result["done"] and not result["error"], result
+        chunks = [json.loads(e) for e in result["events"][:-1]]
+        text = "".join(c["delta"].get("content", "") for t in chunks for c in t["choices"])
+        assert text == "Hello"
+    finally:
+        router.stop()
+        server.should_exit = True
+        thread.join(10)
