@@ -9,13 +9,13 @@ import json
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import httpx
 import uvicorn
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from tests.router.conftest import launch_router, replica_states, stream_chat
 from tests.server_process import ServerProcess, free_port, start_server, wait_until
@@ -85,11 +85,11 @@ def test_a_stream_sent_to_a_frozen_replica_goes_to_another(tmp_path, server):
         frozen.stop()
 
 
-class _FailingReplica:
-    """A replica whose chat completions fail with a 500 of code `code` (None: an internal
-    error, which a request that trips a bug gets), served on 127.0.0.1 in a thread."""
+class _ScriptedReplica:
+    """A replica that answers probes and whose chat completions `chat` scripts, served on
+    127.0.0.1 in a thread."""
 
-    def __init__(self, code: str | None) -> None:
+    def __init__(self, chat: Callable[[], Response]) -> None:
         self.hits = 0
         app = FastAPI()
         app.get("/health")(lambda: PlainTextResponse("ok"))
@@ -97,14 +97,13 @@ class _FailingReplica:
         app.get("/metrics")(lambda: PlainTextResponse(""))
 
         @app.post("/v1/chat/completions")
-        def fail() -> JSONResponse:
+        def completions() -> Response:
             self.hits += 1
-            error = {"message": "internal error", "type": "server_error", "param": None}
-            return JSONResponse({"error": {**error, "code": code}}, status_code=500)
+            return chat()
 
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
+        self.server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="critical"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         assert wait_until(lambda: self.server.started, 10)
@@ -114,9 +113,16 @@ class _FailingReplica:
         self.thread.join(10)
 
 
+def _failing_replica(code: str | None) -> _ScriptedReplica:
+    """Chat completions fail with a 500 of code `code` (None: an internal error, which a
+    request that trips a bug gets)."""
+    error = {"message": "internal error", "type": "server_error", "param": None}
+    return _ScriptedReplica(lambda: JSONResponse({"error": {**error, "code": code}}, 500))
+
+
 def test_a_500_the_request_causes_is_passed_on_and_ejects_nothing(tmp_path):
-    buggy = [_FailingReplica(None) for _ in range(3)]
-    dead = [_FailingReplica("engine_dead") for _ in range(2)]
+    buggy = [_failing_replica(None) for _ in range(3)]
+    dead = [_failing_replica("engine_dead") for _ in range(2)]
     urls = [r.url for r in buggy]
     router = launch_router(tmp_path, urls, "--max-failures", "2", "--probe-interval", "0.2")
     dead_router = launch_router(tmp_path, [r.url for r in dead], "--probe-interval", "0.2")
@@ -141,37 +147,24 @@ def test_a_500_the_request_causes_is_passed_on_and_ejects_nothing(tmp_path):
             r.stop()
 
 
-def _cut_after_finish_app() -> FastAPI:
-    """A replica whose stream sends its reply to the end (finish_reason) and then breaks off
-    before [DONE]: nothing is left to resume."""
-    app = FastAPI()
-    app.get("/health")(lambda: PlainTextResponse("ok"))
-    app.get("/ready")(lambda: PlainTextResponse("ok"))
-    app.get("/metrics")(lambda: PlainTextResponse(""))
+def _cut_after_finish() -> StreamingResponse:
+    """A stream that sends its reply to the end (finish_reason) and then breaks off before
+    [DONE]: nothing is left to resume."""
 
-    @app.post("/v1/chat/completions")
-    def chat() -> StreamingResponse:
-        def events() -> Iterator[str]:
-            base = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1}
-            delta = {"index": 0, "delta": {"content": "Hello"}, "finish_reason": None}
-            yield f"data: {json.dumps(base | {'choices': [delta], 'chatfleet_token_ids': [7]})}\n\n"
-            end = {"index": 0, "delta": {}, "finish_reason": "stop"}
-            yield f"data: {json.dumps(base | {'choices': [end]})}\n\n"
-            raise RuntimeError("the replica dies")
+    def events() -> Iterator[str]:
+        base = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1}
+        delta = {"index": 0, "delta": {"content": "Hello"}, "finish_reason": None}
+        yield f"data: {json.dumps(base | {'choices': [delta], 'chatfleet_token_ids': [7]})}\n\n"
+        end = {"index": 0, "delta": {}, "finish_reason": "stop"}
+        yield f"data: {json.dumps(base | {'choices': [end]})}\n\n"
+        raise RuntimeError("the replica dies")
 
-        return StreamingResponse(events(), media_type="text/event-stream")
-
-    return app
+    return StreamingResponse(events(), media_type="text/event-stream")
 
 
 def test_a_stream_cut_after_its_last_token_ends_without_an_error(tmp_path):
-    port = free_port()
-    config = uvicorn.Config(_cut_after_finish_app(), port=port, log_level="critical")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    assert wait_until(lambda: server.started, 10)
-    router = launch_router(tmp_path, [f"http://127.0.0.1:{port}"], "--probe-interval", "0.2")
+    replica = _ScriptedReplica(_cut_after_finish)
+    router = launch_router(tmp_path, [replica.url], "--probe-interval", "0.2")
     try:
         assert wait_until(lambda: all(s["eligible"] for s in replica_states(router).values()))
         result = stream_chat(router.base_url, 8)
@@ -181,5 +174,4 @@ def test_a_stream_cut_after_its_last_token_ends_without_an_error(tmp_path):
         assert text == "Hello"
     finally:
         router.stop()
-        server.should_exit = True
-        thread.join(10)
+        replica.stop()
