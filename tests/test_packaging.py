@@ -140,6 +140,10 @@ def test_every_install_pins_torch_so_no_dependency_pulls_another_build():
     installs = [line for line in makefile.splitlines() if "pip install" in line]
     assert installs and all("-c constraints.txt" in line for line in installs), installs
     assert makefile.count("$(PIP_INSTALL)") >= 6  # the venv's and the wheel check's installs
+    # torch itself is asked for at its pin, never by bare name.
+    torch_installs = [line for line in makefile.splitlines() if "$(PIP_INSTALL) torch" in line]
+    assert len(torch_installs) == 2, torch_installs
+    assert all(line.endswith(f"torch=={pinned.group(1)}") for line in torch_installs)
     assert importlib.metadata.version("torch").split("+")[0] == pinned.group(1)
     names = [d.metadata["Name"].lower() for d in importlib.metadata.distributions()]
     assert not [name for name in names if name.startswith("nvidia-")]
