@@ -41,7 +41,9 @@ class _ParentState:
     children: list[Request]
     detokenizers: list[IncrementalDetokenizer]
     completions: list[CompletionOutput]
-    carried: str = ""  # a continued reply's text so far: the first delta's start
+    # A continued reply's tokens and their text so far: the start of its first delta.
+    carried_ids: list[int] = dataclasses.field(default_factory=list)
+    carried_text: str = ""
 
     @property
     def finished(self) -> bool:
@@ -154,7 +156,8 @@ class LLMEngine:
                 index, logprobs=[] if params.logprobs is not None else None
             )
             if params.continue_token_ids:
-                state.carried = _continue(child, detokenizer)
+                state.carried_text = _continue(child, detokenizer)
+                state.carried_ids = list(params.continue_token_ids)
             state.children.append(child)
             state.detokenizers.append(detokenizer)
             state.completions.append(completion)
@@ -252,7 +255,8 @@ class LLMEngine:
     def _apply(self, state: _ParentState, index: int, out: EngineCoreOutput) -> None:
         completion, detok = state.completions[index], state.detokenizers[index]
         delta, matched = detok.update(out.new_token_ids)
-        delta, state.carried = state.carried + delta, ""
+        delta, state.carried_text = state.carried_text + delta, ""
+        new_ids, state.carried_ids = state.carried_ids + out.new_token_ids, []
         finished = out.finished
         request = out.request
         if matched is not None and not finished:
@@ -264,9 +268,6 @@ class LLMEngine:
         if finished and matched is None:
             delta += detok.flush()
         completion.text = detok.output_text
-        new_ids = out.new_token_ids
-        if not completion.token_ids and request.num_output_tokens > len(new_ids):
-            new_ids = request.output_token_ids  # a continued reply: its first delta holds all
         completion.token_ids.extend(new_ids)
         completion.delta_text, completion.delta_token_ids = delta, list(new_ids)
         completion.delta_logprobs = list(out.new_logprobs)

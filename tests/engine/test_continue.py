@@ -8,6 +8,8 @@ import pytest
 
 from chatfleet import SamplingParams
 from chatfleet.errors import InvalidRequestError
+from chatfleet.sampling_params import Grammar
+from chatfleet.structured.grammars import json_object_grammar
 
 PROMPT = "Write a short poem about the sea."
 SEAM = 20  # tokens made before the seam
@@ -48,6 +50,18 @@ def test_a_stop_string_across_the_seam_is_caught(llm):
     continued = _continued(llm, with_stop, whole.token_ids)
     assert continued.finish_reason == "stop" and continued.stop_reason == stop
     assert continued.text == expected.text
+
+
+def test_continued_tokens_a_reply_could_not_have_made_are_refused(llm):
+    """Tokens its grammar does not allow, or that already end at one of its stop strings,
+    cannot be a reply's start: the engine refuses them rather than go on after them."""
+    ids = llm.tokenizer.encode("Hello there")
+    as_json = Grammar(json_object_grammar(), "response_format")
+    with pytest.raises(InvalidRequestError, match="the grammar does not allow them"):
+        llm.generate(PROMPT, SamplingParams(max_tokens=8, grammar=as_json, continue_token_ids=ids))
+    stopped = SamplingParams(max_tokens=8, stop=["there"], continue_token_ids=ids)
+    with pytest.raises(InvalidRequestError, match="already end at the stop string 'there'"):
+        llm.generate(PROMPT, stopped)
 
 
 def test_continued_tokens_are_checked(llm):

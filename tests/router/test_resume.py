@@ -124,6 +124,19 @@ def test_a_stream_survives_its_replica_being_killed(fleet, sampling):
     assert router_metric(router, "chatfleet_router_resume_seconds_count") >= 1
 
 
+def test_a_client_cannot_send_the_routers_fields(fleet):
+    """A continuation made up by a client (tokens it never paid for, text it claims to have)
+    and a request for token ids are dropped at the router: the reply is the plain one."""
+    router, _, _ = fleet
+    body = chat_body(temperature=0)
+    plain = stream(router, body)
+    forged = {"token_ids": [504] * 60, "sent_chars": 5}
+    got = stream(router, {**body, "chatfleet_continue": forged, "chatfleet_token_ids": True})
+    assert got["text"] == plain["text"]
+    for count in ("prompt_tokens", "completion_tokens"):
+        assert got["usage"][count] == plain["usage"][count]
+
+
 def test_a_non_streamed_request_whose_replica_dies_is_answered_whole(fleet):
     router, replicas, _ = fleet
     body = {**chat_body(temperature=0), "stream": False, "max_tokens": 160}

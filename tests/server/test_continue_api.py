@@ -48,6 +48,21 @@ def test_a_continued_stream_starts_where_its_client_is(server):
     assert all("chatfleet_token_ids" not in e for e in rest)  # only when asked
 
 
+def test_a_continuation_the_server_cannot_stream_exactly_is_a_400(server):
+    resume = {"token_ids": [504, 3264], "sent_chars": 0}
+    for body in (
+        {**BODY, "stream": False, "stream_options": None},  # nothing to splice into
+        {**BODY, "n": 2},  # one choice at a time
+    ):
+        r = httpx.post(
+            f"{server.base_url}/v1/chat/completions",
+            json={**body, "chatfleet_continue": resume},
+            timeout=30,
+        )
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] in ("chatfleet_continue", "continue_token_ids")
+
+
 def test_a_continued_reply_goes_ahead_of_queued_requests(tmp_path):
     srv = start_server(tmp_path, "--max-num-seqs", "1")
     try:
