@@ -9,8 +9,8 @@ from the llama.cpp vendored in the `llama-cpp-python` sdist, by
 `benchmarks/peers/build_llama_server.sh`) to Q8_0, Q4_0, Q4_K_M, Q5_K_M and Q6_K (the K types
 mix Q4_K / Q5_K / Q6_K per tensor as llama.cpp chooses). Each file is served in the fp32
 runtime, compared with transformers holding gguf's decoding of the file's bytes, and in the
-int8 runtime, compared with transformers holding what that runtime holds (Q6_K fitted again to
-8-bit codes, K scales rounded to fp16) and, as what it costs, with the file's decoding. Figures:
+int8 runtime, compared with transformers holding what that runtime holds (the file's codes, K
+scales rounded to fp16) and, as what it costs, with the file's decoding. Figures:
 greedy steps agreeing (of 32), the first that differs, the largest top-5 logprob difference.
 
     benchmarks/peers/build_llama_server.sh   # builds llama-quantize beside llama-server

@@ -10,6 +10,8 @@
 // Packed weight layout, per tile of 16 output rows and per K block of 32 (512 bytes):
 //   vector j (j = 0..7) holds, in lane l, the 4 codes u[n0 + l][32 kb + 4j .. 4j + 3]
 //   so that VPDPBUSD with a broadcast of x[32 kb + 4j .. 4j + 3] yields 16 partial dots.
+//   Narrower codes are held in fewer bytes (4 bits: two a byte; 5 and 6: and bit planes) and
+//   widened to this layout as they are loaded (qlinear.h, load_codes).
 // Every output element is computed by the same instruction sequence whatever M is or where
 // its row sits in the batch: results are batch-invariant bit for bit.
 #include <torch/extension.h>
@@ -20,14 +22,19 @@
 using namespace chatfleet::ql;
 
 // y = prologue(x) @ W^T (+ residual).
-//   x [M, K] fp32 (or [M, 2K] with swiglu); w [N/16, K/32, 8 or 4, 16, 4] uint8 (8- or
-//   4-bit codes); s, z [N/16, K/32, 16] fp16; residual [M, N] fp32 or None -> y [M, N] fp32.
+//   x [M, K] fp32 (or [M, 2K] with swiglu); w [N/16, K/32, V, 16, 4] uint8 (V: 8-, 6-, 5- or
+//   4-bit codes, see qlinear.h); s, z [N/16, K/32, 16] fp16 (6-bit: [N/16, K/32, 2, 16]);
+//   residual [M, N] fp32 or None -> y [M, N] fp32.
 at::Tensor qlinear(at::Tensor x, at::Tensor w, at::Tensor s, at::Tensor z, int64_t num_threads,
                    c10::optional<at::Tensor> norm_weight, double eps, bool swiglu,
                    c10::optional<at::Tensor> residual) {
   TORCH_CHECK(x.dtype() == at::kFloat && x.dim() == 2, "x must be 2-D fp32");
   TORCH_CHECK(w.dtype() == at::kByte && w.dim() == 5 && w.is_contiguous(), "bad packed weight");
-  TORCH_CHECK(w.size(2) == 8 || w.size(2) == 4, "packed weight: 8- or 4-bit codes");
+  TORCH_CHECK(w.size(2) >= 4 && w.size(2) <= 8 && w.size(2) != 7,
+              "packed weight: 8-, 6-, 5- or 4-bit codes");
+  TORCH_CHECK(s.numel() == z.numel() && s.numel() == w.size(0) * w.size(1) * kTile *
+                                                         (w.size(2) == 6 ? 2 : 1),
+              "scales and zeros: one per output row and block (6-bit: per half block)");
   TORCH_CHECK(s.dtype() == at::kHalf && z.dtype() == at::kHalf, "scales and zeros must be fp16");
   TORCH_CHECK(reinterpret_cast<uintptr_t>(w.data_ptr()) % 64 == 0, "weight must be 64B aligned");
   x = x.contiguous();
@@ -65,7 +72,7 @@ at::Tensor qlinear(at::Tensor x, at::Tensor w, at::Tensor s, at::Tensor z, int64
   // Threads split the output tiles: each reads its slice of W once per pass over the rows.
   const int threads = static_cast<int>(
       std::max<int64_t>(1, std::min(num_threads, M * N * K / kMinMacsPerThread)));
-  const int bits = w.size(2) == 8 ? 8 : 4;
+  const int bits = bits_of_vectors(w.size(2));
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t t = 0; t < N / kTile; ++t) run_tiles(pw, q, M, bits, t, t + 1, out);
   return y;

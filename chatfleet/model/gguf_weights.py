@@ -190,8 +190,8 @@ def _matrix(t: GGUFTensor, head_dim: int, unpermute: bool) -> WeightRows:
     shape = (rows, _decoded_cols(t.data, t.qtype))
     if gguf_blocks.encodable(t.qtype):
         return WeightRows(shape, ((rows, read, encode),), align, gguf_blocks.code_bits(t.qtype))
-    # Other block formats (Q6_K) are decoded and fitted to 8-bit codes; float ones may sit on
-    # a 4-bit grid (a file written from 4-bit weights), which only all their rows can tell.
+    # Other block formats are decoded and fitted to 8-bit codes; float ones may sit on a
+    # 4-bit grid (a file written from 4-bit weights), which only all their rows can tell.
     bits = None if t.qtype in (Q.F32, Q.F16, Q.BF16) else 8
     return WeightRows(shape, ((rows, read, None),), align, bits)
 
@@ -213,7 +213,7 @@ def _dequantize_rows(data: np.ndarray, qtype, fallback) -> np.ndarray:
     formats is gguf's own arithmetic, exact in fp32), F16 widened, gguf's numpy otherwise."""
     if data.dtype == np.float16:
         return data.astype(np.float32)
-    if not gguf_blocks.encodable(qtype):
+    if not gguf_blocks.exact_in_fp32(qtype):
         # gguf's numpy decoders hold several temporaries the size of their input's values:
         # a few rows at a time, they stay small beside the block.
         out = np.empty((len(data), _decoded_cols(data, qtype)), dtype=np.float32)

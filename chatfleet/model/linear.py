@@ -18,9 +18,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from chatfleet.model import block_codes as bc
 from chatfleet.model import kernels
 from chatfleet.model.matmul_plan import bucket_index
-from chatfleet.model.weight_rows import Codes, WeightRows
+from chatfleet.model.weight_rows import Codes, WeightRows, code_values
 
 Weight = torch.Tensor | WeightRows  # a whole matrix, or one read in blocks of rows
 
@@ -85,48 +86,6 @@ class DenseLinear(Linear):
         return F.embedding(ids, self.weight).float()
 
 
-def quantize_blocks(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """blocks [n, nb, 32] -> (codes 0..255, scale [n, nb], zero [n, nb]), w ~= scale * code + zero.
-
-    Per block, the better of two grids: min..max in 255 steps (exact for Q4_1's 16 levels,
-    since 255 = 15 * 17) or symmetric amax / 127 around code 128 (exact for Q8_0).
-    """
-    lo, hi = blocks.amin(-1), blocks.amax(-1)
-    candidates = []
-    for scale, zero in (((hi - lo) / 255.0, lo), (torch.maximum(-lo, hi) / 127.0, None)):
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        zero = -128.0 * scale if zero is None else zero
-        codes = torch.round((blocks - zero[..., None]) / scale[..., None]).clamp_(0, 255)
-        error = (codes * scale[..., None] + zero[..., None] - blocks).abs().amax(-1)
-        candidates.append((codes, scale, zero, error))
-    (ca, sa, za, ea), (cs, ss, zs, es) = candidates
-    pick = es < ea  # [n, nb]
-    return (
-        torch.where(pick[..., None], cs, ca),
-        torch.where(pick, ss, sa),
-        torch.where(pick, zs, za),
-    )
-
-
-def _quantize_rows(weight: WeightRows, block: int) -> tuple[torch.Tensor, ...]:
-    """Codes uint8 [n, k / block, block], scale and zero [n, k / block] of [n, k] weights, a
-    block of rows at a time: quantize_blocks' temporaries are several fp32 copies of what it
-    is given, which for a whole output matrix (vocab x hidden) would dwarf the model. Rows that
-    come encoded (GGUF blocks the format holds as they are) are taken as they are."""
-    n, k = weight.shape
-    codes = torch.empty(n, k // block, block, dtype=torch.uint8)
-    scale, zero = torch.empty(n, k // block), torch.empty(n, k // block)
-    at = 0
-    for item in weight.codes_or_blocks():
-        if isinstance(item, torch.Tensor):
-            item = quantize_blocks(item.reshape(-1, k // block, block))
-        c, s, z = item
-        end = at + len(c)
-        codes[at:end], scale[at:end], zero[at:end] = c, s, z
-        at = end
-    return codes, scale, zero
-
-
 class BlockInt8Linear(Linear):
     """8-bit weights in 32-wide blocks (w = s * u + z) times activations quantized per 32-wide
     block, accumulated in int32 by the VNNI kernel in csrc/qlinear.cpp.
@@ -134,7 +93,8 @@ class BlockInt8Linear(Linear):
     Activations are rounded to 16 bits per 32 values; GGUF Q8_0 / Q4_0 / Q4_1 blocks are held
     exactly, as their own codes (modelfile/gguf_blocks.py; Q4_1 and Q8_0 also survive
     `quantize_blocks`), so the result matches the fp32 matmul on the same weights to float
-    rounding, bit-identically whatever the batch.
+    rounding, bit-identically whatever the batch. Codes are held in 8, 6, 5 or 4 bits (`bits`;
+    layouts in block_codes.py).
     """
 
     fmt = "int8"
@@ -156,18 +116,20 @@ class BlockInt8Linear(Linear):
         rows = weight if isinstance(weight, WeightRows) else WeightRows.of(weight)
         blocks, step = self._codes(rows)
         nb = k // self.BLOCK
-        vectors = 8 if self.bits == 8 else 4  # 4-bit: two codes a byte
-        self.register_buffer("packed", torch.empty(n // 16, nb, vectors, 16, 4, dtype=torch.uint8))
+        # As many vectors per (tile, block) as bits per code (block_codes.py).
+        shape = (n // 16, nb, self.bits, 16, 4)
+        self.register_buffer("packed", torch.empty(shape, dtype=torch.uint8))
         # fp16 scales, by tile: exact for Q8_0 / Q4_0 / Q4_1 blocks (their d and m are fp16
         # already); a K-quant's d * sub-block scale is rounded to them once.
-        self.register_buffer("scales", torch.empty(n // 16, nb, 16, dtype=torch.float16))
-        self.register_buffer("zeros", torch.empty(n // 16, nb, 16, dtype=torch.float16))
+        halves = (2,) if bc.halves(self.bits) == 2 else ()
+        self.register_buffer("scales", torch.empty(n // 16, nb, *halves, 16, dtype=torch.float16))
+        self.register_buffer("zeros", torch.empty_like(self.scales))
         tile = 0
         for codes, scale, zero in blocks:
             tiles = len(codes) // 16
             self._tile(codes, step, tile)
-            self.scales[tile : tile + tiles] = scale.reshape(tiles, 16, nb).permute(0, 2, 1)
-            self.zeros[tile : tile + tiles] = zero.reshape(tiles, 16, nb).permute(0, 2, 1)
+            self.scales[tile : tile + tiles] = bc.tile_scales(scale, self.bits)
+            self.zeros[tile : tile + tiles] = bc.tile_scales(zero, self.bits)
             tile += tiles
 
     def _codes(self, rows: WeightRows) -> tuple[Iterable[Codes], int]:
@@ -176,14 +138,13 @@ class BlockInt8Linear(Linear):
         if rows.code_bits is not None and all(count % self.TILE == 0 for count, *_ in rows.parts):
             # Codes read from the file, or fitted to 8 bits from blocks it gives as fp32, are
             # tiled a block of rows at a time: no copy of the whole matrix's codes beside its
-            # tiles. 4-bit formats are held in 4 bits.
-            self.bits = 4 if rows.code_bits <= 4 else 8
+            # tiles. 4-, 5- and 6-bit formats are held in 4, 5 and 6 bits.
+            self.bits = bc.held_bits(rows.code_bits)
             aligned = dataclasses.replace(rows, align=math.lcm(rows.align, self.TILE))
             # Small blocks: fitting one takes several fp32 copies of it.
             blocks = aligned.codes_or_blocks(rows=256)
-            fit = lambda b: quantize_blocks(b.reshape(len(b), -1, self.BLOCK))  # noqa: E731
-            return ((fit(b) if isinstance(b, torch.Tensor) else b) for b in blocks), 1
-        codes, scale, zero = _quantize_rows(rows, self.BLOCK)
+            return (self._fitted(b) for b in blocks), 1
+        codes, scale, zero = bc.quantize_rows(rows)
         # Weights from 4-bit blocks are held in 4 bits, halving what a batch-1 step reads: read
         # as codes they are 0..15; requantized, they sit on every 17th code (a 17x scale).
         parts = codes.split(4096)
@@ -193,6 +154,13 @@ class BlockInt8Linear(Linear):
         elif all(bool((c % 17 == 0).all()) for c in parts):
             self.bits, step, scale = 4, 17, scale * 17
         return [(codes, scale, zero)], step
+
+    def _fitted(self, item: Codes | torch.Tensor) -> Codes:
+        """fp32 rows fitted to 8 bits; codes scaled per half block in a matrix held in 8
+        bits (one stacked with a format only fitting gives) fitted again from their values."""
+        if isinstance(item, tuple) and (self.bits == 6 or item[1].dim() == 2):
+            return item
+        return bc.fit(item)
 
     def _tile(self, codes: torch.Tensor, step: int, first: int) -> None:
         """codes [16 t, nb, 32] (divided by `step`) -> packed[first : first + t], each tile
@@ -205,9 +173,7 @@ class BlockInt8Linear(Linear):
             rows = codes[t * 16 : (t + 256) * 16]
             rows = rows // step if step != 1 else rows
             tiled = rows.reshape(-1, 16, nb, 8, 4).permute(0, 2, 3, 1, 4)
-            if self.bits == 4:
-                tiled = tiled[:, :, :4] | (tiled[:, :, 4:] << 4)
-            self.packed[first + t : first + t + len(tiled)] = tiled
+            self.packed[first + t : first + t + len(tiled)] = bc.pack(tiled, self.bits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fused(x)
@@ -256,25 +222,20 @@ class BlockInt8Linear(Linear):
         )
 
     def dequantized_weight(self) -> torch.Tensor:
-        n, k = self.out_features, self.in_features
-        codes = self.packed
-        if self.bits == 4:
-            codes = torch.cat([codes & 0x0F, codes >> 4], dim=2)
-        codes = codes.permute(0, 3, 1, 2, 4).reshape(n, k // self.BLOCK, self.BLOCK)
-        untile = lambda t: t.permute(0, 2, 1).reshape(n, -1, 1)  # noqa: E731
-        scales, zeros = untile(self.scales.float()), untile(self.zeros.float())
-        return (codes.float() * scales + zeros).reshape(n, k)
+        codes = bc.untile_codes(bc.unpack(self.packed, self.bits))
+        scales, zeros = (bc.untile_scales(s.float(), self.bits) for s in (self.scales, self.zeros))
+        return code_values((codes, scales, zeros))
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """Only the rows asked for are decoded (the same arithmetic as dequantized_weight)."""
-        tile, lane = ids // self.TILE, ids % self.TILE
-        codes = self.packed[tile, :, :, lane]  # [T, nb, 8 (4 when 4-bit), 4]
-        if self.bits == 4:
-            codes = torch.cat([codes & 0x0F, codes >> 4], dim=2)
-        codes = codes.reshape(len(ids), -1, self.BLOCK)
-        scales = self.scales[tile, :, lane].float()[..., None]  # [T, nb, 1]
-        zeros = self.zeros[tile, :, lane].float()[..., None]
-        return (codes.float() * scales + zeros).reshape(len(ids), self.in_features)
+        tile, lane, at = ids // self.TILE, ids % self.TILE, torch.arange(len(ids))
+        if self.bits in (5, 6):  # bit planes are not laid out by lane: all 16 rows
+            codes = bc.unpack(self.packed[tile], self.bits)[at, :, :, lane]
+        else:
+            codes = bc.unpack(self.packed[tile, :, :, lane, None], self.bits)[..., 0, :]
+        nb, h = self.packed.shape[1], bc.halves(self.bits)
+        pick = lambda s: s[tile].reshape(len(ids), nb, h, 16)[at, :, :, lane].float()  # noqa: E731
+        return code_values((codes.reshape(len(ids), nb, -1), pick(self.scales), pick(self.zeros)))
 
 
 def make_linear(weight: Weight, fmt: str) -> Linear:

@@ -20,7 +20,8 @@ import torch
 BLOCK_ROWS = 2048  # at most, per block
 
 ReadRows = Callable[[int, int], torch.Tensor]  # (start, stop) -> fp32 [stop - start, cols]
-# codes uint8 [rows, cols / 32, 32], scale and zero [rows, cols / 32]: value = scale * code + zero
+# codes uint8 [rows, cols / 32, 32], scale and zero [rows, cols / 32], or [rows, cols / 32, 2]
+# with one per 16-value half: value = scale * code + zero
 Codes = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 EncodeRows = Callable[[int, int], Codes]
 Part = tuple[int, ReadRows, EncodeRows | None]  # rows, their reader, their encoder if any
@@ -84,3 +85,12 @@ def rows_of(weights: Mapping[str, torch.Tensor], name: str) -> WeightRows:
     otherwise."""
     read_rows = getattr(weights, "rows", None)
     return read_rows(name) if read_rows is not None else WeightRows.of(weights[name])
+
+
+def code_values(codes: Codes) -> torch.Tensor:
+    """fp32 [rows, cols]: scale * code + zero, per block or per half block."""
+    c, scale, zero = codes
+    rows, nb = scale.shape[:2]
+    halves = scale.shape[2] if scale.dim() == 3 else 1
+    values = c.reshape(rows, nb, halves, -1).float() * scale.reshape(rows, nb, halves, 1)
+    return (values + zero.reshape(rows, nb, halves, 1)).reshape(rows, -1)

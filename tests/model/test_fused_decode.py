@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from chatfleet import SamplingParams
 from chatfleet.model.fused_decode import load_kernel
+from chatfleet.modelfile import gguf_blocks
+from chatfleet.modelfile.gguf_writer import K_QUANTS, random_k_quants, write_gguf
 from tests.conftest import make_llm
+from tests.model.test_architectures import build
 
 PROMPTS = [
     "The capital of France is",
@@ -30,3 +34,28 @@ def test_fused_decode_is_bit_identical_to_the_layer_path(llm):
     for a, b in zip(got, want, strict=True):
         assert a.outputs[0].token_ids == b.outputs[0].token_ids
         assert a.outputs[0].logprobs == b.outputs[0].logprobs  # exact float equality
+
+
+@pytest.mark.parametrize("qtype", list(K_QUANTS), ids=lambda q: q.name)
+def test_fused_decode_reads_every_code_width_as_the_layer_path(tmp_path, qtype):
+    """K-quant files held in 4 (Q4_K), 5 (Q5_K) and 6 bits (Q6_K, a scale per half block):
+    the fused step reads each width's packed layout as the per-layer kernel does."""
+    if load_kernel() is None:
+        pytest.skip("no VNNI kernel here")
+    _, model = build(tmp_path, "llama")
+    encoded = random_k_quants(model, qtype, np.random.default_rng(0))
+    path = str(tmp_path / f"llama-{qtype.name}.gguf")
+    write_gguf(model, "llama", path, qtype, encoded=encoded)
+    fused, unfused = (
+        make_llm(model=path, weight_format="int8", fused_decode=f) for f in (True, False)
+    )
+    assert fused.engine.runner.model.fused_decode is not None
+    bits = {fused.engine.runner.model.layers[0].gate_up.bits}
+    assert bits == {gguf_blocks.code_bits(qtype)}
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, logprobs=2)
+    prompts = [[1, 2, 3, 4, 5], list(range(10, 40))]
+    got = fused.generate(prompts, params)
+    want = unfused.generate(prompts, params)
+    for a, b in zip(got, want, strict=True):
+        assert a.outputs[0].token_ids == b.outputs[0].token_ids
+        assert a.outputs[0].logprobs == b.outputs[0].logprobs

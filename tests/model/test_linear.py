@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from chatfleet import SamplingParams
 from chatfleet.model import kernels
 from chatfleet.model.linear import BlockInt8Linear, DenseLinear
+from chatfleet.model.weight_rows import WeightRows, code_values
 from tests.conftest import make_llm
 
 pytestmark = pytest.mark.skipif(
@@ -33,6 +34,40 @@ def q8_0_weight(n: int, k: int, seed: int = 0) -> torch.Tensor:
     q[..., 0] = 127
     d = (torch.rand(n, k // 32, 1, generator=g) * 0.01 + 1e-3).half().float()
     return (q * d).reshape(n, k)
+
+
+def coded_weight(n: int, k: int, bits: int, halves: int = 1) -> WeightRows:
+    """Codes below 2**bits as a K-quant file gives them (the width known before the rows are
+    read), with a scale and zero per block or per 16-value half (Q6_K)."""
+    g = torch.Generator().manual_seed(bits)
+    codes = torch.randint(0, 2**bits, (n, k // 32, 32), generator=g, dtype=torch.uint8)
+    codes[..., 0], codes[..., 1], codes[..., 16] = 0, 2**bits - 1, 2**bits - 1
+    scale = (torch.rand(n, k // 32, halves, generator=g) * 0.01 + 1e-3).half().float()
+    zero = (-torch.rand(n, k // 32, halves, generator=g) * 0.05).half().float()
+    scale, zero = (t if halves == 2 else t[..., 0] for t in (scale, zero))
+    encode = lambda a, b: (codes[a:b], scale[a:b], zero[a:b])  # noqa: E731
+    read = lambda a, b: code_values(encode(a, b))  # noqa: E731
+    return WeightRows((n, k), ((n, read, encode),), code_bits=bits)
+
+
+@pytest.mark.parametrize(("bits", "halves"), [(5, 1), (6, 2)])
+def test_5_and_6_bit_codes_are_held_in_their_width_and_multiplied_as_fp32_would(bits, halves):
+    """Bits 4 and 5 in planes beside the 4-bit nibbles (6 bits: a scale and zero per half
+    block, as Q6_K's sub-blocks): bits/8 of the 8-bit bytes, the same values, the same
+    products (every code value, both ends, in every vector)."""
+    rows = coded_weight(64, 96, bits, halves)
+    w = rows.whole()
+    lin, ref = BlockInt8Linear(rows), DenseLinear(w, torch.float32)
+    assert lin.bits == bits and lin.packed.numel() == 64 * 96 * bits // 8
+    assert lin.scales.numel() == 64 * 3 * halves
+    assert torch.equal(lin.dequantized_weight(), w)
+    ids = torch.tensor([0, 15, 16, 63, 15])
+    assert torch.equal(lin.rows(ids), w[ids])
+    x = torch.randn(7, 96) * 3
+    x[:, 20] *= 40  # an outlier in the second half of a block
+    want = ref(x)
+    torch.testing.assert_close(lin(x), want, rtol=1e-3, atol=2e-3 * want.abs().max().item())
+    assert torch.equal(lin(x[3:4].clone())[0], lin(x)[3])
 
 
 @pytest.mark.parametrize(("make", "bits"), [(q4_1_weight, 4), (q8_0_weight, 8)])

@@ -55,7 +55,7 @@ def test_codes_from_the_file_are_tiled_block_by_block_as_from_the_whole():
         assert torch.equal(getattr(streamed, name), getattr(whole, name))
     held = codes.float() * scale.half().float()[..., None] + zero.half().float()[..., None]
     assert torch.equal(streamed.dequantized_weight(), held.flatten(1))  # fp16 scales, zeros
-    # Rows a file gives as fp32 but whose format is fitted to 8 bits (Q6_K): fitted per block.
+    # Rows a file gives as fp32 but whose format is fitted to 8 bits: fitted per block.
     w = torch.randn(n, nb * 32)
     fitted = WeightRows((n, nb * 32), ((n, lambda a, b: w[a:b], None),), code_bits=8)
     streamed, whole = BlockInt8Linear(fitted), BlockInt8Linear(WeightRows.of(w))
@@ -96,13 +96,15 @@ def test_gguf_q_and_k_rows_read_a_head_at_a_time_are_transformers_rows(tmp_path)
         (GGMLQuantizationType.Q4_0, 4),
         (GGMLQuantizationType.Q4_1, 4),
         (GGMLQuantizationType.Q4_K, 4),
-        (GGMLQuantizationType.Q5_K, 8),
+        (GGMLQuantizationType.Q5_K, 5),
+        (GGMLQuantizationType.Q6_K, 6),
     ],
     ids=lambda v: getattr(v, "name", str(v)),
 )
 def test_gguf_blocks_are_held_as_their_own_codes(tmp_path, qtype, bits):
-    """The int8 format holds a 32-value block format's codes as they are: 4-bit files in 4
-    bits, the values exactly (the K-quants' scales rounded once, to fp16)."""
+    """The int8 format holds a block format's codes as they are: 4-, 5- and 6-bit files in 4,
+    5 and 6 bits (Q6_K with its 16-value scales), the values exactly (the K-quants' scales
+    rounded once, to fp16)."""
     _, model = build(tmp_path, "qwen2", tie_word_embeddings=False)
     k_quant = qtype in K_QUANTS
     encoded = random_k_quants(model, qtype, np.random.default_rng(0)) if k_quant else None
@@ -123,3 +125,25 @@ def test_gguf_blocks_are_held_as_their_own_codes(tmp_path, qtype, bits):
         got = linear.dequantized_weight()
         tolerance = 2e-3 * want.abs().max().item() if k_quant else 0.0
         assert (got - want).abs().max().item() <= tolerance
+        ids = torch.tensor([0, 17, len(want) - 1, 17])
+        assert torch.equal(linear.rows(ids), got[ids])
+
+
+@pytest.mark.skipif(kernels.load("qlinear") is None, reason="int8 kernel needs AVX-512 VNNI")
+def test_a_matrix_stacked_from_several_code_widths_is_held_in_the_widest():
+    """As in a Q4_K_M file, where V (Q6_K) is stacked with Q and K (Q4_K): 4-bit parts are held
+    in the 6-bit layout, their block's scale for both halves, every value as it was; beside
+    rows only fitting gives (8 bits), Q6_K's half-block codes are fitted too."""
+    from tests.model.test_linear import coded_weight
+
+    four, six = coded_weight(32, 64, 4), coded_weight(48, 64, 6, halves=2)
+    stacked = BlockInt8Linear(WeightRows.stack(four, six))
+    assert stacked.bits == 6
+    want = torch.cat([four.whole(), six.whole()])
+    assert torch.equal(stacked.dequantized_weight(), want)
+    w = torch.randn(16, 64)
+    fitted = WeightRows((16, 64), ((16, lambda a, b: w[a:b], None),), code_bits=8)
+    wide = BlockInt8Linear(WeightRows.stack(six, fitted))
+    assert wide.bits == 8
+    want = torch.cat([six.whole(), w])
+    assert (wide.dequantized_weight() - want).abs().max() <= 1e-2 * want.abs().max()
