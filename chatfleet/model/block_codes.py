@@ -102,6 +102,21 @@ def unpack(packed: torch.Tensor, bits: int) -> torch.Tensor:
     return codes
 
 
+def lane_codes(packed: torch.Tensor, tile: torch.Tensor, lane: torch.Tensor, bits: int):
+    """Codes [T, nb, 8, 4] of rows (tile, lane) of packed weights [tiles, nb, bits, 16, 4],
+    without unpacking their whole tiles: a lane's nibbles sit in its lane; its bits of plane
+    word j (one per byte of vector j, 4 a lane) are nibble lane % 2 of byte lane // 2."""
+    if bits in (4, 8):
+        return unpack(packed[tile, :, :, lane, None], bits)[..., 0, :]
+    codes = unpack(packed[tile, :, :4, lane, None], 4)[..., 0, :]
+    shift, at = (4 * (lane % 2)).to(torch.uint8)[:, None, None], torch.arange(len(tile))
+    for bit in range(4, bits):
+        words = packed[tile, :, bit].reshape(len(tile), -1, 8, 8)  # [T, nb, word, byte]
+        nibble = (words[at, :, :, lane // 2] >> shift) & 0x0F  # [T, nb, 8]
+        codes |= ((nibble[..., None] >> _BIT[:4]) & 1) << bit
+    return codes
+
+
 def tile_scales(scale: torch.Tensor, bits: int) -> torch.Tensor:
     """scale or zero [16 t, nb] or [16 t, nb, 2] -> by tile, [t, nb, 16] or [t, nb, 2, 16]."""
     h = halves(bits)

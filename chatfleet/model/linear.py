@@ -229,10 +229,7 @@ class BlockInt8Linear(Linear):
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """Only the rows asked for are decoded (the same arithmetic as dequantized_weight)."""
         tile, lane, at = ids // self.TILE, ids % self.TILE, torch.arange(len(ids))
-        if self.bits in (5, 6):  # bit planes are not laid out by lane: all 16 rows
-            codes = bc.unpack(self.packed[tile], self.bits)[at, :, :, lane]
-        else:
-            codes = bc.unpack(self.packed[tile, :, :, lane, None], self.bits)[..., 0, :]
+        codes = bc.lane_codes(self.packed, tile, lane, self.bits)
         nb, h = self.packed.shape[1], bc.halves(self.bits)
         pick = lambda s: s[tile].reshape(len(ids), nb, h, 16)[at, :, :, lane].float()  # noqa: E731
         return code_values((codes.reshape(len(ids), nb, -1), pick(self.scales), pick(self.zeros)))
