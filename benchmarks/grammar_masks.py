@@ -1,12 +1,11 @@
-"""Per-step cost of grammar token masks: llguidance against xgrammar, on this CPU.
+"""Per-step cost of grammar token masks (llguidance, chatfleet's grammar library), on this CPU.
 
 Each of B streams walks the tokens of a valid instance of one of ten JSON schemas
-(chatfleet/bench/json_schemas.py, round robin) through a matcher of each library: per step,
-every stream's mask is filled for the whole batch (each library's batched call), applied to
-[B, vocab] logits, and each stream's next token accepted. A stream that reaches its end
-starts again. Every walked token must be allowed by its mask (else the run fails).
+(chatfleet/bench/json_schemas.py, round robin) through a matcher: per step, every stream's
+mask is filled for the whole batch (one batched call), applied to [B, vocab] logits, and each
+stream's next token accepted. A stream that reaches its end starts again. Every walked token
+must be allowed by its mask (else the run fails).
 
-    .venv/bin/pip install -c constraints.txt --no-deps xgrammar apache-tvm-ffi
     .venv/bin/python benchmarks/grammar_masks.py --out docs/results/grammar_masks.json
 """
 
@@ -33,7 +32,8 @@ SEPARATORS = (", ", ": ")  # what the server's grammars emit: no free whitespace
 
 @dataclass
 class Backend:
-    """One library behind four calls: compile, new matcher, fill a batch, accept a batch."""
+    """The grammar library behind the calls a step makes: compile, new matcher, fill a batch,
+    accept a batch, reset."""
 
     name: str
     compile: Callable[[dict[str, Any]], Any]
@@ -72,35 +72,8 @@ def llguidance_backend(tok: Tokenizer, threads: int) -> Backend:
     )
 
 
-def xgrammar_backend(tok: Tokenizer, threads: int) -> Backend:
-    import xgrammar as xgr
-
-    special = tok.special_token_ids
-    vocab = [b"" if i in special else tok.id_to_piece_bytes(i) for i in range(tok.vocab_size)]
-    info = xgr.TokenizerInfo(vocab, xgr.VocabType.RAW, stop_token_ids=tok.eos_token_ids)
-    compiler = xgr.GrammarCompiler(info, max_threads=threads)
-    batch = xgr.BatchGrammarMatcher(max_threads=threads)
-
-    def compile_(schema: dict[str, Any]) -> Any:
-        return compiler.compile_json_schema(
-            json.dumps(schema), any_whitespace=False, separators=SEPARATORS
-        )
-
-    def fill(ms: list[Any], bitmask: torch.Tensor) -> None:
-        batch.batch_fill_next_token_bitmask(ms, bitmask)
-
-    return Backend(
-        "xgrammar",
-        compile_,
-        lambda g: xgr.GrammarMatcher(g),
-        fill,
-        lambda ms, tokens: xgr.BatchGrammarMatcher.batch_accept_token(ms, tokens),
-        lambda m: m.reset(),
-    )
-
-
 def measure(backend: Backend, tok: Tokenizer, batch: int, steps: int) -> dict[str, Any]:
-    # A schema's first matcher: llguidance compiles in the matcher, xgrammar before it.
+    # A schema's first matcher: llguidance compiles in the matcher.
     t0 = time.perf_counter()
     grammars = [backend.compile(case.schema) for case in SCHEMAS]
     [backend.matcher(g) for g in grammars]
@@ -161,25 +134,22 @@ def main() -> None:
     parser.add_argument("--batches", default="1,16,64")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--backends", default="llguidance,xgrammar")
     parser.add_argument("--out", default="results/grammar_masks.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tok = Tokenizer.from_model_path()
-    makers = {"llguidance": llguidance_backend, "xgrammar": xgrammar_backend}
+    backend = llguidance_backend(tok, args.threads)
     rows = []
-    for name in args.backends.split(","):
-        backend = makers[name](tok, args.threads)
-        for batch in map(int, args.batches.split(",")):
-            row = measure(backend, tok, batch, args.steps)
-            rows.append(row)
-            print(
-                f"{name:10s} B={batch:3d} fill {row['fill_us']['mean']:8.0f} us "
-                f"(p99 {row['fill_us']['p99']:8.0f})  apply {row['apply_us']['mean']:6.0f} us  "
-                f"accept {row['accept_us']['mean']:6.0f} us  "
-                f"compile {row['compile_ms_per_schema']:.1f} ms/schema",
-                flush=True,
-            )
+    for batch in map(int, args.batches.split(",")):
+        row = measure(backend, tok, batch, args.steps)
+        rows.append(row)
+        print(
+            f"{backend.name:10s} B={batch:3d} fill {row['fill_us']['mean']:8.0f} us "
+            f"(p99 {row['fill_us']['p99']:8.0f})  apply {row['apply_us']['mean']:6.0f} us  "
+            f"accept {row['accept_us']['mean']:6.0f} us  "
+            f"compile {row['compile_ms_per_schema']:.1f} ms/schema",
+            flush=True,
+        )
     cpu = {**cpu_info(), "threads": args.threads}
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:

@@ -127,11 +127,11 @@ def test_the_cli_reports_a_missing_extra_in_one_line(tmp_path):
 
 
 def test_every_install_pins_torch_so_no_dependency_pulls_another_build():
-    """Packages that name torch without a version (xgrammar for the grammar benchmark) must
-    not replace the pinned CPU build: every pip install in the Makefile goes through
-    constraints.txt, which pins what pyproject pins, and the venv the tests run in holds that
-    build and no CUDA wheels. Nothing chatfleet's installed extras depend on names torch
-    without the pin (accelerate did, and nothing used it)."""
+    """A package that names torch without a version must not replace the pinned CPU build:
+    every pip install in the Makefile goes through constraints.txt, which pins what pyproject
+    pins, and the venv the tests run in holds that build and no CUDA wheels. Nothing
+    chatfleet's installed extras depend on names torch without the pin (accelerate did, and
+    nothing used it), and no benchmark asks for such a package (xgrammar did)."""
     pinned = re.search(r'"torch==([^"]+)"', (ROOT / "pyproject.toml").read_text())
     assert pinned is not None
     constraints = (ROOT / "constraints.txt").read_text().split("\n")

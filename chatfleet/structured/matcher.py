@@ -9,8 +9,9 @@ step's token masks for the whole batch, filled on a worker thread while the forw
                     matcher.allows(token), and only if not, matcher.bitmask() and a resample
                   scheduler: matcher.accept(token); a refused token ends the request (error)
 
-NOTE: llguidance was chosen over xgrammar by measurement (benchmarks/grammar_masks.py, in
-docs/benchmarks.md); it also has no dependencies, where xgrammar pulls triton.
+NOTE: llguidance has no dependencies; xgrammar, the other candidate, names torch and triton
+without versions (another torch build, GBs of CUDA wheels). Its per-step cost:
+benchmarks/grammar_masks.py.
 """
 
 from __future__ import annotations
