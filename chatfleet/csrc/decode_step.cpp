@@ -48,7 +48,7 @@ Weight weight_of(const at::Tensor& codes, const at::Tensor& scales, const at::Te
                   scales.is_contiguous() && zeros.is_contiguous(),
               "decode_layers: scales and zeros must be contiguous fp16");
   return {{codes.data_ptr<uint8_t>(), scales.data_ptr<c10::Half>(), zeros.data_ptr<c10::Half>()},
-          ql::bits_of_vectors(codes.size(2)),
+          static_cast<int>(codes.size(2)),  // vectors per block = bits per code
           codes.size(0)};
 }
 

@@ -72,7 +72,7 @@ at::Tensor qlinear(at::Tensor x, at::Tensor w, at::Tensor s, at::Tensor z, int64
   // Threads split the output tiles: each reads its slice of W once per pass over the rows.
   const int threads = static_cast<int>(
       std::max<int64_t>(1, std::min(num_threads, M * N * K / kMinMacsPerThread)));
-  const int bits = bits_of_vectors(w.size(2));
+  const int bits = static_cast<int>(w.size(2));  // vectors per block = bits per code
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t t = 0; t < N / kTile; ++t) run_tiles(pw, q, M, bits, t, t + 1, out);
   return y;

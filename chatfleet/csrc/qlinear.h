@@ -95,9 +95,10 @@ inline void quantize_row(const float* x, int64_t m, QuantizedRows& q) {
 }
 
 struct PackedWeight {
-  // 8-bit: [N/16, K/32, 8, 16, 4]; 4-bit: [N/16, K/32, 4, 16, 4]; 5- and 6-bit: the 4-bit
-  // layout, then a vector per higher bit (64 bytes: 8 x uint64, one bit per byte of code
-  // vector j; the plane of bit 4, then of bit 5)
+  // As many vectors per (tile, block) as bits per code, so a packed tensor's dim 2 is its
+  // width. 8-bit: [N/16, K/32, 8, 16, 4]; 4-bit: [N/16, K/32, 4, 16, 4]; 5- and 6-bit: the
+  // 4-bit layout, then a vector per higher bit (64 bytes: 8 x uint64, one bit per byte of
+  // code vector j; the plane of bit 4, then of bit 5)
   const uint8_t* codes;
   const c10::Half* scales;  // [N/16, K/32, 16]; 6-bit: [N/16, K/32, 2, 16], per 16-wide half
   const c10::Half* zeros;
@@ -118,9 +119,6 @@ struct Tile {
 inline __m512 load_half16(const c10::Half* p) {
   return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }
-
-// The code width of a packed weight: its vectors per (tile, block) are the width's name.
-inline int bits_of_vectors(int64_t vectors) { return static_cast<int>(vectors); }
 
 // The 8 code vectors of one (tile, block). 4-bit codes come two per byte: vector j (j < 4)
 // in the low nibbles and vector j + 4 in the high nibbles of packed vector j. 5- and 6-bit
