@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from chatfleet.config.flags import format_bytes, parse_bytes, setting
 
 WEIGHT_FORMATS = ("auto", "fp32", "bf16", "int8")
-KV_CACHE_DTYPES = ("auto", "fp32", "fp16", "bf16")
+KV_CACHE_DTYPES = ("auto", "fp32", "fp16", "bf16", "int8")
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ class CacheConfig:
         default="auto",
         metadata=setting(
             help="auto: fp16 on CPU (half the bytes decode attention reads), the compute "
-            "dtype on CUDA",
+            "dtype on CUDA; int8: codes with a scale per token and head, half fp16's bytes",
             choices=KV_CACHE_DTYPES,
         ),
     )

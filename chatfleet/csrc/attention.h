@@ -3,7 +3,8 @@
 // length: a decode token, or one token of a short prefill chunk.
 //
 //   q            [R, H, D]            float32 rows, grouped by request
-//   k/v_cache    [NB, BS, KVH, D]     float32 or float16 (converted in registers), one layer
+//   k/v_cache    [NB, BS, KVH, D + E] float32, float16 or int8 (widened in registers), one
+//                                     layer; int8 heads carry their fp32 scale in E = 4 bytes
 //   block_tables [N, MB]              int64, one per request
 //   row_starts   [N + 1]              int64: request i owns rows row_starts[i] .. row_starts[i+1]
 //   seq_lens     [R]                  int64, keys each row attends to
@@ -27,6 +28,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 #include <limits>
 #include <vector>
 
@@ -37,6 +40,57 @@ namespace chatfleet::attn {
 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
 inline __m512 load16(const c10::Half* p) {
   return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+inline __m512 load16(const int8_t* p) {
+  const __m128i codes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(codes));
+}
+
+// An int8 head is D codes and then its scale (value = code * scale), so a head is read from
+// one place and a block stays one contiguous run of bytes. What it holds is the head rotated
+// by the normalized Hadamard matrix (`rotate`): keys carry a few channels many times larger
+// than the rest, and one scale per head would leave the others a handful of levels; rotated,
+// every channel is a mix of all of them. Queries are rotated alike, so q . k is unchanged,
+// and outputs (sums of rotated values) are rotated back (the matrix is its own inverse).
+template <typename T>
+constexpr bool kScaled = std::is_same_v<T, int8_t>;
+template <typename T>
+constexpr int64_t head_stride(int64_t D) {
+  return kScaled<T> ? D + static_cast<int64_t>(sizeof(float)) : D;
+}
+template <typename T>
+inline float head_scale(const T* head, int64_t D) {
+  if constexpr (kScaled<T>) {
+    float s;
+    std::memcpy(&s, head + D, sizeof s);
+    return s;
+  } else {
+    return 1.f;
+  }
+}
+
+// x <- H x / sqrt(D), H the D x D Hadamard matrix (Sylvester's order); D is 64 or 128.
+inline void rotate(float* x, int64_t D) {
+  __m512 r[8];
+  const int64_t V = D / 16;
+  for (int64_t v = 0; v < V; ++v) r[v] = _mm512_loadu_ps(x + 16 * v);
+  const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  const __mmask16 upper[4] = {0xAAAA, 0xCCCC, 0xF0F0, 0xFF00};  // lanes with bit s set
+  for (int b = 0; b < 4; ++b) {  // butterflies within a vector: lanes l and l ^ s, s = 2^b
+    const __m512i partner = _mm512_xor_si512(lane, _mm512_set1_epi32(1 << b));
+    const __m512 sign = _mm512_mask_blend_ps(upper[b], _mm512_set1_ps(1.f), _mm512_set1_ps(-1.f));
+    for (int64_t v = 0; v < V; ++v)  // low lane: x_l + x_partner; high lane: x_partner - x_l
+      r[v] = _mm512_fmadd_ps(r[v], sign, _mm512_permutexvar_ps(partner, r[v]));
+  }
+  for (int64_t s = 1; s < V; s *= 2)  // and across vectors
+    for (int64_t v = 0; v < V; ++v)
+      if (!(v & s)) {
+        const __m512 a = r[v], b = r[v + s];
+        r[v] = _mm512_add_ps(a, b);
+        r[v + s] = _mm512_sub_ps(a, b);
+      }
+  const __m512 norm = _mm512_set1_ps(1.f / std::sqrt(static_cast<float>(D)));
+  for (int64_t v = 0; v < V; ++v) _mm512_storeu_ps(x + 16 * v, _mm512_mul_ps(r[v], norm));
 }
 
 // s[t] <- exp(s[t] - max(s)); returns the sum (the caller folds 1/sum into the output).
@@ -59,6 +113,14 @@ inline float softmax_unnormalized(float* s, int64_t len) {
     sum += s[t];
   }
   return sum;
+}
+
+// s[t] *= by[t]
+inline void scale_by(float* s, const float* by, int64_t len) {
+  int64_t t = 0;
+  for (; t + 16 <= len; t += 16)
+    _mm512_storeu_ps(s + t, _mm512_mul_ps(_mm512_loadu_ps(s + t), _mm512_loadu_ps(by + t)));
+  for (; t < len; ++t) s[t] *= by[t];
 }
 
 struct Task {
@@ -100,15 +162,19 @@ template <typename T, int G, int D>
 void attend(const Task& task, const T* k_cache, const T* v_cache, std::vector<float>& scores) {
   constexpr int V = D / 16;
   const int64_t len = task.len, bs = task.block_size;
-  scores.resize(G * len);
+  scores.resize((G + kScaled<T>) * len);
   float* s = scores.data();
+  float* v_scales = s + G * len;  // int8: each key's value scale
   {
     alignas(64) float q[G][D];
     for (int g = 0; g < G; ++g)
       for (int v = 0; v < V; ++v)
         _mm512_store_ps(q[g] + 16 * v, _mm512_mul_ps(_mm512_loadu_ps(task.q + g * D + 16 * v),
                                                      _mm512_set1_ps(task.scale)));
+    if constexpr (kScaled<T>)
+      for (int g = 0; g < G; ++g) rotate(q[g], D);
     const T* key[16];
+    alignas(64) float k_scales[16];
     for (int64_t start = 0; start < len; start += 16) {
       const int64_t n = std::min<int64_t>(16, len - start);
       {  // walk the block table without a division per key
@@ -118,6 +184,11 @@ void attend(const Task& task, const T* k_cache, const T* v_cache, std::vector<fl
           if (++j == bs) j = 0, ++b;
         }
         for (int64_t t = n; t < 16; ++t) key[t] = key[n - 1];  // computed, never stored
+        if constexpr (kScaled<T>) {
+          for (int64_t t = 0; t < 16; ++t) k_scales[t] = head_scale(key[t], D);
+          for (int64_t t = 0; t < n; ++t)
+            v_scales[start + t] = head_scale(v_cache + (key[t] - k_cache), D);
+        }
         // The next 16 keys' lines, requested now: blocks sit anywhere in the cache, so the
         // hardware prefetcher cannot run ahead across a block boundary.
         int64_t nb = (start + 16) / bs, nj = (start + 16) % bs;
@@ -145,13 +216,17 @@ void attend(const Task& task, const T* k_cache, const T* v_cache, std::vector<fl
         }
       }
       const __mmask16 mask = static_cast<__mmask16>((1u << n) - 1);
-      for (int g = 0; g < G; ++g)
-        _mm512_mask_storeu_ps(s + g * len + start, mask,
-                              hsum_blocks(y[g][0], y[g][1], y[g][2], y[g][3]));
+      for (int g = 0; g < G; ++g) {
+        __m512 dots = hsum_blocks(y[g][0], y[g][1], y[g][2], y[g][3]);
+        if constexpr (kScaled<T>) dots = _mm512_mul_ps(dots, _mm512_load_ps(k_scales));
+        _mm512_mask_storeu_ps(s + g * len + start, mask, dots);
+      }
     }
   }
   float inv[G];
   for (int g = 0; g < G; ++g) inv[g] = 1.f / softmax_unnormalized(s + g * len, len);
+  if constexpr (kScaled<T>)  // weights times value scales: the values are then codes alone
+    for (int g = 0; g < G; ++g) scale_by(s + g * len, v_scales, len);
   __m512 acc[G][V];
   for (int g = 0; g < G; ++g)
     for (int v = 0; v < V; ++v) acc[g][v] = _mm512_setzero_ps();
@@ -177,6 +252,8 @@ void attend(const Task& task, const T* k_cache, const T* v_cache, std::vector<fl
   for (int g = 0; g < G; ++g)
     for (int v = 0; v < V; ++v)
       _mm512_storeu_ps(task.out + g * D + 16 * v, _mm512_mul_ps(acc[g][v], _mm512_set1_ps(inv[g])));
+  if constexpr (kScaled<T>)
+    for (int g = 0; g < G; ++g) rotate(task.out + g * D, D);
 }
 
 constexpr int kRowTile = 8;  // rows per task: 8 x 3 heads = 24 query vectors per key tile
@@ -248,6 +325,7 @@ void attend_tile(const TileTask& task, const T* k_cache, const T* v_cache, TileS
   for (int64_t m = 0; m < M; ++m) {
     const float* src = task.q + ((m / G) * task.H + task.kv_head * G + m % G) * D;
     for (int64_t d = 0; d < D; ++d) w.q[m * D + d] = src[d] * task.scale;
+    if constexpr (kScaled<T>) rotate(w.q.data() + m * D, D);
   }
   // Offsets of up to KB consecutive keys from `start` (a multiple of 16), walking the block
   // table without a division per key.
@@ -262,9 +340,12 @@ void attend_tile(const TileTask& task, const T* k_cache, const T* v_cache, TileS
   // Scores: kt[d][0..KB] holds dimension d of KB keys (transposed 16 at a time), so q . k for
   // KB keys is a chain of D broadcast FMAs per 16 keys.
   float* kt = w.k.data();
+  alignas(64) float k_scales[KB] = {};
   for (int64_t start = 0; start < L; start += KB) {
     const int64_t n = std::min<int64_t>(KB, max_len - start);
     key_offsets(start, n);
+    if constexpr (kScaled<T>)
+      for (int64_t t = 0; t < n; ++t) k_scales[t] = head_scale(k_cache + offs[t], D);
     for (int half = 0; half < KB / 16; ++half)
       for (int c = 0; c < V; ++c) {
         __m512 r[16];
@@ -287,6 +368,11 @@ void attend_tile(const TileTask& task, const T* k_cache, const T* v_cache, TileS
           a1[j] = _mm512_fmadd_ps(b, k1, a1[j]);
         }
       }
+      if constexpr (kScaled<T>)
+        for (int j = 0; j < QB; ++j) {
+          a0[j] = _mm512_mul_ps(a0[j], _mm512_load_ps(k_scales));
+          a1[j] = _mm512_mul_ps(a1[j], _mm512_load_ps(k_scales + 16));
+        }
       for (int j = 0; j < QB; ++j) {
         _mm512_storeu_ps(w.s.data() + (m0 + j) * L + start, a0[j]);
         _mm512_storeu_ps(w.s.data() + (m0 + j) * L + start + 16, a1[j]);
@@ -301,9 +387,13 @@ void attend_tile(const TileTask& task, const T* k_cache, const T* v_cache, TileS
   for (int64_t start = 0; start < max_len; start += 16) {
     const int64_t n = std::min<int64_t>(16, max_len - start);
     key_offsets(start, n);
-    for (int64_t t = 0; t < n; ++t)
-      for (int c = 0; c < V; ++c)
-        _mm512_storeu_ps(vt + t * D + 16 * c, load16(v_cache + offs[t] + 16 * c));
+    for (int64_t t = 0; t < n; ++t) {
+      const __m512 sv = _mm512_set1_ps(head_scale(v_cache + offs[t], D));
+      for (int c = 0; c < V; ++c) {
+        const __m512 x = load16(v_cache + offs[t] + 16 * c);
+        _mm512_storeu_ps(vt + t * D + 16 * c, kScaled<T> ? _mm512_mul_ps(x, sv) : x);
+      }
+    }
     // A row's G heads at once: G x V independent accumulator chains keep the FMA units busy
     // (one head alone would wait on FMA latency).
     for (int64_t r = 0; r < task.rows; ++r) {
@@ -332,6 +422,7 @@ void attend_tile(const TileTask& task, const T* k_cache, const T* v_cache, TileS
     for (int c = 0; c < V; ++c)
       _mm512_storeu_ps(dst + 16 * c,
                        _mm512_mul_ps(_mm512_loadu_ps(w.o.data() + m * D + 16 * c), scale));
+    if constexpr (kScaled<T>) rotate(dst, D);
   }
 }
 
@@ -388,10 +479,43 @@ inline void rope_head(const float* src, const float* cos, const float* sin, int6
   }
 }
 
-// One head of values into the cache (widths are multiples of 16, checked by rope_head).
+// One head into the cache (widths are multiples of 16, checked by rope_head). int8: the head
+// as given (already rotated) in codes round(x * 127 / max|x|), then the scale max|x| / 127.
 template <typename T>
-inline void copy_head(const float* src, int64_t D, T* dst) {
-  for (int64_t d = 0; d < D; d += 16) store16(dst + d, _mm512_loadu_ps(src + d));
+inline void store_head(const float* src, int64_t D, T* dst) {
+  if constexpr (kScaled<T>) {
+    __m512 top = _mm512_setzero_ps();
+    for (int64_t d = 0; d < D; d += 16)
+      top = _mm512_max_ps(top, _mm512_abs_ps(_mm512_loadu_ps(src + d)));
+    const float mx = _mm512_reduce_max_ps(top), scale = mx / 127.f;
+    const __m512 inv = _mm512_set1_ps(mx > 0.f ? 127.f / mx : 0.f);
+    for (int64_t d = 0; d < D; d += 16) {
+      const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(src + d), inv));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + d), _mm512_cvtsepi32_epi8(q));
+    }
+    std::memcpy(dst + D, &scale, sizeof scale);
+  } else {
+    for (int64_t d = 0; d < D; d += 16) store16(dst + d, _mm512_loadu_ps(src + d));
+  }
+}
+
+// One token's kv head into the cache: RoPE'd key, value as it is.
+template <typename T>
+inline void store_kv_head(const float* k, const float* v, const float* cos, const float* sin,
+                          int64_t D, T* k_dst, T* v_dst) {
+  if constexpr (kScaled<T>) {  // RoPE'd, rotated, then quantized
+    TORCH_CHECK(D == 64 || D == 128, "store_kv_head: int8 heads of 64 or 128");
+    alignas(64) float head[128];
+    rope_head<float>(k, cos, sin, D, head);
+    rotate(head, D);
+    store_head<T>(head, D, k_dst);
+    std::memcpy(head, v, D * sizeof(float));
+    rotate(head, D);
+    store_head<T>(head, D, v_dst);
+  } else {
+    rope_head<T>(k, cos, sin, D, k_dst);
+    store_head<T>(v, D, v_dst);
+  }
 }
 
 }  // namespace chatfleet::attn

@@ -61,7 +61,9 @@ void run_layers(at::Tensor& h, const std::vector<at::Tensor>& weights,
   const int64_t L = static_cast<int64_t>(kv_caches.size());
   const int64_t M = h.size(0), E = h.size(1);
   const int64_t NB = kv_caches[0].size(1), BS = kv_caches[0].size(2);
-  const int64_t KVH = kv_caches[0].size(3), D = kv_caches[0].size(4), G = H / KVH;
+  const int64_t KVH = kv_caches[0].size(3), D = cos.size(1), G = H / KVH;
+  const int64_t HS = attn::head_stride<T>(D);
+  TORCH_CHECK(kv_caches[0].size(4) == HS, "decode_layers: cache heads and head_dim differ");
   const int64_t W_qkv = (H + 2 * KVH) * D, I = weights[6].size(0) * ql::kTile / 2;
   const int64_t MB = block_tables.size(1);
   const attn::Kernels<T> fns = attn::pick<T>(G, D);
@@ -80,7 +82,7 @@ void run_layers(at::Tensor& h, const std::vector<at::Tensor>& weights,
   const int64_t* slot = slots.data_ptr<int64_t>();
   const int64_t* bt = block_tables.data_ptr<int64_t>();
   const int64_t* sl = seq_lens.data_ptr<int64_t>();
-  const int64_t cache_elems = NB * BS * KVH * D;
+  const int64_t cache_elems = NB * BS * KVH * HS;
 
 #pragma omp parallel num_threads(nt)
   {
@@ -120,19 +122,18 @@ void run_layers(at::Tensor& h, const std::vector<at::Tensor>& weights,
         const float *c = cp + m * D, *s = sp + m * D;
         for (int64_t hh = 0; hh < H; ++hh)
           attn::rope_head<float>(r + hh * D, c, s, D, q.data() + (m * H + hh) * D);
-        T* kdst = kc + slot[m] * KVH * D;
-        T* vdst = vc + slot[m] * KVH * D;
-        for (int64_t hh = 0; hh < KVH; ++hh) {
-          attn::rope_head<T>(r + (H + hh) * D, c, s, D, kdst + hh * D);
-          attn::copy_head<T>(r + (H + KVH + hh) * D, D, vdst + hh * D);
-        }
+        T* kdst = kc + slot[m] * KVH * HS;
+        T* vdst = vc + slot[m] * KVH * HS;
+        for (int64_t hh = 0; hh < KVH; ++hh)
+          attn::store_kv_head<T>(r + (H + hh) * D, r + (H + KVH + hh) * D, c, s, D,
+                                 kdst + hh * HS, vdst + hh * HS);
       }
 #pragma omp barrier
       const auto tasks = share(M * KVH, tid, n);
       for (int64_t i = tasks.first; i < tasks.second; ++i) {
         const int64_t m = i / KVH, hh = i % KVH;
-        const attn::Task task{q.data() + (m * H + hh * G) * D, bt + m * MB, sl[m], BS, KVH * D,
-                              hh * D, scale, att.data() + (m * H + hh * G) * D};
+        const attn::Task task{q.data() + (m * H + hh * G) * D, bt + m * MB, sl[m], BS,
+                              KVH * HS, hh * HS, scale, att.data() + (m * H + hh * G) * D};
         fns.row(task, kc, vc, scores);
       }
 #pragma omp barrier
@@ -149,7 +150,8 @@ void run_layers(at::Tensor& h, const std::vector<at::Tensor>& weights,
 
 // h [M, E] fp32: the hidden states of M decode tokens (one per request), updated through every
 // layer and returned. weights: per layer qkv, o, gate_up, down as (codes, scales, zeros);
-// norms: per layer attn_norm, ffn_norm [E] fp32; kv_caches: per layer [2, NB, BS, KVH, D];
+// norms: per layer attn_norm, ffn_norm [E] fp32; kv_caches: per layer [2, NB, BS, KVH, D]
+// (D + 4 in int8: codes then a scale);
 // cos/sin [M, D]; slots [M]; block_tables [M, MB]; seq_lens [M] (keys each token attends to).
 at::Tensor decode_layers(at::Tensor h, std::vector<at::Tensor> weights,
                          std::vector<at::Tensor> norms, std::vector<at::Tensor> kv_caches,
@@ -184,10 +186,13 @@ at::Tensor decode_layers(at::Tensor h, std::vector<at::Tensor> weights,
   if (kv_caches[0].scalar_type() == at::kFloat) {
     run_layers<float>(h, weights, norms, kv_caches, cos, sin, slots, block_tables, seq_lens,
                       num_heads, e, s, nt);
-  } else {
-    TORCH_CHECK(kv_caches[0].scalar_type() == at::kHalf, "decode_layers: fp32 or fp16 cache");
+  } else if (kv_caches[0].scalar_type() == at::kHalf) {
     run_layers<c10::Half>(h, weights, norms, kv_caches, cos, sin, slots, block_tables, seq_lens,
                           num_heads, e, s, nt);
+  } else {
+    TORCH_CHECK(kv_caches[0].scalar_type() == at::kChar, "decode_layers: fp32, fp16 or int8 cache");
+    run_layers<int8_t>(h, weights, norms, kv_caches, cos, sin, slots, block_tables, seq_lens,
+                       num_heads, e, s, nt);
   }
   return h;
 }

@@ -30,6 +30,9 @@ void run(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cac
          float scale, int64_t num_threads, at::Tensor& out) {
   const int64_t H = q.size(1), D = q.size(2);
   const int64_t BS = k_cache.size(1), KVH = k_cache.size(2), G = H / KVH;
+  const int64_t HS = head_stride<T>(D);
+  TORCH_CHECK(k_cache.size(3) == HS, "paged_attention: cache heads of ", k_cache.size(3),
+              " elements, queries of ", D);
   const int64_t N = block_tables.size(0), MB = block_tables.size(1);
   const Kernels<T> fns = pick<T>(G, D);
   TORCH_CHECK(fns.row != nullptr, "paged_attention: unsupported head_dim / group size ", D, " / ",
@@ -63,12 +66,12 @@ void run(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cac
       // NOTE: a request with one row (a decode) always takes the register path and one with
       // several always the tile path, so its result never depends on the batch around it.
       if (rs[wk.request + 1] - rs[wk.request] == 1) {
-        const Task task{qp + (r * H + h * G) * D, bt + wk.request * MB, sl[r], BS, KVH * D,
-                        h * D, scale, op + (r * H + h * G) * D};
+        const Task task{qp + (r * H + h * G) * D, bt + wk.request * MB, sl[r], BS, KVH * HS,
+                        h * HS, scale, op + (r * H + h * G) * D};
         fns.row(task, kp, vp, scores);
       } else {
         const TileTask task{qp + r * H * D, bt + wk.request * MB, sl + r, wk.rows, H, BS,
-                            KVH * D, h * D, h, scale, op + r * H * D};
+                            KVH * HS, h * HS, h, scale, op + r * H * D};
         fns.tile(task, kp, vp, scratch);
       }
     }
@@ -97,10 +100,12 @@ at::Tensor paged_attention(at::Tensor q, at::Tensor k_cache, at::Tensor v_cache,
   auto out = at::empty_like(q);
   if (k_cache.scalar_type() == at::kFloat) {
     run<float>(q, k_cache, v_cache, block_tables, row_starts, seq_lens, scale, num_threads, out);
-  } else {
-    TORCH_CHECK(k_cache.scalar_type() == at::kHalf, "paged_attention: float32 or float16 cache");
+  } else if (k_cache.scalar_type() == at::kHalf) {
     run<c10::Half>(q, k_cache, v_cache, block_tables, row_starts, seq_lens, scale, num_threads,
                    out);
+  } else {
+    TORCH_CHECK(k_cache.scalar_type() == at::kChar, "paged_attention: fp32, fp16 or int8 cache");
+    run<int8_t>(q, k_cache, v_cache, block_tables, row_starts, seq_lens, scale, num_threads, out);
   }
   return out;
 }
@@ -113,8 +118,8 @@ template <typename T>
 void rope_store(const at::Tensor& qkv, const at::Tensor& cos, const at::Tensor& sin,
                 const at::Tensor& slots, at::Tensor& k_cache, at::Tensor& v_cache, int64_t H,
                 at::Tensor& q_out) {
-  const int64_t T_ = qkv.size(0), KVH = k_cache.size(2), D = k_cache.size(3);
-  const int64_t width = qkv.size(1);
+  const int64_t T_ = qkv.size(0), KVH = k_cache.size(2), D = cos.size(1);
+  const int64_t width = qkv.size(1), HS = head_stride<T>(D);
   const float* x = qkv.data_ptr<float>();
   const float *cp = cos.data_ptr<float>(), *sp = sin.data_ptr<float>();
   const int64_t* slot = slots.data_ptr<int64_t>();
@@ -125,20 +130,20 @@ void rope_store(const at::Tensor& qkv, const at::Tensor& cos, const at::Tensor& 
     const float* row = x + t * width;
     const float *c = cp + t * D, *s = sp + t * D;
     for (int64_t h = 0; h < H; ++h) rope_head<float>(row + h * D, c, s, D, q + (t * H + h) * D);
-    T* kdst = kc + slot[t] * KVH * D;
-    T* vdst = vc + slot[t] * KVH * D;
-    for (int64_t h = 0; h < KVH; ++h) {
-      rope_head<T>(row + (H + h) * D, c, s, D, kdst + h * D);
-      copy_head<T>(row + (H + KVH + h) * D, D, vdst + h * D);
-    }
+    T* kdst = kc + slot[t] * KVH * HS;
+    T* vdst = vc + slot[t] * KVH * HS;
+    for (int64_t h = 0; h < KVH; ++h)
+      store_kv_head<T>(row + (H + h) * D, row + (H + KVH + h) * D, c, s, D, kdst + h * HS,
+                       vdst + h * HS);
   }
 }
 
 }  // namespace
 
 // qkv [T, (H + 2 KVH) D] fp32 straight from the fused projection; cos/sin [T, D] for each
-// token's position; slots [T]. Writes RoPE'd K and V into the caches ([NB, BS, KVH, D], fp32
-// or fp16) and returns RoPE'd queries [T, H, D]: one pass instead of ~10 eager ops.
+// token's position; slots [T]. Writes RoPE'd K and V into the caches ([NB, BS, KVH, D] in
+// fp32 or fp16, [NB, BS, KVH, D + 4] in int8: codes then a scale) and returns RoPE'd queries
+// [T, H, D]: one pass instead of ~10 eager ops.
 at::Tensor rope_write_kv(at::Tensor qkv, at::Tensor cos, at::Tensor sin, at::Tensor slots,
                          at::Tensor k_cache, at::Tensor v_cache, int64_t num_heads) {
   TORCH_CHECK(qkv.scalar_type() == at::kFloat && cos.scalar_type() == at::kFloat &&
@@ -150,14 +155,16 @@ at::Tensor rope_write_kv(at::Tensor qkv, at::Tensor cos, at::Tensor sin, at::Ten
   cos = cos.contiguous();
   sin = sin.contiguous();
   slots = slots.contiguous();
-  const int64_t D = k_cache.size(3), KVH = k_cache.size(2);
+  const int64_t D = cos.size(1), KVH = k_cache.size(2);
   TORCH_CHECK(qkv.size(1) == (num_heads + 2 * KVH) * D, "rope_write_kv: qkv width");
   auto q = at::empty({qkv.size(0), num_heads, D}, qkv.options());
   if (k_cache.scalar_type() == at::kFloat) {
     rope_store<float>(qkv, cos, sin, slots, k_cache, v_cache, num_heads, q);
-  } else {
-    TORCH_CHECK(k_cache.scalar_type() == at::kHalf, "rope_write_kv: float32 or float16 cache");
+  } else if (k_cache.scalar_type() == at::kHalf) {
     rope_store<c10::Half>(qkv, cos, sin, slots, k_cache, v_cache, num_heads, q);
+  } else {
+    TORCH_CHECK(k_cache.scalar_type() == at::kChar, "rope_write_kv: fp32, fp16 or int8 cache");
+    rope_store<int8_t>(qkv, cos, sin, slots, k_cache, v_cache, num_heads, q);
   }
   return q;
 }

@@ -21,6 +21,7 @@ from chatfleet.engine.request import Request, RequestStatus, check_fits
 from chatfleet.engine.scheduler import EngineCoreOutput, Scheduler
 from chatfleet.engine.step_trace import StepTrace, scheduled_seqs
 from chatfleet.errors import InvalidRequestError
+from chatfleet.model.attention import kv_format
 from chatfleet.model.runner import ModelRunner, RunnerInfo
 from chatfleet.modelfile.tokenizer import Tokenizer
 from chatfleet.outputs import CompletionOutput, RequestOutput
@@ -53,7 +54,9 @@ class _ParentState:
 def _loaded_summary(model: str | None, info: RunnerInfo, max_model_len: int) -> str:
     """What was loaded, for the log: a user sees at once whether it is the model they meant."""
     c = info.model_config
-    kv_bytes = 2 * c.num_layers * c.num_kv_heads * c.head_dim * info.kv_cache_dtype.itemsize
+    kv_bytes = kv_format.bytes_per_token(
+        c.num_layers, c.num_kv_heads, c.head_dim, info.kv_cache_dtype
+    )
     stored = ", ".join(f"{n} {t}" for t, n in sorted(info.stored_type_counts.items()))
     return (
         f"loaded {model or 'the default model'}: {c.family}, "

@@ -13,7 +13,13 @@ import torch
 
 from chatfleet.config.engine_config import CacheConfig, EngineConfig, ModelConfig
 from chatfleet.model import kernels
-from chatfleet.model.attention import BACKENDS, AttentionBackend, load_kernel, resolve_backend
+from chatfleet.model.attention import (
+    BACKENDS,
+    AttentionBackend,
+    kv_format,
+    load_kernel,
+    resolve_backend,
+)
 from chatfleet.model.forward_context import ForwardContext
 from chatfleet.model.fused_decode import FusedDecode
 from chatfleet.model.linear import resolve_weight_format
@@ -50,11 +56,18 @@ class RunnerInfo:
 
 
 def kv_block_bytes(model: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
-    elem = torch.empty((), dtype=dtype).element_size()
-    return 2 * model.num_layers * block_size * model.num_kv_heads * model.head_dim * elem
+    per_token = kv_format.bytes_per_token(
+        model.num_layers, model.num_kv_heads, model.head_dim, dtype
+    )
+    return block_size * per_token
 
 
-_KV_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_KV_DTYPES = {
+    "fp32": torch.float32,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+    "int8": torch.int8,
+}
 
 
 def resolve_kv_cache_dtype(name: str, device: torch.device, compute: torch.dtype) -> torch.dtype:
@@ -103,7 +116,13 @@ class ModelRunner:
             self._apply_matmul_plan(config.num_threads)
         self.block_size = config.cache.block_size
         num_blocks = self._num_blocks(model_config, config.cache)
-        shape = (2, num_blocks, self.block_size, model_config.num_kv_heads, model_config.head_dim)
+        shape = kv_format.cache_shape(
+            num_blocks,
+            self.block_size,
+            model_config.num_kv_heads,
+            model_config.head_dim,
+            self.kv_dtype,
+        )
         # Zero-filled: padded slots are masked out of attention, but 0 * NaN garbage is NaN.
         self.kv_caches = [
             torch.zeros(shape, dtype=self.kv_dtype, device=self.device)

@@ -1,21 +1,29 @@
-"""Every attention backend against the reference on the same random paged cache."""
+"""Every attention backend against the reference on the same random paged cache, in fp32 and
+in int8 (codes with a scale per token and head)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from chatfleet.model.attention import BACKENDS, load_kernel, write_kv
+from chatfleet.model.attention import BACKENDS, kv_format, load_kernel, write_kv
 from chatfleet.model.attention.cpu_paged import MAX_PAGED_QUERY_LEN
 from chatfleet.model.forward_context import ForwardContext
 
 HEADS, KV_HEADS, DIM, BLOCK, NUM_BLOCKS = 9, 3, 64, 16, 64
 
 
-def _batch(query_lens: list[int], context_lens: list[int], seed: int = 0):
+def _batch(
+    query_lens: list[int],
+    context_lens: list[int],
+    seed: int = 0,
+    kv_dtype: torch.dtype = torch.float32,
+):
     """A step with scattered (shuffled) blocks; decodes (query_len 1) must come first."""
     gen = torch.Generator().manual_seed(seed)
-    cache = torch.randn(2, NUM_BLOCKS, BLOCK, KV_HEADS, DIM, generator=gen)
+    cache = kv_format.encode(
+        torch.randn(2, NUM_BLOCKS, BLOCK, KV_HEADS, DIM, generator=gen), kv_dtype
+    )
     free = torch.randperm(NUM_BLOCKS, generator=gen).tolist()
     tables, positions, slots = [], [], []
     for q, c in zip(query_lens, context_lens, strict=True):
@@ -51,12 +59,16 @@ CASES = {
 }
 
 
+KV_DTYPES = [torch.float32, torch.int8]
+
+
+@pytest.mark.parametrize("kv_dtype", KV_DTYPES, ids=str)
 @pytest.mark.parametrize("backend", ["sdpa", "cpu"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_backend_matches_reference(backend, case):
+def test_backend_matches_reference(backend, case, kv_dtype):
     if backend == "cpu" and load_kernel() is None:
         pytest.skip("no C++ compiler for the CPU kernel")
-    q, cache, ctx = _batch(*CASES[case])
+    q, cache, ctx = _batch(*CASES[case], kv_dtype=kv_dtype)
     ref = BACKENDS["reference"](HEADS, KV_HEADS, DIM)
     fast = BACKENDS[backend](HEADS, KV_HEADS, DIM)
     ctx.attn_metadata = ref.build_metadata(ctx, BLOCK)
@@ -83,10 +95,11 @@ def test_sdpa_decode_in_fp16_does_not_overflow():
     torch.testing.assert_close(got.float(), expected, atol=0.0, rtol=0.05)
 
 
-def test_cpu_kernel_is_batch_invariant():
+@pytest.mark.parametrize("kv_dtype", KV_DTYPES, ids=str)
+def test_cpu_kernel_is_batch_invariant(kv_dtype):
     if load_kernel() is None:
         pytest.skip("no C++ compiler for the CPU kernel")
-    q, cache, ctx = _batch([1, 1, 1, 1], [50, 7, 300, 19], seed=3)
+    q, cache, ctx = _batch([1, 1, 1, 1], [50, 7, 300, 19], seed=3, kv_dtype=kv_dtype)
     backend = BACKENDS["cpu"](HEADS, KV_HEADS, DIM)
     ctx.attn_metadata = backend.build_metadata(ctx, BLOCK)
     together = backend.forward(q, cache, ctx)
@@ -98,12 +111,13 @@ def test_cpu_kernel_is_batch_invariant():
     assert torch.equal(together[2:3], alone)
 
 
-def test_cpu_kernel_prefill_rows_are_batch_invariant():
+@pytest.mark.parametrize("kv_dtype", KV_DTYPES, ids=str)
+def test_cpu_kernel_prefill_rows_are_batch_invariant(kv_dtype):
     """A short prefill chunk (the multi-row tile path) gives the same bits alone as beside
     decodes and other chunks, whatever tiles and threads the batch leads to."""
     if load_kernel() is None:
         pytest.skip("no C++ compiler for the CPU kernel")
-    q, cache, ctx = _batch([1, 1, 20, 9], [50, 7, 300, 19], seed=4)
+    q, cache, ctx = _batch([1, 1, 20, 9], [50, 7, 300, 19], seed=4, kv_dtype=kv_dtype)
     backend = BACKENDS["cpu"](HEADS, KV_HEADS, DIM)
     ctx.attn_metadata = backend.build_metadata(ctx, BLOCK)
     together = backend.forward(q, cache, ctx)
@@ -113,3 +127,39 @@ def test_cpu_kernel_prefill_rows_are_batch_invariant():
     one.attn_metadata = backend.build_metadata(one, BLOCK)
     alone = backend.forward(q[2:22], cache, one)
     assert torch.equal(together[2:22], alone)
+
+
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16, torch.int8], ids=str)
+def test_cpu_kernel_writes_the_cache_as_python_does(kv_dtype):
+    """The fused RoPE + K/V write (C++) and the Python write path store the same heads: values
+    exactly in fp32 / fp16, and up to last-bit rounding otherwise (RoPE by FMAs against torch's
+    eager ops; the Hadamard rotation by butterflies against a matrix product), which may move
+    an fp16 key by one ulp or an int8 code by one step."""
+    if load_kernel() is None:
+        pytest.skip("no C++ compiler for the CPU kernel")
+    _, _, ctx = _batch([1, 6], [40, 9], seed=5)
+    gen = torch.Generator().manual_seed(6)
+    qkv = torch.randn(7, (HEADS + 2 * KV_HEADS) * DIM, generator=gen) * 3
+    qkv[1, HEADS * DIM : (HEADS + 1) * DIM] = 0.0  # a key of zeros: scale 0, codes 0
+    angles = torch.rand(7, DIM // 2, generator=gen) * 6
+    cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
+    shape = kv_format.cache_shape(NUM_BLOCKS, BLOCK, KV_HEADS, DIM, kv_dtype)
+    by_python, by_kernel = torch.zeros(shape, dtype=kv_dtype), torch.zeros(shape, dtype=kv_dtype)
+    python, kernel = BACKENDS["sdpa"](HEADS, KV_HEADS, DIM), BACKENDS["cpu"](HEADS, KV_HEADS, DIM)
+    q_python = python.rope_write_kv(qkv, cos, sin, by_python, ctx)
+    q_kernel = kernel.rope_write_kv(qkv, cos, sin, by_kernel, ctx)
+    torch.testing.assert_close(q_kernel, q_python, atol=1e-5, rtol=1e-5)
+    flat = [c.view(2, -1, KV_HEADS, shape[-1])[:, ctx.slot_mapping] for c in (by_python, by_kernel)]
+    if kv_dtype != torch.int8:
+        assert torch.equal(flat[0][1], flat[1][1])  # values: no RoPE
+    tol = 2 / 127 if kv_dtype == torch.int8 else 1e-3
+    for part in (0, 1):
+        want, got = (kv_format.decode(f[part], torch.float32) for f in flat)
+        assert ((got - want).norm(dim=-1) <= tol * want.norm(dim=-1) + 1e-6).all()
+    if kv_dtype == torch.int8:
+        codes = flat[1][..., :DIM]
+        assert codes.abs().max() == 127 and codes.min() >= -127
+        assert torch.equal(flat[1][0, 1, 0], torch.zeros(DIM + 4, dtype=torch.int8))
+        v = qkv[:, (HEADS + KV_HEADS) * DIM :].view(7, KV_HEADS, DIM)
+        half_step = (v.norm(dim=-1) / 127 / 2) * DIM**0.5  # the L2 bound of half a step each
+        assert ((kv_format.decode(flat[1][1], torch.float32) - v).norm(dim=-1) <= half_step).all()

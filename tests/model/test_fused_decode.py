@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
+import torch
 
 from chatfleet import SamplingParams
 from chatfleet.model.fused_decode import load_kernel
 from chatfleet.modelfile import gguf_blocks
 from chatfleet.modelfile.gguf_writer import K_QUANTS, random_k_quants, write_gguf
-from tests.conftest import make_llm
+from tests.conftest import TEST_CACHE, make_llm
 from tests.model.test_architectures import build
 
 PROMPTS = [
@@ -19,12 +22,17 @@ PROMPTS = [
 ]
 
 
-def test_fused_decode_is_bit_identical_to_the_layer_path(llm):
+@pytest.mark.parametrize("kv_cache_dtype", ["auto", "int8"])
+def test_fused_decode_is_bit_identical_to_the_layer_path(llm, kv_cache_dtype):
     """Same tokens and the very same logprob floats, for a batch of decodes (several requests,
-    different context lengths) and a seeded sampled request beside them."""
+    different context lengths) and a seeded sampled request beside them; with the default fp16
+    cache and with int8 codes (both paths quantize a head the same way)."""
     if load_kernel() is None or llm.engine.runner.model.fused_decode is None:
         pytest.skip("no int8 weights / VNNI kernel here")
-    unfused = make_llm(fused_decode=False)
+    if kv_cache_dtype != "auto":
+        llm = make_llm(cache=replace(TEST_CACHE, kv_cache_dtype=kv_cache_dtype))
+        assert llm.engine.runner.kv_dtype == torch.int8
+    unfused = make_llm(fused_decode=False, cache=llm.engine.config.cache)
     assert unfused.engine.runner.model.fused_decode is None
     params = [SamplingParams(temperature=0, max_tokens=40, ignore_eos=True, logprobs=3)] * 3
     params.append(SamplingParams(temperature=0.8, top_p=0.9, seed=7, max_tokens=40, logprobs=3))

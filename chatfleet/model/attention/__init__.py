@@ -17,15 +17,15 @@ BACKENDS: dict[str, type[AttentionBackend]] = {
 def resolve_backend(
     name: str, device: torch.device, kv_dtype: torch.dtype, head_dim: int, group: int
 ) -> str:
-    """'auto' -> the C++ paged kernel on CPU (fp32 / fp16 cache, a head shape it has) when it
-    builds, else sdpa. ValueError for a named backend that does not exist or cannot run."""
+    """'auto' -> the C++ paged kernel on CPU (fp32 / fp16 / int8 cache, a head shape it has)
+    when it builds, else sdpa. ValueError for a named backend that does not exist or cannot run."""
     if name != "auto":
         if name not in BACKENDS:
             raise ValueError(f"unknown attention backend {name!r}; known: {sorted(BACKENDS)}")
         if name == CpuPagedAttention.name and not CpuPagedAttention.supports(head_dim, group):
             raise ValueError(f"the cpu attention kernel has no head_dim {head_dim} / group {group}")
         return name
-    cpu_dtypes = (torch.float32, torch.float16)
+    cpu_dtypes = (torch.float32, torch.float16, torch.int8)
     if (
         device.type == "cpu"
         and kv_dtype in cpu_dtypes

@@ -1,8 +1,8 @@
 """Paged attention backends.
 
-The KV cache of one layer is a tensor [2, num_blocks, block_size, num_kv_heads, head_dim]
-(K then V). Writing goes through the slot mapping and is shared by all backends; backends
-differ only in how they read it back through the block tables.
+The KV cache of one layer is a tensor [2, num_blocks, block_size, num_kv_heads, width] (K then
+V; kv_format says what a head holds). Writing goes through the slot mapping and is shared by
+all backends; backends differ only in how they read it back through the block tables.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from chatfleet.model.attention import kv_format
 from chatfleet.model.forward_context import ForwardContext
 from chatfleet.model.rope import apply_rope
 
@@ -20,10 +21,10 @@ def write_kv(
     kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor
 ) -> None:
     """Store this step's K/V [T, kv_heads, D] at their slots."""
-    _, num_blocks, block_size, kv_heads, dim = kv_cache.shape
-    flat = kv_cache.view(2, num_blocks * block_size, kv_heads, dim)
-    flat[0].index_copy_(0, slot_mapping, k.to(flat.dtype))
-    flat[1].index_copy_(0, slot_mapping, v.to(flat.dtype))
+    _, num_blocks, block_size, kv_heads, width = kv_cache.shape
+    flat = kv_cache.view(2, num_blocks * block_size, kv_heads, width)
+    flat[0].index_copy_(0, slot_mapping, kv_format.encode(k, flat.dtype))
+    flat[1].index_copy_(0, slot_mapping, kv_format.encode(v, flat.dtype))
 
 
 class AttentionBackend(ABC):

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from chatfleet.model.attention import kv_format
 from chatfleet.model.attention.base import AttentionBackend
 from chatfleet.model.forward_context import ForwardContext
 
@@ -65,8 +66,9 @@ class SdpaAttention(AttentionBackend):
 
     def forward(self, q: torch.Tensor, kv_cache: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         meta: SdpaMetadata = ctx.attn_metadata
-        _, num_blocks, block_size, kv_heads, dim = kv_cache.shape
-        flat = kv_cache.view(2, num_blocks * block_size, kv_heads, dim)
+        _, num_blocks, block_size, kv_heads, width = kv_cache.shape
+        flat = kv_cache.view(2, num_blocks * block_size, kv_heads, width)
+        dim = self.head_dim
         out = torch.empty(q.shape[0], self.num_heads * dim, dtype=q.dtype, device=q.device)
         if meta.decode_slots is not None and meta.decode_mask is not None:
             # NOTE: one grouped product per KV head instead of SDPA: with a padding mask and
@@ -74,8 +76,8 @@ class SdpaAttention(AttentionBackend):
             # head, and decode attention then costs many times the KV read it needs.
             nd = meta.decode_slots.shape[0]
             group = self.num_heads // kv_heads
-            k = flat[0][meta.decode_slots].to(q.dtype)  # [Bd, L, KVH, D]
-            v = flat[1][meta.decode_slots].to(q.dtype)
+            k = kv_format.decode(flat[0][meta.decode_slots], q.dtype)  # [Bd, L, KVH, D]
+            v = kv_format.decode(flat[1][meta.decode_slots], q.dtype)
             # Scaled first, as SDPA does: an fp16 product of unscaled q and k can overflow.
             qd = q[:nd].reshape(nd, kv_heads, group, dim) * self.scale
             scores = torch.einsum("bhgd,blhd->bhgl", qd, k).float()
@@ -83,13 +85,13 @@ class SdpaAttention(AttentionBackend):
             probs = scores.softmax(-1).to(q.dtype)
             out[:nd] = torch.einsum("bhgl,blhd->bhgd", probs, v).reshape(nd, -1)
         for item in meta.prefills:
-            k = flat[0][item.slots].transpose(0, 1).unsqueeze(0)  # [1, KVH, S, D]
-            v = flat[1][item.slots].transpose(0, 1).unsqueeze(0)
+            k = kv_format.decode(flat[0][item.slots], q.dtype).transpose(0, 1).unsqueeze(0)
+            v = kv_format.decode(flat[1][item.slots], q.dtype).transpose(0, 1).unsqueeze(0)
             qi = q[item.start : item.start + item.query_len].transpose(0, 1).unsqueeze(0)
             o = F.scaled_dot_product_attention(
                 qi,
-                k.to(q.dtype),
-                v.to(q.dtype),
+                k,
+                v,
                 attn_mask=item.mask,
                 is_causal=item.mask is None,
                 scale=self.scale,
