@@ -7,4 +7,5 @@ load_runner.py  concurrency / request-rate control over the client
 record.py       one request's timings; result.py the run's JSON
 summary.py      TTFT / TPOT / ITL / E2E statistics, goodput against SLOs
 plot.py         latency CDFs and throughput plots
+agreement.py    greedy agreement of two engines on chat prompts, the gate of a faster numeric path
 """

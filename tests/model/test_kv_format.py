@@ -8,10 +8,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from chatfleet import SamplingParams
+from chatfleet.bench.agreement import greedy_agreement
 from chatfleet.model.attention import kv_format
 from tests.conftest import TEST_CACHE, make_llm
-from tests.model.test_matmul_plan import CHAT
 
 
 def test_int8_heads_hold_codes_and_a_scale():
@@ -62,15 +61,6 @@ def test_the_real_model_with_an_int8_cache_stays_close_to_an_fp32_cache():
     chose stay close."""
     int8 = make_llm(cache=replace(TEST_CACHE, kv_cache_dtype="int8"))
     fp32 = make_llm(cache=replace(TEST_CACHE, kv_cache_dtype="fp32"))
-    params = SamplingParams(temperature=0, max_tokens=64, ignore_eos=True, logprobs=1)
-    chats = [[{"role": "user", "content": q}] for q in CHAT]
-    agreed, worst = 0, 0.0
-    for a, b in zip(int8.chat(chats, params), fp32.chat(chats, params), strict=True):
-        for got, want in zip(a.outputs[0].logprobs, b.outputs[0].logprobs, strict=True):
-            if got.token_id != want.token_id:
-                break
-            agreed += 1
-            worst = max(worst, abs(got.logprob - want.logprob))
-    print(f"int8 cache: {agreed} of 512 greedy tokens agree, logprobs up to {worst:.4f} apart")
-    assert agreed >= 0.75 * 8 * 64, f"{agreed} of 512 greedy tokens agree"
-    assert worst < 0.1, f"logprobs differ by up to {worst}"
+    check = greedy_agreement(int8, fp32, max_tokens=64)
+    assert check.agreed >= 0.75 * 8 * 64, f"{check.agreed} of 512 greedy tokens agree"
+    assert check.max_logprob_diff < 0.1, f"logprobs differ by up to {check.max_logprob_diff}"

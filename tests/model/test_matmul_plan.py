@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from chatfleet import SamplingParams
+from chatfleet.bench.agreement import greedy_agreement
 from chatfleet.model import kernels, matmul_plan
 from chatfleet.model.linear import BlockInt8Linear
 from chatfleet.model.matmul_plan import BUCKETS, MatmulPlan, bucket_index, load_or_measure
@@ -18,16 +18,6 @@ from tests.conftest import make_llm
 pytestmark = pytest.mark.skipif(
     kernels.load("qlinear") is None, reason="int8 kernel needs AVX-512 VNNI and a compiler"
 )
-CHAT = [
-    "What is the capital of France?",
-    "Name three primary colors.",
-    "Write a haiku about the sea.",
-    "Explain photosynthesis briefly.",
-    "How do I sort a list in Python?",
-    "What is 17 times 23?",
-    "Give me a tip for better sleep.",
-    "Who wrote Hamlet?",
-]
 # The real model's decoder shapes (qkv, o, gate_up, down) and the default thread count.
 # The default model's decoder matmuls (plan keys): Q4_1 in the file, held as 4-bit codes.
 SMOLLM2_SHAPES = [(960, 576, 4), (576, 576, 4), (3072, 576, 4), (576, 1536, 4)]
@@ -102,14 +92,6 @@ def test_the_bf16_path_on_the_real_model_stays_close_to_fp32(tmp_path, monkeypat
     planned = make_llm(batch_invariant=False, num_threads=threads)
     assert planned.engine.runner.matmul_plan.min_rows("bf16") == 1
     fp32 = make_llm(weight_format="fp32", num_threads=threads)
-    params = SamplingParams(temperature=0, max_tokens=32, ignore_eos=True, logprobs=1)
-    chats = [[{"role": "user", "content": q}] for q in CHAT]
-    agreed, worst = 0, 0.0
-    for a, b in zip(planned.chat(chats, params), fp32.chat(chats, params), strict=True):
-        for got, want in zip(a.outputs[0].logprobs, b.outputs[0].logprobs, strict=True):
-            if got.token_id != want.token_id:
-                break
-            agreed += 1
-            worst = max(worst, abs(got.logprob - want.logprob))
-    assert agreed >= 0.75 * 8 * 32, f"{agreed} of 256 greedy tokens agree"
-    assert worst < 0.1, f"logprobs differ by up to {worst}"
+    check = greedy_agreement(planned, fp32, max_tokens=32)
+    assert check.agreed >= 0.75 * 8 * 32, f"{check.agreed} of 256 greedy tokens agree"
+    assert check.max_logprob_diff < 0.1, f"logprobs differ by up to {check.max_logprob_diff}"

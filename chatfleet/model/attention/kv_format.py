@@ -39,7 +39,7 @@ def bytes_per_token(num_layers: int, kv_heads: int, head_dim: int, dtype: torch.
 
 
 @functools.cache
-def _hadamard(n: int, device: torch.device = torch.device("cpu")) -> torch.Tensor:
+def _hadamard(n: int, device: torch.device) -> torch.Tensor:
     """H / sqrt(n), H the n x n Hadamard matrix in Sylvester's order: symmetric, its own
     inverse (csrc/attention.h `rotate` applies the same)."""
     h = torch.ones(1, 1)
