@@ -9,6 +9,7 @@ cpu attention backend, and a step in which every request decodes one token.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -28,6 +29,8 @@ class FusedDecode:
     # Steps with this many rows or more go layer by layer: a matmul plan gives them another
     # kernel (see matmul_plan.py), which the fused call does not have. None: every step.
     max_rows: int | None = None
+    # Where set by `choose_max_rows`: per row count timed, (fused ms, layer-by-layer ms).
+    timings: dict[int, tuple[float, float]] | None = None
 
     def __init__(self, layers: Any, num_heads: int, eps: float, kernel: Any) -> None:
         self.kernel = kernel
@@ -85,3 +88,58 @@ class FusedDecode:
             scale,
             kernels.num_threads(),
         )
+
+
+def _synthetic_decode(rows: int, block_size: int, attn: Any) -> ForwardContext:
+    """`rows` requests decoding their first token, each in its own block: attention reads one
+    key, so a step is the matmuls and the work between them."""
+    ids = torch.arange(rows)
+    ctx = ForwardContext(
+        positions=torch.zeros(rows, dtype=torch.long),
+        slot_mapping=ids * block_size,
+        block_tables=ids[:, None],
+        query_lens=[1] * rows,
+        context_lens=[0] * rows,
+        num_decodes=rows,
+    )
+    ctx.attn_metadata = attn.build_metadata(ctx, block_size)
+    return ctx
+
+
+def choose_max_rows(
+    model: Any,
+    kv_caches: list[torch.Tensor],
+    attn: Any,
+    block_size: int,
+    candidates: list[int],
+    reps: int = 3,
+) -> None:
+    """Sets `model.fused_decode.max_rows` by measurement: a decode step of each candidate row
+    count (ascending) is timed through the fused call and layer by layer (where a matmul plan
+    gives bf16 matmuls), the median of `reps`; the fused call keeps every row count below the
+    first one it loses. The fused call's int8 matmuls in one parallel region can beat faster
+    matmuls called one by one, and by how much depends on the CPU: the plan's per-matmul
+    timings do not see it."""
+    fused: FusedDecode = model.fused_decode
+    fused.timings = {}
+    fused.max_rows = None
+    for rows in candidates:
+        ctx = _synthetic_decode(rows, block_size, attn)
+        ids = torch.zeros(rows, dtype=torch.long)
+        medians = []
+        for limit in (None, 0):  # fused, then layer by layer
+            fused.max_rows = limit
+            model(ids, ctx, kv_caches, attn)  # warm-up
+            times = []
+            for _ in range(reps):
+                start = time.perf_counter()
+                model(ids, ctx, kv_caches, attn)
+                times.append((time.perf_counter() - start) * 1e3)
+            medians.append(sorted(times)[reps // 2])
+        fused.timings[rows] = (medians[0], medians[1])
+        fused.max_rows = None
+        if medians[1] < medians[0]:
+            fused.max_rows = rows
+            break
+    for cache in kv_caches:  # the synthetic keys and values out again
+        cache.zero_()

@@ -21,10 +21,10 @@ from chatfleet.model.attention import (
     resolve_backend,
 )
 from chatfleet.model.forward_context import ForwardContext
-from chatfleet.model.fused_decode import FusedDecode
+from chatfleet.model.fused_decode import FusedDecode, choose_max_rows
 from chatfleet.model.linear import resolve_weight_format
 from chatfleet.model.loader import load_weights
-from chatfleet.model.matmul_plan import MatmulPlan, load_or_measure, plan_key
+from chatfleet.model.matmul_plan import BUCKETS, MatmulPlan, load_or_measure, plan_key
 from chatfleet.model.models.llama import LlamaForCausalLM
 from chatfleet.model.sampler import Sampler, SamplingRow
 from chatfleet.outputs import TokenLogprobs
@@ -128,6 +128,12 @@ class ModelRunner:
             torch.zeros(shape, dtype=self.kv_dtype, device=self.device)
             for _ in range(model_config.num_layers)
         ]
+        fused = self.model.fused_decode
+        if self.matmul_plan is not None and fused is not None and fused.max_rows is not None:
+            # Row counts from the plan's first bf16 bucket up to a full decode batch.
+            most = min(config.scheduler.max_num_seqs, num_blocks)
+            candidates = [b for b in BUCKETS if fused.max_rows <= b <= most]
+            choose_max_rows(self.model, self.kv_caches, self.attn, self.block_size, candidates)
         self.info = RunnerInfo(
             model_config,
             num_blocks,
@@ -151,7 +157,7 @@ class ModelRunner:
         plan = load_or_measure(linears, num_threads)
         for linear in linears:
             linear.use_plan(plan.choices[plan_key(linear)])
-        if self.model.fused_decode is not None:
+        if self.model.fused_decode is not None:  # until choose_max_rows measures
             self.model.fused_decode.max_rows = plan.min_rows("bf16")
         self.matmul_plan = plan
 

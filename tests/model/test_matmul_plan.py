@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from chatfleet.bench.agreement import greedy_agreement
+from chatfleet.config.engine_config import SchedulerConfig
 from chatfleet.model import kernels, matmul_plan
 from chatfleet.model.linear import BlockInt8Linear
 from chatfleet.model.matmul_plan import BUCKETS, MatmulPlan, bucket_index, load_or_measure
@@ -79,19 +80,45 @@ def test_each_bucket_runs_its_kernel_with_the_prologues(prologue: str) -> None:
         torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2 * want.abs().max().item())
 
 
-def test_the_bf16_path_on_the_real_model_stays_close_to_fp32(tmp_path, monkeypatch) -> None:
-    """Every decoder matmul in bf16 (a planted plan: the engine does not measure), prefill and
-    decode alike: greedy tokens follow fp32's for most of 8 chat replies x 32 tokens, and the
-    logprobs of the tokens both chose differ by less than 0.1 (int8's stay under 0.01)."""
+def _plant_bf16_everywhere(tmp_path, monkeypatch) -> int:
+    """A cached plan of bf16 at every row count (the engine then does not measure)."""
     monkeypatch.setenv("CHATFLEET_CACHE_DIR", str(tmp_path))
     threads = kernels.num_threads()
     path = matmul_plan._cache_path(SMOLLM2_SHAPES, threads)
     os.makedirs(os.path.dirname(path))
     with open(path, "w") as f:
         f.write(MatmulPlan({s: ("bf16",) * len(BUCKETS) for s in SMOLLM2_SHAPES}).to_json())
-    planned = make_llm(batch_invariant=False, num_threads=threads)
+    return threads
+
+
+def test_the_bf16_path_on_the_real_model_stays_close_to_fp32(tmp_path, monkeypatch) -> None:
+    """Every decoder matmul in bf16 (a planted plan, no fused decode step), prefill and decode
+    alike: greedy tokens follow fp32's for most of 8 chat replies x 32 tokens, and the
+    logprobs of the tokens both chose differ by less than 0.1 (int8's stay under 0.01)."""
+    threads = _plant_bf16_everywhere(tmp_path, monkeypatch)
+    planned = make_llm(batch_invariant=False, num_threads=threads, fused_decode=False)
     assert planned.engine.runner.matmul_plan.min_rows("bf16") == 1
     fp32 = make_llm(weight_format="fp32", num_threads=threads)
     check = greedy_agreement(planned, fp32, max_tokens=32)
     assert check.agreed >= 0.75 * 8 * 32, f"{check.agreed} of 256 greedy tokens agree"
     assert check.max_logprob_diff < 0.1, f"logprobs differ by up to {check.max_logprob_diff}"
+
+
+def test_decode_steps_take_the_fused_call_up_to_the_rows_where_it_measures_slower(
+    tmp_path, monkeypatch
+) -> None:
+    """With a plan, the fused decode call (int8 matmuls in one parallel region) is timed
+    against layer by layer (the plan's bf16) from the plan's first bf16 bucket up, and keeps
+    every row count below the first it loses; the synthetic steps leave the cache empty."""
+    threads = _plant_bf16_everywhere(tmp_path, monkeypatch)
+    runner = make_llm(batch_invariant=False, num_threads=threads).engine.runner
+    fused = runner.model.fused_decode
+    if fused is None:
+        pytest.skip("no fused decode kernel here")
+    tried = list(fused.timings)
+    assert tried == list(BUCKETS[: len(tried)])  # ascending from 1, stopping at a loss
+    lost = [rows for rows, (f, layers) in fused.timings.items() if layers < f]
+    assert lost == ([] if fused.max_rows is None else [fused.max_rows])
+    if fused.max_rows is None:  # never lost: every row count up to a full batch was tried
+        assert tried[-1] == max(b for b in BUCKETS if b <= SchedulerConfig().max_num_seqs)
+    assert all(not cache.any() for cache in runner.kv_caches)
