@@ -116,24 +116,8 @@ class ModelRunner:
             self._apply_matmul_plan(config.num_threads)
         self.block_size = config.cache.block_size
         num_blocks = self._num_blocks(model_config, config.cache)
-        shape = kv_format.cache_shape(
-            num_blocks,
-            self.block_size,
-            model_config.num_kv_heads,
-            model_config.head_dim,
-            self.kv_dtype,
-        )
-        # Zero-filled: padded slots are masked out of attention, but 0 * NaN garbage is NaN.
-        self.kv_caches = [
-            torch.zeros(shape, dtype=self.kv_dtype, device=self.device)
-            for _ in range(model_config.num_layers)
-        ]
-        fused = self.model.fused_decode
-        if self.matmul_plan is not None and fused is not None and fused.max_rows is not None:
-            # Row counts from the plan's first bf16 bucket up to a full decode batch.
-            most = min(config.scheduler.max_num_seqs, num_blocks)
-            candidates = [b for b in BUCKETS if fused.max_rows <= b <= most]
-            choose_max_rows(self.model, self.kv_caches, self.attn, self.block_size, candidates)
+        self.kv_caches = self._allocate_kv_caches(model_config, num_blocks)
+        self._time_fused_decode(min(config.scheduler.max_num_seqs, num_blocks))
         self.info = RunnerInfo(
             model_config,
             num_blocks,
@@ -160,6 +144,25 @@ class ModelRunner:
         if self.model.fused_decode is not None:  # until choose_max_rows measures
             self.model.fused_decode.max_rows = plan.min_rows("bf16")
         self.matmul_plan = plan
+
+    def _allocate_kv_caches(self, model: ModelConfig, num_blocks: int) -> list[torch.Tensor]:
+        shape = kv_format.cache_shape(
+            num_blocks, self.block_size, model.num_kv_heads, model.head_dim, self.kv_dtype
+        )
+        # Zero-filled: padded slots are masked out of attention, but 0 * NaN garbage is NaN.
+        return [
+            torch.zeros(shape, dtype=self.kv_dtype, device=self.device)
+            for _ in range(model.num_layers)
+        ]
+
+    def _time_fused_decode(self, most_rows: int) -> None:
+        """With a plan: up to which row count decode steps keep the fused call, measured from
+        the plan's first bf16 bucket up to a full decode batch (fused_decode.choose_max_rows)."""
+        fused = self.model.fused_decode
+        if self.matmul_plan is None or fused is None or fused.max_rows is None:
+            return
+        candidates = [b for b in BUCKETS if fused.max_rows <= b <= most_rows]
+        choose_max_rows(self.model, self.kv_caches, self.attn, self.block_size, candidates)
 
     def _num_blocks(self, model: ModelConfig, cache: CacheConfig) -> int:
         if cache.num_blocks_override is not None:
