@@ -24,20 +24,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def measure(context: int, batch_invariant: bool, steps: int, streams: int) -> dict:
+def decoding_engine(context: int, streams: int, steps: int, batch_invariant: bool, kv="auto"):
+    """An engine whose `streams` requests of synthetic `context`-token prompts have all
+    finished prefill and decode, with room for `steps` more steps and three warm-up ones."""
     from chatfleet import LLM, SamplingParams
     from chatfleet.config.engine_config import CacheConfig, SchedulerConfig
 
     # Requests that finish their prefill decode while the others prefill: enough output tokens
     # that none finishes before all are decoding (at least one prefill token per step).
-    max_tokens = steps + 8 + streams * context // 256
+    max_tokens = steps + 16 + streams * context // 256
     blocks = streams * ((context + max_tokens) // 16 + 2)
     llm = LLM(
         batch_invariant=batch_invariant,
         scheduler=SchedulerConfig(max_num_seqs=streams),
-        cache=CacheConfig(num_blocks_override=blocks),
+        cache=CacheConfig(num_blocks_override=blocks, kv_cache_dtype=kv),
     )
-    engine, runner = llm.engine, llm.engine.runner
+    engine = llm.engine
     params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
     for i in range(streams):
         prompt = [(37 * i * j + 11) % 49000 + 100 for j in range(context)]
@@ -47,6 +49,12 @@ def measure(context: int, batch_invariant: bool, steps: int, streams: int) -> di
         and all(r.num_computed_tokens >= r.num_prompt_tokens for r in engine.scheduler.running)
     ):
         engine.step()
+    return engine
+
+
+def measure(context: int, batch_invariant: bool, steps: int, streams: int) -> dict:
+    engine = decoding_engine(context, streams, steps, batch_invariant)
+    runner = engine.runner
     spent: defaultdict[str, float] = defaultdict(float)
 
     def timed(obj: object, name: str) -> None:

@@ -21,44 +21,23 @@ import statistics
 import time
 from pathlib import Path
 
+from decode_step_share import decoding_engine
 from offline_throughput import cpu_info
 
-from chatfleet import LLM, SamplingParams
+from chatfleet import LLM
 from chatfleet.bench.agreement import greedy_agreement
-from chatfleet.config.engine_config import CacheConfig, SchedulerConfig
-
-
-def decoding_engine(kv: str, context: int, streams: int, steps: int, batch_invariant: bool):
-    """An engine whose `streams` requests have all finished prefill and are decoding."""
-    max_tokens = steps + 16 + streams * context // 256  # none finishes while others prefill
-    blocks = streams * ((context + max_tokens) // 16 + 2)
-    llm = LLM(
-        batch_invariant=batch_invariant,
-        scheduler=SchedulerConfig(max_num_seqs=streams),
-        cache=CacheConfig(num_blocks_override=blocks, kv_cache_dtype=kv),
-    )
-    engine = llm.engine
-    params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
-    for i in range(streams):
-        engine.add_request(
-            str(i), [(37 * i * j + 11) % 49000 + 100 for j in range(context)], params
-        )
-    while not (
-        len(engine.scheduler.running) == streams
-        and all(r.num_computed_tokens >= r.num_prompt_tokens for r in engine.scheduler.running)
-    ):
-        engine.step()
-    for _ in range(3):
-        engine.step()
-    return engine
+from chatfleet.config.engine_config import CacheConfig
 
 
 def speed(context: int, args: argparse.Namespace) -> dict:
     total = args.rounds * args.steps_per_round
     engines = {
-        kv: decoding_engine(kv, context, args.streams, total, not args.no_batch_invariant)
+        kv: decoding_engine(context, args.streams, total, not args.no_batch_invariant, kv)
         for kv in ("fp16", "int8")
     }
+    for engine in engines.values():  # warm-up
+        for _ in range(3):
+            engine.step()
     rounds: dict[str, list[float]] = {kv: [] for kv in engines}
     for _ in range(args.rounds):
         for kv, engine in engines.items():
