@@ -69,6 +69,21 @@ inline float head_scale(const T* head, int64_t D) {
   }
 }
 
+// A decode asks for each key's K and V heads this many keys before its scores reach them, into
+// L2: a request's blocks sit anywhere in the cache, so the hardware prefetcher cannot run
+// ahead across a block boundary, and one block ahead into L1 was too late and too narrow (L1
+// holds few misses in flight): past the L3, attention waited on memory about as long as it
+// computed. The values pass then finds them in L2, and asks again a block or two ahead in
+// case a long context has pushed them out.
+constexpr int64_t kPrefetchKeys = 32;
+
+// Asks for the lines of the head of `bytes` at p (into L2).
+inline void prefetch_head(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t off = 0; off < bytes; off += 64) _mm_prefetch(c + off, _MM_HINT_T1);
+  if (bytes % 64 != 0) _mm_prefetch(c + bytes - 1, _MM_HINT_T1);  // an int8 head's scale
+}
+
 // x <- H x / sqrt(D), H the D x D Hadamard matrix (Sylvester's order); D is 64 or 128.
 inline void rotate(float* x, int64_t D) {
   __m512 r[8];
@@ -162,6 +177,7 @@ template <typename T, int G, int D>
 void attend(const Task& task, const T* k_cache, const T* v_cache, std::vector<float>& scores) {
   constexpr int V = D / 16;
   const int64_t len = task.len, bs = task.block_size;
+  constexpr int64_t head_bytes = head_stride<T>(D) * static_cast<int64_t>(sizeof(T));
   scores.resize((G + kScaled<T>) * len);
   float* s = scores.data();
   float* v_scales = s + G * len;  // int8: each key's value scale
@@ -189,14 +205,11 @@ void attend(const Task& task, const T* k_cache, const T* v_cache, std::vector<fl
           for (int64_t t = 0; t < n; ++t)
             v_scales[start + t] = head_scale(v_cache + (key[t] - k_cache), D);
         }
-        // The next 16 keys' lines, requested now: blocks sit anywhere in the cache, so the
-        // hardware prefetcher cannot run ahead across a block boundary.
-        int64_t nb = (start + 16) / bs, nj = (start + 16) % bs;
-        for (int64_t t = 0; t < 16 && start + 16 + t < len; ++t) {
-          const char* p = reinterpret_cast<const char*>(
-              k_cache + (task.table[nb] * bs + nj) * task.slot_stride + task.head_offset);
-          for (int64_t off = 0; off < static_cast<int64_t>(D * sizeof(T)); off += 64)
-            _mm_prefetch(p + off, _MM_HINT_T0);
+        int64_t nb = (start + kPrefetchKeys) / bs, nj = (start + kPrefetchKeys) % bs;
+        for (int64_t t = 0; t < 16 && start + kPrefetchKeys + t < len; ++t) {
+          const int64_t at = (task.table[nb] * bs + nj) * task.slot_stride + task.head_offset;
+          prefetch_head(k_cache + at, head_bytes);
+          prefetch_head(v_cache + at, head_bytes);
           if (++nj == bs) nj = 0, ++nb;
         }
       }
@@ -230,15 +243,15 @@ void attend(const Task& task, const T* k_cache, const T* v_cache, std::vector<fl
   __m512 acc[G][V];
   for (int g = 0; g < G; ++g)
     for (int v = 0; v < V; ++v) acc[g][v] = _mm512_setzero_ps();
+  const int64_t ahead = (kPrefetchKeys + bs - 1) / bs;
   for (int64_t start = 0; start < len; start += bs) {
     const int64_t n = std::min(bs, len - start);
     const T* vb = v_cache + task.table[start / bs] * bs * task.slot_stride + task.head_offset;
-    if (start + bs < len) {  // the next block's values (see the keys above)
-      const char* nb = reinterpret_cast<const char*>(
-          v_cache + task.table[start / bs + 1] * bs * task.slot_stride + task.head_offset);
-      for (int64_t t = 0; t < std::min(bs, len - start - bs); ++t)
-        for (int64_t off = 0; off < static_cast<int64_t>(D * sizeof(T)); off += 64)
-          _mm_prefetch(nb + t * task.slot_stride * sizeof(T) + off, _MM_HINT_T0);
+    if (start + ahead * bs < len) {
+      const T* nb =
+          v_cache + task.table[start / bs + ahead] * bs * task.slot_stride + task.head_offset;
+      for (int64_t t = 0; t < std::min(bs, len - start - ahead * bs); ++t)
+        prefetch_head(nb + t * task.slot_stride, head_bytes);
     }
     for (int64_t t = 0; t < n; ++t) {
       __m512 vv[V];

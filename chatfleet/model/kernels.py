@@ -47,11 +47,11 @@ def cpu_has(flag: str) -> bool:
         return False
 
 
-def _headers_flag() -> str:
+def _headers_flag(csrc: str) -> str:
     """A define carrying the csrc headers' digest: torch rebuilds a JIT extension when its
     sources or flags change, and does not look at the headers they include."""
     digest = hashlib.sha1()
-    for header in sorted(glob.glob(os.path.join(_CSRC, "*.h"))):
+    for header in sorted(glob.glob(os.path.join(csrc, "*.h"))):
         with open(header, "rb") as f:
             digest.update(f.read())
     return f"-DCHATFLEET_HEADERS={digest.hexdigest()[:12]}"
@@ -94,30 +94,31 @@ def load(name: str) -> Any | None:
         return None
     try:
         from torch.utils.cpp_extension import _get_build_directory
-        from torch.utils.cpp_extension import load as build
 
         with _build_lock(_get_build_directory(f"chatfleet_{name}", verbose=False)):
-            return build(
-                name=f"chatfleet_{name}",
-                sources=[os.path.abspath(os.path.join(_CSRC, f"{name}.cpp"))],
-                # Vectorized for the build machine; AMX tiles are never emitted by the compiler.
-                # NOTE: no -ffast-math and no FMA contraction: the kernels write their FMAs
-                # out, and the compiler must not round the same inline function differently in
-                # two kernels (the fused decode step has to match the per-layer ops bit for
-                # bit).
-                extra_cflags=[
-                    "-O3",
-                    "-march=native",
-                    "-ffp-contract=off",
-                    "-fopenmp",
-                    _headers_flag(),
-                ],
-                extra_ldflags=["-fopenmp"],
-                verbose=False,
-            )
+            return build_from(_CSRC, name, f"chatfleet_{name}")
     except Exception as e:  # no compiler / headers
         logger.warning("kernel %s unavailable (%s); using the torch fallback", name, e)
         return None
+
+
+def build_from(csrc: str, name: str, module: str) -> Any:
+    """Build {csrc}/{name}.cpp as the extension `module` and import it (torch caches the build
+    by module name, sources and flags). `load` builds this tree's kernels; a benchmark may build
+    another tree's under another name to compare the two in one process."""
+    from torch.utils.cpp_extension import load as build
+
+    return build(
+        name=module,
+        sources=[os.path.abspath(os.path.join(csrc, f"{name}.cpp"))],
+        # Vectorized for the build machine; AMX tiles are never emitted by the compiler.
+        # NOTE: no -ffast-math and no FMA contraction: the kernels write their FMAs out, and
+        # the compiler must not round the same inline function differently in two kernels
+        # (the fused decode step has to match the per-layer ops bit for bit).
+        extra_cflags=["-O3", "-march=native", "-ffp-contract=off", "-fopenmp", _headers_flag(csrc)],
+        extra_ldflags=["-fopenmp"],
+        verbose=False,
+    )
 
 
 def build_all() -> dict[str, bool]:

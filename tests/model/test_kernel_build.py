@@ -71,3 +71,19 @@ def test_a_live_build_is_waited_for(tmp_path: Path) -> None:
 def test_every_registered_kernel_has_a_source() -> None:
     for name in kernels.KERNELS:
         assert os.path.exists(os.path.join(kernels._CSRC, f"{name}.cpp"))
+
+
+def test_the_headers_digest_is_of_the_tree_being_built(tmp_path: Path) -> None:
+    # A benchmark builds another tree's kernel beside this one's: torch only rebuilds when the
+    # flags change, so the digest must follow that tree's headers, not this one's.
+    before, after = tmp_path / "before", tmp_path / "after"
+    for tree, body in (
+        (before, "constexpr int kAhead = 16;\n"),
+        (after, "constexpr int kAhead = 32;\n"),
+    ):
+        tree.mkdir()
+        (tree / "attention.h").write_text(body)
+    assert kernels._headers_flag(str(before)) != kernels._headers_flag(str(after))
+    (after / "attention.h").write_text("constexpr int kAhead = 16;\n")
+    assert kernels._headers_flag(str(before)) == kernels._headers_flag(str(after))
+    assert kernels._headers_flag(str(before)) != kernels._headers_flag(kernels._CSRC)
