@@ -1,6 +1,7 @@
 """Decode attention at the sizes of a 64-stream step, where the KV cache is read from memory:
 the paged attention op over every layer of the default model's shape, each layer its own
-cache, blocks scattered as a server's are, against the machine's streaming read bandwidth.
+cache, with each request's blocks in one run or scattered over the cache, against the
+machine's streaming read bandwidth.
 
     .venv/bin/python benchmarks/attention_memory.py --output docs/results/attention_memory.json
     .venv/bin/python benchmarks/attention_memory.py --baseline DIR   # before/after a change
@@ -18,6 +19,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import time
 from pathlib import Path
 
@@ -53,13 +55,20 @@ def run_pass(op, qs, caches, tables, row_starts, lens, threads: int) -> torch.Te
     return out
 
 
-def measure(ops: dict, dtype_name: str, context: int, args: argparse.Namespace) -> dict:
+def block_tables(streams: int, per_stream: int, layout: str) -> torch.Tensor:
+    """`contiguous`: each request's blocks one run, as a fresh engine hands them to prompts;
+    `scattered`: anywhere in the cache, as a server's are once requests come and go."""
+    n = streams * per_stream
+    if layout == "contiguous":
+        return torch.arange(n).view(streams, per_stream)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(1)).view(streams, per_stream)
+
+
+def measure(ops: dict, dtype_name: str, context: int, layout: str, args) -> dict:
     streams, layers = args.streams, args.layers
     per_stream = -(-context // BLOCK)
     caches = layer_caches(streams * per_stream, DTYPES[dtype_name], layers)
-    # Blocks scattered over the cache, as a server's are once requests come and go.
-    perm = torch.randperm(streams * per_stream, generator=torch.Generator().manual_seed(1))
-    tables = perm.view(streams, per_stream).long()
+    tables = block_tables(streams, per_stream, layout)
     row_starts = torch.arange(streams + 1, dtype=torch.long)
     lens = torch.full((streams,), context, dtype=torch.long)
     qs = [torch.randn(streams, HEADS, HEAD_DIM) for _ in range(layers)]
@@ -75,7 +84,8 @@ def measure(ops: dict, dtype_name: str, context: int, args: argparse.Namespace) 
             times[name].append(time.perf_counter() - start)
     pairs = layers * streams * context * KV_HEADS  # (key, kv head) pairs a pass reads
     head_bytes = caches[0][0][0, 0, 0].numel() * caches[0][0].element_size()
-    result = {"dtype": dtype_name, "context": context, "streams": streams, "layers": layers}
+    result = {"dtype": dtype_name, "context": context, "layout": layout, "streams": streams}
+    result["layers"] = layers
     for name, ts in times.items():
         med = statistics.median(ts)
         result[name] = {
@@ -92,10 +102,22 @@ def measure(ops: dict, dtype_name: str, context: int, args: argparse.Namespace) 
     return result
 
 
+def git_head(tree: str) -> str:
+    """The commit a baseline tree is at (with `+` when it has changes), or its path."""
+
+    def git(*args: str) -> str:
+        cmd = ["git", "-C", tree, *args]
+        return subprocess.run(cmd, capture_output=True, text=True).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD")
+    return head + ("+" if git("status", "--porcelain") else "") if head else tree
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--contexts", default="300,1000")
     p.add_argument("--dtypes", default="fp16,int8")
+    p.add_argument("--layouts", default="scattered,contiguous")
     p.add_argument("--streams", type=int, default=64)
     p.add_argument("--layers", type=int, default=LAYERS)
     p.add_argument("--rounds", type=int, default=7)
@@ -111,7 +133,8 @@ def main() -> None:
     results = []
     for dtype_name in args.dtypes.split(","):
         for context in (int(c) for c in args.contexts.split(",")):
-            results.append(measure(ops, dtype_name, context, args))
+            for layout in args.layouts.split(","):
+                results.append(measure(ops, dtype_name, context, layout, args))
             r = results[-1]
             shown = {
                 k: {n: x for n, x in v.items() if n != "rounds_ms"} if isinstance(v, dict) else v
@@ -121,7 +144,7 @@ def main() -> None:
     report = {
         "cpu": cpu_info(),
         "stream_read_gb_s": round(measure_bandwidth_gb_s(1.0), 1),
-        "baseline": args.baseline,
+        "baseline": args.baseline and git_head(args.baseline),
         "results": results,
     }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
