@@ -22,9 +22,6 @@ namespace {
 
 namespace ql = chatfleet::ql;
 
-// Each thread asks for the first bytes of its weight slice before quantizing the matmul's input
-// and meeting the others at the barrier, so the memory bus does not idle through those.
-constexpr int64_t kPrefetchBytes = 16 << 10;
 namespace attn = chatfleet::attn;
 
 // [begin, end) of n items for thread tid of nt: contiguous, sizes differ by at most one.
@@ -53,8 +50,8 @@ Weight weight_of(const at::Tensor& codes, const at::Tensor& scales, const at::Te
 }
 
 template <typename T>
-void run_layers(at::Tensor& h, const std::vector<at::Tensor>& weights,
-                const std::vector<at::Tensor>& norms, const std::vector<at::Tensor>& kv_caches,
+void run_layers(at::Tensor& h, const std::vector<Weight>& w, const std::vector<float*>& norms,
+                const std::vector<at::Tensor>& kv_caches,
                 const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& slots,
                 const at::Tensor& block_tables, const at::Tensor& seq_lens, int64_t H, float eps,
                 float scale, int nt) {
@@ -64,13 +61,10 @@ void run_layers(at::Tensor& h, const std::vector<at::Tensor>& weights,
   const int64_t KVH = kv_caches[0].size(3), D = cos.size(1), G = H / KVH;
   const int64_t HS = attn::head_stride<T>(D);
   TORCH_CHECK(kv_caches[0].size(4) == HS, "decode_layers: cache heads and head_dim differ");
-  const int64_t W_qkv = (H + 2 * KVH) * D, I = weights[6].size(0) * ql::kTile / 2;
+  const int64_t W_qkv = (H + 2 * KVH) * D, I = w[2].n_tiles * ql::kTile / 2;
   const int64_t MB = block_tables.size(1);
   const attn::Kernels<T> fns = attn::pick<T>(G, D);
   TORCH_CHECK(fns.row != nullptr, "decode_layers: unsupported head_dim / group size");
-  std::vector<Weight> w;
-  for (int64_t i = 0; i < L * 4; ++i)
-    w.push_back(weight_of(weights[3 * i], weights[3 * i + 1], weights[3 * i + 2]));
   std::vector<float> qkv(M * W_qkv), q(M * H * D), att(M * H * D), gu(M * 2 * I);
   // One quantized input per width, so no thread rewrites what another still reads.
   ql::QuantizedRows q_e, q_a, q_i;
@@ -94,14 +88,6 @@ void run_layers(at::Tensor& h, const std::vector<at::Tensor>& weights,
                       const ql::Prologue& pro, const Weight& wt, float* y,
                       const float* residual) {
       const auto tiles = share(wt.n_tiles, tid, n);
-      {
-        const int64_t tile_bytes = qx.nb * ql::kBlock * ql::kTile * wt.bits / 8;
-        const char* first =
-            reinterpret_cast<const char*>(wt.packed.codes) + tiles.first * tile_bytes;
-        const int64_t len =
-            std::min<int64_t>(kPrefetchBytes, (tiles.second - tiles.first) * tile_bytes);
-        for (int64_t o = 0; o < len; o += 64) _mm_prefetch(first + o, _MM_HINT_T1);
-      }
       for (int64_t m = rows.first; m < rows.second; ++m) {
         ql::prepare_row(x + m * ld, qx.K, pro, row.data());
         ql::quantize_row(row.data(), m, qx);
@@ -115,7 +101,7 @@ void run_layers(at::Tensor& h, const std::vector<at::Tensor>& weights,
       const Weight* lw = w.data() + 4 * l;
       T* kc = reinterpret_cast<T*>(kv_caches[l].data_ptr());
       T* vc = kc + cache_elems;
-      ql::Prologue attn_norm{norms[2 * l].data_ptr<float>(), eps, false};
+      ql::Prologue attn_norm{norms[2 * l], eps, false};
       linear(hp, E, q_e, attn_norm, lw[0], qkv.data(), nullptr);
       for (int64_t m = rows.first; m < rows.second; ++m) {  // RoPE, K/V into the cache
         const float* r = qkv.data() + m * W_qkv;
@@ -138,7 +124,7 @@ void run_layers(at::Tensor& h, const std::vector<at::Tensor>& weights,
       }
 #pragma omp barrier
       linear(att.data(), H * D, q_a, ql::Prologue{}, lw[1], hp, hp);
-      ql::Prologue ffn_norm{norms[2 * l + 1].data_ptr<float>(), eps, false};
+      ql::Prologue ffn_norm{norms[2 * l + 1], eps, false};
       linear(hp, E, q_e, ffn_norm, lw[2], gu.data(), nullptr);
       ql::Prologue swiglu{nullptr, 0.0f, true};
       linear(gu.data(), 2 * I, q_i, swiglu, lw[3], hp, hp);
@@ -146,58 +132,84 @@ void run_layers(at::Tensor& h, const std::vector<at::Tensor>& weights,
   }
 }
 
+// The model's half of a fused step, checked and gathered once: each linear's packed weight
+// and each norm. Converting and checking every weight tensor on each call was a visible share
+// of a one-stream step; a step now passes only what changes.
+class DecodeLayers {
+ public:
+  // weights: per layer qkv, o, gate_up, down as (codes, scales, zeros); norms: per layer
+  // attn_norm, ffn_norm [E] fp32.
+  DecodeLayers(std::vector<at::Tensor> weights, std::vector<at::Tensor> norms, int64_t num_heads,
+               double eps)
+      : weights_(std::move(weights)), norms_(std::move(norms)), num_heads_(num_heads),
+        eps_(static_cast<float>(eps)) {
+    const size_t L = norms_.size() / 2;
+    TORCH_CHECK(L > 0 && norms_.size() == 2 * L && weights_.size() == 12 * L,
+                "DecodeLayers: 12 weight tensors and 2 norms per layer");
+    for (size_t i = 0; i < 4 * L; ++i)
+      w_.push_back(weight_of(weights_[3 * i], weights_[3 * i + 1], weights_[3 * i + 2]));
+    for (auto& nw : norms_) {
+      TORCH_CHECK(nw.scalar_type() == at::kFloat && nw.is_contiguous() &&
+                      nw.numel() == norms_[0].numel(),
+                  "DecodeLayers: norm weights [E] fp32");
+      norm_ptrs_.push_back(nw.data_ptr<float>());
+    }
+  }
+
+  // h [M, E] fp32: the hidden states of M decode tokens (one per request), updated through
+  // every layer and returned. kv_caches: per layer [2, NB, BS, KVH, D] (D + 4 in int8: codes
+  // then a scale); cos/sin [M, D]; slots [M]; block_tables [M, MB]; seq_lens [M] (keys each
+  // token attends to).
+  at::Tensor run(at::Tensor h, const std::vector<at::Tensor>& kv_caches, at::Tensor cos,
+                 at::Tensor sin, at::Tensor slots, at::Tensor block_tables, at::Tensor seq_lens,
+                 double scale, int64_t num_threads) const {
+    TORCH_CHECK(kv_caches.size() == norms_.size() / 2, "decode_layers: a cache per layer");
+    TORCH_CHECK(h.scalar_type() == at::kFloat && cos.scalar_type() == at::kFloat &&
+                    sin.scalar_type() == at::kFloat && h.size(1) == norms_[0].numel(),
+                "decode_layers: fp32 activations of the model's width");
+    TORCH_CHECK(slots.scalar_type() == at::kLong && block_tables.scalar_type() == at::kLong &&
+                    seq_lens.scalar_type() == at::kLong,
+                "decode_layers: int64 slots, block tables and lengths");
+    for (const auto& kv : kv_caches)
+      TORCH_CHECK(kv.is_contiguous() && kv.dim() == 5 &&
+                      kv.scalar_type() == kv_caches[0].scalar_type(),
+                  "decode_layers: contiguous [2, NB, BS, KVH, D] caches of one dtype");
+    h = h.contiguous().clone();
+    cos = cos.contiguous();
+    sin = sin.contiguous();
+    slots = slots.contiguous();
+    block_tables = block_tables.contiguous();
+    seq_lens = seq_lens.contiguous();
+    const int nt = static_cast<int>(std::max<int64_t>(1, num_threads));
+    const float s = static_cast<float>(scale);
+    const auto dtype = kv_caches[0].scalar_type();
+    if (dtype == at::kFloat) {
+      run_layers<float>(h, w_, norm_ptrs_, kv_caches, cos, sin, slots, block_tables, seq_lens,
+                        num_heads_, eps_, s, nt);
+    } else if (dtype == at::kHalf) {
+      run_layers<c10::Half>(h, w_, norm_ptrs_, kv_caches, cos, sin, slots, block_tables,
+                            seq_lens, num_heads_, eps_, s, nt);
+    } else {
+      TORCH_CHECK(dtype == at::kChar, "decode_layers: fp32, fp16 or int8 cache");
+      run_layers<int8_t>(h, w_, norm_ptrs_, kv_caches, cos, sin, slots, block_tables, seq_lens,
+                         num_heads_, eps_, s, nt);
+    }
+    return h;
+  }
+
+ private:
+  std::vector<at::Tensor> weights_, norms_;  // held so the pointers below stay valid
+  std::vector<Weight> w_;
+  std::vector<float*> norm_ptrs_;
+  int64_t num_heads_;
+  float eps_;
+};
+
 }  // namespace
 
-// h [M, E] fp32: the hidden states of M decode tokens (one per request), updated through every
-// layer and returned. weights: per layer qkv, o, gate_up, down as (codes, scales, zeros);
-// norms: per layer attn_norm, ffn_norm [E] fp32; kv_caches: per layer [2, NB, BS, KVH, D]
-// (D + 4 in int8: codes then a scale);
-// cos/sin [M, D]; slots [M]; block_tables [M, MB]; seq_lens [M] (keys each token attends to).
-at::Tensor decode_layers(at::Tensor h, std::vector<at::Tensor> weights,
-                         std::vector<at::Tensor> norms, std::vector<at::Tensor> kv_caches,
-                         at::Tensor cos, at::Tensor sin, at::Tensor slots, at::Tensor block_tables,
-                         at::Tensor seq_lens, int64_t num_heads, double eps, double scale,
-                         int64_t num_threads) {
-  const int64_t L = static_cast<int64_t>(kv_caches.size());
-  TORCH_CHECK(L > 0 && weights.size() == static_cast<size_t>(12 * L) &&
-                  norms.size() == static_cast<size_t>(2 * L),
-              "decode_layers: 12 weight tensors and 2 norms per layer");
-  TORCH_CHECK(h.scalar_type() == at::kFloat && cos.scalar_type() == at::kFloat &&
-                  sin.scalar_type() == at::kFloat,
-              "decode_layers: fp32 activations");
-  TORCH_CHECK(slots.scalar_type() == at::kLong && block_tables.scalar_type() == at::kLong &&
-                  seq_lens.scalar_type() == at::kLong,
-              "decode_layers: int64 slots, block tables and lengths");
-  for (const auto& kv : kv_caches)
-    TORCH_CHECK(kv.is_contiguous() && kv.dim() == 5 &&
-                    kv.scalar_type() == kv_caches[0].scalar_type(),
-                "decode_layers: contiguous [2, NB, BS, KVH, D] caches of one dtype");
-  for (const auto& nw : norms)
-    TORCH_CHECK(nw.scalar_type() == at::kFloat && nw.is_contiguous() && nw.numel() == h.size(1),
-                "decode_layers: norm weights [E] fp32");
-  h = h.contiguous().clone();
-  cos = cos.contiguous();
-  sin = sin.contiguous();
-  slots = slots.contiguous();
-  block_tables = block_tables.contiguous();
-  seq_lens = seq_lens.contiguous();
-  const int nt = static_cast<int>(std::max<int64_t>(1, num_threads));
-  const float e = static_cast<float>(eps), s = static_cast<float>(scale);
-  if (kv_caches[0].scalar_type() == at::kFloat) {
-    run_layers<float>(h, weights, norms, kv_caches, cos, sin, slots, block_tables, seq_lens,
-                      num_heads, e, s, nt);
-  } else if (kv_caches[0].scalar_type() == at::kHalf) {
-    run_layers<c10::Half>(h, weights, norms, kv_caches, cos, sin, slots, block_tables, seq_lens,
-                          num_heads, e, s, nt);
-  } else {
-    TORCH_CHECK(kv_caches[0].scalar_type() == at::kChar, "decode_layers: fp32, fp16 or int8 cache");
-    run_layers<int8_t>(h, weights, norms, kv_caches, cos, sin, slots, block_tables, seq_lens,
-                       num_heads, e, s, nt);
-  }
-  return h;
-}
-
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("decode_layers", &decode_layers, "all decoder layers of a decode-only step, fused",
-        py::call_guard<py::gil_scoped_release>());
+  py::class_<DecodeLayers>(m, "DecodeLayers")
+      .def(py::init<std::vector<at::Tensor>, std::vector<at::Tensor>, int64_t, double>())
+      .def("run", &DecodeLayers::run, "all decoder layers of a decode-only step, fused",
+           py::call_guard<py::gil_scoped_release>());
 }

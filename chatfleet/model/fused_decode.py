@@ -33,15 +33,14 @@ class FusedDecode:
     timings: dict[int, tuple[float, float]] | None = None
 
     def __init__(self, layers: Any, num_heads: int, eps: float, kernel: Any) -> None:
-        self.kernel = kernel
-        self.num_heads = num_heads
-        self.eps = eps
-        self.weights: list[torch.Tensor] = []
-        self.norms: list[torch.Tensor] = []
+        weights: list[torch.Tensor] = []
+        norms: list[torch.Tensor] = []
         for layer in layers:
             for linear in (layer.qkv, layer.o, layer.gate_up, layer.down):
-                self.weights += [linear.packed, linear.scales, linear.zeros]
-            self.norms += [layer.attn_norm.data, layer.ffn_norm.data]
+                weights += [linear.packed, linear.scales, linear.zeros]
+            norms += [layer.attn_norm.data, layer.ffn_norm.data]
+        # The weights are checked and gathered once here; a step passes only what changes.
+        self.layers = kernel.DecodeLayers(weights, norms, num_heads, eps)
 
     @classmethod
     def build(cls, model: Any, attention: str) -> FusedDecode | None:
@@ -73,18 +72,14 @@ class FusedDecode:
         scale: float,
     ) -> torch.Tensor:
         seq_lens = torch.tensor([c + 1 for c in ctx.context_lens], dtype=torch.long)
-        return self.kernel.decode_layers(
+        return self.layers.run(
             h,
-            self.weights,
-            self.norms,
             kv_caches,
             cos,
             sin,
             ctx.slot_mapping,
             ctx.block_tables,
             seq_lens,
-            self.num_heads,
-            self.eps,
             scale,
             kernels.num_threads(),
         )

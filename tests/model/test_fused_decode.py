@@ -67,3 +67,17 @@ def test_fused_decode_reads_every_code_width_as_the_layer_path(tmp_path, qtype):
     for a, b in zip(got, want, strict=True):
         assert a.outputs[0].token_ids == b.outputs[0].token_ids
         assert a.outputs[0].logprobs == b.outputs[0].logprobs
+
+
+def test_a_step_with_caches_for_fewer_layers_is_refused(llm):
+    """The fused call holds the model's weights from its start; a step that passes caches for
+    fewer layers than it holds is an error, not a step that silently skips layers."""
+    fused = llm.engine.runner.model.fused_decode
+    if fused is None:
+        pytest.skip("no int8 weights / VNNI kernel here")
+    caches = llm.engine.runner.kv_caches
+    h = torch.zeros(1, llm.engine.runner.model.config.hidden_size)
+    cos = sin = torch.ones(1, llm.engine.runner.model.config.head_dim)
+    one = torch.zeros(1, dtype=torch.long)
+    with pytest.raises(RuntimeError, match="a cache per layer"):
+        fused.layers.run(h, caches[:-1], cos, sin, one, one[:, None], one + 1, 1.0, 1)
