@@ -1,6 +1,7 @@
-"""The sampler's cost per step at temperature > 0, on this CPU: drawing one uniform per row
-(inverse CDF, what the sampler does) against an exponential race over the vocabulary (one
-draw per token id, what it did before), for B seeded rows of the default model's vocabulary.
+"""The sampler's cost per step on this CPU, for B rows of the default model's vocabulary: at
+temperature > 0, drawing one uniform per row (inverse CDF, what the sampler does) against an
+exponential race over the vocabulary (one draw per token id, what it did before); greedy,
+numpy's argmax (what the sampler does) against torch's.
 
     .venv/bin/python benchmarks/sampler_cost.py --out docs/results/sampler_cost/sampler_cost.json
 """
@@ -49,6 +50,15 @@ def one_batch(b: int, params: SamplingParams, repeats: int) -> tuple[float, floa
     return now, median_ms(lambda: exponential_race(logits, gens), repeats)
 
 
+def greedy_batch(b: int, repeats: int) -> tuple[float, float]:
+    logits = torch.randn(b, VOCAB, generator=torch.Generator().manual_seed(b))
+    rows = [SamplingRow(SamplingParams(temperature=0), [1], [], None, [])] * b
+    sampler = Sampler()
+    now = median_ms(lambda: sampler(logits, rows, torch.Generator()), repeats)
+    every = list(range(b))
+    return now, median_ms(lambda: logits[every].argmax(dim=-1).tolist(), repeats)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--batches", default="1,16,64")
@@ -59,8 +69,18 @@ def main() -> None:
     results = []
     for b in (int(x) for x in args.batches.split(",")):
         now, race = one_batch(b, params, args.repeats)
-        results.append({"batch": b, "inverse_cdf_ms": now, "exponential_race_ms": race})
+        greedy, torch_argmax = greedy_batch(b, args.repeats)
+        results.append(
+            {
+                "batch": b,
+                "inverse_cdf_ms": now,
+                "exponential_race_ms": race,
+                "greedy_ms": greedy,
+                "torch_argmax_ms": torch_argmax,
+            }
+        )
         print(f"B={b}: sampler {now:.2f} ms, exponential race {race:.2f} ms ({race / now:.1f}x)")
+        print(f"  greedy: sampler {greedy:.3f} ms, torch's argmax {torch_argmax:.3f} ms")
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(

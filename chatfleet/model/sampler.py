@@ -106,6 +106,18 @@ def apply_truncation(logits: torch.Tensor, params: list[SamplingParams]) -> torc
     return torch.empty_like(logits).scatter_(1, order, sorted_logits)
 
 
+def argmax_rows(logits: torch.Tensor, rows: list[int]) -> list[int]:
+    """The index of each row's largest logit (the first of equal ones). On the CPU through
+    numpy, whose argmax is vectorized where torch's walks a row element by element: an order
+    of magnitude apart over a vocabulary (benchmarks/sampler_cost.py)."""
+    if logits.device.type != "cpu":
+        return logits[rows].argmax(dim=-1).tolist()
+    values = logits.numpy()
+    if rows != list(range(len(values))):  # all rows in order (the usual case) need no copy
+        values = values[rows]
+    return values.argmax(axis=-1).tolist()
+
+
 class Sampler:
     def __call__(
         self, logits: torch.Tensor, rows: list[SamplingRow], shared_generator: torch.Generator
@@ -162,7 +174,7 @@ class Sampler:
         tokens = [0] * len(idx)
         greedy = [j for j, i in enumerate(idx) if rows[i].params.is_greedy]
         if greedy:
-            best = logits[[idx[j] for j in greedy]].argmax(dim=-1).tolist()
+            best = argmax_rows(logits, [idx[j] for j in greedy])
             for j, token in zip(greedy, best, strict=True):
                 tokens[j] = token
         if len(greedy) < len(idx):

@@ -13,6 +13,7 @@ from chatfleet.model.sampler import (
     SamplingRow,
     apply_bitmasks,
     apply_truncation,
+    argmax_rows,
     sample_inverse_cdf,
 )
 
@@ -198,3 +199,15 @@ def test_a_grammar_checked_after_sampling_masks_only_refused_draws_and_keeps_the
     assert abs(tokens.count(3) / 4000 - expected) < 0.03
     p_refused = 1 - logits[0].softmax(0)[[3, 7]].sum().item()  # masks only for refused draws
     assert abs(grammar.num_masks / 4000 - p_refused) < 0.03
+
+
+def test_greedy_takes_the_first_of_equal_largest_logits_in_any_row_order():
+    """The CPU's argmax (numpy's) picks what torch's does: the first of tied maxima, for all
+    rows in order or any subset; masked (-inf) entries are never picked over a finite one."""
+    logits = torch.randn(5, 1000, generator=torch.Generator().manual_seed(0))
+    logits[1, [3, 700]] = 50.0
+    logits[2, :990] = float("-inf")
+    assert argmax_rows(logits, [1]) == [3]
+    assert argmax_rows(logits, [2])[0] >= 990
+    for rows in ([0, 1, 2, 3, 4], [4, 1, 2], [3]):
+        assert argmax_rows(logits, rows) == logits[rows].argmax(dim=-1).tolist()
