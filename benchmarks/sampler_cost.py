@@ -1,7 +1,9 @@
 """The sampler's cost per step on this CPU, for B rows of the default model's vocabulary: at
-temperature > 0, drawing one uniform per row (inverse CDF, what the sampler does) against an
-exponential race over the vocabulary (one draw per token id, what it did before); greedy,
-numpy's argmax (what the sampler does) against torch's.
+temperature > 0, the sampler (one uniform per row, the inverse CDF walked by a C++ kernel),
+the same draw through torch's division, softmax and cumsum (what it did before, and does
+where the kernel does not build), and an exponential race over the vocabulary (one draw per
+token id, what it did before that); with top-p 0.9; greedy, numpy's argmax (what the sampler
+does) against torch's.
 
     .venv/bin/python benchmarks/sampler_cost.py --out docs/results/sampler_cost/sampler_cost.json
 """
@@ -13,12 +15,13 @@ import json
 import os
 import statistics
 import time
+from dataclasses import replace
 
 import torch
 from offline_throughput import cpu_info
 
 from chatfleet import SamplingParams
-from chatfleet.model.sampler import Sampler, SamplingRow
+from chatfleet.model.sampler import Sampler, SamplingRow, sample_inverse_cdf
 
 VOCAB = 49152  # SmolLM2's
 
@@ -41,13 +44,25 @@ def median_ms(fn, repeats: int) -> float:
     return 1e3 * statistics.median(times)
 
 
-def one_batch(b: int, params: SamplingParams, repeats: int) -> tuple[float, float]:
+def one_batch(b: int, params: SamplingParams, repeats: int) -> dict[str, float]:
     logits = torch.randn(b, VOCAB, generator=torch.Generator().manual_seed(b))
     gens = [torch.Generator().manual_seed(i) for i in range(b)]
     rows = [SamplingRow(params, [1], [], g, []) for g in gens]
+    top_p = [SamplingRow(replace(params, top_p=0.9), [1], [], g, []) for g in gens]
     sampler = Sampler()
-    now = median_ms(lambda: sampler(logits.clone(), rows, gens[0]), repeats)
-    return now, median_ms(lambda: exponential_race(logits, gens), repeats)
+    every = list(range(b))
+    temps = torch.full((b,), params.temperature)
+
+    def torch_inverse_cdf() -> torch.Tensor:
+        uniforms = torch.cat([torch.rand(1, dtype=torch.float64, generator=g) for g in gens])
+        return sample_inverse_cdf((logits[every] / temps[:, None]).softmax(dim=-1), uniforms)
+
+    return {
+        "sampler_ms": median_ms(lambda: sampler(logits, rows, gens[0]), repeats),
+        "torch_inverse_cdf_ms": median_ms(torch_inverse_cdf, repeats),
+        "exponential_race_ms": median_ms(lambda: exponential_race(logits, gens), repeats),
+        "sampler_top_p_ms": median_ms(lambda: sampler(logits, top_p, gens[0]), repeats),
+    }
 
 
 def greedy_batch(b: int, repeats: int) -> tuple[float, float]:
@@ -68,19 +83,10 @@ def main() -> None:
     params = SamplingParams(temperature=0.8, seed=1, max_tokens=16)
     results = []
     for b in (int(x) for x in args.batches.split(",")):
-        now, race = one_batch(b, params, args.repeats)
-        greedy, torch_argmax = greedy_batch(b, args.repeats)
-        results.append(
-            {
-                "batch": b,
-                "inverse_cdf_ms": now,
-                "exponential_race_ms": race,
-                "greedy_ms": greedy,
-                "torch_argmax_ms": torch_argmax,
-            }
-        )
-        print(f"B={b}: sampler {now:.2f} ms, exponential race {race:.2f} ms ({race / now:.1f}x)")
-        print(f"  greedy: sampler {greedy:.3f} ms, torch's argmax {torch_argmax:.3f} ms")
+        result = {"batch": b, **one_batch(b, params, args.repeats)}
+        result["greedy_ms"], result["torch_argmax_ms"] = greedy_batch(b, args.repeats)
+        results.append(result)
+        print(json.dumps({k: round(v, 3) for k, v in result.items()}))
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(

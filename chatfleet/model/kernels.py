@@ -62,6 +62,7 @@ KERNELS: dict[str, tuple[str, ...]] = {
     "qlinear": ("avx512_vnni",),
     "paged_attention": (),
     "decode_step": ("avx512_vnni",),
+    "sampling": ("avx512f",),
 }
 
 

@@ -14,6 +14,7 @@ from typing import Protocol
 
 import torch
 
+from chatfleet.model import kernels
 from chatfleet.sampling_params import SamplingParams
 
 
@@ -180,7 +181,7 @@ class Sampler:
         if len(greedy) < len(idx):
             random = [j for j, i in enumerate(idx) if not rows[i].params.is_greedy]
             rows_idx = [idx[j] for j in random]
-            drawn = self._sample(logits[rows_idx], rows, rows_idx, shared_generator).tolist()
+            drawn = self._sample(logits, rows, rows_idx, shared_generator).tolist()
             for j, token in zip(random, drawn, strict=True):
                 tokens[j] = token
         return tokens
@@ -192,19 +193,29 @@ class Sampler:
         idx: list[int],
         shared_generator: torch.Generator,
     ) -> torch.Tensor:
+        """One draw for each row of logits in `idx`, from softmax(logits / temperature)."""
         params = [rows[i].params for i in idx]
-        temps = torch.tensor([p.temperature for p in params], device=logits.device)
-        logits = logits / temps[:, None]
-        if any(p.needs_truncation for p in params):
-            logits = apply_truncation(logits, params)
-        probs = logits.softmax(dim=-1)
+        device = logits.device
+        temps = torch.tensor([p.temperature for p in params], device=device)
         # NOTE: one draw per row, not one per vocabulary entry (an exponential race over the
         # vocabulary cost more than the forward pass of a small model).
         generators = [rows[i].generator or shared_generator for i in idx]
         uniforms = torch.cat(
             [torch.rand(1, dtype=torch.float64, generator=g, device=g.device) for g in generators]
-        ).to(probs.device)
-        return sample_inverse_cdf(probs, uniforms)
+        ).to(device)
+        chosen = torch.tensor(idx, dtype=torch.long, device=device)
+        kernel = kernels.load("sampling") if device.type == "cpu" else None
+        if kernel is not None:  # truncation and the draw in one pass per row
+            top_k = torch.tensor([p.top_k for p in params], dtype=torch.long)
+            top_p = torch.tensor([p.top_p for p in params], dtype=torch.float64)
+            min_p = torch.tensor([p.min_p for p in params], dtype=torch.float32)
+            return kernel.sample_rows(
+                logits, chosen, temps, top_k, top_p, min_p, uniforms, kernels.num_threads()
+            )
+        logits = logits[chosen] / temps[:, None]
+        if any(p.needs_truncation for p in params):
+            logits = apply_truncation(logits, params)
+        return sample_inverse_cdf(logits.softmax(dim=-1), uniforms)
 
 
 def sample_inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
