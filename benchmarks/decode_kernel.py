@@ -123,7 +123,7 @@ def measure(modules: dict[str, Any], rows: int, context: int, calls: int) -> dic
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--rows", default="1,2,4,64", help="decodes in a step")
+    p.add_argument("--rows", default="1,4,64", help="decodes in a step")
     p.add_argument("--contexts", default="300,1000")
     p.add_argument("--calls", type=int, default=200, help="calls of each kernel (a tenth at 64)")
     p.add_argument("--baseline", help="a source tree to compare against, e.g. a git worktree")

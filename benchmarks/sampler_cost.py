@@ -2,8 +2,8 @@
 temperature > 0, the sampler (one uniform per row, the inverse CDF walked by a C++ kernel),
 the same draw through torch's division, softmax and cumsum (what it did before, and does
 where the kernel does not build), and an exponential race over the vocabulary (one draw per
-token id, what it did before that); with top-p 0.9; greedy, numpy's argmax (what the sampler
-does) against torch's.
+token id, what it did before that); with top-p 0.9, the kernel against torch's sort; greedy,
+numpy's argmax (what the sampler does) against torch's.
 
     .venv/bin/python benchmarks/sampler_cost.py --out docs/results/sampler_cost/sampler_cost.json
 """
@@ -21,7 +21,7 @@ import torch
 from offline_throughput import cpu_info
 
 from chatfleet import SamplingParams
-from chatfleet.model.sampler import Sampler, SamplingRow, sample_inverse_cdf
+from chatfleet.model.sampler import Sampler, SamplingRow, apply_truncation, sample_inverse_cdf
 
 VOCAB = 49152  # SmolLM2's
 
@@ -53,15 +53,19 @@ def one_batch(b: int, params: SamplingParams, repeats: int) -> dict[str, float]:
     every = list(range(b))
     temps = torch.full((b,), params.temperature)
 
-    def torch_inverse_cdf() -> torch.Tensor:
+    def torch_inverse_cdf(truncated: bool = False) -> torch.Tensor:
         uniforms = torch.cat([torch.rand(1, dtype=torch.float64, generator=g) for g in gens])
-        return sample_inverse_cdf((logits[every] / temps[:, None]).softmax(dim=-1), uniforms)
+        scaled = logits[every] / temps[:, None]
+        if truncated:
+            scaled = apply_truncation(scaled, [r.params for r in top_p])
+        return sample_inverse_cdf(scaled.softmax(dim=-1), uniforms)
 
     return {
         "sampler_ms": median_ms(lambda: sampler(logits, rows, gens[0]), repeats),
         "torch_inverse_cdf_ms": median_ms(torch_inverse_cdf, repeats),
         "exponential_race_ms": median_ms(lambda: exponential_race(logits, gens), repeats),
         "sampler_top_p_ms": median_ms(lambda: sampler(logits, top_p, gens[0]), repeats),
+        "torch_top_p_ms": median_ms(lambda: torch_inverse_cdf(truncated=True), repeats),
     }
 
 

@@ -114,6 +114,9 @@ struct Tile {
   const c10::Half* scales;
   const c10::Half* zeros;
   int64_t t;
+  // Ask for the weights ahead of the reads: where one pass covers every row, the matmul
+  // waits on memory; with more, the later passes find the weights in cache.
+  bool prefetch = false;
 };
 
 inline __m512 load_half16(const c10::Half* p) {
@@ -205,9 +208,8 @@ void tile_pass(const Tile& w, const QuantizedRows& q, int64_t m0, const Output& 
   __m512 acc[kRows];
   for (int i = 0; i < kRows; ++i) acc[i] = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
-    // The first pass over a tile asks for the weights kAhead blocks on (into the next tile
-    // at its end: a thread's tiles are contiguous); later passes find them in cache.
-    if (m0 == 0) prefetch_block<kBlockBytes>(codes, scales, zeros, b + kAhead, kH);
+    // kAhead blocks on: into the next tile at its end (a thread's tiles are contiguous).
+    if (w.prefetch) prefetch_block<kBlockBytes>(codes, scales, zeros, b + kAhead, kH);
     __m512i wv[8];
     load_codes<kBits>(codes + b * kBlockBytes, wv);
     if constexpr (kH == 2) {
@@ -275,7 +277,7 @@ inline void run_tiles(const PackedWeight& w, const QuantizedRows& q, int64_t M, 
   if (widen_once) wide.resize(nb * 8);
   for (int64_t t = t0; t < t1; ++t) {
     Tile tile{w.codes + t * tile_bytes, w.scales + t * nb * kTile * halves,
-              w.zeros + t * nb * kTile * halves, t};
+              w.zeros + t * nb * kTile * halves, t, M <= kRowsPerPass};
     if (widen_once) {
       if (bits == 6) widen<6>(tile.codes, nb, wide.data());
       else if (bits == 5) widen<5>(tile.codes, nb, wide.data());
