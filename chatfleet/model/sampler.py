@@ -196,7 +196,8 @@ class Sampler:
         """One draw for each row of logits in `idx`, from softmax(logits / temperature)."""
         params = [rows[i].params for i in idx]
         device = logits.device
-        temps = torch.tensor([p.temperature for p in params], device=device)
+        # float32 whatever the request sent (a JSON temperature of 1 arrives as an int).
+        temps = torch.tensor([p.temperature for p in params], dtype=torch.float32, device=device)
         # NOTE: one draw per row, not one per vocabulary entry (an exponential race over the
         # vocabulary cost more than the forward pass of a small model).
         generators = [rows[i].generator or shared_generator for i in idx]

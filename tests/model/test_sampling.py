@@ -211,3 +211,14 @@ def test_greedy_takes_the_first_of_equal_largest_logits_in_any_row_order():
     assert argmax_rows(logits, [2])[0] >= 990
     for rows in ([0, 1, 2, 3, 4], [4, 1, 2], [3]):
         assert argmax_rows(logits, rows) == logits[rows].argmax(dim=-1).tolist()
+
+
+def test_whole_number_sampling_parameters_sample_as_floats():
+    """A JSON body's `"temperature": 1` or `"top_p": 1` arrives as an int; the draw takes it as
+    the float it means (the sampling kernel checks its inputs' types: an int there once
+    failed the step and stopped the engine)."""
+    params = SamplingParams(temperature=1, top_p=1, top_k=0, max_tokens=1, seed=2)
+    logits = torch.randn(2, 500, generator=torch.Generator().manual_seed(0))
+    rows = [SamplingRow(params, [1], [], torch.Generator().manual_seed(2), [])] * 2
+    tokens = Sampler()(logits, rows, torch.Generator()).token_ids
+    assert len(tokens) == 2 and all(0 <= t < 500 for t in tokens)
