@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from offline_throughput import cpu_info, measure_bandwidth_gb_s
@@ -102,6 +103,18 @@ def measure(ops: dict, dtype_name: str, context: int, layout: str, args) -> dict
     return result
 
 
+def this_and_baseline(name: str, baseline: str | None) -> dict[str, Any]:
+    """This tree's build of kernel `name` as "current" and, with a baseline source tree, that
+    tree's build of it beside it as "baseline" (another module name, so both load)."""
+    modules = {"current": kernels.load(name)}
+    if modules["current"] is None:
+        raise SystemExit(f"the {name} kernel does not build here")
+    if baseline:
+        csrc = os.path.join(os.path.abspath(baseline), "chatfleet", "csrc")
+        modules["baseline"] = kernels.build_from(csrc, name, f"{name}_benchmark_baseline")
+    return modules
+
+
 def git_head(tree: str) -> str:
     """The commit a baseline tree is at (with `+` when it has changes), or its path."""
 
@@ -124,12 +137,7 @@ def main() -> None:
     p.add_argument("--baseline", help="a source tree to compare against, e.g. a git worktree")
     p.add_argument("--output", default="results/attention_memory.json")
     args = p.parse_args()
-    ops = {"current": kernels.load("paged_attention")}
-    if ops["current"] is None:
-        raise SystemExit("the paged attention kernel does not build here")
-    if args.baseline:
-        csrc = os.path.join(os.path.abspath(args.baseline), "chatfleet", "csrc")
-        ops["baseline"] = kernels.build_from(csrc, "paged_attention", "attention_memory_baseline")
+    ops = this_and_baseline("paged_attention", args.baseline)
     results = []
     for dtype_name in args.dtypes.split(","):
         for context in (int(c) for c in args.contexts.split(",")):

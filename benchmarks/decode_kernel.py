@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from attention_memory import git_head
+from attention_memory import git_head, this_and_baseline
 from decode_step_share import decoding_engine
 from offline_throughput import cpu_info
 
@@ -129,12 +128,7 @@ def main() -> None:
     p.add_argument("--baseline", help="a source tree to compare against, e.g. a git worktree")
     p.add_argument("--output", default="results/decode_kernel.json")
     args = p.parse_args()
-    modules = {"current": kernels.load("decode_step")}
-    if modules["current"] is None:
-        raise SystemExit("the fused decode kernel does not build here")
-    if args.baseline:
-        csrc = os.path.join(os.path.abspath(args.baseline), "chatfleet", "csrc")
-        modules["baseline"] = kernels.build_from(csrc, "decode_step", "decode_kernel_baseline")
+    modules = this_and_baseline("decode_step", args.baseline)
     results = []
     for context in (int(c) for c in args.contexts.split(",")):
         for rows in (int(r) for r in args.rows.split(",")):
