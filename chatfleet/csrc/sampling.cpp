@@ -7,7 +7,7 @@
 // x row rows[r] of the logits, p zeroed for a -inf logit (masked) and for the tokens
 // truncation drops: in descending p, those at rank top_k or beyond, those with the mass of the
 // tokens before them at top_p or more, and those with p below min_p * max p (the first is
-// always kept); as sampler.apply_truncation does, equal p taken in token order.
+// always kept): sampler.apply_truncation's rule, with equal p ranked in token order.
 #include <omp.h>
 #include <torch/extension.h>
 
