@@ -109,8 +109,8 @@ def apply_truncation(logits: torch.Tensor, params: list[SamplingParams]) -> torc
 
 def argmax_rows(logits: torch.Tensor, rows: list[int]) -> list[int]:
     """The index of each row's largest logit (the first of equal ones). On the CPU through
-    numpy, whose argmax is vectorized where torch's walks a row element by element: an order
-    of magnitude apart over a vocabulary (benchmarks/sampler_cost.py)."""
+    numpy, whose argmax is vectorized where torch's walks a row element by element (see
+    benchmarks/sampler_cost.py)."""
     if logits.device.type != "cpu":
         return logits[rows].argmax(dim=-1).tolist()
     values = logits.numpy()

@@ -215,8 +215,8 @@ def test_greedy_takes_the_first_of_equal_largest_logits_in_any_row_order():
 
 def test_whole_number_sampling_parameters_sample_as_floats():
     """A JSON body's `"temperature": 1` or `"top_p": 1` arrives as an int; the draw takes it as
-    the float it means (the sampling kernel checks its inputs' types: an int there once
-    failed the step and stopped the engine)."""
+    the float it means (the sampling kernel checks its inputs' types, and a failed check fails
+    the step, which stops the engine)."""
     params = SamplingParams(temperature=1, top_p=1, top_k=0, max_tokens=1, seed=2)
     logits = torch.randn(2, 500, generator=torch.Generator().manual_seed(0))
     rows = [SamplingRow(params, [1], [], torch.Generator().manual_seed(2), [])] * 2
