@@ -24,12 +24,7 @@ namespace ql = chatfleet::ql;
 
 namespace attn = chatfleet::attn;
 
-// [begin, end) of n items for thread tid of nt: contiguous, sizes differ by at most one.
-inline std::pair<int64_t, int64_t> share(int64_t n, int tid, int nt) {
-  const int64_t base = n / nt, extra = n % nt;
-  const int64_t begin = tid * base + std::min<int64_t>(tid, extra);
-  return {begin, begin + base + (tid < extra ? 1 : 0)};
-}
+using ql::share;
 
 struct Weight {
   ql::PackedWeight packed;

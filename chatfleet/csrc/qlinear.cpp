@@ -59,22 +59,29 @@ at::Tensor qlinear(at::Tensor x, at::Tensor w, at::Tensor s, at::Tensor z, int64
   if (M == 0) return y;
   QuantizedRows q;
   resize(q, M, K);
-  {
-    std::vector<float> row(K);
-    const float* xp = x.data_ptr<float>();
-    for (int64_t m = 0; m < M; ++m) {
-      prepare_row(xp + m * x.size(1), K, pro, row.data());
-      quantize_row(row.data(), m, q);
-    }
-  }
+  const float* xp = x.data_ptr<float>();
+  const int64_t ld = x.size(1);
   const PackedWeight pw{w.data_ptr<uint8_t>(), s.data_ptr<c10::Half>(), z.data_ptr<c10::Half>()};
   const Output out{y.data_ptr<float>(), res.defined() ? res.data_ptr<float>() : nullptr, N};
-  // Threads split the output tiles: each reads its slice of W once per pass over the rows.
   const int threads = static_cast<int>(
       std::max<int64_t>(1, std::min(num_threads, M * N * K / kMinMacsPerThread)));
   const int bits = static_cast<int>(w.size(2));  // vectors per block = bits per code
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t t = 0; t < N / kTile; ++t) run_tiles(pw, q, M, bits, t, t + 1, out);
+  // Threads quantize their share of the rows (the prologue, a SwiGLU's exp above all, is a
+  // sizeable part of a many-row matmul), then each multiplies its share of the output tiles,
+  // reading its slice of W once per pass over the rows.
+#pragma omp parallel num_threads(threads)
+  {
+    const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+    std::vector<float> row(K);
+    const auto rows = share(M, tid, nt);
+    for (int64_t m = rows.first; m < rows.second; ++m) {
+      prepare_row(xp + m * ld, K, pro, row.data());
+      quantize_row(row.data(), m, q);
+    }
+#pragma omp barrier
+    const auto tiles = share(N / kTile, tid, nt);
+    run_tiles(pw, q, M, bits, tiles.first, tiles.second, out);
+  }
   return y;
 }
 

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "vec_math.h"
@@ -289,6 +290,13 @@ inline void run_tiles(const PackedWeight& w, const QuantizedRows& q, int64_t M, 
       passes[rows](tile, q, m0, out);
     }
   }
+}
+
+// [begin, end) of n items for thread tid of nt: contiguous, sizes differ by at most one.
+inline std::pair<int64_t, int64_t> share(int64_t n, int tid, int nt) {
+  const int64_t base = n / nt, extra = n % nt;
+  const int64_t begin = tid * base + std::min<int64_t>(tid, extra);
+  return {begin, begin + base + (tid < extra ? 1 : 0)};
 }
 
 // Room for M rows of K inputs.

@@ -106,6 +106,26 @@ def test_rows_are_batch_invariant_bit_for_bit():
         assert torch.equal(lin(x[i : i + 1].clone())[0], batched[i])
 
 
+@pytest.mark.parametrize("prologue", ["none", "norm", "swiglu"])
+def test_threads_quantizing_their_share_of_the_rows_change_no_bit(prologue):
+    """Two threads split the rows' prologue and quantization, then the output tiles; every row
+    comes out as one thread computes it alone (an odd row count: the shares differ)."""
+    torch.manual_seed(2)
+    lin = BlockInt8Linear(q4_1_weight(96, 128))
+    x = torch.randn(37, 256 if prologue == "swiglu" else 128) * 3
+    norm = torch.rand(128) + 0.5 if prologue == "norm" else None
+    residual = torch.randn(37, 96)
+
+    def run(rows: slice, threads: int) -> torch.Tensor:
+        weight = (lin.packed, lin.scales, lin.zeros)
+        args = (norm, 1e-5, prologue == "swiglu", residual[rows].clone())
+        return lin.kernel.qlinear(x[rows].clone(), *weight, threads, *args)
+
+    shared = run(slice(None), 2)
+    alone = torch.cat([run(slice(i, i + 1), 1) for i in range(37)])
+    assert torch.equal(shared, alone)
+
+
 @pytest.mark.parametrize(("make", "bits"), [(q4_1_weight, 4), (q8_0_weight, 8)])
 def test_looked_up_rows_are_the_held_weights_rows(make, bits):
     lin = BlockInt8Linear(make(64, 96))

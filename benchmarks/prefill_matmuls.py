@@ -1,0 +1,107 @@
+"""The layer-by-layer int8 matmuls of a prefill chunk (and of a decode step the fused call does
+not take), this tree's kernel against a baseline tree's, alternating in one process.
+
+The real model's first decoder layer, each matmul with the prologue and residual it has in
+the model (qkv and gate_up after their RMSNorm, down after SwiGLU, o and down onto the
+residual), at each row count; outputs compared bit for bit. Writes JSON.
+
+    .venv/bin/python benchmarks/prefill_matmuls.py --baseline ../base --output results/p.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from typing import Any
+
+import torch
+from attention_memory import git_head, this_and_baseline
+from offline_throughput import cpu_info
+
+from chatfleet import LLM
+from chatfleet.model import kernels
+
+
+def cases(layer: Any, rows: int) -> list[tuple[str, Any, dict]]:
+    """(name, linear, arguments) for each matmul of `layer` at `rows` rows."""
+    gen = torch.Generator().manual_seed(rows)
+    eps = 1e-5
+
+    def x(width: int) -> torch.Tensor:
+        return torch.randn(rows, width, generator=gen)
+
+    hidden, inter2 = layer.o.out_features, layer.gate_up.out_features
+    return [
+        ("qkv", layer.qkv, dict(x=x(hidden), norm=layer.attn_norm.data, eps=eps)),
+        ("o", layer.o, dict(x=x(layer.o.in_features), residual=x(hidden))),
+        ("gate_up", layer.gate_up, dict(x=x(hidden), norm=layer.ffn_norm.data, eps=eps)),
+        ("down", layer.down, dict(x=x(inter2), swiglu=True, residual=x(hidden))),
+    ]
+
+
+def call(module: Any, linear: Any, args: dict) -> torch.Tensor:
+    return module.qlinear(
+        args["x"],
+        linear.packed,
+        linear.scales,
+        linear.zeros,
+        kernels.num_threads(),
+        args.get("norm"),
+        args.get("eps", 0.0),
+        args.get("swiglu", False),
+        args.get("residual"),
+    )
+
+
+def measure(modules: dict[str, Any], layer: Any, rows: int, rounds: int, reps: int) -> list[dict]:
+    results = []
+    for name, linear, args in cases(layer, rows):
+        times: dict[str, list[float]] = {k: [] for k in modules}
+        outs = {k: call(m, linear, args) for k, m in modules.items()}  # warm, and the bits
+        for _ in range(rounds):
+            for key, module in modules.items():  # alternating: the machine drifts
+                start = time.perf_counter()
+                for _ in range(reps):
+                    call(module, linear, args)
+                times[key].append((time.perf_counter() - start) / reps * 1e3)
+        entry: dict[str, Any] = {"matmul": name, "rows": rows}
+        entry.update({k: round(statistics.median(v), 3) for k, v in times.items()})
+        if "baseline" in modules:
+            entry["ratio_to_baseline"] = round(entry["current"] / entry["baseline"], 3)
+            entry["same_output_as_baseline"] = bool(torch.equal(outs["current"], outs["baseline"]))
+        print(json.dumps(entry), flush=True)
+        results.append(entry)
+    return results
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--rows", default="64,512")
+    p.add_argument("--rounds", type=int, default=9)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--baseline", default=None, help="another source tree to compare against")
+    p.add_argument("--output", default="results/prefill_matmuls.json")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    kernels.set_num_threads(args.threads)
+    modules = this_and_baseline("qlinear", args.baseline)
+    layer = LLM(num_threads=args.threads).engine.runner.model.layers[0]
+    results = []
+    for rows in (int(r) for r in args.rows.split(",")):
+        results += measure(modules, layer, rows, args.rounds, args.reps)
+    report = {
+        "cpu": cpu_info(),
+        "baseline": git_head(args.baseline) if args.baseline else None,
+        "results": results,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    with open(args.output, "w") as f:
+        json.dump(report, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
