@@ -85,7 +85,56 @@ at::Tensor qlinear(at::Tensor x, at::Tensor w, at::Tensor s, at::Tensor z, int64
   return y;
 }
 
+// Rows `ids` of W as fp32 [T, K], s * u + z as dequantizing the whole matrix gives them (an
+// embedding lookup): 8- or 4-bit codes with a scale and zero per block. One call a step in
+// place of a dozen small torch ops over the rows' lanes.
+at::Tensor rows(at::Tensor w, at::Tensor s, at::Tensor z, at::Tensor ids) {
+  TORCH_CHECK(w.dtype() == at::kByte && w.dim() == 5 && w.is_contiguous(), "bad packed weight");
+  const int bits = static_cast<int>(w.size(2));
+  TORCH_CHECK(bits == 8 || bits == 4, "rows: 8- or 4-bit codes");
+  TORCH_CHECK(s.dtype() == at::kHalf && z.dtype() == at::kHalf && s.is_contiguous() &&
+                  z.is_contiguous() && s.numel() == w.size(0) * w.size(1) * kTile &&
+                  z.numel() == s.numel(),
+              "rows: a scale and zero per output row and block");
+  TORCH_CHECK(ids.dtype() == at::kLong && ids.dim() == 1, "rows: ids must be 1-D int64");
+  ids = ids.contiguous();
+  const int64_t T = ids.numel(), nb = w.size(1), K = nb * kBlock, N = w.size(0) * kTile;
+  const int64_t block_bytes = kBlock * kTile * bits / 8;
+  auto out = at::empty({T, K}, at::kFloat);
+  const int64_t* id = ids.data_ptr<int64_t>();
+  const uint8_t* codes = w.data_ptr<uint8_t>();
+  const c10::Half* scales = s.data_ptr<c10::Half>();
+  const c10::Half* zeros = z.data_ptr<c10::Half>();
+  float* o = out.data_ptr<float>();
+  for (int64_t t = 0; t < T; ++t) {
+    TORCH_CHECK_INDEX(id[t] >= 0 && id[t] < N, "row ", id[t], " of a ", N, "-row weight");
+    const int64_t tile = id[t] / kTile, lane = id[t] % kTile;
+    for (int64_t b = 0; b < nb; ++b) {
+      // Vector j holds, in lane `lane`, the row's codes of columns 4j..4j+3 (4 bits: vector j
+      // in the low nibbles, j + 4 in the high ones), as qlinear.h lays them out.
+      const uint8_t* v = codes + (tile * nb + b) * block_bytes + lane * 4;
+      const int64_t at = (tile * nb + b) * kTile + lane;
+      const float sc = static_cast<float>(scales[at]), zr = static_cast<float>(zeros[at]);
+      float* row = o + t * K + b * kBlock;
+      for (int j = 0; j < bits; ++j) {  // as many vectors a block as bits a code
+        for (int c = 0; c < 4; ++c) {
+          const uint8_t byte = v[j * kTile * 4 + c];
+          if (bits == 8) {
+            row[4 * j + c] = static_cast<float>(byte) * sc + zr;
+          } else {
+            row[4 * j + c] = static_cast<float>(byte & 0x0F) * sc + zr;
+            row[4 * (j + 4) + c] = static_cast<float>(byte >> 4) * sc + zr;
+          }
+        }
+      }
+    }
+  }
+  return out;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("qlinear", &qlinear, "block-quantized linear (8-bit W, 16-bit x), fused prologue",
+        py::call_guard<py::gil_scoped_release>());
+  m.def("rows", &rows, "rows of a block-quantized weight as fp32",
         py::call_guard<py::gil_scoped_release>());
 }

@@ -228,6 +228,8 @@ class BlockInt8Linear(Linear):
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """Only the rows asked for are decoded (the same arithmetic as dequantized_weight)."""
+        if self.bits in (4, 8):
+            return self.kernel.rows(self.packed, self.scales, self.zeros, ids)
         tile, lane, at = ids // self.TILE, ids % self.TILE, torch.arange(len(ids))
         codes = bc.lane_codes(self.packed, tile, lane, self.bits)
         nb, h = self.packed.shape[1], bc.halves(self.bits)

@@ -132,6 +132,8 @@ def test_looked_up_rows_are_the_held_weights_rows(make, bits):
     assert lin.bits == bits
     ids = torch.tensor([0, 15, 16, 63, 15])
     assert torch.equal(lin.rows(ids), lin.dequantized_weight()[ids])
+    with pytest.raises(IndexError, match="row 64 of a 64-row weight"):
+        lin.rows(torch.tensor([3, 64]))
 
 
 def test_a_tied_embedding_is_held_once_in_the_weight_format(llm):
