@@ -68,17 +68,18 @@ at::Tensor qlinear(at::Tensor x, at::Tensor w, at::Tensor s, at::Tensor z, int64
   const int bits = static_cast<int>(w.size(2));  // vectors per block = bits per code
   // Threads quantize their share of the rows (the prologue, a SwiGLU's exp above all, is a
   // sizeable part of a many-row matmul), then each multiplies its share of the output tiles,
-  // reading its slice of W once per pass over the rows.
+  // reading its slice of W once per pass over the rows. A few rows are quantized before the
+  // threads start: the barrier would cost more than sharing them saves.
+  const bool share_rows = M > kRowsPerPass;
+  if (!share_rows) quantize_rows(xp, ld, pro, 0, M, q);
 #pragma omp parallel num_threads(threads)
   {
     const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
-    std::vector<float> row(K);
-    const auto rows = share(M, tid, nt);
-    for (int64_t m = rows.first; m < rows.second; ++m) {
-      prepare_row(xp + m * ld, K, pro, row.data());
-      quantize_row(row.data(), m, q);
-    }
+    if (share_rows) {  // the same for every thread, so all of them reach the barrier
+      const auto rows = share(M, tid, nt);
+      quantize_rows(xp, ld, pro, rows.first, rows.second, q);
 #pragma omp barrier
+    }
     const auto tiles = share(N / kTile, tid, nt);
     run_tiles(pw, q, M, bits, tiles.first, tiles.second, out);
   }

@@ -95,6 +95,16 @@ inline void quantize_row(const float* x, int64_t m, QuantizedRows& q) {
   }
 }
 
+// Rows [first, last) of x [*, ld] through the prologue into q.
+inline void quantize_rows(const float* x, int64_t ld, const Prologue& pro, int64_t first,
+                          int64_t last, QuantizedRows& q) {
+  std::vector<float> row(q.K);
+  for (int64_t m = first; m < last; ++m) {
+    prepare_row(x + m * ld, q.K, pro, row.data());
+    quantize_row(row.data(), m, q);
+  }
+}
+
 struct PackedWeight {
   // As many vectors per (tile, block) as bits per code, so a packed tensor's dim 2 is its
   // width. 8-bit: [N/16, K/32, 8, 16, 4]; 4-bit: [N/16, K/32, 4, 16, 4]; 5- and 6-bit: the
