@@ -83,10 +83,7 @@ void run_layers(at::Tensor& h, const std::vector<Weight>& w, const std::vector<f
                       const ql::Prologue& pro, const Weight& wt, float* y,
                       const float* residual) {
       const auto tiles = share(wt.n_tiles, tid, n);
-      for (int64_t m = rows.first; m < rows.second; ++m) {
-        ql::prepare_row(x + m * ld, qx.K, pro, row.data());
-        ql::quantize_row(row.data(), m, qx);
-      }
+      ql::quantize_rows(x, ld, pro, rows.first, rows.second, qx, row.data());
 #pragma omp barrier
       const ql::Output out{y, residual, wt.n_tiles * ql::kTile};
       ql::run_tiles(wt.packed, qx, M, wt.bits, tiles.first, tiles.second, out);

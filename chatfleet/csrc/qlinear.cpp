@@ -60,28 +60,28 @@ at::Tensor qlinear(at::Tensor x, at::Tensor w, at::Tensor s, at::Tensor z, int64
   QuantizedRows q;
   resize(q, M, K);
   const float* xp = x.data_ptr<float>();
-  const int64_t ld = x.size(1);
+  const int64_t ld = x.size(1), bits = w.size(2);  // vectors per block = bits per code
   const PackedWeight pw{w.data_ptr<uint8_t>(), s.data_ptr<c10::Half>(), z.data_ptr<c10::Half>()};
   const Output out{y.data_ptr<float>(), res.defined() ? res.data_ptr<float>() : nullptr, N};
   const int threads = static_cast<int>(
       std::max<int64_t>(1, std::min(num_threads, M * N * K / kMinMacsPerThread)));
-  const int bits = static_cast<int>(w.size(2));  // vectors per block = bits per code
-  // Threads quantize their share of the rows (the prologue, a SwiGLU's exp above all, is a
-  // sizeable part of a many-row matmul), then each multiplies its share of the output tiles,
-  // reading its slice of W once per pass over the rows. A few rows are quantized before the
-  // threads start: the barrier would cost more than sharing them saves.
+  // Threads quantize their share of the rows (a SwiGLU's exp above all is a sizeable part of a
+  // many-row matmul; a few rows go before the threads start: the barrier would cost more), then
+  // each multiplies its share of the output tiles, reading its slice of W once per row pass.
   const bool share_rows = M > kRowsPerPass;
-  if (!share_rows) quantize_rows(xp, ld, pro, 0, M, q);
+  std::vector<float> row(K);
+  if (!share_rows) quantize_rows(xp, ld, pro, 0, M, q, row.data());
 #pragma omp parallel num_threads(threads)
   {
     const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
     if (share_rows) {  // the same for every thread, so all of them reach the barrier
+      std::vector<float> mine(K);
       const auto rows = share(M, tid, nt);
-      quantize_rows(xp, ld, pro, rows.first, rows.second, q);
+      quantize_rows(xp, ld, pro, rows.first, rows.second, q, mine.data());
 #pragma omp barrier
     }
     const auto tiles = share(N / kTile, tid, nt);
-    run_tiles(pw, q, M, bits, tiles.first, tiles.second, out);
+    run_tiles(pw, q, M, static_cast<int>(bits), tiles.first, tiles.second, out);
   }
   return y;
 }

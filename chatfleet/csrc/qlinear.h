@@ -95,13 +95,12 @@ inline void quantize_row(const float* x, int64_t m, QuantizedRows& q) {
   }
 }
 
-// Rows [first, last) of x [*, ld] through the prologue into q.
+// Rows [first, last) of x [*, ld] through the prologue into q (row: room for q.K floats).
 inline void quantize_rows(const float* x, int64_t ld, const Prologue& pro, int64_t first,
-                          int64_t last, QuantizedRows& q) {
-  std::vector<float> row(q.K);
+                          int64_t last, QuantizedRows& q, float* row) {
   for (int64_t m = first; m < last; ++m) {
-    prepare_row(x + m * ld, q.K, pro, row.data());
-    quantize_row(row.data(), m, q);
+    prepare_row(x + m * ld, q.K, pro, row);
+    quantize_row(row, m, q);
   }
 }
 
