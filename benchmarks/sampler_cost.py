@@ -1,9 +1,9 @@
 """The sampler's cost per step on this CPU, for B rows of the default model's vocabulary: at
 temperature > 0, the sampler (one uniform per row, the inverse CDF walked by a C++ kernel),
-the same draw through torch's division, softmax and cumsum (what it did before, and does
-where the kernel does not build), and an exponential race over the vocabulary (one draw per
-token id, what it did before that); with top-p 0.9, the kernel against torch's sort; greedy,
-numpy's argmax (what the sampler does) against torch's.
+the same draw through torch's division, softmax and cumsum (the sampler's path where the
+kernel does not build), and an exponential race over the vocabulary (one draw per token id);
+with top-p 0.9, the kernel against torch's sort; greedy, numpy's argmax (what the sampler
+does) against torch's.
 
     .venv/bin/python benchmarks/sampler_cost.py --out docs/results/sampler_cost/sampler_cost.json
 """

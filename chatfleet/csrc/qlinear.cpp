@@ -69,8 +69,7 @@ at::Tensor qlinear(at::Tensor x, at::Tensor w, at::Tensor s, at::Tensor z, int64
   // many-row matmul; a few rows go before the threads start: the barrier would cost more), then
   // each multiplies its share of the output tiles, reading its slice of W once per row pass.
   const bool share_rows = M > kRowsPerPass;
-  std::vector<float> row(K);
-  if (!share_rows) quantize_rows(xp, ld, pro, 0, M, q, row.data());
+  if (!share_rows) quantize_rows(xp, ld, pro, 0, M, q, std::vector<float>(K).data());
 #pragma omp parallel num_threads(threads)
   {
     const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
@@ -87,8 +86,8 @@ at::Tensor qlinear(at::Tensor x, at::Tensor w, at::Tensor s, at::Tensor z, int64
 }
 
 // Rows `ids` of W as fp32 [T, K], s * u + z as dequantizing the whole matrix gives them (an
-// embedding lookup): 8- or 4-bit codes with a scale and zero per block. One call a step in
-// place of a dozen small torch ops over the rows' lanes.
+// embedding lookup): 8- or 4-bit codes with a scale and zero per block. One call, where
+// gathering the rows' lanes in torch takes a dozen small ops a step.
 at::Tensor rows(at::Tensor w, at::Tensor s, at::Tensor z, at::Tensor ids) {
   TORCH_CHECK(w.dtype() == at::kByte && w.dim() == 5 && w.is_contiguous(), "bad packed weight");
   const int bits = static_cast<int>(w.size(2));
