@@ -30,6 +30,8 @@ struct Weight {
   ql::PackedWeight packed;
   int bits;
   int64_t n_tiles;
+  int64_t tile_mask = 0;  // row buckets on AMX tiles (qlinear.h, tile_use)
+  ql::TileUse amx = ql::TileUse::kNone;  // for this step's row count
 };
 
 Weight weight_of(const at::Tensor& codes, const at::Tensor& scales, const at::Tensor& zeros) {
@@ -63,9 +65,12 @@ void run_layers(at::Tensor& h, const std::vector<Weight>& w, const std::vector<f
   std::vector<float> qkv(M * W_qkv), q(M * H * D), att(M * H * D), gu(M * 2 * I);
   // One quantized input per width, so no thread rewrites what another still reads.
   ql::QuantizedRows q_e, q_a, q_i;
-  ql::resize(q_e, M, E);
-  ql::resize(q_a, M, H * D);
-  ql::resize(q_i, M, I);
+  const bool tiles = std::any_of(w.begin(), w.end(), [](const Weight& x) {
+    return x.amx != ql::TileUse::kNone;
+  });
+  ql::resize(q_e, M, E, tiles);
+  ql::resize(q_a, M, H * D, tiles);
+  ql::resize(q_i, M, I, tiles);
   float* hp = h.data_ptr<float>();
   const float *cp = cos.data_ptr<float>(), *sp = sin.data_ptr<float>();
   const int64_t* slot = slots.data_ptr<int64_t>();
@@ -86,7 +91,7 @@ void run_layers(at::Tensor& h, const std::vector<Weight>& w, const std::vector<f
       ql::quantize_rows(x, ld, pro, rows.first, rows.second, qx, row.data());
 #pragma omp barrier
       const ql::Output out{y, residual, wt.n_tiles * ql::kTile};
-      ql::run_tiles(wt.packed, qx, M, wt.bits, tiles.first, tiles.second, out);
+      ql::run_tiles(wt.packed, qx, M, wt.bits, tiles.first, tiles.second, out, wt.amx);
 #pragma omp barrier
     };
     for (int64_t l = 0; l < L; ++l) {
@@ -173,20 +178,33 @@ class DecodeLayers {
     block_tables = block_tables.contiguous();
     seq_lens = seq_lens.contiguous();
     const int nt = static_cast<int>(std::max<int64_t>(1, num_threads));
+    std::vector<Weight> w = w_;
+    for (auto& wt : w) wt.amx = ql::tile_use(wt.tile_mask, h.size(0), emulate_tiles_);
     const float s = static_cast<float>(scale);
     const auto dtype = kv_caches[0].scalar_type();
     if (dtype == at::kFloat) {
-      run_layers<float>(h, w_, norm_ptrs_, kv_caches, cos, sin, slots, block_tables, seq_lens,
+      run_layers<float>(h, w, norm_ptrs_, kv_caches, cos, sin, slots, block_tables, seq_lens,
                         num_heads_, eps_, s, nt);
     } else if (dtype == at::kHalf) {
-      run_layers<c10::Half>(h, w_, norm_ptrs_, kv_caches, cos, sin, slots, block_tables,
+      run_layers<c10::Half>(h, w, norm_ptrs_, kv_caches, cos, sin, slots, block_tables,
                             seq_lens, num_heads_, eps_, s, nt);
     } else {
       TORCH_CHECK(dtype == at::kChar, "decode_layers: fp32, fp16 or int8 cache");
-      run_layers<int8_t>(h, w_, norm_ptrs_, kv_caches, cos, sin, slots, block_tables, seq_lens,
+      run_layers<int8_t>(h, w, norm_ptrs_, kv_caches, cos, sin, slots, block_tables, seq_lens,
                          num_heads_, eps_, s, nt);
     }
     return h;
+  }
+
+  // Per linear (qkv, o, gate_up, down of each layer), the row buckets its matmuls run on AMX
+  // tiles, as the qlinear op takes them; emulate: on the tiles' software copy.
+  void set_tiles(const std::vector<int64_t>& masks, bool emulate) {
+    TORCH_CHECK(masks.size() == w_.size(), "decode_layers: a tile mask per linear");
+    const bool any = std::any_of(masks.begin(), masks.end(), [](int64_t m) { return m != 0; });
+    TORCH_CHECK(!any || emulate || chatfleet::tiles::ready(),
+                "decode_layers: this CPU (or this process) cannot use AMX tiles");
+    for (size_t i = 0; i < w_.size(); ++i) w_[i].tile_mask = masks[i];
+    emulate_tiles_ = emulate;
   }
 
  private:
@@ -195,6 +213,7 @@ class DecodeLayers {
   std::vector<float*> norm_ptrs_;
   int64_t num_heads_;
   float eps_;
+  bool emulate_tiles_ = false;
 };
 
 }  // namespace
@@ -203,5 +222,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   py::class_<DecodeLayers>(m, "DecodeLayers")
       .def(py::init<std::vector<at::Tensor>, std::vector<at::Tensor>, int64_t, double>())
       .def("run", &DecodeLayers::run, "all decoder layers of a decode-only step, fused",
-           py::call_guard<py::gil_scoped_release>());
+           py::call_guard<py::gil_scoped_release>())
+      .def("set_tiles", &DecodeLayers::set_tiles, "per linear, the row buckets on AMX tiles");
 }

@@ -13,7 +13,9 @@
 //   Narrower codes are held in fewer bytes (4 bits: two a byte; 5 and 6: and bit planes) and
 //   widened to this layout as they are loaded (qlinear.h, load_codes).
 // Every output element is computed by the same instruction sequence whatever M is or where
-// its row sits in the batch: results are batch-invariant bit for bit.
+// its row sits in the batch: results are batch-invariant bit for bit. Where the CPU has AMX,
+// the blocks' int32 dots can come from tiles instead (qlinear.h, the tile pass): the same
+// integers through the same float steps, so the same bits.
 #include <torch/extension.h>
 #include <omp.h>
 
@@ -24,10 +26,11 @@ using namespace chatfleet::ql;
 // y = prologue(x) @ W^T (+ residual).
 //   x [M, K] fp32 (or [M, 2K] with swiglu); w [N/16, K/32, V, 16, 4] uint8 (V: 8-, 6-, 5- or
 //   4-bit codes, see qlinear.h); s, z [N/16, K/32, 16] fp16 (6-bit: [N/16, K/32, 2, 16]);
-//   residual [M, N] fp32 or None -> y [M, N] fp32.
+//   residual [M, N] fp32 or None -> y [M, N] fp32. tile_mask: the row buckets that run on AMX
+//   tiles (qlinear.h, tile_use), the same bits; emulate_tiles: on their software copy.
 at::Tensor qlinear(at::Tensor x, at::Tensor w, at::Tensor s, at::Tensor z, int64_t num_threads,
                    c10::optional<at::Tensor> norm_weight, double eps, bool swiglu,
-                   c10::optional<at::Tensor> residual) {
+                   c10::optional<at::Tensor> residual, int64_t tile_mask, bool emulate_tiles) {
   TORCH_CHECK(x.dtype() == at::kFloat && x.dim() == 2, "x must be 2-D fp32");
   TORCH_CHECK(w.dtype() == at::kByte && w.dim() == 5 && w.is_contiguous(), "bad packed weight");
   TORCH_CHECK(w.size(2) >= 4 && w.size(2) <= 8 && w.size(2) != 7,
@@ -55,10 +58,13 @@ at::Tensor qlinear(at::Tensor x, at::Tensor w, at::Tensor s, at::Tensor z, int64
     TORCH_CHECK(res.dtype() == at::kFloat && res.size(0) == M && res.size(1) == N,
                 "residual must be [M, N] fp32");
   }
+  const TileUse amx = tile_use(tile_mask, M, emulate_tiles);
+  TORCH_CHECK(amx != TileUse::kHardware || chatfleet::tiles::ready(),
+              "qlinear: this CPU (or this process) cannot use AMX tiles");
   auto y = at::empty({M, N}, x.options());
   if (M == 0) return y;
   QuantizedRows q;
-  resize(q, M, K);
+  resize(q, M, K, amx != TileUse::kNone);
   const float* xp = x.data_ptr<float>();
   const int64_t ld = x.size(1), bits = w.size(2);  // vectors per block = bits per code
   const PackedWeight pw{w.data_ptr<uint8_t>(), s.data_ptr<c10::Half>(), z.data_ptr<c10::Half>()};
@@ -80,7 +86,7 @@ at::Tensor qlinear(at::Tensor x, at::Tensor w, at::Tensor s, at::Tensor z, int64
 #pragma omp barrier
     }
     const auto tiles = share(N / kTile, tid, nt);
-    run_tiles(pw, q, M, static_cast<int>(bits), tiles.first, tiles.second, out);
+    run_tiles(pw, q, M, static_cast<int>(bits), tiles.first, tiles.second, out, amx);
   }
   return y;
 }
@@ -134,7 +140,12 @@ at::Tensor rows(at::Tensor w, at::Tensor s, at::Tensor z, at::Tensor ids) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("qlinear", &qlinear, "block-quantized linear (8-bit W, 16-bit x), fused prologue",
+        py::arg("x"), py::arg("w"), py::arg("s"), py::arg("z"), py::arg("num_threads"),
+        py::arg("norm_weight"), py::arg("eps"), py::arg("swiglu"), py::arg("residual"),
+        py::arg("tile_mask") = 0, py::arg("emulate_tiles") = false,
         py::call_guard<py::gil_scoped_release>());
+  m.def("tiles_ready", &chatfleet::tiles::ready,
+        "whether this process may run AMX tile instructions (asks Linux for them once)");
   m.def("rows", &rows, "rows of a block-quantized weight as fp32",
         py::call_guard<py::gil_scoped_release>());
 }

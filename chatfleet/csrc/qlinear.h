@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "tiles.h"
 #include "vec_math.h"
 
 namespace chatfleet::ql {
@@ -177,13 +178,53 @@ struct Output {
   int64_t N;
 };
 
+// A block's exact dot from the dots of x's high and low bytes: 256 * hi + lo (int32: the
+// bound is in tile_pass).
+inline __m512i combine(__m512i hi, __m512i lo) {
+  return _mm512_add_epi32(_mm512_slli_epi32(hi, 8), lo);
+}
+
+// acc + one block's share of 16 outputs: dx * s * dot + dx * sum(Q) * z.
+inline __m512 add_block(__m512 acc, __m512i dot, __m512 s, __m512 z, float dx, float dxs) {
+  const __m512 blk = _mm512_mul_ps(_mm512_cvtepi32_ps(dot), s);
+  acc = _mm512_fmadd_ps(blk, _mm512_set1_ps(dx), acc);
+  return _mm512_fmadd_ps(z, _mm512_set1_ps(dxs), acc);
+}
+
+// A block's scales and zeros, one per output row and 16-wide half of the block.
+struct HalfScales {
+  __m512 s0, s1, z0, z1;
+  HalfScales(const c10::Half* scales, const c10::Half* zeros)
+      : s0(load_half16(scales)), s1(load_half16(scales + kTile)), z0(load_half16(zeros)),
+        z1(load_half16(zeros + kTile)) {}
+};
+
+// The same with the two halves' dots, scales and zeros (dxh: dx * sum(Q) per half).
+inline __m512 add_halves(__m512 acc, __m512i d0, __m512i d1, const HalfScales& hs, float dx,
+                         const float* dxh) {
+  const __m512 blk = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d1), hs.s1,
+                                     _mm512_mul_ps(_mm512_cvtepi32_ps(d0), hs.s0));
+  acc = _mm512_fmadd_ps(blk, _mm512_set1_ps(dx), acc);
+  acc = _mm512_fmadd_ps(hs.z0, _mm512_set1_ps(dxh[0]), acc);
+  return _mm512_fmadd_ps(hs.z1, _mm512_set1_ps(dxh[1]), acc);
+}
+
+// Rows [m0, m0 + rows) of output tile t (plus the residual) from their accumulators.
+inline void store_rows(const __m512* acc, int rows, int64_t m0, int64_t t, const Output& out) {
+  for (int i = 0; i < rows; ++i) {
+    const int64_t at = (m0 + i) * out.N + t * kTile;
+    __m512 r = acc[i];
+    if (out.residual != nullptr) r = _mm512_add_ps(r, _mm512_loadu_ps(out.residual + at));
+    _mm512_storeu_ps(out.y + at, r);
+  }
+}
+
 // One block's 8 code vectors, a scale and zero per 16-wide half, into acc for rows
 // [m0, m0 + kRows): one VPDPBUSD chain per half and byte of x (four chains, as below).
 template <int kRows>
 inline void half_block_pass(const __m512i* wv, const c10::Half* scales, const c10::Half* zeros,
                             const QuantizedRows& q, int64_t b, int64_t m0, __m512* acc) {
-  const __m512 s0 = load_half16(scales), s1 = load_half16(scales + kTile);
-  const __m512 z0 = load_half16(zeros), z1 = load_half16(zeros + kTile);
+  const HalfScales hs(scales, zeros);
   for (int i = 0; i < kRows; ++i) {
     const int64_t m = m0 + i;
     const int32_t* xh = reinterpret_cast<const int32_t*>(q.hi.data() + m * q.K + b * kBlock);
@@ -195,13 +236,8 @@ inline void half_block_pass(const __m512i* wv, const c10::Half* scales, const c1
       dh1 = _mm512_dpbusd_epi32(dh1, wv[j + 4], _mm512_set1_epi32(xh[j + 4]));
       dl1 = _mm512_dpbusd_epi32(dl1, wv[j + 4], _mm512_set1_epi32(xl[j + 4]));
     }
-    const __m512 d0 = _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_slli_epi32(dh0, 8), dl0));
-    const __m512 d1 = _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_slli_epi32(dh1, 8), dl1));
-    const __m512 blk = _mm512_fmadd_ps(d1, s1, _mm512_mul_ps(d0, s0));
-    const float* dxh = q.dxh.data() + (m * q.nb + b) * 2;
-    acc[i] = _mm512_fmadd_ps(blk, _mm512_set1_ps(q.dx[m * q.nb + b]), acc[i]);
-    acc[i] = _mm512_fmadd_ps(z0, _mm512_set1_ps(dxh[0]), acc[i]);
-    acc[i] = _mm512_fmadd_ps(z1, _mm512_set1_ps(dxh[1]), acc[i]);
+    acc[i] = add_halves(acc[i], combine(dh0, dl0), combine(dh1, dl1), hs, q.dx[m * q.nb + b],
+                        q.dxh.data() + (m * q.nb + b) * 2);
   }
 }
 
@@ -241,19 +277,11 @@ void tile_pass(const Tile& w, const QuantizedRows& q, int64_t m0, const Output& 
         dl1 = _mm512_dpbusd_epi32(dl1, wv[j + 1], _mm512_set1_epi32(xl[j + 1]));
       }
       // |dot| <= 32 * 255 * 32512 < 2^31: exact in int32.
-      const __m512i dot = _mm512_add_epi32(_mm512_slli_epi32(_mm512_add_epi32(dh0, dh1), 8),
-                                           _mm512_add_epi32(dl0, dl1));
-      const __m512 blk = _mm512_mul_ps(_mm512_cvtepi32_ps(dot), sv);
-      acc[i] = _mm512_fmadd_ps(blk, _mm512_set1_ps(q.dx[m * nb + b]), acc[i]);
-      acc[i] = _mm512_fmadd_ps(zv, _mm512_set1_ps(q.dxs[m * nb + b]), acc[i]);
+      const __m512i dot = combine(_mm512_add_epi32(dh0, dh1), _mm512_add_epi32(dl0, dl1));
+      acc[i] = add_block(acc[i], dot, sv, zv, q.dx[m * nb + b], q.dxs[m * nb + b]);
     }
   }
-  for (int i = 0; i < kRows; ++i) {
-    const int64_t at = (m0 + i) * out.N + t * kTile;
-    __m512 r = acc[i];
-    if (out.residual != nullptr) r = _mm512_add_ps(r, _mm512_loadu_ps(out.residual + at));
-    _mm512_storeu_ps(out.y + at, r);
-  }
+  store_rows(acc, kRows, m0, t, out);
 }
 
 using PassFn = void (*)(const Tile&, const QuantizedRows&, int64_t, const Output&);
@@ -274,26 +302,150 @@ void widen(const uint8_t* codes, int64_t nb, __m512i* out) {
   for (int64_t b = 0; b < nb; ++b) load_codes<kBits>(codes + b * kBlockBytes, out + 8 * b);
 }
 
-// Output tiles [t0, t1) for all rows of q: every pass over the rows reads a weight block once.
-// Codes narrower than a byte are widened once per tile, into a buffer the passes read, where
-// more than one pass would each widen them (the same codes, so the same results).
-inline void run_tiles(const PackedWeight& w, const QuantizedRows& q, int64_t M, int bits,
-                      int64_t t0, int64_t t1, const Output& out) {
+// Output tile t of w (bits-bit codes, nb blocks); with `wide`, its codes widened to 8 bits
+// there, for passes that would each widen them again (the same codes, so the same results).
+inline Tile tile_of(const PackedWeight& w, int64_t nb, int bits, int64_t t, bool prefetch,
+                    __m512i* wide) {
   const int halves = halves_of(bits);
-  const int64_t nb = q.nb, tile_bytes = nb * kBlock * kTile * bits / 8;
+  const int64_t tile_bytes = nb * kBlock * kTile * bits / 8;
+  Tile tile{w.codes + t * tile_bytes, w.scales + t * nb * kTile * halves,
+            w.zeros + t * nb * kTile * halves, t, prefetch};
+  if (wide != nullptr && bits != 8) {
+    if (bits == 6) widen<6>(tile.codes, nb, wide);
+    else if (bits == 5) widen<5>(tile.codes, nb, wide);
+    else widen<4>(tile.codes, nb, wide);
+    tile.codes = reinterpret_cast<const uint8_t*>(wide);
+  }
+  return tile;
+}
+
+// ---- The same matmul on AMX tiles ------------------------------------------------------
+// Per block (per 16-wide half where weights carry a scale per half), TDPBSUD multiplies 16
+// rows of x's high bytes, and of its low bytes (A: read in place, one row of x per tile row),
+// by the block's 8-bit codes (B: the packed layout is B's, vector j its row j), giving the
+// exact int32 dots the VNNI chains give. They go through memory into the same float steps
+// (combine, add_block / add_halves) in the same order, so every output equals the VNNI pass's
+// bit for bit, and which rows share a step still changes nothing.
+//
+//   x rows m0..m0+15, block b        codes of tile t, block b         dots (int32)
+//   hi: [16 x 32 bytes] stride K  .  B: [8 rows x (16 lanes x 4)]  ->  [16 rows x 16 lanes]
+constexpr int kTileRows = 16;
+
+// Tile registers: the dots of half h in 2h (high bytes) and 2h + 1 (low bytes); A in 4 and 5,
+// B in 6. A dot covers kBlock / kH values of K: K / 4 rows of B.
+template <int kH>
+tiles::Config tile_config() {
+  constexpr int width = kBlock / kH;
+  tiles::Config c;
+  for (int r = 0; r < 2 * kH; ++r) {
+    c.rows[r] = kTileRows;
+    c.colsb[r] = kTile * 4;
+  }
+  c.rows[4] = c.rows[5] = kTileRows;
+  c.colsb[4] = c.colsb[5] = width;
+  c.rows[6] = width / 4;
+  c.colsb[6] = kTile * 4;
+  return c;
+}
+
+// Half h of a block: its two dots for the group's 16 rows, into dots[2h] and dots[2h + 1].
+template <class T, int kH, int h>
+inline void tile_dots(const uint8_t* codes, const int8_t* hi, const int8_t* lo,
+                                    int64_t K, int32_t (*dots)[kTileRows][kTile]) {
+  constexpr int width = kBlock / kH;
+  T::template zero<2 * h>();
+  T::template zero<2 * h + 1>();
+  T::template load<4>(hi + h * width, K);
+  T::template load<5>(lo + h * width, K);
+  T::template load<6>(codes + h * width * kTile, kTile * 4);
+  T::template dot<2 * h, 4, 6>();
+  T::template dot<2 * h + 1, 5, 6>();
+  T::template store<2 * h>(dots[2 * h], kTile * 4);
+  T::template store<2 * h + 1>(dots[2 * h + 1], kTile * 4);
+}
+
+// Rows [m0, m0 + rows) (rows <= 16; q holds rows up to m0 + 16) against one output tile of
+// 8-bit codes. Rows past `rows` are multiplied too and dropped.
+template <class T, int kH>
+void tile_group(const Tile& w, const QuantizedRows& q, int64_t m0, int rows,
+                              const Output& out) {
+  const int64_t nb = q.nb, K = q.K;
+  alignas(64) int32_t dots[2 * kH][kTileRows][kTile];
+  __m512 acc[kTileRows];
+  for (auto& a : acc) a = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const int8_t* hi = q.hi.data() + m0 * K + b * kBlock;
+    const int8_t* lo = q.lo.data() + m0 * K + b * kBlock;
+    const uint8_t* codes = w.codes + b * kBlock * kTile;
+    tile_dots<T, kH, 0>(codes, hi, lo, K, dots);
+    if constexpr (kH == 2) {
+      tile_dots<T, kH, 1>(codes, hi, lo, K, dots);
+      const HalfScales hs(w.scales + b * 2 * kTile, w.zeros + b * 2 * kTile);
+      for (int i = 0; i < rows; ++i) {
+        const int64_t m = m0 + i;
+        const auto d = [&](int r) { return _mm512_load_si512(dots[r][i]); };
+        acc[i] = add_halves(acc[i], combine(d(0), d(1)), combine(d(2), d(3)), hs,
+                            q.dx[m * nb + b], q.dxh.data() + (m * nb + b) * 2);
+      }
+    } else {
+      const __m512 sv = load_half16(w.scales + b * kTile), zv = load_half16(w.zeros + b * kTile);
+      for (int i = 0; i < rows; ++i) {
+        const int64_t m = m0 + i;
+        const __m512i dot =
+            combine(_mm512_load_si512(dots[0][i]), _mm512_load_si512(dots[1][i]));
+        acc[i] = add_block(acc[i], dot, sv, zv, q.dx[m * nb + b], q.dxs[m * nb + b]);
+      }
+    }
+  }
+  store_rows(acc, rows, m0, w.t, out);
+}
+
+// Output tiles [t0, t1) for all M rows of q on tiles T (the hardware, or its software copy).
+template <class T, int kH>
+void run_tiles_amx(const PackedWeight& w, const QuantizedRows& q, int64_t M,
+                                 int bits, int64_t t0, int64_t t1, const Output& out) {
+  thread_local std::vector<__m512i> wide;
+  wide.resize(q.nb * 8);
+  T::configure(tile_config<kH>());
+  for (int64_t t = t0; t < t1; ++t) {
+    const Tile tile = tile_of(w, q.nb, bits, t, false, wide.data());
+    for (int64_t m0 = 0; m0 < M; m0 += kTileRows)
+      tile_group<T, kH>(tile, q, m0, static_cast<int>(std::min<int64_t>(kTileRows, M - m0)), out);
+  }
+  T::release();  // the thread's tile state back to its initial (small) state
+}
+
+enum class TileUse { kNone, kHardware, kEmulated };
+
+// Bit i of a weight's tile mask set: matmuls of bucket i of the matmul plan (1, 2, 4, ...,
+// 512 rows and more; model/matmul_plan.py) run on AMX tiles, or on their software copy.
+inline TileUse tile_use(int64_t mask, int64_t M, bool emulate) {
+  int bucket = 0;
+  while (bucket < 9 && (int64_t{1} << bucket) < M) ++bucket;
+  if (((mask >> bucket) & 1) == 0) return TileUse::kNone;
+  return emulate ? TileUse::kEmulated : TileUse::kHardware;
+}
+
+// Output tiles [t0, t1) for all rows of q: every pass over the rows reads a weight block once.
+// Codes narrower than a byte are widened once per tile where more than one pass reads them.
+inline void run_tiles(const PackedWeight& w, const QuantizedRows& q, int64_t M, int bits,
+                      int64_t t0, int64_t t1, const Output& out, TileUse use = TileUse::kNone) {
+  const int halves = halves_of(bits);
+  if (use != TileUse::kNone) {
+    using Hw = tiles::Hardware;
+    using Sw = tiles::Emulated;
+    const bool hw = use == TileUse::kHardware;
+    auto run = halves == 2 ? (hw ? run_tiles_amx<Hw, 2> : run_tiles_amx<Sw, 2>)
+                           : (hw ? run_tiles_amx<Hw, 1> : run_tiles_amx<Sw, 1>);
+    return run(w, q, M, bits, t0, t1, out);
+  }
   const bool widen_once = bits != 8 && M > kRowsPerPass;
   const PassFn* passes = passes_for(widen_once ? 8 : bits, halves);
   thread_local std::vector<__m512i> wide;
-  if (widen_once) wide.resize(nb * 8);
+  if (widen_once) wide.resize(q.nb * 8);
   for (int64_t t = t0; t < t1; ++t) {
-    Tile tile{w.codes + t * tile_bytes, w.scales + t * nb * kTile * halves,
-              w.zeros + t * nb * kTile * halves, t, M <= kRowsPerPass};
-    if (widen_once) {
-      if (bits == 6) widen<6>(tile.codes, nb, wide.data());
-      else if (bits == 5) widen<5>(tile.codes, nb, wide.data());
-      else widen<4>(tile.codes, nb, wide.data());
-      tile.codes = reinterpret_cast<const uint8_t*>(wide.data());
-    }
+    const Tile tile =
+        tile_of(w, q.nb, bits, t, M <= kRowsPerPass, widen_once ? wide.data() : nullptr);
     for (int64_t m0 = 0; m0 < M; m0 += kRowsPerPass) {
       const int rows = static_cast<int>(std::min<int64_t>(kRowsPerPass, M - m0));
       passes[rows](tile, q, m0, out);
@@ -308,12 +460,14 @@ inline std::pair<int64_t, int64_t> share(int64_t n, int tid, int nt) {
   return {begin, begin + base + (tid < extra ? 1 : 0)};
 }
 
-// Room for M rows of K inputs.
-inline void resize(QuantizedRows& q, int64_t M, int64_t K) {
+// Room for M rows of K inputs; for the tile pass, codes for whole groups of tile rows (it
+// reads the rows past M and drops their results).
+inline void resize(QuantizedRows& q, int64_t M, int64_t K, bool tile_groups = false) {
   q.K = K;
   q.nb = K / kBlock;
-  q.hi.resize(M * K);
-  q.lo.resize(M * K);
+  const int64_t padded = tile_groups ? (M + kTileRows - 1) / kTileRows * kTileRows : M;
+  q.hi.resize(padded * K);
+  q.lo.resize(padded * K);
   q.dx.resize(M * q.nb);
   q.dxs.resize(M * q.nb);
   q.dxh.resize(M * q.nb * 2);

@@ -35,12 +35,20 @@ class FusedDecode:
     def __init__(self, layers: Any, num_heads: int, eps: float, kernel: Any) -> None:
         weights: list[torch.Tensor] = []
         norms: list[torch.Tensor] = []
+        self.linears: list[BlockInt8Linear] = []
         for layer in layers:
             for linear in (layer.qkv, layer.o, layer.gate_up, layer.down):
                 weights += [linear.packed, linear.scales, linear.zeros]
+                self.linears.append(linear)
             norms += [layer.attn_norm.data, layer.ffn_norm.data]
         # The weights are checked and gathered once here; a step passes only what changes.
         self.layers = kernel.DecodeLayers(weights, norms, num_heads, eps)
+
+    def follow_tiles(self) -> None:
+        """Run each matmul on AMX tiles (or their software copy) for the row buckets its
+        linear does (BlockInt8Linear.tile_mask, set by a matmul plan)."""
+        emulate = any(linear.emulate_tiles for linear in self.linears)
+        self.layers.set_tiles([linear.tile_mask for linear in self.linears], emulate)
 
     @classmethod
     def build(cls, model: Any, attention: str) -> FusedDecode | None:

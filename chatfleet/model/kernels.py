@@ -122,6 +122,13 @@ def build_from(csrc: str, name: str, module: str) -> Any:
     )
 
 
+def amx_tiles() -> bool:
+    """Whether this process may run the int8 kernel on AMX tiles: the CPU has them and Linux
+    granted them (asked once, by the kernel; see csrc/tiles.h)."""
+    qlinear = load("qlinear")
+    return qlinear is not None and bool(qlinear.tiles_ready())
+
+
 def build_all() -> dict[str, bool]:
     """Build every kernel this CPU can run, so that no server has to build one while starting
     (`make up` and `make test` run this once; a cached build is a no-op)."""

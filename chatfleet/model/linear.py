@@ -102,6 +102,10 @@ class BlockInt8Linear(Linear):
     scales: torch.Tensor
     zeros: torch.Tensor
     plan: tuple[str, ...] | None = None  # kernel per row bucket, set by use_plan
+    # Bit i: the int8 kernel runs bucket i's row counts on AMX tiles (the same bits; set by
+    # use_plan). emulate_tiles: on the tiles' software copy, which checks that path anywhere.
+    tile_mask: int = 0
+    emulate_tiles: bool = False
     TILE, BLOCK = 16, 32
 
     def __init__(self, weight: Weight) -> None:
@@ -180,7 +184,9 @@ class BlockInt8Linear(Linear):
 
     def use_plan(self, choices: tuple[str, ...]) -> None:
         """Multiply by a bf16 copy of the weights (oneDNN) for the row buckets `choices` gives
-        to "bf16" (see matmul_plan.py); the copy costs 2 bytes per weight."""
+        to "bf16" (see matmul_plan.py); the copy costs 2 bytes per weight. Buckets given to
+        "amx-int8" run the int8 kernel on AMX tiles: the same bits, no copy."""
+        self.tile_mask = sum(1 << i for i, kernel in enumerate(choices) if kernel == "amx-int8")
         self.plan = choices if "bf16" in choices else None
         if self.plan is not None:
             self.bf16_weight = self.dequantized_weight().to(torch.bfloat16)  # [out, in]
@@ -207,8 +213,10 @@ class BlockInt8Linear(Linear):
         eps: float = 0.0,
         swiglu: bool = False,
         residual: torch.Tensor | None = None,
+        tile_mask: int | None = None,
     ) -> torch.Tensor:
-        """The VNNI kernel, whatever the plan."""
+        """The int8 kernel, whatever the plan's bf16 buckets; on AMX tiles for the row buckets
+        of `tile_mask` (default: the plan's)."""
         return self.kernel.qlinear(
             x,
             self.packed,
@@ -219,6 +227,8 @@ class BlockInt8Linear(Linear):
             eps,
             swiglu,
             residual,
+            self.tile_mask if tile_mask is None else tile_mask,
+            self.emulate_tiles,
         )
 
     def dequantized_weight(self) -> torch.Tensor:

@@ -69,6 +69,32 @@ def test_fused_decode_reads_every_code_width_as_the_layer_path(tmp_path, qtype):
         assert a.outputs[0].logprobs == b.outputs[0].logprobs
 
 
+@pytest.mark.parametrize("qtype", list(K_QUANTS), ids=lambda q: q.name)
+def test_amx_tiles_in_both_paths_change_no_bit(tmp_path, qtype):
+    """Every decoder matmul at every row count on the AMX tile pass (its software copy, so on
+    any CPU), set per linear as a matmul plan sets it: prefill chunks layer by layer and decode
+    steps in the fused call give the tokens and logprob floats of the VNNI kernel alone."""
+    if load_kernel() is None:
+        pytest.skip("no VNNI kernel here")
+    _, model = build(tmp_path, "llama")
+    encoded = random_k_quants(model, qtype, np.random.default_rng(1))
+    path = str(tmp_path / f"llama-{qtype.name}.gguf")
+    write_gguf(model, "llama", path, qtype, encoded=encoded)
+    tiled, plain = (make_llm(model=path, weight_format="int8") for _ in range(2))
+    model = tiled.engine.runner.model
+    for layer in model.layers:
+        for linear in (layer.qkv, layer.o, layer.gate_up, layer.down):
+            linear.tile_mask, linear.emulate_tiles = (1 << 10) - 1, True
+    model.fused_decode.follow_tiles()
+    params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True, logprobs=2)
+    prompts = [[1, 2, 3, 4, 5], list(range(10, 40)), list(range(50, 70))]
+    got = tiled.generate(prompts, params)
+    want = plain.generate(prompts, params)
+    for a, b in zip(got, want, strict=True):
+        assert a.outputs[0].token_ids == b.outputs[0].token_ids
+        assert a.outputs[0].logprobs == b.outputs[0].logprobs
+
+
 def test_a_step_with_caches_for_fewer_layers_is_refused(llm):
     """The fused call holds the model's weights from its start; a step that passes caches for
     fewer layers than it holds is an error, not a step that silently skips layers."""

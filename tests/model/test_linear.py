@@ -126,6 +126,65 @@ def test_threads_quantizing_their_share_of_the_rows_change_no_bit(prologue):
     assert torch.equal(shared, alone)
 
 
+ALL_BUCKETS = (1 << 10) - 1  # a tile mask with every row bucket (matmul_plan.BUCKETS)
+HAS_TILES = kernels.amx_tiles()
+WIDTHS = {
+    "q8_0": lambda: q8_0_weight(96, 128),
+    "q4_1": lambda: q4_1_weight(96, 128),
+    "5-bit": lambda: coded_weight(64, 96, 5),
+    "6-bit, scaled per half": lambda: coded_weight(64, 96, 6, halves=2),
+}
+
+
+def tile_cases(lin: BlockInt8Linear, rows: int, threads: int, emulate: bool):
+    """The int8 kernel with and without tiles, on each prologue, with a residual."""
+    torch.manual_seed(rows)
+    k = lin.in_features
+    for prologue in ("none", "norm", "swiglu"):
+        x = torch.randn(rows, 2 * k if prologue == "swiglu" else k) * 3
+        x[:, 20] *= 40  # an outlier in the second half of a block
+        norm = torch.rand(k) + 0.5 if prologue == "norm" else None
+        args = (lin.packed, lin.scales, lin.zeros, threads, norm, 1e-5, prologue == "swiglu")
+        residual = torch.randn(rows, lin.out_features)
+        yield (
+            lin.kernel.qlinear(x, *args, residual, ALL_BUCKETS, emulate),
+            lin.kernel.qlinear(x, *args, residual),
+        )
+
+
+@pytest.mark.parametrize("width", list(WIDTHS))
+def test_the_amx_tile_pass_gives_the_vnni_passes_bits(width):
+    """The tile pass (csrc/qlinear.h) on the tiles' software copy (csrc/tiles.h): 16 rows a
+    group, so row counts below, at and past a group, on one thread and two, every code width:
+    the VNNI kernel's output bit for bit."""
+    lin = BlockInt8Linear(WIDTHS[width]())
+    for rows in (1, 5, 16, 17, 37):
+        for threads in (1, 2):
+            for tiles, vnni in tile_cases(lin, rows, threads, emulate=True):
+                assert torch.equal(tiles, vnni), (rows, threads)
+
+
+@pytest.mark.skipif(not HAS_TILES, reason="this CPU (or process) has no AMX tiles")
+@pytest.mark.parametrize("width", list(WIDTHS))
+def test_amx_tiles_give_the_vnni_passes_bits(width):
+    """The hardware's tiles: the same bits as the VNNI kernel (and so as their software copy)."""
+    lin = BlockInt8Linear(WIDTHS[width]())
+    for rows in (1, 17, 64):
+        for tiles, vnni in tile_cases(lin, rows, 2, emulate=False):
+            assert torch.equal(tiles, vnni), rows
+
+
+@pytest.mark.skipif(HAS_TILES, reason="this CPU has AMX tiles")
+def test_asking_for_amx_tiles_without_them_is_an_error_not_a_crash():
+    """Without AMX (or Linux's grant of it), the first tile instruction would kill the process:
+    the kernel refuses before it runs one."""
+    lin = BlockInt8Linear(q8_0_weight(32, 64))
+    x = torch.randn(20, 64)
+    with pytest.raises(RuntimeError, match="cannot use AMX tiles"):
+        lin.int8(x, tile_mask=ALL_BUCKETS)
+    assert torch.equal(lin.int8(x, tile_mask=1), lin(x))  # 20 rows: not in bucket 0
+
+
 @pytest.mark.parametrize(("make", "bits"), [(q4_1_weight, 4), (q8_0_weight, 8)])
 def test_looked_up_rows_are_the_held_weights_rows(make, bits):
     lin = BlockInt8Linear(make(64, 96))
