@@ -140,7 +140,8 @@ class EngineConfig:
         metadata=setting(
             help="compute every row with the same kernels whatever the batch (greedy outputs "
             "do not depend on other requests); off, int8 layers take oneDNN bf16 for the row "
-            "counts where it measures faster on this CPU (model/matmul_plan.py)"
+            "counts where it measures faster on this CPU (model/matmul_plan.py); AMX tiles, "
+            "which change no bit, are used either way"
         ),
     )
     seed: int = 0

@@ -3,19 +3,23 @@
 The int8 VNNI kernel (csrc/qlinear.cpp) reads a quarter of fp32's bytes, so it wins while a
 matmul is bound by reading weights (decode at a few streams). With many rows a matmul becomes
 bound by arithmetic, and where the CPU multiplies bf16 in hardware (AMX tiles, AVX512-BF16)
-oneDNN's bf16 GEMM does several times more per cycle than VNNI dot products. Where that
-crossover sits depends on the CPU, the thread count and the layer's shape, so it is measured:
-at start-up each decoder layer shape is timed with both kernels at 1, 2, 4, ... 512 rows, and
-bf16 is taken for a bucket only where it is faster and its output is within `ACCURACY_BOUND` of
-the fp32 product of the same weights. A CPU without fast bf16 keeps int8 everywhere.
+oneDNN's bf16 GEMM does several times more per cycle than VNNI dot products. Where AMX is, the
+int8 kernel can also take its block dot products from tiles ("amx-int8": the same exact int32
+dots, so the very same output bits). Where the crossovers sit depends on the CPU, the thread
+count and the layer's shape, so they are measured: at start-up each decoder layer shape is
+timed with each candidate at 1, 2, 4, ... 512 rows, and a candidate is taken for a bucket only
+where it is fastest and its output passes its check: bf16 within `ACCURACY_BOUND` of the fp32
+product of the same weights, amx-int8 equal to the VNNI kernel's bit for bit. A CPU without
+AMX or fast bf16 keeps int8 everywhere.
 
 The plan is cached per CPU model, thread count, torch version and shapes (under
 $CHATFLEET_CACHE_DIR, default ~/.cache/chatfleet), so a restart does not measure again. The
 output head is left out: its fp32 logits feed logprobs and sampling, and a bf16 GEMM here rounds
 its output to bf16.
 
-Batch invariance: with a plan, a row's result depends on how many rows share its step. The
-engine applies a plan only when `batch_invariant` is off.
+Batch invariance: with bf16 in a plan, a row's result depends on how many rows share its step,
+so bf16 is a candidate only when `batch_invariant` is off; amx-int8 changes no bit and is a
+candidate either way (`candidates`).
 """
 
 from __future__ import annotations
@@ -32,11 +36,19 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from chatfleet.model import kernels
+
 logger = logging.getLogger(__name__)
 
 BUCKETS = tuple(2**i for i in range(10))  # 1 .. 512 rows
 ACCURACY_BOUND = 1e-2  # relative RMS error of a kernel's output against fp32
-KERNELS = ("int8", "bf16")
+KERNELS = ("int8", "amx-int8", "bf16")
+
+
+def candidates(batch_invariant: bool) -> tuple[str, ...]:
+    """The kernels a plan may choose from on this CPU: int8, amx-int8 where this process may
+    use AMX tiles, and bf16 unless rows must come out the same whatever the batch."""
+    return ("int8",) + ("amx-int8",) * kernels.amx_tiles() + ("bf16",) * (not batch_invariant)
 
 
 def bucket_index(rows: int) -> int:
@@ -69,9 +81,9 @@ class MatmulPlan:
     def from_json(cls, text: str) -> MatmulPlan:
         raw = json.loads(text)
         choices = {}
-        for key, kernels in raw.items():
+        for key, picks in raw.items():
             n, k, bits = (int(v) for v in key.split("x"))
-            choices[(n, k, bits)] = tuple(kernels)
+            choices[(n, k, bits)] = tuple(picks)
         return cls(choices)
 
 
@@ -89,24 +101,34 @@ def _relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out - ref).norm() / ref.norm().clamp_min(1e-30))
 
 
-def measure(linear, reps: int = 5) -> tuple[str, ...]:
-    """Time `linear` (a BlockInt8Linear) and its bf16 twin at each bucket; the kernel per
-    bucket. Activations are random rows of the layer's input width."""
+def measure(linear, allowed: Sequence[str] = KERNELS, reps: int = 5) -> tuple[str, ...]:
+    """Time `linear` (a BlockInt8Linear) with each kernel `allowed` at each bucket; the fastest
+    that passes its check, per bucket. Activations are random rows of the layer's input
+    width."""
     dense = linear.dequantized_weight()  # [out, in] fp32
     dense_bf16 = dense.to(torch.bfloat16)
+    runs = {
+        "int8": lambda x: linear.int8(x, tile_mask=0),
+        "amx-int8": lambda x: linear.int8(x, tile_mask=(1 << len(BUCKETS)) - 1),
+        "bf16": lambda x: F.linear(x.bfloat16(), dense_bf16).float(),
+    }
+    checks = {
+        "int8": lambda x: True,
+        "amx-int8": lambda x: torch.equal(runs["amx-int8"](x), runs["int8"](x)),
+        "bf16": lambda x: _relative_error(runs["bf16"](x), F.linear(x, dense)) <= ACCURACY_BOUND,
+    }
     gen = torch.Generator().manual_seed(0)
     picks = []
     for rows in BUCKETS:
         x = torch.randn(rows, linear.in_features, generator=gen)
-        ref = F.linear(x, dense)
-        accurate = _relative_error(F.linear(x.bfloat16(), dense_bf16).float(), ref)
-        int8_ms = _median_ms(lambda x=x: linear.int8(x), reps)
-        bf16_ms = _median_ms(lambda x=x: F.linear(x.bfloat16(), dense_bf16).float(), reps)
-        picks.append("bf16" if accurate <= ACCURACY_BOUND and bf16_ms < int8_ms else "int8")
+        times = {k: _median_ms(lambda k=k, x=x: runs[k](x), reps) for k in allowed if checks[k](x)}
+        picks.append(min(times, key=times.__getitem__))
     return tuple(picks)
 
 
-def _cache_path(shapes: Sequence[tuple[int, int, int]], num_threads: int) -> str:
+def _cache_path(
+    shapes: Sequence[tuple[int, int, int]], num_threads: int, allowed: Sequence[str]
+) -> str:
     cpu = ""
     try:
         with open("/proc/cpuinfo") as f:
@@ -114,25 +136,32 @@ def _cache_path(shapes: Sequence[tuple[int, int, int]], num_threads: int) -> str
             cpu = "".join(sorted(set(lines)))
     except OSError:
         cpu = platform.processor()
-    key = json.dumps([cpu, num_threads, torch.__version__, sorted(shapes)])
+    key = json.dumps([cpu, num_threads, torch.__version__, sorted(shapes), list(allowed)])
     digest = hashlib.sha1(key.encode()).hexdigest()[:16]
     root = os.environ.get("CHATFLEET_CACHE_DIR") or os.path.expanduser("~/.cache/chatfleet")
     return os.path.join(root, "matmul_plans", f"{digest}.json")
 
 
-def load_or_measure(linears: Sequence, num_threads: int) -> MatmulPlan:
-    """The plan for these layers (BlockInt8Linear) on this CPU: cached, else measured once
-    per distinct shape and cached."""
+def load_or_measure(
+    linears: Sequence, num_threads: int, allowed: Sequence[str] = ("int8", "bf16")
+) -> MatmulPlan:
+    """The plan for these layers (BlockInt8Linear) on this CPU, choosing among the kernels
+    `allowed` (see `candidates`): cached, else measured once per distinct shape and cached."""
     by_shape = {plan_key(m): m for m in linears}
-    path = _cache_path(list(by_shape), num_threads)
+    path = _cache_path(list(by_shape), num_threads, allowed)
     if os.path.isfile(path):
         with open(path) as f:
             return MatmulPlan.from_json(f.read())
-    plan = MatmulPlan({shape: measure(m) for shape, m in by_shape.items()})
+    plan = MatmulPlan({shape: measure(m, allowed) for shape, m in by_shape.items()})
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.{os.getpid()}"
     with open(tmp, "w") as f:
         f.write(plan.to_json())
     os.replace(tmp, path)  # atomic: replicas starting together never read half a file
-    logger.info("matmul plan measured (bf16 from %s rows): %s", plan.min_rows("bf16"), path)
+    logger.info(
+        "matmul plan measured (amx-int8 from %s rows, bf16 from %s): %s",
+        plan.min_rows("amx-int8"),
+        plan.min_rows("bf16"),
+        path,
+    )
     return plan

@@ -24,7 +24,13 @@ from chatfleet.model.forward_context import ForwardContext
 from chatfleet.model.fused_decode import FusedDecode, choose_max_rows
 from chatfleet.model.linear import resolve_weight_format
 from chatfleet.model.loader import load_weights
-from chatfleet.model.matmul_plan import BUCKETS, MatmulPlan, load_or_measure, plan_key
+from chatfleet.model.matmul_plan import (
+    BUCKETS,
+    MatmulPlan,
+    candidates,
+    load_or_measure,
+    plan_key,
+)
 from chatfleet.model.models.llama import LlamaForCausalLM
 from chatfleet.model.sampler import Sampler, SamplingRow
 from chatfleet.outputs import TokenLogprobs
@@ -81,7 +87,9 @@ def resolve_kv_cache_dtype(name: str, device: torch.device, compute: torch.dtype
 
 
 class ModelRunner:
-    matmul_plan: MatmulPlan | None = None  # set where batch invariance is off (int8, CPU)
+    # Set where int8 layers have a kernel to choose (CPU): bf16 where batch invariance is
+    # off, AMX tiles where the CPU has them.
+    matmul_plan: MatmulPlan | None = None
 
     def __init__(self, config: EngineConfig, attention: str = "auto") -> None:
         self.device = torch.device(config.device)
@@ -112,8 +120,10 @@ class ModelRunner:
         )
         if config.fused_decode:
             self.model.fused_decode = FusedDecode.build(self.model, self.attention)
-        if not config.batch_invariant and fmt == "int8" and self.device.type == "cpu":
-            self._apply_matmul_plan(config.num_threads)
+        if fmt == "int8" and self.device.type == "cpu":
+            allowed = candidates(config.batch_invariant)
+            if len(allowed) > 1:  # a choice to measure
+                self._apply_matmul_plan(config.num_threads, allowed)
         self.block_size = config.cache.block_size
         num_blocks = self._num_blocks(model_config, config.cache)
         self.kv_caches = self._allocate_kv_caches(model_config, num_blocks)
@@ -134,14 +144,16 @@ class ModelRunner:
         self._generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self._generators: dict[str, torch.Generator] = {}
 
-    def _apply_matmul_plan(self, num_threads: int) -> None:
-        """Per decoder layer and row bucket, the faster of int8 and bf16 (matmul_plan.py)."""
+    def _apply_matmul_plan(self, num_threads: int, allowed: tuple[str, ...]) -> None:
+        """Per decoder layer and row bucket, the fastest of the kernels `allowed`
+        (matmul_plan.py)."""
         parts = ("qkv", "o", "gate_up", "down")
         linears = [getattr(layer, part) for layer in self.model.layers for part in parts]
-        plan = load_or_measure(linears, num_threads)
+        plan = load_or_measure(linears, num_threads, allowed)
         for linear in linears:
             linear.use_plan(plan.choices[plan_key(linear)])
         if self.model.fused_decode is not None:  # until choose_max_rows measures
+            self.model.fused_decode.follow_tiles()
             self.model.fused_decode.max_rows = plan.min_rows("bf16")
         self.matmul_plan = plan
 

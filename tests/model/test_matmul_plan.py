@@ -80,11 +80,24 @@ def test_each_bucket_runs_its_kernel_with_the_prologues(prologue: str) -> None:
         torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2 * want.abs().max().item())
 
 
+def test_a_batch_invariant_engine_plans_only_kernels_that_keep_every_bit(llm) -> None:
+    """Where rows must not depend on the batch (the default), bf16 is no candidate; AMX tiles,
+    which give the VNNI kernel's very bits, are, where this process may use them. Without them
+    there is nothing to choose and no plan is measured."""
+    assert llm.engine.config.batch_invariant
+    plan = llm.engine.runner.matmul_plan
+    if not kernels.amx_tiles():
+        assert plan is None
+        return
+    assert plan is not None
+    assert {k for picks in plan.choices.values() for k in picks} <= {"int8", "amx-int8"}
+
+
 def _plant_bf16_everywhere(tmp_path, monkeypatch) -> int:
     """A cached plan of bf16 at every row count (the engine then does not measure)."""
     monkeypatch.setenv("CHATFLEET_CACHE_DIR", str(tmp_path))
     threads = kernels.num_threads()
-    path = matmul_plan._cache_path(SMOLLM2_SHAPES, threads)
+    path = matmul_plan._cache_path(SMOLLM2_SHAPES, threads, matmul_plan.candidates(False))
     os.makedirs(os.path.dirname(path))
     with open(path, "w") as f:
         f.write(MatmulPlan({s: ("bf16",) * len(BUCKETS) for s in SMOLLM2_SHAPES}).to_json())
