@@ -8,7 +8,8 @@ buffer, timed between the calls.
 
 `--baseline DIR` builds DIR's `chatfleet/csrc/decode_step.cpp` as a second extension in the same
 process and alternates the two call by call on the same inputs, so drift of a shared machine
-falls on both alike; it also reports whether they return the same bits.
+falls on both alike; it also reports whether they return the same bits. Where this process may
+use AMX tiles, this tree's call with its matmuls on tiles ("amx-int8") is alternated with them.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from offline_throughput import cpu_info
 
 from chatfleet.model import kernels
 from chatfleet.model.fused_decode import FusedDecode
+from chatfleet.model.matmul_plan import BUCKETS
 
 
 def captured_call(rows: int, context: int) -> tuple[Any, dict[str, Any]]:
@@ -67,13 +69,16 @@ def layer_tensors(model: Any) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     return weights, norms
 
 
-def caller(module: Any, model: Any) -> Any:
-    """A function running `module`'s fused call on captured inputs; a tree from before the
-    weights were bound once takes them with every call."""
+def caller(module: Any, model: Any, tile_mask: int = 0) -> Any:
+    """A function running `module`'s fused call on captured inputs (its matmuls on AMX tiles
+    for the row buckets of `tile_mask`); a tree from before the weights were bound once takes
+    them with every call."""
     weights, norms = layer_tensors(model)
     heads, eps, threads = model.config.num_heads, model.config.rms_norm_eps, kernels.num_threads()
     if hasattr(module, "DecodeLayers"):
         layers = module.DecodeLayers(weights, norms, heads, eps)
+        if tile_mask:
+            layers.set_tiles([tile_mask] * (len(weights) // 3), False)
 
         def call(a: dict) -> torch.Tensor:
             return layers.run(
@@ -95,13 +100,18 @@ def caller(module: Any, model: Any) -> Any:
 def measure(modules: dict[str, Any], rows: int, context: int, calls: int) -> dict:
     model, inputs = captured_call(rows, context)
     run = {name: caller(module, model) for name, module in modules.items()}
+    if kernels.amx_tiles():  # this tree's call with its matmuls on tiles
+        run["amx-int8"] = caller(modules["current"], model, (1 << len(BUCKETS)) - 1)
     outs = {name: call(inputs) for name, call in run.items()}  # also the warm-up
     weight_bytes = sum(t.numel() * t.element_size() for t in layer_tensors(model)[0])
     buffer = torch.ones(2**30 // 4)  # the plain read: as many bytes, a new stretch each time
     chunk = weight_bytes // 4
     times: dict[str, list[float]] = {name: [] for name in [*run, "read"]}
     for i in range(calls if rows < 64 else max(10, calls // 10)):
-        for name, call in run.items():
+        # Each in turn first: the call right after the plain read finds less of its weights in
+        # cache, which a fixed order would charge to one of them.
+        order = list(run.items())
+        for name, call in order if i % 2 == 0 else order[::-1]:
             start = time.perf_counter()
             call(inputs)
             times[name].append(time.perf_counter() - start)
@@ -113,10 +123,10 @@ def measure(modules: dict[str, Any], rows: int, context: int, calls: int) -> dic
     for name, ts in times.items():
         ms = statistics.median(ts) * 1e3
         result[name] = {"median_ms": round(ms, 3), "gb_s": round(weight_bytes / ms / 1e6, 1)}
-    if "baseline" in run:
-        ratio = result["current"]["median_ms"] / result["baseline"]["median_ms"]
-        result["ratio_to_baseline"] = round(ratio, 3)
-        result["same_output_as_baseline"] = bool(torch.equal(outs["current"], outs["baseline"]))
+    for other in (name for name in run if name != "current"):
+        ratio = result["current"]["median_ms"] / result[other]["median_ms"]
+        result[f"ratio_to_{other}"] = round(ratio, 3)
+        result[f"same_output_as_{other}"] = bool(torch.equal(outs["current"], outs[other]))
     return result
 
 
