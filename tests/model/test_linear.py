@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from chatfleet import SamplingParams
 from chatfleet.model import kernels
 from chatfleet.model.linear import BlockInt8Linear, DenseLinear
+from chatfleet.model.matmul_plan import bucket_index
 from chatfleet.model.weight_rows import WeightRows, code_values
 from tests.conftest import make_llm
 
@@ -179,10 +180,12 @@ def test_asking_for_amx_tiles_without_them_is_an_error_not_a_crash():
     """Without AMX (or Linux's grant of it), the first tile instruction would kill the process:
     the kernel refuses before it runs one."""
     lin = BlockInt8Linear(q8_0_weight(32, 64))
-    x = torch.randn(20, 64)
-    with pytest.raises(RuntimeError, match="cannot use AMX tiles"):
-        lin.int8(x, tile_mask=ALL_BUCKETS)
-    assert torch.equal(lin.int8(x, tile_mask=1), lin(x))  # 20 rows: not in bucket 0
+    # Which bit of the mask a row count reads is the plan's bucket (matmul_plan.bucket_index).
+    for rows in (1, 3, 20, 600):
+        x = torch.randn(rows, 64)
+        with pytest.raises(RuntimeError, match="cannot use AMX tiles"):
+            lin.int8(x, tile_mask=1 << bucket_index(rows))
+        assert torch.equal(lin.int8(x, tile_mask=ALL_BUCKETS ^ (1 << bucket_index(rows))), lin(x))
 
 
 @pytest.mark.parametrize(("make", "bits"), [(q4_1_weight, 4), (q8_0_weight, 8)])
