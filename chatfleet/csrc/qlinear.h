@@ -178,8 +178,8 @@ struct Output {
   int64_t N;
 };
 
-// A block's exact dot from the dots of x's high and low bytes: 256 * hi + lo (int32: the
-// bound is in tile_pass).
+// A block's exact dot from the dots of x's high and low bytes: 256 * hi + lo (within int32,
+// as tile_pass bounds it).
 inline __m512i combine(__m512i hi, __m512i lo) {
   return _mm512_add_epi32(_mm512_slli_epi32(hi, 8), lo);
 }
@@ -332,7 +332,7 @@ inline Tile tile_of(const PackedWeight& w, int64_t nb, int bits, int64_t t, bool
 constexpr int kTileRows = 16;
 
 // Tile registers: the dots of half h in 2h (high bytes) and 2h + 1 (low bytes); A in 4 and 5,
-// B in 6. A dot covers kBlock / kH values of K: K / 4 rows of B.
+// B in 6. A dot covers kBlock / kH values of K: a quarter as many rows of B (4 bytes a lane).
 template <int kH>
 tiles::Config tile_config() {
   constexpr int width = kBlock / kH;
@@ -350,8 +350,8 @@ tiles::Config tile_config() {
 
 // Half h of a block: its two dots for the group's 16 rows, into dots[2h] and dots[2h + 1].
 template <class T, int kH, int h>
-inline void tile_dots(const uint8_t* codes, const int8_t* hi, const int8_t* lo,
-                                    int64_t K, int32_t (*dots)[kTileRows][kTile]) {
+inline void tile_dots(const uint8_t* codes, const int8_t* hi, const int8_t* lo, int64_t K,
+                      int32_t (*dots)[kTileRows][kTile]) {
   constexpr int width = kBlock / kH;
   T::template zero<2 * h>();
   T::template zero<2 * h + 1>();
@@ -367,8 +367,7 @@ inline void tile_dots(const uint8_t* codes, const int8_t* hi, const int8_t* lo,
 // Rows [m0, m0 + rows) (rows <= 16; q holds rows up to m0 + 16) against one output tile of
 // 8-bit codes. Rows past `rows` are multiplied too and dropped.
 template <class T, int kH>
-void tile_group(const Tile& w, const QuantizedRows& q, int64_t m0, int rows,
-                              const Output& out) {
+void tile_group(const Tile& w, const QuantizedRows& q, int64_t m0, int rows, const Output& out) {
   const int64_t nb = q.nb, K = q.K;
   alignas(64) int32_t dots[2 * kH][kTileRows][kTile];
   __m512 acc[kTileRows];
@@ -402,8 +401,8 @@ void tile_group(const Tile& w, const QuantizedRows& q, int64_t m0, int rows,
 
 // Output tiles [t0, t1) for all M rows of q on tiles T (the hardware, or its software copy).
 template <class T, int kH>
-void run_tiles_amx(const PackedWeight& w, const QuantizedRows& q, int64_t M,
-                                 int bits, int64_t t0, int64_t t1, const Output& out) {
+void run_tiles_amx(const PackedWeight& w, const QuantizedRows& q, int64_t M, int bits, int64_t t0,
+                   int64_t t1, const Output& out) {
   thread_local std::vector<__m512i> wide;
   wide.resize(q.nb * 8);
   T::configure(tile_config<kH>());
