@@ -36,12 +36,23 @@ def test_fused_decode_is_bit_identical_to_the_layer_path(llm, kv_cache_dtype):
     assert unfused.engine.runner.model.fused_decode is None
     params = [SamplingParams(temperature=0, max_tokens=40, ignore_eos=True, logprobs=3)] * 3
     params.append(SamplingParams(temperature=0.8, top_p=0.9, seed=7, max_tokens=40, logprobs=3))
-    prompts = PROMPTS + ["Write a poem about rain."]
-    got = llm.generate(prompts, params)
-    want = unfused.generate(prompts, params)
-    for a, b in zip(got, want, strict=True):
-        assert a.outputs[0].token_ids == b.outputs[0].token_ids
-        assert a.outputs[0].logprobs == b.outputs[0].logprobs  # exact float equality
+    assert_same_replies(llm, unfused, PROMPTS + ["Write a poem about rain."], params)
+
+
+def k_quant_model(tmp_path, qtype, seed: int) -> str:
+    """A tiny random Llama written as a GGUF of `qtype` blocks."""
+    _, model = build(tmp_path, "llama")
+    encoded = random_k_quants(model, qtype, np.random.default_rng(seed))
+    path = str(tmp_path / f"llama-{qtype.name}.gguf")
+    write_gguf(model, "llama", path, qtype, encoded=encoded)
+    return path
+
+
+def assert_same_replies(a, b, prompts, params) -> None:
+    """The same tokens and the very same logprob floats from engines a and b."""
+    for x, y in zip(a.generate(prompts, params), b.generate(prompts, params), strict=True):
+        assert x.outputs[0].token_ids == y.outputs[0].token_ids
+        assert x.outputs[0].logprobs == y.outputs[0].logprobs
 
 
 @pytest.mark.parametrize("qtype", list(K_QUANTS), ids=lambda q: q.name)
@@ -50,10 +61,7 @@ def test_fused_decode_reads_every_code_width_as_the_layer_path(tmp_path, qtype):
     the fused step reads each width's packed layout as the per-layer kernel does."""
     if load_kernel() is None:
         pytest.skip("no VNNI kernel here")
-    _, model = build(tmp_path, "llama")
-    encoded = random_k_quants(model, qtype, np.random.default_rng(0))
-    path = str(tmp_path / f"llama-{qtype.name}.gguf")
-    write_gguf(model, "llama", path, qtype, encoded=encoded)
+    path = k_quant_model(tmp_path, qtype, seed=0)
     fused, unfused = (
         make_llm(model=path, weight_format="int8", fused_decode=f) for f in (True, False)
     )
@@ -61,12 +69,7 @@ def test_fused_decode_reads_every_code_width_as_the_layer_path(tmp_path, qtype):
     bits = {fused.engine.runner.model.layers[0].gate_up.bits}
     assert bits == {gguf_blocks.code_bits(qtype)}
     params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, logprobs=2)
-    prompts = [[1, 2, 3, 4, 5], list(range(10, 40))]
-    got = fused.generate(prompts, params)
-    want = unfused.generate(prompts, params)
-    for a, b in zip(got, want, strict=True):
-        assert a.outputs[0].token_ids == b.outputs[0].token_ids
-        assert a.outputs[0].logprobs == b.outputs[0].logprobs
+    assert_same_replies(fused, unfused, [[1, 2, 3, 4, 5], list(range(10, 40))], params)
 
 
 @pytest.mark.parametrize("qtype", list(K_QUANTS), ids=lambda q: q.name)
@@ -76,10 +79,7 @@ def test_amx_tiles_in_both_paths_change_no_bit(tmp_path, qtype):
     steps in the fused call give the tokens and logprob floats of the VNNI kernel alone."""
     if load_kernel() is None:
         pytest.skip("no VNNI kernel here")
-    _, model = build(tmp_path, "llama")
-    encoded = random_k_quants(model, qtype, np.random.default_rng(1))
-    path = str(tmp_path / f"llama-{qtype.name}.gguf")
-    write_gguf(model, "llama", path, qtype, encoded=encoded)
+    path = k_quant_model(tmp_path, qtype, seed=1)
     tiled, plain = (make_llm(model=path, weight_format="int8") for _ in range(2))
     model = tiled.engine.runner.model
     for layer in model.layers:
@@ -88,11 +88,7 @@ def test_amx_tiles_in_both_paths_change_no_bit(tmp_path, qtype):
     model.fused_decode.follow_tiles()
     params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True, logprobs=2)
     prompts = [[1, 2, 3, 4, 5], list(range(10, 40)), list(range(50, 70))]
-    got = tiled.generate(prompts, params)
-    want = plain.generate(prompts, params)
-    for a, b in zip(got, want, strict=True):
-        assert a.outputs[0].token_ids == b.outputs[0].token_ids
-        assert a.outputs[0].logprobs == b.outputs[0].logprobs
+    assert_same_replies(tiled, plain, prompts, params)
 
 
 def test_a_step_with_caches_for_fewer_layers_is_refused(llm):
