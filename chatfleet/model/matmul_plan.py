@@ -14,8 +14,8 @@ AMX or fast bf16 keeps int8 everywhere.
 
 The plan is cached per CPU model, thread count, torch version and shapes (under
 $CHATFLEET_CACHE_DIR, default ~/.cache/chatfleet), so a restart does not measure again. The
-output head is left out: its fp32 logits feed logprobs and sampling, and a bf16 GEMM here rounds
-its output to bf16.
+output head chooses only among the kernels that keep every bit (amx-int8 where there is AMX):
+its fp32 logits feed logprobs and sampling, and a bf16 GEMM there rounds its output to bf16.
 
 Batch invariance: with bf16 in a plan, a row's result depends on how many rows share its step,
 so bf16 is a candidate only when `batch_invariant` is off; amx-int8 changes no bit and is a

@@ -22,7 +22,7 @@ from chatfleet.model.attention import (
 )
 from chatfleet.model.forward_context import ForwardContext
 from chatfleet.model.fused_decode import FusedDecode, choose_max_rows
-from chatfleet.model.linear import resolve_weight_format
+from chatfleet.model.linear import BlockInt8Linear, resolve_weight_format
 from chatfleet.model.loader import load_weights
 from chatfleet.model.matmul_plan import (
     BUCKETS,
@@ -152,6 +152,10 @@ class ModelRunner:
         plan = load_or_measure(linears, num_threads, allowed)
         for linear in linears:
             linear.use_plan(plan.choices[plan_key(linear)])
+        head = self.model.lm_head
+        exact = tuple(k for k in allowed if k != "bf16")  # the logits keep their bits
+        if isinstance(head, BlockInt8Linear) and len(exact) > 1:
+            head.use_plan(load_or_measure([head], num_threads, exact).choices[plan_key(head)])
         if self.model.fused_decode is not None:  # until choose_max_rows measures
             self.model.fused_decode.follow_tiles()
             self.model.fused_decode.max_rows = plan.min_rows("bf16")

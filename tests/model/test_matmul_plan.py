@@ -111,6 +111,7 @@ def test_the_bf16_path_on_the_real_model_stays_close_to_fp32(tmp_path, monkeypat
     threads = _plant_bf16_everywhere(tmp_path, monkeypatch)
     planned = make_llm(batch_invariant=False, num_threads=threads, fused_decode=False)
     assert planned.engine.runner.matmul_plan.min_rows("bf16") == 1
+    assert planned.engine.runner.model.lm_head.plan is None  # the head's logits: never bf16
     fp32 = make_llm(weight_format="fp32", num_threads=threads)
     check = greedy_agreement(planned, fp32, max_tokens=32)
     assert check.agreed >= 0.75 * 8 * 32, f"{check.agreed} of 256 greedy tokens agree"
