@@ -28,7 +28,7 @@ from offline_throughput import cpu_info
 
 from chatfleet.model import kernels
 from chatfleet.model.fused_decode import FusedDecode
-from chatfleet.model.matmul_plan import BUCKETS
+from chatfleet.model.matmul_plan import ALL_BUCKETS
 
 
 def captured_call(rows: int, context: int) -> tuple[Any, dict[str, Any]]:
@@ -101,7 +101,7 @@ def measure(modules: dict[str, Any], rows: int, context: int, calls: int) -> dic
     model, inputs = captured_call(rows, context)
     run = {name: caller(module, model) for name, module in modules.items()}
     if kernels.amx_tiles():  # this tree's call with its matmuls on tiles
-        run["amx-int8"] = caller(modules["current"], model, (1 << len(BUCKETS)) - 1)
+        run["amx-int8"] = caller(modules["current"], model, ALL_BUCKETS)
     outs = {name: call(inputs) for name, call in run.items()}  # also the warm-up
     weight_bytes = sum(t.numel() * t.element_size() for t in layer_tensors(model)[0])
     buffer = torch.ones(2**30 // 4)  # the plain read: as many bytes, a new stretch each time

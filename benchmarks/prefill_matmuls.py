@@ -28,7 +28,7 @@ from offline_throughput import cpu_info
 
 from chatfleet import LLM
 from chatfleet.model import kernels
-from chatfleet.model.matmul_plan import BUCKETS
+from chatfleet.model.matmul_plan import ALL_BUCKETS, BUCKETS
 
 
 def cases(model: Any, rows: int) -> list[tuple[str, Any, dict]]:
@@ -49,9 +49,6 @@ def cases(model: Any, rows: int) -> list[tuple[str, Any, dict]]:
         ("down", layer.down, dict(x=x(inter2), swiglu=True, residual=x(hidden))),
         ("head", model.lm_head, dict(x=x(hidden), norm=model.norm.data, eps=eps)),
     ]
-
-
-ALL_BUCKETS = (1 << len(BUCKETS)) - 1  # a tile mask: every row count on tiles
 
 
 def call(module: Any, linear: Any, args: dict, **tiles: Any) -> torch.Tensor:

@@ -178,8 +178,12 @@ class DecodeLayers {
     block_tables = block_tables.contiguous();
     seq_lens = seq_lens.contiguous();
     const int nt = static_cast<int>(std::max<int64_t>(1, num_threads));
-    std::vector<Weight> w = w_;
-    for (auto& wt : w) wt.amx = ql::tile_use(wt.tile_mask, h.size(0), emulate_tiles_);
+    std::vector<Weight> tiled;  // a copy only where some matmul may take tiles
+    if (any_tiles_) {
+      tiled = w_;
+      for (auto& wt : tiled) wt.amx = ql::tile_use(wt.tile_mask, h.size(0), emulate_tiles_);
+    }
+    const std::vector<Weight>& w = any_tiles_ ? tiled : w_;
     const float s = static_cast<float>(scale);
     const auto dtype = kv_caches[0].scalar_type();
     if (dtype == at::kFloat) {
@@ -204,6 +208,7 @@ class DecodeLayers {
     TORCH_CHECK(!any || emulate || chatfleet::tiles::ready(),
                 "decode_layers: this CPU (or this process) cannot use AMX tiles");
     for (size_t i = 0; i < w_.size(); ++i) w_[i].tile_mask = masks[i];
+    any_tiles_ = any;
     emulate_tiles_ = emulate;
   }
 
@@ -213,7 +218,7 @@ class DecodeLayers {
   std::vector<float*> norm_ptrs_;
   int64_t num_heads_;
   float eps_;
-  bool emulate_tiles_ = false;
+  bool any_tiles_ = false, emulate_tiles_ = false;
 };
 
 }  // namespace

@@ -41,6 +41,7 @@ from chatfleet.model import kernels
 logger = logging.getLogger(__name__)
 
 BUCKETS = tuple(2**i for i in range(10))  # 1 .. 512 rows
+ALL_BUCKETS = (1 << len(BUCKETS)) - 1  # a tile mask with every bucket's bit (BlockInt8Linear)
 ACCURACY_BOUND = 1e-2  # relative RMS error of a kernel's output against fp32
 KERNELS = ("int8", "amx-int8", "bf16")
 
@@ -109,7 +110,7 @@ def measure(linear, allowed: Sequence[str] = KERNELS, reps: int = 5) -> tuple[st
     dense_bf16 = dense.to(torch.bfloat16)
     runs = {
         "int8": lambda x: linear.int8(x, tile_mask=0),
-        "amx-int8": lambda x: linear.int8(x, tile_mask=(1 << len(BUCKETS)) - 1),
+        "amx-int8": lambda x: linear.int8(x, tile_mask=ALL_BUCKETS),
         "bf16": lambda x: F.linear(x.bfloat16(), dense_bf16).float(),
     }
     checks = {

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from chatfleet import SamplingParams
+from chatfleet.model import kernels
 from chatfleet.model.fused_decode import load_kernel
+from chatfleet.model.matmul_plan import ALL_BUCKETS
 from chatfleet.modelfile import gguf_blocks
 from chatfleet.modelfile.gguf_writer import K_QUANTS, random_k_quants, write_gguf
 from tests.conftest import TEST_CACHE, make_llm
@@ -82,9 +84,14 @@ def test_amx_tiles_in_both_paths_change_no_bit(tmp_path, qtype):
     path = k_quant_model(tmp_path, qtype, seed=1)
     tiled, plain = (make_llm(model=path, weight_format="int8") for _ in range(2))
     model = tiled.engine.runner.model
-    for layer in model.layers:
-        for linear in (layer.qkv, layer.o, layer.gate_up, layer.down):
-            linear.tile_mask, linear.emulate_tiles = (1 << 10) - 1, True
+    linears = [m for layer in model.layers for m in (layer.qkv, layer.o, layer.gate_up, layer.down)]
+    for linear in linears:
+        linear.tile_mask = ALL_BUCKETS
+    if not kernels.amx_tiles():  # the masks reach the fused call, which refuses hardware tiles
+        with pytest.raises(RuntimeError, match="cannot use AMX tiles"):
+            model.fused_decode.follow_tiles()
+    for linear in linears:
+        linear.emulate_tiles = True
     model.fused_decode.follow_tiles()
     params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True, logprobs=2)
     prompts = [[1, 2, 3, 4, 5], list(range(10, 40)), list(range(50, 70))]

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from chatfleet import SamplingParams
 from chatfleet.model import kernels
 from chatfleet.model.linear import BlockInt8Linear, DenseLinear
-from chatfleet.model.matmul_plan import bucket_index
+from chatfleet.model.matmul_plan import ALL_BUCKETS, bucket_index
 from chatfleet.model.weight_rows import WeightRows, code_values
 from tests.conftest import make_llm
 
@@ -127,7 +127,6 @@ def test_threads_quantizing_their_share_of_the_rows_change_no_bit(prologue):
     assert torch.equal(shared, alone)
 
 
-ALL_BUCKETS = (1 << 10) - 1  # a tile mask with every row bucket (matmul_plan.BUCKETS)
 HAS_TILES = kernels.amx_tiles()
 WIDTHS = {
     "q8_0": lambda: q8_0_weight(96, 128),
