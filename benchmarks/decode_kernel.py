@@ -6,6 +6,9 @@ buffer, timed between the calls.
     .venv/bin/python benchmarks/decode_kernel.py --output docs/results/decode_kernel.json
     .venv/bin/python benchmarks/decode_kernel.py --baseline DIR   # before/after a change
 
+`--spread` gives the step's requests contexts from the full one down to a quarter, oldest first,
+as a running batch's ages make them.
+
 `--baseline DIR` builds DIR's `chatfleet/csrc/decode_step.cpp` as a second extension in the same
 process and alternates the two call by call on the same inputs, so drift of a shared machine
 falls on both alike; it also reports whether they return the same bits. Where this process may
@@ -97,8 +100,11 @@ def caller(module: Any, model: Any, tile_mask: int = 0) -> Any:
     return call_unbound
 
 
-def measure(modules: dict[str, Any], rows: int, context: int, calls: int) -> dict:
+def measure(modules: dict[str, Any], rows: int, context: int, calls: int, spread: bool) -> dict:
     model, inputs = captured_call(rows, context)
+    if spread:
+        lens = inputs["seq_lens"]
+        inputs["seq_lens"] = (lens * torch.linspace(1.0, 0.25, len(lens))).long().clamp_min(1)
     run = {name: caller(module, model) for name, module in modules.items()}
     if kernels.amx_tiles():  # this tree's call with its matmuls on tiles
         run["amx-int8"] = caller(modules["current"], model, ALL_BUCKETS)
@@ -119,7 +125,8 @@ def measure(modules: dict[str, Any], rows: int, context: int, calls: int) -> dic
         start = time.perf_counter()
         buffer[offset : offset + chunk].sum()
         times["read"].append(time.perf_counter() - start)
-    result: dict[str, Any] = {"rows": rows, "context": context, "weight_mb": weight_bytes / 1e6}
+    result: dict[str, Any] = {"rows": rows, "context": context, "spread": spread}
+    result["weight_mb"] = weight_bytes / 1e6
     for name, ts in times.items():
         ms = statistics.median(ts) * 1e3
         result[name] = {"median_ms": round(ms, 3), "gb_s": round(weight_bytes / ms / 1e6, 1)}
@@ -135,6 +142,11 @@ def main() -> None:
     p.add_argument("--rows", default="1,4,64", help="decodes in a step")
     p.add_argument("--contexts", default="300,1000")
     p.add_argument("--calls", type=int, default=200, help="calls of each kernel (a tenth at 64)")
+    p.add_argument(
+        "--spread",
+        action="store_true",
+        help="the step's requests at contexts from the full one down to a quarter, oldest first",
+    )
     p.add_argument("--baseline", help="a source tree to compare against, e.g. a git worktree")
     p.add_argument("--output", default="results/decode_kernel.json")
     args = p.parse_args()
@@ -142,7 +154,7 @@ def main() -> None:
     results = []
     for context in (int(c) for c in args.contexts.split(",")):
         for rows in (int(r) for r in args.rows.split(",")):
-            results.append(measure(modules, rows, context, args.calls))
+            results.append(measure(modules, rows, context, args.calls, args.spread))
             print(json.dumps(results[-1]))
     report = {"cpu": cpu_info(), "baseline": args.baseline and git_head(args.baseline)}
     report["results"] = results

@@ -46,6 +46,13 @@ Weight weight_of(const at::Tensor& codes, const at::Tensor& scales, const at::Te
           codes.size(0)};
 }
 
+// Attention rows take as long as their contexts, which differ (a batch's oldest requests
+// first), so they go out in chunks, about eight a thread, to whichever thread is free; a row is
+// computed the same way whichever thread takes it.
+inline int64_t chunk_of(int64_t items, int threads) {
+  return std::max<int64_t>(1, items / (8 * threads));
+}
+
 template <typename T>
 void run_layers(at::Tensor& h, const std::vector<Weight>& w, const std::vector<float*>& norms,
                 const std::vector<at::Tensor>& kv_caches,
@@ -112,14 +119,19 @@ void run_layers(at::Tensor& h, const std::vector<Weight>& w, const std::vector<f
                                  kdst + hh * HS, vdst + hh * HS);
       }
 #pragma omp barrier
-      const auto tasks = share(M * KVH, tid, n);
-      for (int64_t i = tasks.first; i < tasks.second; ++i) {
-        const int64_t m = i / KVH, hh = i % KVH;
-        const attn::Task task{q.data() + (m * H + hh * G) * D, bt + m * MB, sl[m], BS,
-                              KVH * HS, hh * HS, scale, att.data() + (m * H + hh * G) * D};
-        fns.row(task, kc, vc, scores);
+      // A request's kv heads sit side by side in its cache blocks: one thread takes them all,
+      // unless there are fewer requests than threads.
+      const int64_t tasks = M * KVH, per = M >= n ? KVH : 1;
+      const int64_t chunk = chunk_of(tasks / per, n) * per;
+#pragma omp for schedule(dynamic)  // ends with a barrier
+      for (int64_t first = 0; first < tasks; first += chunk) {
+        for (int64_t i = first; i < std::min(first + chunk, tasks); ++i) {
+          const int64_t m = i / KVH, hh = i % KVH;
+          const attn::Task task{q.data() + (m * H + hh * G) * D, bt + m * MB, sl[m], BS,
+                                KVH * HS, hh * HS, scale, att.data() + (m * H + hh * G) * D};
+          fns.row(task, kc, vc, scores);
+        }
       }
-#pragma omp barrier
       linear(att.data(), H * D, q_a, ql::Prologue{}, lw[1], hp, hp);
       ql::Prologue ffn_norm{norms[2 * l + 1], eps, false};
       linear(hp, E, q_e, ffn_norm, lw[2], gu.data(), nullptr);

@@ -41,6 +41,21 @@ def test_fused_decode_is_bit_identical_to_the_layer_path(llm, kv_cache_dtype):
     assert_same_replies(llm, unfused, PROMPTS + ["Write a poem about rain."], params)
 
 
+def test_a_large_batch_of_unequal_contexts_is_bit_identical_to_the_layer_path(llm):
+    """Requests of many context lengths, more of them than threads and not a multiple of the
+    chunks their attention rows are handed out in, then fewer as they finish: each row is the
+    layer path's, whichever thread took it."""
+    if load_kernel() is None or llm.engine.runner.model.fused_decode is None:
+        pytest.skip("no int8 weights / VNNI kernel here")
+    unfused = make_llm(fused_decode=False, cache=llm.engine.config.cache)
+    prompts = [" ".join(["word"] * (1 + 7 * i)) + PROMPTS[i % 3] for i in range(37)]
+    params = [
+        SamplingParams(temperature=0, max_tokens=12 + i % 9, ignore_eos=True, logprobs=2)
+        for i in range(37)
+    ]
+    assert_same_replies(llm, unfused, prompts, params)
+
+
 def k_quant_model(tmp_path, qtype, seed: int) -> str:
     """A tiny random Llama written as a GGUF of `qtype` blocks."""
     _, model = build(tmp_path, "llama")
