@@ -109,13 +109,14 @@ def test_rows_are_batch_invariant_bit_for_bit():
 
 @pytest.mark.parametrize("prologue", ["none", "norm", "swiglu"])
 def test_threads_quantizing_their_share_of_the_rows_change_no_bit(prologue):
-    """Two threads split the rows' prologue and quantization, then the output tiles; every row
-    comes out as one thread computes it alone (an odd row count: the shares differ)."""
+    """Two threads split the rows' prologue and quantization, then take the output tiles in
+    chunks; every row comes out as one thread computes it alone (odd row and tile counts: the
+    shares differ, and the last chunk is short)."""
     torch.manual_seed(2)
-    lin = BlockInt8Linear(q4_1_weight(96, 128))
+    lin = BlockInt8Linear(q4_1_weight(16 * 35, 128))
     x = torch.randn(37, 256 if prologue == "swiglu" else 128) * 3
     norm = torch.rand(128) + 0.5 if prologue == "norm" else None
-    residual = torch.randn(37, 96)
+    residual = torch.randn(37, 16 * 35)
 
     def run(rows: slice, threads: int) -> torch.Tensor:
         weight = (lin.packed, lin.scales, lin.zeros)
