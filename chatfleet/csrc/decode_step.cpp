@@ -46,13 +46,6 @@ Weight weight_of(const at::Tensor& codes, const at::Tensor& scales, const at::Te
           codes.size(0)};
 }
 
-// Attention rows take as long as their contexts, which differ (a batch's oldest requests
-// first), so they go out in chunks, about eight a thread, to whichever thread is free; a row is
-// computed the same way whichever thread takes it.
-inline int64_t chunk_of(int64_t items, int threads) {
-  return std::max<int64_t>(1, items / (8 * threads));
-}
-
 template <typename T>
 void run_layers(at::Tensor& h, const std::vector<Weight>& w, const std::vector<float*>& norms,
                 const std::vector<at::Tensor>& kv_caches,
@@ -119,10 +112,12 @@ void run_layers(at::Tensor& h, const std::vector<Weight>& w, const std::vector<f
                                  kdst + hh * HS, vdst + hh * HS);
       }
 #pragma omp barrier
+      // Rows take as long as their contexts, which differ (a batch's oldest requests first),
+      // so they go to whichever thread is free (a row comes out the same whichever takes it).
       // A request's kv heads sit side by side in its cache blocks: one thread takes them all,
       // unless there are fewer requests than threads.
       const int64_t tasks = M * KVH, per = M >= n ? KVH : 1;
-      const int64_t chunk = chunk_of(tasks / per, n) * per;
+      const int64_t chunk = ql::chunk_of(tasks / per, n) * per;
 #pragma omp for schedule(dynamic)  // ends with a barrier
       for (int64_t first = 0; first < tasks; first += chunk) {
         for (int64_t i = first; i < std::min(first + chunk, tasks); ++i) {

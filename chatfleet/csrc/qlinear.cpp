@@ -75,8 +75,8 @@ at::Tensor qlinear(at::Tensor x, at::Tensor w, at::Tensor s, at::Tensor z, int64
   // many-row matmul; a few rows go before the threads start: the barrier would cost more), then
   // multiply output tiles, reading each tile's weights once per row pass. A few rows are bound
   // by reading W: each thread streams one contiguous slice. More are bound by arithmetic: the
-  // tiles go out in chunks, about eight a thread, to whichever thread is free, so a thread the
-  // machine slows holds up no other (a tile comes out the same whichever thread computes it).
+  // tiles go to whichever thread is free (chunk_of), so a thread the machine slows holds up no
+  // other (a tile comes out the same whichever thread computes it).
   const bool share_rows = M > kRowsPerPass;
   if (!share_rows) quantize_rows(xp, ld, pro, 0, M, q, std::vector<float>(K).data());
 #pragma omp parallel num_threads(threads)
@@ -93,7 +93,7 @@ at::Tensor qlinear(at::Tensor x, at::Tensor w, at::Tensor s, at::Tensor z, int64
       const auto tiles = share(n_tiles, tid, nt);
       run_tiles(pw, q, M, static_cast<int>(bits), tiles.first, tiles.second, out, amx);
     } else {
-      const int64_t chunk = std::max<int64_t>(1, n_tiles / (8 * nt));
+      const int64_t chunk = chunk_of(n_tiles, nt);
 #pragma omp for schedule(dynamic) nowait
       for (int64_t t = 0; t < n_tiles; t += chunk)
         run_tiles(pw, q, M, static_cast<int>(bits), t, std::min(t + chunk, n_tiles), out, amx);

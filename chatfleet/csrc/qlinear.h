@@ -459,6 +459,12 @@ inline std::pair<int64_t, int64_t> share(int64_t n, int tid, int nt) {
   return {begin, begin + base + (tid < extra ? 1 : 0)};
 }
 
+// Work handed out to whichever thread is free goes in chunks of this many items, about eight a
+// thread: enough that one slowed thread holds up no other, few enough to cost nothing to take.
+inline int64_t chunk_of(int64_t items, int threads) {
+  return std::max<int64_t>(1, items / (8 * threads));
+}
+
 // Room for M rows of K inputs; for the tile pass, codes for whole groups of tile rows (it
 // reads the rows past M and drops their results).
 inline void resize(QuantizedRows& q, int64_t M, int64_t K, bool tile_groups = false) {
