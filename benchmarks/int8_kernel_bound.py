@@ -7,7 +7,8 @@ VPDPBUSD (Zen 4), that mix, not memory, is the bound of a many-row matmul. This 
 that instruction mix alone (a register-only loop), and the real op on one thread on the
 default model's first layer and head (min of rounds: the bound is what the core can do, not
 what a shared machine lets it do on average), both in cycles per (row, block, tile), with
-the clock taken from a chain of dependent adds. Where the process may use AMX tiles, the
+the clock taken from a chain of dependent adds (the op's ratio to the mix does not depend on
+it: both run 512-bit code at the same clock). Where the process may use AMX tiles, the
 tile pass is timed in the same units. Writes JSON.
 
     .venv/bin/python benchmarks/int8_kernel_bound.py --output docs/results/int8_kernel_bound.json
