@@ -30,9 +30,8 @@ from chatfleet import LLM
 from chatfleet.model import kernels
 from chatfleet.model.matmul_plan import ALL_BUCKETS
 
-# Register-only loops, 1e6-ish iterations each: "dot" is 16 VPDPBUSD on 12 accumulators,
-# "mix" adds the kernel's three FMA-port operations, "clock" is 16 dependent adds (a cycle
-# each on every x86 core this runs on).
+# Register-only loops, by kind: 0 is 16 VPDPBUSD on 12 accumulators, 1 adds the kernel's three
+# FMA-port operations, 2 is 16 dependent adds (a cycle each on every x86 core this runs on).
 _LOOPS = r"""
 #include <torch/extension.h>
 #include <chrono>
@@ -59,14 +58,14 @@ double loop(int64_t kind, int64_t iters) {
 """
 
 
-def loop_cycles(ext: Any, iters: int, rounds: int) -> dict[str, float]:
-    """Cycles an iteration of the dot-only and the kernel-mix loop take, and the clock (GHz)."""
+def loop_cycles(ext: Any, iters: int, rounds: int) -> tuple[float, dict[str, float]]:
+    """The clock (Hz), and the cycles an iteration of the dot-only and the kernel-mix loop take."""
     best = {kind: float("inf") for kind in range(3)}
     for _ in range(rounds):
         for kind in best:
             best[kind] = min(best[kind], ext.loop(kind, iters))
     hz = 16 * iters / best[2]
-    return {
+    return hz, {
         "clock_ghz": round(hz / 1e9, 3),
         "dot_only": round(best[0] / iters * hz, 2),
         "kernel_mix": round(best[1] / iters * hz, 2),
@@ -104,11 +103,11 @@ def main() -> None:
     if not kernels.cpu_has("avx512_vnni"):
         raise SystemExit("the int8 kernel needs AVX-512 VNNI")
     ext = load_inline("int8_kernel_bound_loops", _LOOPS, functions=["loop"], extra_cflags=["-O2"])
-    loops = loop_cycles(ext, args.iters, 7)
+    hz, loops = loop_cycles(ext, args.iters, 7)
     print(json.dumps(loops), flush=True)
-    kernels.set_num_threads(1)  # a thread's cycles: the other core may be someone else's
+    # One thread (the engine sets the kernels' count): a core's cycles, where the other core
+    # may be busy with someone else's work.
     model = LLM(num_threads=1).engine.runner.model
-    hz = loops["clock_ghz"] * 1e9
     results = []
     for rows in (int(r) for r in args.rows.split(",")):
         results += op_cycles(model, rows, args.rounds, hz, tiles=False)
