@@ -65,7 +65,7 @@ def config_from_gguf(meta: dict, tensor_names: set[str]) -> ModelConfig:
 
     num_heads = int(key("attention.head_count"))
     num_kv_heads = int(key("attention.head_count_kv", num_heads))
-    return ModelConfig(
+    config = ModelConfig(
         vocab_size=int(key("vocab_size", 0) or len(meta["tokenizer.ggml.tokens"])),
         hidden_size=int(key("embedding_length")),
         num_layers=int(key("block_count")),
@@ -79,7 +79,20 @@ def config_from_gguf(meta: dict, tensor_names: set[str]) -> ModelConfig:
         family=arch.family,
         qkv_bias=arch.qkv_bias,
         rope_scaling=_gguf_rope_scaling(key),
+        # Set where a head is not hidden / heads wide (Mistral Nemo: 128 of 5120 / 32).
+        head_dim=int(key("attention.key_length", 0)),
     )
+    # Keys and values of other widths, or RoPE on part of each head, are not served.
+    widths = {
+        "attention.value_length": key("attention.value_length", config.head_dim),
+        "rope.dimension_count": key("rope.dimension_count", config.head_dim),
+    }
+    for name, width in widths.items():
+        if int(width) != config.head_dim:
+            raise UnsupportedModelError(
+                f"GGUF {prefix}.{name} {width} with heads {config.head_dim} wide is not supported"
+            )
+    return config
 
 
 def _gguf_rope_scaling(key: Callable[..., Any]) -> RopeScaling | None:

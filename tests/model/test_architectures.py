@@ -19,6 +19,7 @@ from chatfleet.config.engine_config import CacheConfig, SchedulerConfig
 from chatfleet.model import kernels
 from chatfleet.model.architectures import UnsupportedModelError
 from chatfleet.model.export import held_hf_weights
+from chatfleet.model.gguf_weights import config_from_gguf
 from chatfleet.model.loader import load_weights
 from chatfleet.modelfile.gguf_file import read_gguf
 from chatfleet.modelfile.gguf_writer import (
@@ -233,8 +234,18 @@ def _as_loaded(model: torch.nn.Module, qtype) -> torch.nn.Module:
         ("qwen2", {}, GGMLQuantizationType.Q4_0),
         ("qwen2", {"rope_parameters": QWEN25_YARN}, GGMLQuantizationType.F32),
         ("llama", {"rope_parameters": LINEAR_ROPE}, GGMLQuantizationType.F32),
+        # Mistral Nemo's shape: heads narrower than hidden / heads (its GGUFs say llama).
+        ("mistral", {"head_dim": 128, "sliding_window": None}, GGMLQuantizationType.F32),
     ],
-    ids=["llama31-f32", "llama31-q8_0", "qwen2-f32", "qwen2-q4_0", "qwen25-yarn", "linear-rope"],
+    ids=[
+        "llama31-f32",
+        "llama31-q8_0",
+        "qwen2-f32",
+        "qwen2-q4_0",
+        "qwen25-yarn",
+        "linear-rope",
+        "mistral-head-dim",
+    ],
 )
 def test_gguf_files_match_transformers_on_the_weights_they_hold(tmp_path, family, overrides, qtype):
     """Written as llama.cpp writes them (Llama's interleaved Q/K rows and `rope_freqs`,
@@ -243,10 +254,25 @@ def test_gguf_files_match_transformers_on_the_weights_they_hold(tmp_path, family
     path = str(tmp_path / f"{family}.gguf")
     llama3 = overrides.get("rope_parameters") == LLAMA31_ROPE
     factors = _llama31_rope_factors(model) if llama3 else None
-    write_gguf(model, family, path, qtype, rope_factors=factors)
+    write_gguf(model, "llama" if family == "mistral" else family, path, qtype, rope_factors=factors)
     scaled = "rope_parameters" in overrides
     prompt = prompt_ids(150 if scaled else 20)  # scaled rope: past the original 64
     assert_matches_transformers(path, _as_loaded(model, qtype), prompt)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("attention.value_length", 32), ("rope.dimension_count", 32)],
+    ids=["value-width", "partial-rope"],
+)
+def test_gguf_head_widths_not_served_are_refused_by_name(tmp_path, key, value):
+    _, model = build(tmp_path, "llama")
+    path = str(tmp_path / "llama.gguf")
+    write_gguf(model, "llama", path)
+    meta, tensors = read_gguf(path)
+    meta[f"llama.{key}"] = value
+    with pytest.raises(UnsupportedModelError, match=f"llama.{key} 32 with heads 64 wide"):
+        config_from_gguf(meta, {t.name for t in tensors})
 
 
 def test_a_tied_head_is_written_once_and_held_once(tmp_path):
