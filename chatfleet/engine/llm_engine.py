@@ -128,7 +128,7 @@ class LLMEngine:
         if request_id in self._parents:
             raise InvalidRequestError(f"duplicate request id {request_id}", param="request_id")
         text = prompt if isinstance(prompt, str) else None
-        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        ids = self.tokenizer.encode_prompt(prompt) if isinstance(prompt, str) else list(prompt)
         self.validate_prompt(ids, params)
         grammar = (
             None if params.grammar is None else self._grammar_compiler().matcher(params.grammar)

@@ -264,6 +264,11 @@ class Tokenizer:
         """
         return self._plain.encode(text, add_special_tokens=add_special_tokens).ids
 
+    def encode_prompt(self, text: str) -> list[int]:
+        """Ids of a whole prompt: `text` as plain text, after what the model file says prompts
+        start with (Llama's and Mistral's BOS), as llama.cpp and transformers encode it."""
+        return self.encode(text, add_special_tokens=True)
+
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self._plain.decode(ids, skip_special_tokens=skip_special_tokens)
 

@@ -20,7 +20,7 @@ class OpenAIServingCompletion(OpenAIServing):
         req, model = self.parse(CompletionRequest, body)
         if req.suffix:
             raise InvalidRequestError("suffix is not supported", param="suffix")
-        ids = [self.tokenizer.encode(p) if isinstance(p, str) else p for p in req.prompts()]
+        ids = [self.tokenizer.encode_prompt(p) if isinstance(p, str) else p for p in req.prompts()]
         vocab_size = self.tokenizer.vocab_size
         if any(not 0 <= t < vocab_size for p in ids for t in p):
             # NOTE: checked here, not only by the engine: echo decodes the prompt first.

@@ -14,9 +14,11 @@ from gguf import GGUFWriter
 
 from chatfleet import LLM, SamplingParams
 from chatfleet.config.engine_config import CacheConfig, SchedulerConfig
+from chatfleet.config.server_config import ServerConfig
 from chatfleet.modelfile.gguf_vocab import BYTE, CONTROL, NORMAL, UNKNOWN, UNUSED
 from chatfleet.modelfile.gguf_writer import write_gguf
 from chatfleet.modelfile.tokenizer import Tokenizer
+from chatfleet.server.serving_completion import OpenAIServingCompletion
 
 spm = pytest.importorskip("sentencepiece")
 transformers = pytest.importorskip("transformers")
@@ -153,3 +155,11 @@ def test_a_llama_gguf_with_a_sentencepiece_vocabulary_serves_chat(trained, tmp_p
     assert out.prompt_token_ids == [sp.bos_id(), *sp.encode("[INST] hello [/INST]")]
     assert len(out.outputs[0].token_ids) == 12
     assert out.outputs[0].text == sp.decode(out.outputs[0].token_ids)
+    # A text prompt starts as the file says prompts start (BOS), as llama.cpp encodes it,
+    # through the engine and through /v1/completions alike.
+    (completion,) = llm.generate("hello", params)
+    assert completion.prompt_token_ids == [sp.bos_id(), *sp.encode("hello")]
+    config = ServerConfig(model_names=("m",))
+    serving = OpenAIServingCompletion(llm.engine, config, None)  # type: ignore[arg-type]
+    job = serving.make_job({"prompt": "hello", "max_tokens": 1})
+    assert job.prompts == [[sp.bos_id(), *sp.encode("hello")]]
