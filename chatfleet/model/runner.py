@@ -112,6 +112,7 @@ class ModelRunner:
             attention,
             self.device,
             self.kv_dtype,
+            self.dtype,
             model_config.head_dim,
             model_config.num_heads // model_config.num_kv_heads,
         )

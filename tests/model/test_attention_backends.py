@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from chatfleet.model.attention import BACKENDS, kv_format, load_kernel, write_kv
+from chatfleet import LLM, SamplingParams
+from chatfleet.config.engine_config import CacheConfig, SchedulerConfig
+from chatfleet.model.attention import BACKENDS, kv_format, load_kernel, resolve_backend, write_kv
 from chatfleet.model.attention.cpu_paged import MAX_PAGED_QUERY_LEN
 from chatfleet.model.forward_context import ForwardContext
 
@@ -163,3 +165,18 @@ def test_cpu_kernel_writes_the_cache_as_python_does(kv_dtype):
         v = qkv[:, (HEADS + KV_HEADS) * DIM :].view(7, KV_HEADS, DIM)
         half_step = (v.norm(dim=-1) / 127 / 2) * DIM**0.5  # the L2 bound of half a step each
         assert ((kv_format.decode(flat[1][1], torch.float32) - v).norm(dim=-1) <= half_step).all()
+
+
+def test_bf16_weights_are_served_by_sdpa_whatever_the_cache():
+    """bf16 weights give bf16 queries, which the cpu kernel does not read: a cache it reads
+    (fp16 here) must not pick it."""
+    llm = LLM(
+        weight_format="bf16",
+        cache=CacheConfig(num_blocks_override=16, kv_cache_dtype="fp16"),
+        scheduler=SchedulerConfig(max_num_seqs=1),
+    )
+    assert llm.engine.runner.attention == "sdpa"
+    params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
+    assert len(llm.generate([1, 2, 3], params)[0].outputs[0].token_ids) == 4
+    with pytest.raises(ValueError, match="no torch.bfloat16 queries"):
+        resolve_backend("cpu", torch.device("cpu"), torch.float16, torch.bfloat16, DIM, 3)
