@@ -3,7 +3,7 @@
 SSE events are never torn: a partial event is held until its blank line. A resumable stream
 (stream_ledger.py) whose replica fails or hangs mid-way continues on another replica:
 
-    replica A: chunks ... x  (reset, gone, or no token within token_timeout_s)
+    replica A: chunks ... x  (reset, gone, its engine dead, or no token within token_timeout_s)
     router:    the ledger's continuation -> another healthy replica (policy's choice) -> B
     replica B: the rest of the reply, from the first character the client lacks
 
@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("chatfleet.router")
 T = TypeVar("T")
+
+
+class ReplicaStreamError(Exception):
+    """The replica's stream reported the replica's own failure (its engine died)."""
 
 
 @dataclass
@@ -84,7 +88,7 @@ class Relay:
                 except TimeoutError:
                     self.router._hung(self.up.rid)
                     error: Exception = ReplicaHungError("the replica stopped sending tokens")
-                except httpx.HTTPError as e:
+                except (httpx.HTTPError, ReplicaStreamError) as e:
                     self._failed(e)
                     if not self.is_sse:
                         failed = f"replica {self.up.rid} failed mid-response"
@@ -115,11 +119,15 @@ class Relay:
                 out = ledger.relay(complete) if ledger is not None else complete
                 if out:
                     yield out
+                if ledger is not None and ledger.replica_failed:
+                    raise ReplicaStreamError("its engine died")
             chunk = await before(self.up.due, anext(self.up.chunks, None))
         if rest := events.flush():
             yield ledger.relay(rest) if ledger is not None else rest
+        if ledger is not None and ledger.replica_failed:
+            raise ReplicaStreamError("its engine died")
 
-    def _failed(self, e: httpx.HTTPError) -> None:
+    def _failed(self, e: Exception) -> None:
         self.router.pool.record_failure(self.up.rid, time.monotonic())
         self.router.metrics.stream_errors.labels(self.up.rid).inc()
         logger.warning("replica %s failed mid-response: %r", self.up.rid, e)

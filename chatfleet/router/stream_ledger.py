@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from chatfleet.errors import EngineDeadError
 from chatfleet.http import sse
 
 # Client requests never carry these: only the router asks for them (a client that could
@@ -58,13 +59,16 @@ class StreamLedger:
     created: int | None = None
     finished: bool = False  # a choice's finish_reason went out: nothing is left to resume
     resumed: bool = False
+    # The replica's stream said its engine died: the replica failed, not the request, so the
+    # stream is resumed elsewhere; that event and what follows it are not the client's.
+    replica_failed: bool = False
     _replayed: bool = False  # a continuation was sent: its first ids restate the reply's
 
     def relay(self, events: bytes) -> bytes:
         """Complete SSE events from the replica -> what the client gets."""
         out = []
         for raw in events.split(b"\n\n"):
-            if raw.strip():
+            if raw.strip() and not self.replica_failed:
                 kept = self._event(raw)
                 if kept is not None:
                     out.append(kept + b"\n\n")
@@ -74,7 +78,12 @@ class StreamLedger:
         if not raw.startswith(b"data:") or raw[5:].strip() == b"[DONE]":
             return raw  # a comment, or the end
         chunk = json.loads(raw[5:])
-        if not isinstance(chunk, dict) or "error" in chunk:
+        if isinstance(chunk, dict) and "error" in chunk:
+            error = chunk["error"]
+            code = error.get("code") if isinstance(error, dict) else None
+            self.replica_failed = code == EngineDeadError.code
+            return None if self.replica_failed else raw
+        if not isinstance(chunk, dict):
             return raw
         ids = chunk.pop("chatfleet_token_ids", None) or []
         if ids and self._replayed:  # a continued reply's first ids are all of the reply's
@@ -96,7 +105,7 @@ class StreamLedger:
 
     def continuation(self) -> bytes:
         """The request that resumes the stream on another replica."""
-        self.resumed = True
+        self.resumed, self.replica_failed = True, False
         payload = dict(self.payload)
         if self.token_ids:  # else nothing reached the client: the request as it was
             self._replayed = True

@@ -13,6 +13,7 @@ import threading
 import httpx
 import pytest
 
+from chatfleet.engine.async_engine import FAULT_STEP_ENV
 from tests.gateway.conftest import (
     get_conversation,
     launch_gateway,
@@ -24,12 +25,14 @@ from tests.router.conftest import (
     FAST_HEALTH,
     MODEL,
     REPLICA_HEADER,
+    launch_router,
     launch_servers,
     replica_states,
     router_metric,
     start_router,
     wait_until,
 )
+from tests.server_process import launch_server, wait_ready
 
 pytestmark = pytest.mark.e2e  # starts its own servers (and kills some)
 
@@ -69,7 +72,7 @@ def stream(router, body: dict, on_chunk=None) -> dict:
         "POST", f"{router.base_url}/v1/chat/completions", json=body, timeout=120
     ) as r:
         assert r.status_code == 200
-        out["replica"] = r.headers[REPLICA_HEADER]
+        out["replica"] = r.headers.get(REPLICA_HEADER)
         num_chunks = 0
         for line in r.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
@@ -238,3 +241,29 @@ def test_past_its_resumptions_a_cut_stream_ends_with_an_error_event(fleet):
         assert router_metric(router, "chatfleet_router_stream_resumptions_total") == 0
     finally:
         router.stop()
+
+
+def test_a_stream_whose_replica_engine_dies_continues_elsewhere(tmp_path, server):
+    """A replica whose engine dies mid-stream (its process still up) reports it in an
+    `engine_dead` error event: the replica failed, not the request, so the stream resumes on
+    another replica and the client gets the whole reply, no error."""
+    env = {FAULT_STEP_ENV: "24"}  # its engine dies 24 steps into its first stream
+    faulty = wait_ready(launch_server(tmp_path, "--num-threads", "1", env=env))
+    urls = [faulty.base_url, server.base_url]
+    router = launch_router(tmp_path, urls, *FAST_HEALTH, "--policy", "round_robin")
+    try:
+        assert wait_until(lambda: all(s["eligible"] for s in replica_states(router).values()))
+        body = chat_body(temperature=0)
+        undisturbed = stream(server, body)
+        for _ in urls:  # round robin: one of these lands on the faulty replica
+            resumed = stream(router, body)
+            if resumed["replica"] == faulty.base_url:
+                break
+        assert resumed["replica"] == faulty.base_url and faulty.proc.wait(30) == 1
+        assert not resumed["error"]
+        assert resumed["text"] == undisturbed["text"]
+        assert resumed["usage"]["completion_tokens"] == undisturbed["usage"]["completion_tokens"]
+        assert router_metric(router, "chatfleet_router_stream_resumptions_total") == 2
+    finally:
+        router.stop()
+        faulty.stop()

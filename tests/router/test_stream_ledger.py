@@ -66,3 +66,20 @@ def test_what_can_be_resumed_and_what_clients_cannot_send():
     assert not resumable("/v1/completions", {"stream": True, "prompt": "a", "echo": True})
     forged = {**chat, "chatfleet_continue": {"token_ids": [1]}, "chatfleet_token_ids": True}
     assert strip_extensions(forged) == chat
+
+
+def test_a_dead_engine_is_the_replicas_failure_and_other_errors_are_the_clients():
+    """An `engine_dead` error event marks the replica failed and, with the [DONE] after it,
+    never reaches the client (the stream resumes elsewhere); any other error is passed on."""
+    ledger = StreamLedger({"stream": True, "messages": []})
+    dead = {"error": {"message": "the engine loop died", "code": "engine_dead"}}
+    events = _chunk("a", 1, "Hi", [5]) + _event(dead) + b"data: [DONE]\n\n"
+    assert [json.loads(e)["choices"][0]["delta"] for e in _relayed(ledger, events)] == [
+        {"content": "Hi"}
+    ]
+    assert ledger.replica_failed and ledger.token_ids == [5]
+    ledger.continuation()
+    assert not ledger.replica_failed
+    timeout = {"error": {"message": "the request timed out", "code": "request_timeout"}}
+    assert _relayed(ledger, _event(timeout)) == [json.dumps(timeout)]
+    assert not ledger.replica_failed
