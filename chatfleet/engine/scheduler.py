@@ -125,7 +125,9 @@ class Scheduler:
             heapq.heappop(self._waiting)
             request.num_computed_tokens = num_hit_tokens
             if request.num_cached_tokens < 0:
-                request.num_cached_tokens = num_hit_tokens
+                # NOTE: a continued reply's first output tokens are prefilled with its prompt
+                # and may hit the cache too; only the prompt's hits are cached prompt tokens.
+                request.num_cached_tokens = min(num_hit_tokens, request.num_prompt_tokens)
             if request.first_scheduled_time is None:
                 request.first_scheduled_time = time.monotonic()
             request.status = RequestStatus.RUNNING

@@ -71,3 +71,16 @@ def test_continued_tokens_are_checked(llm):
         SamplingParams(n=2, max_tokens=8, continue_token_ids=[1])
     with pytest.raises(InvalidRequestError, match="unknown token ids"):
         llm.generate(PROMPT, SamplingParams(max_tokens=8, continue_token_ids=[10**9]))
+
+
+def test_a_continued_reply_counts_only_prompt_tokens_as_cached(llm):
+    """The continued tokens are output, not prompt: a cache hit on them (the undisturbed run
+    left them in the prefix cache) is not reported as cached prompt tokens."""
+    params = SamplingParams(temperature=0, max_tokens=48, ignore_eos=True)
+    whole = llm.generate(PROMPT, params)[0]
+    cont = SamplingParams(
+        **{**params.__dict__, "continue_token_ids": whole.outputs[0].token_ids[:40]}
+    )
+    continued = llm.generate(PROMPT, cont)[0]
+    assert continued.num_prompt_tokens == whole.num_prompt_tokens
+    assert continued.num_cached_tokens <= continued.num_prompt_tokens
