@@ -101,7 +101,8 @@ class ProxyConfig:
     # A stream's replica must send a token (not just keep-alives) this often, the first
     # counted from the request: past it the replica is hung (its engine stuck, or the whole
     # process), is ejected, and the stream ends with an error event (or, before its headers,
-    # goes to another replica). Non-streamed requests have only read_timeout_s.
+    # goes to another replica). Non-streamed requests have read_timeout_s; any request also
+    # stops waiting once probes eject its replica (Router.until).
     token_timeout_s: float = field(
         default=120.0, metadata=setting(help="longest wait for a stream's next token")
     )

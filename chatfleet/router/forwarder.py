@@ -10,9 +10,11 @@ stream must bring a token (keep-alive comments do not count) every `token_timeou
 that misses it is ejected at once.
 
 A non-streamed answer is read whole before it is passed on, so a replica failing part-way is
-retried like one failing before its first byte. A stream is relayed as it arrives (relay.py);
-if its replica fails mid-stream, a resumable one continues on another replica, and any other
-ends with an SSE `error` event and `[DONE]`.
+retried like one failing before its first byte. A request waiting on a replica that the pool
+ejects (its probes or other requests found it dead or hung) stops waiting: until its first
+byte it goes to another replica, and a resumable stream resumes elsewhere. A stream is
+relayed as it arrives (relay.py); if its replica fails mid-stream, a resumable one continues
+on another replica, and any other ends with an SSE `error` event and `[DONE]`.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import Mapping
+from asyncio import FIRST_COMPLETED
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -43,7 +46,7 @@ from chatfleet.router.health import HealthChecker
 from chatfleet.router.policies import make_policy
 from chatfleet.router.pool import ReplicaPool
 from chatfleet.router.prefix_index import PrefixIndex, route_request
-from chatfleet.router.relay import Relay, Resumption, Upstream, before
+from chatfleet.router.relay import Relay, ReplicaEjectedError, Resumption, Upstream, before
 from chatfleet.router.router_metrics import RouterMetrics
 from chatfleet.router.session import session_key
 from chatfleet.router.snapshot import RouteRequest
@@ -107,6 +110,8 @@ class Router:
         self._seq = itertools.count()
         self._client: httpx.AsyncClient | None = None
         self._probe_task: asyncio.Task | None = None
+        # Per replica, a future done when it is ejected: what requests waiting on it watch.
+        self._ejections: dict[str, asyncio.Future[None]] = {}
         for url in replica_urls or []:
             self.pool.add(url.rstrip("/"))
 
@@ -137,8 +142,49 @@ class Router:
             await self._client.aclose()
 
     def forget(self, replica_id: str) -> None:
-        """The replica's KV cache is gone (ejected, restarted, removed): unlearn its prefixes."""
+        """The replica's KV cache is gone (ejected, restarted, removed): unlearn its prefixes;
+        requests still waiting on it stop waiting (`until`)."""
         self.index.forget_replica(replica_id)
+        ejection = self._ejections.pop(replica_id, None)
+        if ejection is not None and not ejection.done():
+            ejection.set_result(None)
+
+    def _ejection(self, replica_id: str) -> asyncio.Future[None]:
+        """The future done once the replica is ejected (already done if it is now)."""
+        ejection = self._ejections.get(replica_id)
+        if ejection is None:
+            ejection = asyncio.get_running_loop().create_future()
+            state = self.pool.state(replica_id)
+            if state is None or state.is_ejected:
+                ejection.set_result(None)
+            else:
+                self._ejections[replica_id] = ejection
+        return ejection
+
+    async def until(self, rid: str | None, due: float | None, step: Awaitable[T]) -> T:
+        """`step`'s result; TimeoutError if time.monotonic() passes `due` first (None: no
+        deadline), ReplicaEjectedError if replica `rid` is ejected first (None: not watched).
+
+        NOTE: a hung replica holds its connections open: without this, a request on it would
+        wait for the read timeout although its probes had it ejected in seconds."""
+        if rid is None:
+            return await before(due, step)
+        task: asyncio.Future[T] = asyncio.ensure_future(step)
+        ejection = self._ejection(rid)
+        timeout_s = None if due is None else max(due - time.monotonic(), 0.0)
+        try:
+            waits: set[asyncio.Future[Any]] = {task, ejection}
+            await asyncio.wait(waits, timeout=timeout_s, return_when=FIRST_COMPLETED)
+            if task.done():
+                return task.result()
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if ejection.done():
+            raise ReplicaEjectedError(rid)
+        raise TimeoutError
 
     def _on_health_event(self, event: str, replica_id: str) -> None:
         logger.warning("replica %s %s", replica_id, event)
@@ -220,10 +266,15 @@ class Router:
         if not isinstance(opened, Upstream):
             return opened
         if not stream:  # read whole: a failure part-way is retried like any other
+            rest = []
             try:
-                rest = [chunk async for chunk in opened.chunks]
-            except httpx.HTTPError as e:
-                self.pool.record_failure(rid, time.monotonic())
+                while (
+                    chunk := await self.until(rid, None, anext(opened.chunks, None))
+                ) is not None:
+                    rest.append(chunk)
+            except (httpx.HTTPError, ReplicaEjectedError) as e:
+                if isinstance(e, httpx.HTTPError):
+                    self.pool.record_failure(rid, time.monotonic())
                 return _Retry(type(e).__name__)
             finally:
                 await self._close(rid, opened.response)
@@ -255,18 +306,20 @@ class Router:
         due = time.monotonic() + self.config.proxy.token_timeout_s if stream else None
         try:
             req = self.client.build_request(method, rid + path, content=body, headers=headers)
-            upstream = await before(due, self.client.send(req, stream=True))
+            upstream = await self.until(rid, due, self.client.send(req, stream=True))
             if upstream.status_code >= 400:
-                content = await upstream.aread()
+                content = await self.until(rid, due, upstream.aread())
             else:
                 chunks = upstream.aiter_raw()
-                first = await before(due, anext(chunks, None))
-        except (httpx.HTTPError, TimeoutError) as e:  # no byte reached the client: try elsewhere
+                first = await self.until(rid, due, anext(chunks, None))
+        except (httpx.HTTPError, TimeoutError, ReplicaEjectedError) as e:
+            # No byte reached the client: try elsewhere.
             await self._close(rid, upstream)
             if isinstance(e, TimeoutError):
                 self._hung(rid)
                 return _Retry("replica_timeout", error_json(ReplicaHungError("no token in time")))
-            self.pool.record_failure(rid, time.monotonic())
+            if isinstance(e, httpx.HTTPError):
+                self.pool.record_failure(rid, time.monotonic())
             return _Retry(type(e).__name__)
         except BaseException:  # cancelled (the client left): the replica must stop too
             await self._close(rid, upstream)

@@ -39,6 +39,10 @@ class ReplicaStreamError(Exception):
     """The replica's stream reported the replica's own failure (its engine died)."""
 
 
+class ReplicaEjectedError(Exception):
+    """The pool ejected the replica while a request waited on it (Router.until)."""
+
+
 @dataclass
 class Upstream:
     """An accepted response of one replica: its first chunk read, the rest to come."""
@@ -88,7 +92,7 @@ class Relay:
                 except TimeoutError:
                     self.router._hung(self.up.rid)
                     error: Exception = ReplicaHungError("the replica stopped sending tokens")
-                except (httpx.HTTPError, ReplicaStreamError) as e:
+                except (httpx.HTTPError, ReplicaStreamError, ReplicaEjectedError) as e:
                     self._failed(e)
                     if not self.is_sse:
                         failed = f"replica {self.up.rid} failed mid-response"
@@ -121,7 +125,10 @@ class Relay:
                     yield out
                 if ledger is not None and ledger.replica_failed:
                     raise ReplicaStreamError("its engine died")
-            chunk = await before(self.up.due, anext(self.up.chunks, None))
+            # NOTE: only a stream that can move on stops waiting when its replica is ejected;
+            # any other keeps its token deadline (an ejection by slow probes must not cut it).
+            watched = self.up.rid if self._can_resume() else None
+            chunk = await self.router.until(watched, self.up.due, anext(self.up.chunks, None))
         if rest := events.flush():
             yield ledger.relay(rest) if ledger is not None else rest
         if ledger is not None and ledger.replica_failed:
@@ -132,11 +139,15 @@ class Relay:
         self.router.metrics.stream_errors.labels(self.up.rid).inc()
         logger.warning("replica %s failed mid-response: %r", self.up.rid, e)
 
+    def _can_resume(self) -> bool:
+        r = self.resumption
+        return r is not None and self.budget > 0 and not r.ledger.finished
+
     async def _resume(self) -> bool:
         """Moves the stream to another replica; False when it cannot (nothing to resume, no
         budget left, no replica accepted the continuation)."""
         r = self.resumption
-        if r is None or self.budget <= 0 or r.ledger.finished:
+        if r is None or not self._can_resume():
             return False
         self.budget -= 1
         metrics = self.router.metrics

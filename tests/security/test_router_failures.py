@@ -17,7 +17,7 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
-from tests.router.conftest import launch_router, replica_states, stream_chat
+from tests.router.conftest import launch_router, replica_states, router_metric, stream_chat
 from tests.server_process import ServerProcess, free_port, start_server, wait_until
 
 TOKEN_TIMEOUT = ("--token-timeout", "2")
@@ -175,3 +175,47 @@ def test_a_stream_cut_after_its_last_token_ends_without_an_error(tmp_path):
     finally:
         router.stop()
         replica.stop()
+
+
+def test_requests_on_a_frozen_replica_go_elsewhere_once_it_is_ejected(tmp_path, server):
+    """A non-streamed request, and a stream before its first token, waiting on a replica that
+    freezes are sent to another replica once probes eject it: well before the read timeout
+    (non-streamed) and the token deadline (streams), which are left at their defaults."""
+    frozen = start_server(tmp_path, "--num-threads", "1")
+    fast = ("--max-failures", "2", "--probe-interval", "0.2", "--probe-timeout", "1")
+    urls = [frozen.base_url, server.base_url]
+    router = launch_router(tmp_path, urls, *fast, "--policy", "round_robin")
+    body = {"model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": "Hi"}]}
+    body.update(max_tokens=8, ignore_eos=True)
+    results: dict[int, dict] = {}
+
+    def ask(i: int) -> None:
+        url = f"{router.base_url}/v1/chat/completions"
+        if i >= 2:  # a stream
+            results[i] = stream_chat(router.base_url, 8)
+        else:
+            r = httpx.post(url, json=body, timeout=60)
+            usage = r.json()["usage"]["completion_tokens"] if r.status_code == 200 else None
+            results[i] = {"status": r.status_code, "replica": r.headers.get("x-chatfleet-replica")}
+            results[i].update(done=True, error=False, completion_tokens=usage)
+
+    try:
+        assert wait_until(lambda: all(s["eligible"] for s in replica_states(router).values()))
+        clients = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
+        with _stopped(frozen):
+            t0 = time.monotonic()
+            for client in clients:  # round robin, in order: one of each kind per replica
+                client.start()
+                time.sleep(0.2)
+            for client in clients:
+                client.join(60)
+            answered_s = time.monotonic() - t0
+            assert replica_states(router)[frozen.base_url]["ejected"]
+        assert answered_s < 30, results
+        assert router_metric(router, "chatfleet_router_retries_total") >= 2  # those it held
+        for r in results.values():
+            assert r["status"] == 200 and r["done"] and not r["error"], r
+            assert r["replica"] == server.base_url and r["completion_tokens"] == 8
+    finally:
+        router.stop()
+        frozen.stop()
