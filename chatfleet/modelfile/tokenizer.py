@@ -15,7 +15,7 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -32,7 +32,7 @@ from chatfleet.modelfile.paths import resolve_model_path
 
 CHAT_ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
 # Tokens that chat templates use to close a turn; generation must stop on them as on EOS.
-END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<end_of_turn>")
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -98,6 +98,7 @@ class Tokenizer:
         chat_template: str | None,
         bos_token_id: int | None,
         eos_token_id: int | None,
+        end_token_ids: Sequence[int] = (),
     ) -> None:
         serialized = hf_tokenizer.to_str()
         self._plain = hf_tokenizer
@@ -120,6 +121,9 @@ class Tokenizer:
         self._template = _compile_template(chat_template) if chat_template else None
         self._bos_token_id = bos_token_id
         self._eos_token_id = eos_token_id
+        # Other ids the model file names as ends of generation (generation_config.json's EOS
+        # list, a GGUF's end-of-turn and end-of-message ids): the model may emit any of them.
+        self._end_token_ids = tuple(end_token_ids)
 
     # ---- construction -------------------------------------------------------------------
 
@@ -158,7 +162,9 @@ class Tokenizer:
             hf.post_processor = processors.TemplateProcessing(
                 single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)]
             )
-        return cls(hf, meta("tokenizer.chat_template"), bos_id, eos_id)
+        ends = [meta(f"tokenizer.ggml.{k}_token_id") for k in ("eot", "eom")]
+        ends = [i for i in ends if isinstance(i, int)]
+        return cls(hf, meta("tokenizer.chat_template"), bos_id, eos_id, ends)
 
     @classmethod
     def from_hf_dir(cls, path: str) -> Tokenizer:
@@ -183,10 +189,17 @@ class Tokenizer:
             text = value.get("content") if isinstance(value, dict) else value
             return hf.token_to_id(text) if isinstance(text, str) else None
 
-        return cls(hf, template, token_id("bos_token"), token_id("eos_token"))
+        ends: list[int] = []
+        generation_path = os.path.join(path, "generation_config.json")
+        if os.path.isfile(generation_path):
+            with open(generation_path, encoding="utf-8") as f:
+                eos = json.load(f).get("eos_token_id")
+            ends = [i for i in (eos if isinstance(eos, list) else [eos]) if isinstance(i, int)]
+        return cls(hf, template, token_id("bos_token"), token_id("eos_token"), ends)
 
     def save_hf(self, path: str) -> None:
-        """Write tokenizer.json and tokenizer_config.json (template, BOS, EOS) into path."""
+        """Write tokenizer.json, tokenizer_config.json (template, BOS, EOS) and
+        generation_config.json (every id generation stops at) into path."""
         self._special.save(os.path.join(path, "tokenizer.json"))
 
         def text(token_id: int | None) -> str | None:
@@ -199,6 +212,8 @@ class Tokenizer:
         }
         with open(os.path.join(path, "tokenizer_config.json"), "w", encoding="utf-8") as f:
             json.dump(config, f, indent=2)
+        with open(os.path.join(path, "generation_config.json"), "w", encoding="utf-8") as f:
+            json.dump({"eos_token_id": self.eos_token_ids}, f, indent=2)
 
     # ---- vocabulary ---------------------------------------------------------------------
 
@@ -212,8 +227,10 @@ class Tokenizer:
 
     @property
     def eos_token_ids(self) -> list[int]:
-        """EOS plus every end-of-turn token the chat template writes (generation stops there)."""
+        """EOS, the other ends the model file names, and every end-of-turn token the chat
+        template writes (generation stops at each)."""
         ids = [] if self._eos_token_id is None else [self._eos_token_id]
+        ids += self._end_token_ids
         for text in END_OF_TURN_TOKENS:
             token_id = self._plain.token_to_id(text)
             if self.chat_template and text in self.chat_template and token_id is not None:

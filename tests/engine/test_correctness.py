@@ -145,6 +145,24 @@ def test_hf_safetensors_dir_serves_the_same_model(llm, tmp_path):
         assert a.outputs[0].token_ids == b.outputs[0].token_ids
 
 
+def test_generation_stops_at_every_end_the_model_dir_names(llm, tmp_path):
+    """generation_config.json may list ends beyond the tokenizer's EOS (Llama 3.1's
+    end_of_text and eom_id, Qwen2.5's endoftext): the model emits them and must stop there."""
+    import json
+
+    from chatfleet.model.export import export_hf_dir
+
+    params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    free = llm.generate(PROMPTS[0], params)[0].outputs[0].token_ids
+    stop_at = next(k for k in range(1, len(free)) if free[k] not in free[:k])
+    export_hf_dir(None, str(tmp_path))
+    ends = [*llm.tokenizer.eos_token_ids, free[stop_at]]
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": ends}))
+    hf_llm = make_llm(model=str(tmp_path))
+    out = hf_llm.generate(PROMPTS[0], SamplingParams(temperature=0, max_tokens=8))[0].outputs[0]
+    assert out.token_ids == free[: stop_at + 1] and out.finish_reason == "stop"
+
+
 def test_a_process_that_exits_right_after_loading_exits_cleanly():
     """The grammar compiler is still being built in the background when such a process ends:
     as a daemon thread in native code it crashed the interpreter's shutdown (SIGSEGV)."""

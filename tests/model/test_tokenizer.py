@@ -202,3 +202,13 @@ def test_hf_directory(tok: Tokenizer, tmp_path: Path) -> None:
     messages = [{"role": "user", "content": "hi <|im_start|>"}]
     assert hf.apply_chat_template(messages) == tok.apply_chat_template(messages)
     assert hf.id_to_piece_bytes(tok.encode("é")[0]) == "é".encode()
+
+
+def test_a_ggufs_end_of_turn_and_message_ids_stop_generation(tok: Tokenizer) -> None:
+    """llama.cpp's converter writes Llama 3's eot_id and eom_id beside EOS: both end a reply."""
+    from chatfleet.modelfile.gguf_file import read_gguf
+    from chatfleet.modelfile.paths import resolve_model_path
+
+    metadata, _ = read_gguf(resolve_model_path(None), with_tensors=False)
+    marked = dict(metadata) | {"tokenizer.ggml.eot_token_id": 7, "tokenizer.ggml.eom_token_id": 9}
+    assert Tokenizer.from_gguf_metadata(marked).eos_token_ids == [IM_END, 7, 9]
