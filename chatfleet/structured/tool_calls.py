@@ -73,23 +73,20 @@ def tools_system_prompt(tools: list[FunctionTool]) -> str:
 
 
 def parse_calls(text: str) -> tuple[str | None, list[ToolCall]]:
-    """(content before the first call or None if empty, the calls). A call cut short (the
-    token limit) is left in the content."""
-    start = text.find(CALL_OPEN)
-    if start < 0:
+    """(the text outside the calls, stripped, or None if empty; the calls): what a stream of
+    the same text delivers. Text without a call is returned as it is.
+
+    NOTE: a call cut short (the token limit) is still a call, its arguments cut short, as a
+    stream has already sent it and as OpenAI returns it (with finish_reason "length"); the
+    whole calls before it are kept."""
+    delta = ToolCallStream().feed(text, is_last=True)
+    calls = [
+        ToolCall(c["id"], c["function"]["name"], c["function"]["arguments"])
+        for c in delta.get("tool_calls", [])
+    ]
+    if not calls:
         return text, []
-    calls = []
-    pos = start
-    while pos < len(text) and text.startswith(CALL_OPEN, pos):
-        head = _HEAD.match(text, pos + len(CALL_OPEN))
-        end = text.find(CALL_CLOSE, pos)
-        if head is None or end < 0:
-            return text, []
-        calls.append(ToolCall(new_call_id(), head.group(1), text[head.end() : end]))
-        pos = end + len(CALL_CLOSE)
-        pos += 1 if text.startswith("\n", pos) else 0
-    content = text[:start].strip()
-    return content or None, calls
+    return delta.get("content", "").strip() or None, calls
 
 
 @dataclass

@@ -204,6 +204,31 @@ def test_a_streamed_tool_call_reassembles_in_the_sdk_stream_helper(client):
     jsonschema.validate(json.loads(call.function.arguments), PARAMETERS[call.function.name])
 
 
+def test_calls_cut_by_max_tokens_read_the_same_whole_and_streamed(client):
+    """Parallel calls that max_tokens cuts mid-call: the whole calls before the cut are kept,
+    and the reply and the stream carry the same calls (the cut one last, as OpenAI does)."""
+    args = {"model": MODEL, "messages": ASK, "tools": [WEATHER, ADD], "max_tokens": 60}
+    args |= {"tool_choice": "required", "parallel_tool_calls": True, "temperature": 0}
+    args["extra_body"] = {"min_tokens": 60}  # calls go on until max_tokens cuts one
+    whole = client.chat.completions.create(**args)
+    streamed: dict[int, list[str]] = {}  # call index -> [name, arguments]
+    reason = None
+    for chunk in client.chat.completions.create(**args, stream=True):
+        for choice in chunk.choices:
+            reason = choice.finish_reason or reason
+            for delta in choice.delta.tool_calls or []:
+                name_args = streamed.setdefault(delta.index, ["", ""])
+                name_args[0] += (delta.function and delta.function.name) or ""
+                name_args[1] += (delta.function and delta.function.arguments) or ""
+    calls = whole.choices[0].message.tool_calls or []
+    assert whole.choices[0].finish_reason == reason == "length"
+    expected = [tuple(streamed[k]) for k in sorted(streamed)]
+    assert [(c.function.name, c.function.arguments) for c in calls] == expected
+    assert len(calls) >= 2 and whole.choices[0].message.content is None
+    for call in calls[:-1]:
+        jsonschema.validate(json.loads(call.function.arguments), PARAMETERS[call.function.name])
+
+
 def test_a_follow_up_turn_with_the_tool_result_is_answered(client):
     first = one_required_call(client, [WEATHER])
     message = first.choices[0].message

@@ -39,10 +39,17 @@ def test_parse_finds_each_call_and_the_text_before():
     assert len({c.call_id for c in calls}) == 2
 
 
-def test_text_without_calls_is_content_and_a_cut_call_stays_text():
+def test_text_without_calls_is_content_and_a_cut_call_is_the_last_call():
     assert parse_calls("Just words.") == ("Just words.", [])
-    cut = render_call("add", '{"a": 1')[:-5]
-    assert parse_calls(cut) == (cut, [])
+    cut = render_call("add", '{"a": 1, "b": 2}')[: -len("2}}\n</tool_call>")]
+    content, calls = parse_calls(TWO_CALLS + "\n" + cut)
+    assert content is None
+    assert [(c.name, c.arguments) for c in calls[:2]] == [
+        (c.name, c.arguments) for c in parse_calls(TWO_CALLS)[1]
+    ]
+    assert (calls[2].name, calls[2].arguments) == ("add", '{"a": 1, "b": ')
+    # A cut opening tag is text: no call has begun.
+    assert parse_calls("<tool_call>\n{") == ("<tool_call>\n{", [])
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 5, 7, 1000])
