@@ -52,7 +52,8 @@ def upstream_error(status: int, content: bytes, headers: Mapping[str, str]) -> U
     err.type = str(
         error.get("type") or ("server_error" if status >= 500 else "invalid_request_error")
     )
-    err.code = error.get("code") if isinstance(error.get("code"), str) else err.code
+    if "code" in error:  # the upstream's own code, null included (else upstream_error)
+        err.code = None if error["code"] is None else str(error["code"])
     err.param = error.get("param") if isinstance(error.get("param"), str) else None
     return err
 
