@@ -91,7 +91,7 @@ class StreamAssembler:
             logprobs = lp.get("content") if isinstance(lp, dict) else None
         else:
             piece = _text(raw.get("text"))
-            logprobs = _completion_rows(raw.get("logprobs"), len(choice.text))
+            logprobs = _completion_rows(raw.get("logprobs"))
         if isinstance(logprobs, list):
             choice.logprobs = (choice.logprobs or []) + logprobs
         choice.text += piece
@@ -136,15 +136,12 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _completion_rows(logprobs: Any, offset: int) -> list[tuple[Any, Any, Any, int]] | None:
-    """A completion chunk's logprobs as one row per token, its text offsets made absolute
-    (a chunk counts them from its own start)."""
+def _completion_rows(logprobs: Any) -> list[tuple[Any, Any, Any, Any]] | None:
+    """A completion chunk's logprobs as one row per token (its text offsets already count
+    from the start of the choice's text)."""
     if not isinstance(logprobs, dict):
         return None
     tokens = logprobs.get("tokens") or []
-    columns = [logprobs.get(k) or [None] * len(tokens) for k in ("token_logprobs", "top_logprobs")]
-    offsets = logprobs.get("text_offset") or [0] * len(tokens)
-    return [
-        (t, lp, top, offset + int(off or 0))
-        for t, lp, top, off in zip(tokens, *columns, offsets, strict=False)
-    ]
+    names = ("token_logprobs", "top_logprobs", "text_offset")
+    columns = [logprobs.get(k) or [None] * len(tokens) for k in names]
+    return list(zip(tokens, *columns, strict=False))

@@ -85,6 +85,7 @@ class Job:
     echo: list[str] | None = None  # completion echo: prompt texts to prepend
     parses_tool_calls: bool = False  # chat with tools: calls are parsed out of the text
     tool_streams: dict[int, ToolCallStream] = field(default_factory=dict)  # by choice index
+    num_chars_sent: dict[int, int] = field(default_factory=dict)  # streamed text, by choice
     reports_token_ids: bool = False  # each chunk carries its token ids (for the router)
     skip_chars: int = 0  # a continued reply: characters of its text the client already has
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)

@@ -63,7 +63,12 @@ class OpenAIServingCompletion(OpenAIServing):
     def delta_choice(self, job: Job, index: int, c: CompletionOutput) -> dict[str, Any] | None:
         if not (c.delta_text or c.delta_logprobs):
             return None
-        logprobs = self._logprobs(c.delta_logprobs, 0) if c.delta_logprobs else None
+        # NOTE: text_offset counts from the start of the choice's whole text (its echoed
+        # prompt included), as in the non-streamed body, not from the start of the chunk.
+        echo = job.echo[index // job.params.n] if job.echo else ""
+        offset = job.num_chars_sent.get(index, len(echo))
+        job.num_chars_sent[index] = offset + len(c.delta_text)
+        logprobs = self._logprobs(c.delta_logprobs, offset) if c.delta_logprobs else None
         return _choice(index, c.delta_text, logprobs)
 
     def finish_choice(self, job: Job, index: int, reason: str | None) -> dict[str, Any]:

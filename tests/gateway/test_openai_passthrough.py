@@ -6,9 +6,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import httpx
+import openai
 import pytest
 
 from tests.gateway.conftest import auth, launch_gateway, make_key
+from tests.server.test_openai_sdk import MODEL
 from tests.server_process import ServerProcess
 
 
@@ -38,3 +40,15 @@ def test_a_refusal_reaches_the_client_as_the_server_gave_it(server, gateway, bod
     relayed = httpx.post(gw.base_url + path, json=body, headers=auth(key), timeout=60)
     assert direct.status_code == relayed.status_code == 400
     assert relayed.json() == direct.json()
+
+
+def test_completion_logprobs_read_the_same_through_the_gateway(server, gateway):
+    gw, key = gateway
+    ask = {"model": MODEL, "prompt": "One, two,", "max_tokens": 6, "temperature": 0}
+    ask |= {"logprobs": 1, "echo": True, "n": 2}
+    direct = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
+    relayed = openai.OpenAI(base_url=f"{gw.base_url}/v1", api_key=key, max_retries=0)
+    expected = direct.completions.create(**ask).choices
+    got = relayed.completions.create(**ask).choices
+    assert [c.logprobs for c in got] == [c.logprobs for c in expected]
+    assert [c.text for c in got] == [c.text for c in expected]

@@ -98,6 +98,23 @@ def test_completions_streamed_and_not(client):
     assert "".join(c.choices[0].text for c in stream if c.choices) == r.choices[0].text
 
 
+def test_streamed_text_offsets_count_from_the_start_of_the_text(client):
+    """Each chunk's text_offset indexes the choice's whole text (the echoed prompt included),
+    so the stream's offsets are the non-streamed body's."""
+    ask = {"model": MODEL, "prompt": "One, two,", "max_tokens": 6, "temperature": 0}
+    ask |= {"logprobs": 1, "echo": True, "n": 2}
+    whole = client.completions.create(**ask)
+    offsets: dict[int, list[int]] = {0: [], 1: []}
+    for chunk in client.completions.create(**ask, stream=True):
+        for choice in chunk.choices:
+            offsets[choice.index] += choice.logprobs.text_offset if choice.logprobs else []
+    for choice in whole.choices:
+        lp = choice.logprobs
+        assert offsets[choice.index] == lp.text_offset
+        pieces = zip(lp.text_offset, lp.tokens, strict=True)
+        assert [choice.text[k : k + len(token)] for k, token in pieces] == lp.tokens
+
+
 def test_completions_several_prompts(client):
     r = client.completions.create(
         model=MODEL, prompt=["One, two,", "Red, green,"], max_tokens=4, temperature=0
