@@ -6,6 +6,7 @@ what is wrong (never a framework 422).
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any, TypeVar
 
@@ -96,15 +97,41 @@ async def read_json(
 
 
 def parse_model(model: type[ModelT], body: Any) -> ModelT:
-    """Validate a JSON body; the first problem becomes a 400 naming its field."""
+    """Validate a JSON body; the most specific problem becomes a 400 naming its field."""
     if not isinstance(body, dict):
         raise InvalidRequestError("the request body must be a JSON object")
     try:
         return model.model_validate(body)
     except ValidationError as e:
-        err = e.errors()[0]
-        param = ".".join(str(x) for x in err["loc"]) or None
+        names = _field_names(model)
+        located = [(_param(err, names), err) for err in e.errors()]
+        # NOTE: a value that fits no member of a union fails once per member; the error that
+        # got deepest (a content part's "type", not "should be a string") says the most.
+        param, err = max(located, key=lambda pe: len(pe[0].split(".")) if pe[0] else 0)
         message = err["msg"]
         if err["type"] == "extra_forbidden":
             message = "this server does not implement this field (see docs/usage.md)"
         raise InvalidRequestError(f"{param}: {message}", param=param) from None
+
+
+@functools.cache
+def _field_names(model: type[BaseModel]) -> frozenset[str]:
+    """The property names of `model` and of every model nested in it."""
+    schema = model.model_json_schema()
+    parts = [schema, *schema.get("$defs", {}).values()]
+    return frozenset(name for part in parts for name in part.get("properties", {}))
+
+
+def _param(err: Any, names: frozenset[str]) -> str | None:
+    """The error's location as a request param: field names and list indexes.
+
+    NOTE: pydantic also puts in it the union member it tried ("temperature.int") and the
+    keys of free-form maps; neither is a param. An unknown field keeps its own name."""
+    loc = err["loc"]
+    last = len(loc) - 1
+    kept = [
+        str(x)
+        for k, x in enumerate(loc)
+        if isinstance(x, int) or x in names or (k == last and err["type"] == "extra_forbidden")
+    ]
+    return ".".join(kept) or None

@@ -27,7 +27,13 @@ CASES = [
     ("missing messages", b'{"model": "SmolLM2-135M-Instruct"}', 400, "messages"),
     ("empty messages", _chat(messages=[]).encode(), 400, "messages"),
     ("unknown role", _chat(messages=[{"role": "wizard", "content": "x"}]).encode(), 400, None),
-    ("non-string content", _chat(messages=[{"role": "user", "content": 5}]).encode(), 400, None),
+    (
+        "non-string content",
+        _chat(messages=[{"role": "user", "content": 5}]).encode(),
+        400,
+        "messages.0.content",
+    ),
+    ("temperature a string", _chat(temperature="hot"), 400, "temperature"),
     ("unknown model", _chat(model="gpt-99").encode(), 404, "model"),
     ("max_tokens huge", _chat(max_tokens=10**9).encode(), 400, "max_tokens"),
     ("max_tokens zero", _chat(max_tokens=0).encode(), 400, "max_tokens"),
@@ -59,7 +65,7 @@ CASES = [
         "an image part",
         _chat(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]),
         400,
-        None,
+        "messages.0.content.0.type",
     ),
     (
         "json_schema without a schema",
