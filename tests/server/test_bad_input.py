@@ -34,6 +34,7 @@ CASES = [
         "messages.0.content",
     ),
     ("temperature a string", _chat(temperature="hot"), 400, "temperature"),
+    ("top_logprobs over 20", _chat(logprobs=True, top_logprobs=21), 400, "top_logprobs"),
     ("unknown model", _chat(model="gpt-99").encode(), 404, "model"),
     ("max_tokens huge", _chat(max_tokens=10**9).encode(), 400, "max_tokens"),
     ("max_tokens zero", _chat(max_tokens=0).encode(), 400, "max_tokens"),
