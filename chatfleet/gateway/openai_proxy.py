@@ -109,8 +109,7 @@ class OpenAIProxy:
         )
         if not isinstance(payload, dict):
             raise InvalidRequestError("the request body must be a JSON object")
-        is_stream = payload.get("stream") is True
-        wants_usage = is_stream and bool((payload.get("stream_options") or {}).get("include_usage"))
+        is_stream, wants_usage = _stream_flags(payload)
         # NOTE: always a stream upstream, with usage: a client that leaves stops the engine
         # and pays for what it generated; a client that wanted one body gets it assembled.
         upstream_payload = {**payload, "stream": True, "stream_options": {"include_usage": True}}
@@ -236,6 +235,30 @@ class _Exchange:
         finally:
             await self.admission.settle(usage.prompt_tokens + usage.completion_tokens)
             await self.admission.release()
+
+
+def _stream_flags(payload: dict[str, Any]) -> tuple[bool, bool]:
+    """(whether the client wants a stream, whether it wants the usage chunk).
+
+    NOTE: the upstream always gets stream and stream_options of the gateway's own, so it
+    never sees the client's: a bad value is refused here, as the upstream would."""
+    stream = payload.get("stream", False)
+    if not isinstance(stream, bool):
+        raise InvalidRequestError("stream: Input should be a valid boolean", param="stream")
+    options = payload.get("stream_options")
+    if options is None:
+        return stream, False
+    if not stream:
+        raise InvalidRequestError(
+            "stream_options is only allowed with stream=true", param="stream_options"
+        )
+    include_usage = options.get("include_usage", False) if isinstance(options, dict) else None
+    if not isinstance(include_usage, bool) or set(options) - {"include_usage"}:
+        raise InvalidRequestError(
+            'stream_options: only {"include_usage": true or false} is implemented',
+            param="stream_options",
+        )
+    return True, include_usage
 
 
 def _event(data: str) -> dict[str, Any] | None:

@@ -29,6 +29,9 @@ BAD_REQUESTS = [
     {"messages": HI, "temperature": "hot", "max_tokens": 4},
     {"messages": HI, "top_p": 2, "max_tokens": 4},
     {"messages": [], "max_tokens": 4},
+    # The gateway streams from its upstream whatever the client asked: these it checks itself.
+    {"messages": HI, "stream_options": {"include_usage": True}, "max_tokens": 4},
+    {"messages": HI, "stream": "yes", "max_tokens": 4},
 ]
 
 
