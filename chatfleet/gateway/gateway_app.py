@@ -3,7 +3,7 @@
 GET  /, /static/*                 the web chat page (static, no CDN)
 GET  /health                      200 while the process runs
 /api/me, /api/usage, /api/conversations/*, /api/keys/*   the product API (routes/)
-/v1/chat/completions, /v1/completions, /v1/models        OpenAI API, same keys and limits
+/v1/chat/completions, /v1/completions, /v1/models[/{id}] OpenAI API, same keys and limits
 """
 
 from __future__ import annotations

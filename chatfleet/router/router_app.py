@@ -1,7 +1,7 @@
 """The router's HTTP front: /v1/* proxied through the Router, plus its own health and metrics.
 
 POST /v1/chat/completions, /v1/completions   routed by the policy, streamed through
-GET  /v1/models                              from any eligible replica
+GET  /v1/models, /v1/models/{id}             from any eligible replica
 GET  /health                                 200 while the router process runs
 GET  /ready                                  200 when at least one replica is eligible
 GET  /metrics                                the router's Prometheus metrics
@@ -85,6 +85,7 @@ def build_router_app(router: Router, manager: ReplicaManager | None = None) -> F
     guarded.add_api_route("/v1/chat/completions", proxy, methods=["POST"])
     guarded.add_api_route("/v1/completions", proxy, methods=["POST"])
     guarded.add_api_route("/v1/models", proxy, methods=["GET"])
+    guarded.add_api_route("/v1/models/{model_id:path}", proxy, methods=["GET"])
 
     def ready() -> None:
         if not router.pool.snapshot():

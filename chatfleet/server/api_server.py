@@ -1,7 +1,7 @@
 """The OpenAI-compatible server over one EngineClient: thin routes, admission, drain.
 
 POST /v1/chat/completions, /v1/completions   OpenAIServingChat / OpenAIServingCompletion
-GET  /v1/models                              the served names and the context length
+GET  /v1/models, /v1/models/{id}             the served names and the context length
 GET  /health, /ready, /metrics               chatfleet.http.ops_routes (vLLM metric names)
 
 Every /v1 route needs the API key when one is set. A request takes an in-flight slot or is
@@ -29,6 +29,7 @@ from chatfleet.http.handlers import new_app
 from chatfleet.http.http_errors import (
     ERROR_SCHEMA,
     DrainingError,
+    ModelNotFoundError,
     OverloadedError,
     check_bearer,
 )
@@ -191,21 +192,25 @@ def _openai_router(state: ServerState) -> APIRouter:
     async def completions(request: Request) -> Response:
         return await state.run(completion, request)
 
+    def model_card(name: str) -> dict[str, Any]:
+        return {
+            "id": name,
+            "object": "model",
+            "created": int(time.time()),
+            "owned_by": "chatfleet",
+            "max_model_len": state.engine.max_model_len,
+        }
+
     @router.get("/v1/models")
     async def models() -> dict[str, Any]:
-        created = int(time.time())
-        max_model_len = state.engine.max_model_len
-        data = [
-            {
-                "id": name,
-                "object": "model",
-                "created": created,
-                "owned_by": "chatfleet",
-                "max_model_len": max_model_len,
-            }
-            for name in state.config.names
-        ]
-        return {"object": "list", "data": data}
+        return {"object": "list", "data": [model_card(name) for name in state.config.names]}
+
+    @router.get("/v1/models/{model_id:path}", responses={404: {"description": "Unknown model"}})
+    async def model(model_id: str) -> dict[str, Any]:
+        """One served model, as the openai SDK's models.retrieve reads it."""
+        if model_id not in state.config.names:
+            raise ModelNotFoundError(f"The model `{model_id}` does not exist.", param="model")
+        return model_card(model_id)
 
     return router
 

@@ -55,3 +55,13 @@ def test_completion_logprobs_read_the_same_through_the_gateway(server, gateway):
     got = relayed.completions.create(**ask).choices
     assert [c.logprobs for c in got] == [c.logprobs for c in expected]
     assert [c.text for c in got] == [c.text for c in expected]
+
+
+def test_a_model_is_retrieved_through_the_gateway(server, gateway):
+    gw, key = gateway
+    direct = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
+    relayed = openai.OpenAI(base_url=f"{gw.base_url}/v1", api_key=key, max_retries=0)
+    assert relayed.models.retrieve(MODEL).id == direct.models.retrieve(MODEL).id == MODEL
+    with pytest.raises(openai.NotFoundError) as e:
+        relayed.models.retrieve("gpt-99")
+    assert e.value.body["code"] == "model_not_found"

@@ -78,6 +78,9 @@ def test_non_streamed_completions_and_models_pass_through(replicas, router_facto
         direct.completions.create(**kwargs).choices[0].text
     )
     assert [m.id for m in routed.models.list().data] == [MODEL]
+    assert routed.models.retrieve(MODEL).id == MODEL
+    with pytest.raises(openai.NotFoundError):
+        routed.models.retrieve("gpt-99")
 
 
 def test_tools_and_schemas_pass_through_the_router(replicas, router_factory):

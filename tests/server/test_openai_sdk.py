@@ -20,6 +20,14 @@ def test_models(client):
     assert [m.id for m in models.data] == [MODEL]
 
 
+def test_a_model_is_retrieved_by_its_id(client):
+    model = client.models.retrieve(MODEL)
+    assert (model.id, model.object, model.owned_by) == (MODEL, "model", "chatfleet")
+    with pytest.raises(openai.NotFoundError) as e:
+        client.models.retrieve("gpt-99")
+    assert e.value.body["code"] == "model_not_found" and e.value.body["param"] == "model"
+
+
 def test_chat_non_streamed(client):
     r = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=30)
     assert "Paris" in r.choices[0].message.content

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
@@ -24,4 +26,12 @@ async def completions(request: Request, key: CallerKey, gw: GatewayDep) -> Respo
 async def models(key: CallerKey, gw: GatewayDep) -> Response:
     """The upstream's models."""
     upstream = await gw.upstream.fetch("GET", "/v1/models", None, gw.upstream.headers())
+    return Response(upstream.content, upstream.status_code, media_type="application/json")
+
+
+@router.get("/models/{model_id:path}")
+async def model(model_id: str, key: CallerKey, gw: GatewayDep) -> Response:
+    """One of the upstream's models (its 404 for one it does not serve)."""
+    path = "/v1/models/" + quote(model_id, safe="/")
+    upstream = await gw.upstream.fetch("GET", path, None, gw.upstream.headers())
     return Response(upstream.content, upstream.status_code, media_type="application/json")
