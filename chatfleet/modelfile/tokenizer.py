@@ -162,8 +162,8 @@ class Tokenizer:
             hf.post_processor = processors.TemplateProcessing(
                 single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)]
             )
-        ends = [meta(f"tokenizer.ggml.{k}_token_id") for k in ("eot", "eom")]
-        ends = [i for i in ends if isinstance(i, int)]
+        named = (meta(f"tokenizer.ggml.{k}_token_id") for k in ("eot", "eom"))
+        ends = [i for i in named if isinstance(i, int)]
         return cls(hf, meta("tokenizer.chat_template"), bos_id, eos_id, ends)
 
     @classmethod
