@@ -146,7 +146,7 @@ def load_gguf(path: str) -> tuple[ModelConfig, LazyWeights]:
         tensors = [t for t in tensors if t.name != "rope_freqs.weight"]
     permuted = architectures.from_gguf(meta.get("general.architecture")).gguf_rope_permuted
     names = {t.name: _canonical_gguf_name(t.name) for t in tensors}
-    check_tensors(config, set(names.values()))
+    check_tensors(config, {names[t.name]: t.shape for t in tensors})
 
     def vector(t: GGUFTensor) -> Callable[[], torch.Tensor]:
         def read() -> torch.Tensor:

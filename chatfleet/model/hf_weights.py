@@ -132,6 +132,7 @@ def load_hf_dir(path: str) -> tuple[ModelConfig, LazyWeights]:
     matrices: dict[str, WeightRows] = {}
     vectors: dict[str, Callable[[], torch.Tensor]] = {}
     stored: dict[str, str] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
     for file in files:
         with safe_open(os.path.join(path, file), framework="pt") as f:
             for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
@@ -139,6 +140,7 @@ def load_hf_dir(path: str) -> tuple[ModelConfig, LazyWeights]:
                     continue
                 canonical = _canonical_hf_name(name)
                 shape = f.get_slice(name).get_shape()
+                shapes[canonical] = tuple(shape)
                 stored[canonical] = str(f.get_slice(name).get_dtype())
                 read = _safetensors_reader(os.path.join(path, file), name)
                 if len(shape) == 2:
@@ -147,7 +149,7 @@ def load_hf_dir(path: str) -> tuple[ModelConfig, LazyWeights]:
                     )
                 else:
                     vectors[canonical] = functools.partial(read, None, None)
-    check_tensors(config, {*matrices, *vectors})
+    check_tensors(config, shapes)
     if config.tie_word_embeddings and "lm_head" in matrices:
         head = matrices.pop("lm_head")  # the embedding serves as the head
         if not torch.equal(head.whole(), matrices["embed"].whole()):

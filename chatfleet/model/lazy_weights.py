@@ -24,8 +24,10 @@ _LAYER_PARTS = ("attn_norm", "q", "k", "v", "o", "ffn_norm", "gate", "up", "down
 _BIAS_PARTS = ("q_bias", "k_bias", "v_bias")
 
 
-def check_tensors(config: ModelConfig, names: set[str]) -> None:
-    """UnsupportedModelError unless `names` (canonical) are exactly what the model reads."""
+def check_tensors(config: ModelConfig, shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """UnsupportedModelError unless `shapes` (canonical name -> [out, in] or [n]) are exactly
+    the tensors the model reads, each as large as the config says."""
+    names = set(shapes)
     needed = {"embed", "norm"} | (set() if config.tie_word_embeddings else {"lm_head"})
     parts = _LAYER_PARTS + (_BIAS_PARTS if config.qkv_bias else ())
     needed |= {f"layers.{i}.{p}" for i in range(config.num_layers) for p in parts}
@@ -37,6 +39,44 @@ def check_tensors(config: ModelConfig, names: set[str]) -> None:
             f"the {config.family} model file does not match its config: missing tensors "
             f"{sorted(missing)[:8]}, unexpected tensors {sorted(unexpected)[:8]}"
         )
+    # NOTE: the kernels take their sizes from the tensors, the rest of the engine (KV cache,
+    # sampler, vocabulary checks) from the config: a file that disagrees with its config
+    # would run, wrongly, rather than fail.
+    expected = _expected_shapes(config)
+    wrong = [
+        f"{name} {tuple(shape)} (config: {expected[name.rpartition('.')[2]]})"
+        for name, shape in sorted(shapes.items())
+        if tuple(shape) != expected[name.rpartition(".")[2]]
+    ]
+    if wrong:
+        raise UnsupportedModelError(
+            f"the {config.family} model file does not match its config: tensor shapes "
+            + ", ".join(wrong[:8])
+        )
+
+
+def _expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Each part's shape, by the last component of its canonical name."""
+    hidden, inner = config.hidden_size, config.intermediate_size
+    q, kv = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
+    embed = (config.vocab_size, hidden)
+    return {
+        "embed": embed,
+        "lm_head": embed,
+        "norm": (hidden,),
+        "attn_norm": (hidden,),
+        "ffn_norm": (hidden,),
+        "q": (q, hidden),
+        "k": (kv, hidden),
+        "v": (kv, hidden),
+        "o": (hidden, q),
+        "gate": (inner, hidden),
+        "up": (inner, hidden),
+        "down": (hidden, inner),
+        "q_bias": (q,),
+        "k_bias": (kv,),
+        "v_bias": (kv,),
+    }
 
 
 class LazyWeights(Mapping[str, torch.Tensor]):

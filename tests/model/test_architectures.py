@@ -193,6 +193,12 @@ def _edit(path: str, config: dict | None = None, drop: str | None = None, add: s
             "rope scaling 'dynamic' is not supported (supported: linear, llama3, yarn)",
         ),
         ({"config": {"hidden_act": "gelu"}}, "hidden_act='gelu' is not supported"),
+        # A config that disagrees with its tensors would run on the tensors' sizes.
+        (
+            {"config": {"intermediate_size": 272}},
+            "tensor shapes layers.0.down (256, 256) (config: (256, 272))",
+        ),
+        ({"config": {"vocab_size": 49000}}, "tensor shapes embed (49152, 256)"),
     ],
 )
 def test_what_cannot_be_served_exactly_is_refused_by_name(tmp_path, change, message):
