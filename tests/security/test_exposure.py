@@ -71,6 +71,21 @@ def test_odd_query_digits_are_a_400_not_a_500(gateway_factory, sqlite_url):
         assert r.status_code == 400 and r.json()["error"]["param"] == "limit", query
 
 
+def test_stream_options_that_are_not_an_object_are_a_400(gateway_factory, sqlite_url):
+    key = make_key(sqlite_url, "alice")
+    gw = gateway_factory(sqlite_url)
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1, "stream": True}
+    for options in ("yes", [1], 1):
+        r = httpx.post(
+            f"{gw.base_url}/v1/chat/completions",
+            json={**body, "stream_options": options},
+            headers=auth(key),
+            timeout=30,
+        )
+        assert r.status_code == 400, (options, r.text)
+        assert r.json()["error"]["param"] == "stream_options"
+
+
 def test_deeply_nested_json_through_the_router_is_a_400(tmp_path, server):
     router = launch_router(tmp_path, [server.base_url])
     try:
