@@ -47,6 +47,15 @@ def _text(content: Any) -> str:
     return ""
 
 
+def _counted_message(m: dict[str, Any]) -> dict[str, Any]:
+    """What of a chat message the upstream writes into the prompt: its text and, for an
+    assistant, its past tool calls (their arguments can be most of a prompt)."""
+    out = {"role": m["role"], "content": _text(m.get("content"))}
+    if isinstance(m.get("tool_calls"), list):
+        out["tool_calls"] = m["tool_calls"]
+    return out
+
+
 class OpenAIProxy:
     def __init__(self, backends: Backends, config: GatewayConfig) -> None:
         self.store, self.upstream = backends.store, backends.upstream
@@ -58,10 +67,7 @@ class OpenAIProxy:
         malformed (the upstream then refuses it and the reservation is refunded)."""
         try:
             if path.endswith("/chat/completions"):
-                messages = [
-                    {"role": m["role"], "content": _text(m.get("content"))}
-                    for m in payload["messages"]
-                ]
+                messages = [_counted_message(m) for m in payload["messages"]]
                 # Tools are written into the prompt (the template or a system message).
                 tools = payload.get("tools")
                 described = self.counter.count_text(json.dumps(tools)) if tools else 0

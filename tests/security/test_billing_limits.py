@@ -112,3 +112,33 @@ def test_every_choice_of_a_stream_left_early_is_billed(gateway_factory, sqlite_u
     assert wait_until(lambda: usage_row(gw.base_url, key)["num_requests"] == 1, 30)
     billed = usage_row(gw.base_url, key)["completion_tokens"]
     assert billed >= sum(received.values()) - 3  # every choice's chunks, roughly a token each
+
+
+def _history_of_tool_calls(num_words: int) -> list[dict]:
+    """A chat history whose bulk is an assistant's past tool call (its arguments)."""
+    args = json.dumps({"text": "lorem ipsum " * num_words})
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": args}}
+    return [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "ok"},
+    ]
+
+
+def test_an_assistants_past_tool_calls_count_as_prompt(gateway_factory, sqlite_url):
+    """The upstream writes past calls into the prompt: they count against the key's token
+    limit up front, and a stream left before its usage chunk is billed for them."""
+    small = make_key(sqlite_url, "frank", tpm=300)
+    key = make_key(sqlite_url, "gina")
+    gw = gateway_factory(sqlite_url)
+    url = f"{gw.base_url}/v1/chat/completions"
+    body = {"model": MODEL, "messages": _history_of_tool_calls(400), "max_tokens": 1}
+    r = httpx.post(url, json=body, headers=auth(small), timeout=120)
+    assert r.status_code == 429 and "Request too large" in r.json()["error"]["message"], r.text
+    body |= {"max_tokens": 200, "ignore_eos": True, "stream": True}
+    with httpx.stream("POST", url, json=body, headers=auth(key), timeout=120) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {") and json.loads(line[6:])["choices"]:
+                break  # the client leaves at the first chunk
+    assert wait_until(lambda: usage_row(gw.base_url, key)["num_requests"] == 1, 30)
+    assert usage_row(gw.base_url, key)["prompt_tokens"] > 400
