@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -238,19 +239,22 @@ class ChatService:
         c = self.config
         max_model_len = c.max_model_len or await self.upstream.max_model_len()
         max_tokens = min(opts.max_tokens or c.reply_max_tokens, c.reply_max_tokens)
-        # The tools' description takes its part of the context, whatever turns are kept.
-        if conv.tools:
-            max_model_len -= await run_tokenize(self.counter.count_text, json.dumps(conv.tools))
-        return await run_tokenize(
+        # The tools' description takes its part of the context, whatever turns are kept, and
+        # is prompt like the turns: reserved, and billed if the reply stops before its usage.
+        num_tool_tokens = 0
+        if conv.tools and conv.tool_choice != "none":
+            num_tool_tokens = await run_tokenize(self.counter.count_text, json.dumps(conv.tools))
+        plan = await run_tokenize(
             plan_prompt,
             self.counter,
             conv.system_prompt,
             turns,
-            max_model_len,
+            max_model_len - num_tool_tokens,
             max_tokens,
             conv.context_start,
             c.trim_slack_tokens,
         )
+        return dataclasses.replace(plan, num_prompt_tokens=plan.num_prompt_tokens + num_tool_tokens)
 
     async def _open(self, conv: Conversation, plan: PromptPlan, opts: ReplyOptions) -> Any:
         body: dict[str, Any] = {

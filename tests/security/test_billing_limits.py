@@ -8,7 +8,7 @@ import json
 import httpx
 import pytest
 
-from tests.gateway.conftest import auth, make_key, usage_row
+from tests.gateway.conftest import auth, make_key, new_conversation, post_sse, say, usage_row
 from tests.server_process import start_server, wait_until
 
 MODEL = "SmolLM2-135M-Instruct"
@@ -140,5 +140,29 @@ def test_an_assistants_past_tool_calls_count_as_prompt(gateway_factory, sqlite_u
         for line in r.iter_lines():
             if line.startswith("data: {") and json.loads(line[6:])["choices"]:
                 break  # the client leaves at the first chunk
+    assert wait_until(lambda: usage_row(gw.base_url, key)["num_requests"] == 1, 30)
+    assert usage_row(gw.base_url, key)["prompt_tokens"] > 400
+
+
+def test_a_conversations_tools_count_as_prompt(gateway_factory, sqlite_url):
+    """The tools a conversation lets its replies call are written into every reply's prompt:
+    they count against the key's token limit up front, and a reply left before its usage
+    chunk is billed for them."""
+    small = make_key(sqlite_url, "hana", tpm=300)
+    key = make_key(sqlite_url, "ivan")
+    gw = gateway_factory(sqlite_url)
+    description = "lorem ipsum " * 300
+    tools = [
+        {"type": "function", "function": {"name": name, "description": description}}
+        for name in ("lookup", "search")
+    ]
+    refused = say(gw.base_url, small, new_conversation(gw.base_url, small, tools=tools), "hi")
+    assert refused.status == 429 and "Request too large" in refused.body["error"]["message"]
+    conv = new_conversation(gw.base_url, key, tools=tools)
+    path = f"/api/conversations/{conv}/messages"
+    left = post_sse(
+        gw.base_url, key, path, {"content": "hi"}, on_event=lambda e: e["type"] == "delta"
+    )
+    assert left.status == 200
     assert wait_until(lambda: usage_row(gw.base_url, key)["num_requests"] == 1, 30)
     assert usage_row(gw.base_url, key)["prompt_tokens"] > 400
