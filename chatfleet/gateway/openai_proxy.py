@@ -118,8 +118,13 @@ class OpenAIProxy:
         is_stream, wants_usage = _stream_flags(payload)
         # NOTE: always a stream upstream, with usage: a client that leaves stops the engine
         # and pays for what it generated; a client that wanted one body gets it assembled.
-        upstream_payload = {**payload, "stream": True, "stream_options": {"include_usage": True}}
-        upstream_payload.pop("cache_salt", None)  # a client never picks another tenant's salt
+        # NOTE: a client never picks another tenant's cache salt, nor sends the fleet's own
+        # fields (chatfleet_*: the router's stream resumption): a replica behind the gateway
+        # would continue a reply from tokens the client made up, ahead of the queue.
+        upstream_payload = {
+            k: v for k, v in payload.items() if k != "cache_salt" and not k.startswith("chatfleet_")
+        }
+        upstream_payload |= {"stream": True, "stream_options": {"include_usage": True}}
         if (salt := self.backends.cache_salt(key.user_id)) is not None:
             upstream_payload["cache_salt"] = salt
         num_tokens, num_requests = await self._reservation(path, payload)

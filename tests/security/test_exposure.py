@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import stat
 import subprocess
@@ -84,6 +85,22 @@ def test_stream_options_that_are_not_an_object_are_a_400(gateway_factory, sqlite
         )
         assert r.status_code == 400, (options, r.text)
         assert r.json()["error"]["param"] == "stream_options"
+
+
+def test_the_fleets_own_request_fields_stop_at_the_gateway(gateway_factory, sqlite_url):
+    """The gateway may face a replica with no router between (as here): a client's
+    chatfleet_continue would have a reply go on from tokens it made up, ahead of the queue,
+    and chatfleet_token_ids would hand it the replica's token ids."""
+    key = make_key(sqlite_url, "alice")
+    gw = gateway_factory(sqlite_url)
+    body = {"prompt": "hi", "max_tokens": 4, "stream": True, "chatfleet_token_ids": True}
+    # A token id past any vocabulary: the replica refuses the request if the field reaches it.
+    body["chatfleet_continue"] = {"token_ids": [10**9], "sent_chars": 0}
+    url = f"{gw.base_url}/v1/completions"
+    with httpx.stream("POST", url, json=body, headers=auth(key), timeout=60) as r:
+        assert r.status_code == 200, r.read()
+        chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    assert chunks and not any("chatfleet_token_ids" in c for c in chunks)
 
 
 def test_deeply_nested_json_through_the_router_is_a_400(tmp_path, server):
