@@ -199,3 +199,23 @@ def test_a_reply_ends_with_its_usage_or_not_at_all(db_url):
         assert (row.num_requests, row.prompt_tokens, row.completion_tokens) == (1, 10, 4)
     finally:
         store.close()
+
+
+def test_text_with_nul_is_kept_and_a_reply_with_one_is_billed(db_url):
+    """PostgreSQL's text cannot hold NUL: a title, message or id with one is stored (or not
+    found), never an error, and a reply the model ended with one still ends with its usage."""
+    store = open_store(db_url)
+    try:
+        eve = store.create_user("eve")
+        key, _ = store.create_key(eve.user_id, name="k\x00")
+        conv = store.create_conversation(eve.user_id, "a\x00b", "sys\x00")
+        assert store.get_conversation("\x00") is None and store.get_key("\x00") is None
+        _, reply = store.start_reply(conv.conversation_id, "hi\x00")
+        owner = UsageOwner("2030-03-01", eve.user_id, key.key_id)
+        end = ReplyEnd("complete", "bye\x00", "stop", usage=Usage(7, 3))
+        assert store.finish_reply(reply.message_id, end, owner).status == "complete"
+        (row,) = store.list_usage("2030-03-01")
+        assert (row.prompt_tokens, row.completion_tokens) == (7, 3)
+        assert [m.content[:2] for m in store.list_messages(conv.conversation_id)] == ["hi", "by"]
+    finally:
+        store.close()

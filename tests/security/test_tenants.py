@@ -8,7 +8,8 @@ from chatfleet.config.engine_config import CacheConfig
 from chatfleet.engine.kv_cache_manager import KVCacheManager
 from chatfleet.engine.request import Request
 from chatfleet.sampling_params import SamplingParams
-from tests.gateway.conftest import auth, make_key
+from tests.gateway.conftest import auth, make_key, say
+from tests.gateway.services import create_database
 
 MODEL = "SmolLM2-135M-Instruct"
 # A prompt of several KV blocks that only its author could know.
@@ -87,3 +88,26 @@ def test_a_users_stored_text_has_a_ceiling(gateway_factory, sqlite_url):
     message = {"content": "z" * 600, "max_tokens": 1}
     r = httpx.post(f"{url}/{conv}/messages", json=message, headers=auth(key), timeout=30)
     assert r.status_code == 413
+
+
+def test_nul_in_stored_text_or_an_id_is_never_a_500(gateway_factory, postgres):
+    """PostgreSQL's text cannot hold NUL; every route that stores or looks up text takes it."""
+    db_url = create_database(postgres.url)
+    key = make_key(db_url, "alice")
+    gw = gateway_factory(db_url)
+    r = httpx.post(
+        f"{gw.base_url}/api/conversations",
+        json={"title": "a\x00b", "system_prompt": "x\x00"},
+        headers=auth(key),
+        timeout=10,
+    )
+    assert r.status_code == 201, r.text
+    conv = r.json()["id"]
+    assert say(gw.base_url, key, conv, "hi\x00there").status == 200
+    r = httpx.patch(
+        f"{gw.base_url}/api/conversations/{conv}", json={"title": "t\x00"}, headers=auth(key)
+    )
+    assert r.status_code == 200, r.text
+    for method, path in (("GET", "/api/conversations/%00"), ("DELETE", "/api/keys/%00")):
+        r = httpx.request(method, gw.base_url + path, headers=auth(key), timeout=10)
+        assert r.status_code == 404, (path, r.text)

@@ -14,8 +14,22 @@ _MIGRATION_LOCK_ID = 0x63686174  # "chat"
 def postgres_dialect(url: str) -> Dialect:
     psycopg = require("psycopg", "postgres", "a PostgreSQL gateway store")
 
+    from psycopg.types.string import StrDumperUnknown
+
+    class NulFreeStrDumper(StrDumperUnknown):
+        """Strings as psycopg sends them, NUL written as U+FFFD.
+
+        NOTE: PostgreSQL text cannot hold NUL (psycopg raises DataError); SQLite's can. A
+        message, title or id with one would be a 500, and a reply the model ended with one
+        would lose its end and its usage; this way it is stored (or not found) instead."""
+
+        def dump(self, obj: str) -> Any:
+            return super().dump(obj.replace("\x00", "\ufffd"))
+
     def connect() -> Any:
-        return psycopg.connect(url, autocommit=True, connect_timeout=10)
+        conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
+        conn.adapters.register_dumper(str, NulFreeStrDumper)
+        return conn
 
     return Dialect(
         name="postgresql",
