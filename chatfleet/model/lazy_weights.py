@@ -4,8 +4,9 @@ Canonical names: `embed`, `norm`, `lm_head` (absent when tied) and per layer
 `layers.{i}.{attn_norm,q,k,v,o,ffn_norm,gate,up,down}`, plus `layers.{i}.{q,k,v}_bias` for
 families with q/k/v biases. Weights are [out, in] like `nn.Linear`.
 
-A file is served exactly or not at all: every tensor it holds must have a place, and every
-tensor the model needs must be there (UnsupportedModelError naming what is wrong).
+A file is served exactly or not at all: every tensor it holds must have a place, every tensor
+the model needs must be there, each of the size its config says (UnsupportedModelError
+naming what is wrong).
 """
 
 from __future__ import annotations
