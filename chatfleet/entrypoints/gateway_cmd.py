@@ -97,12 +97,17 @@ def add_keys_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     from chatfleet.gateway.store import open_store
+    from chatfleet.gateway.store.base import MAX_KEY_LIMIT
 
     store = open_store(args.db)
     try:
         if args.keys_command == "create":
-            if any(v is not None and v < 1 for v in (args.rpm, args.tpm, args.max_streams)):
-                print("error: --rpm, --tpm and --max-streams must be positive", file=sys.stderr)
+            asked = (args.rpm, args.tpm, args.max_streams)
+            if any(v is not None and not 1 <= v <= MAX_KEY_LIMIT for v in asked):
+                print(
+                    f"error: --rpm, --tpm and --max-streams must be in [1, {MAX_KEY_LIMIT}]",
+                    file=sys.stderr,
+                )
                 return 2
             user = store.get_user_by_name(args.user) or store.create_user(args.user, args.admin)
             record, plain = store.create_key(

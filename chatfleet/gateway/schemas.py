@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 from chatfleet.gateway.store.base import (
     INTERRUPTED_ERROR,
+    MAX_KEY_LIMIT,
     ApiKey,
     Conversation,
     Message,
@@ -99,12 +100,15 @@ class NewMessage(ReplyOptions):
     content: Annotated[StrictStr, Field(min_length=1)]
 
 
+KeyLimit = Annotated[StrictInt, Field(ge=1, le=MAX_KEY_LIMIT)]
+
+
 class NewKey(_Base):
     user: Annotated[StrictStr, Field(min_length=1, max_length=100)]
     name: Annotated[StrictStr, Field(max_length=100)] = ""
-    rpm: Annotated[StrictInt, Field(ge=1)] | None = None
-    tpm: Annotated[StrictInt, Field(ge=1)] | None = None
-    max_streams: Annotated[StrictInt, Field(ge=1)] | None = None
+    rpm: KeyLimit | None = None
+    tpm: KeyLimit | None = None
+    max_streams: KeyLimit | None = None
 
 
 def effective_status(m: Message, stale_after_s: float, now: float | None = None) -> str:

@@ -110,3 +110,4 @@ def test_admin_routes_and_keys_cli(gateway_factory, sqlite_url, tmp_path):
     assert httpx.get(f"{gw.base_url}/api/me", headers=auth(plain), timeout=10).status_code == 401
     assert cli("revoke", "0000000000000000").returncode == 1
     assert cli("create", "--user", "x", "--rpm", "0").returncode == 2
+    assert cli("create", "--user", "x", "--tpm", str(2**31)).returncode == 2

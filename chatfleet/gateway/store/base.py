@@ -16,6 +16,8 @@ from typing import Any
 STATUSES = ("complete", "streaming", "stopped", "failed", "incomplete")
 FINAL_STATUSES = frozenset(STATUSES) - {"streaming"}
 INTERRUPTED_ERROR = "the gateway stopped while this reply was streaming"
+# A key's own rpm, tpm and max_streams are INTEGER columns: PostgreSQL's range bounds them.
+MAX_KEY_LIMIT = 2**31 - 1
 
 
 @dataclass(frozen=True)
