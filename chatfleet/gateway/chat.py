@@ -134,14 +134,20 @@ class ChatService:
     ) -> ClosingStreamingResponse:
         """Answer `content` (or, when None, regenerate the last reply) as an SSE stream.
 
-        Raises ConflictError if a reply is still streaming; then, with the messages it
+        Raises ConflictError if a reply is still streaming, StorageQuotaError if `content`
+        would take the user past their stored bytes; then, with the messages it
         stored dropped again: InvalidRequestError / ContextLengthExceededError,
         RateLimitError, UpstreamError."""
         turns, replace = await self._turns(conv, content)
         title = None if conv.title or content is None else self._title(content)
         stale_before = time.time() - self.config.stale_after_s
         user_message, message = await run_db(
-            self.store.start_reply, conv.conversation_id, content, title, stale_before
+            self.store.start_reply,
+            conv.conversation_id,
+            content,
+            title,
+            stale_before,
+            self.config.max_stored_bytes_per_user,
         )
         lease_s = self.limiter.config.stream_lease_s
         beat = _Heartbeat(self.store, message.message_id, self.config.flush_interval_s, lease_s)

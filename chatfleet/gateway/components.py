@@ -23,14 +23,10 @@ from chatfleet.gateway.store.base import ApiKey, Conversation, GatewayStore
 from chatfleet.gateway.upstream import Upstream
 from chatfleet.gateway.workers import run_db
 from chatfleet.http.body import parse_json, parse_model, read_body
-from chatfleet.http.http_errors import NotFoundError, PayloadTooLargeError
+from chatfleet.http.http_errors import NotFoundError
 
 logger = logging.getLogger("chatfleet.gateway")
 ModelT = TypeVar("ModelT", bound=BaseModel)
-
-
-class StorageQuotaError(PayloadTooLargeError):
-    code = "storage_quota_exceeded"
 
 
 @dataclass
@@ -71,15 +67,6 @@ class Gateway:
         raw = await read_body(request, self.config.max_body_bytes, self.config.http.body_timeout_s)
         value: Any = parse_json(raw, self.config.max_json_depth) if raw.strip() else {}
         return parse_model(model, value)
-
-    async def check_storage(self, key: ApiKey, new_text: str) -> None:
-        """StorageQuotaError (413) if `new_text` would take the user past their storage."""
-        quota = self.config.chat.max_stored_bytes_per_user
-        used = await run_db(self.store.stored_bytes, key.user_id)
-        if used + len(new_text.encode()) > quota:
-            raise StorageQuotaError(
-                f"this user's conversations hold {used} bytes of {quota}; delete some first"
-            )
 
     async def conversation(self, key: ApiKey, conversation_id: str) -> Conversation:
         """The caller's conversation; 404 if it does not exist or is someone else's."""

@@ -11,7 +11,13 @@ import pytest
 
 from chatfleet.errors import ChatfleetError
 from chatfleet.gateway.store import open_store
-from chatfleet.gateway.store.base import INTERRUPTED_ERROR, ReplyEnd, Usage, UsageOwner
+from chatfleet.gateway.store.base import (
+    INTERRUPTED_ERROR,
+    ReplyEnd,
+    StorageQuotaError,
+    Usage,
+    UsageOwner,
+)
 from chatfleet.gateway.store.migrations import LATEST_VERSION
 
 
@@ -199,6 +205,44 @@ def test_a_reply_ends_with_its_usage_or_not_at_all(db_url):
         assert (row.num_requests, row.prompt_tokens, row.completion_tokens) == (1, 10, 4)
     finally:
         store.close()
+
+
+def test_the_storage_quota_holds_across_gateways_writing_at_once(db_url):
+    """Two stores (two gateways) start replies for one user in parallel: the quota is checked
+    in the write's own transaction, so together they never pass it; a refused write leaves
+    nothing, and a rename adds no text, so it is never refused."""
+    stores = [open_store(db_url) for _ in range(2)]
+    try:
+        alice = stores[0].create_user("alice")
+        convs = [stores[0].create_conversation(alice.user_id) for _ in range(12)]
+
+        def say(i: int) -> bool:
+            try:
+                stores[i % 2].start_reply(convs[i].conversation_id, "x" * 1000, None, 0.0, 5000)
+            except StorageQuotaError:
+                return False
+            return True
+
+        threads = [threading.Thread(target=say, args=(i,)) for i in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert stores[0].stored_bytes(alice.user_id) == 5000
+        with pytest.raises(StorageQuotaError):
+            stores[1].create_conversation(alice.user_id, system_prompt="y", max_stored_bytes=5000)
+        conv_id = convs[0].conversation_id
+        tool = {"type": "function", "function": {"name": "f"}}
+        with pytest.raises(StorageQuotaError):
+            stores[1].update_conversation(conv_id, title="t", tools=[tool], max_stored_bytes=5000)
+        assert stores[0].get_conversation(conv_id).title == ""  # rolled back with the tools
+        renamed = stores[1].update_conversation(conv_id, title="t", max_stored_bytes=5000)
+        assert renamed is not None and renamed.title == "t"
+        assert len(stores[0].list_conversations(alice.user_id, 100)) == 12
+        assert stores[0].stored_bytes(alice.user_id) == 5000
+    finally:
+        for store in stores:
+            store.close()
 
 
 def test_text_with_nul_is_kept_and_a_reply_with_one_is_billed(db_url):

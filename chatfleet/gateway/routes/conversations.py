@@ -11,7 +11,6 @@ POST   /api/conversations/{id}/regenerate   the last reply again (same options)
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -54,9 +53,14 @@ async def create_conversation(request: Request, key: CallerKey, gw: GatewayDep) 
     await gw.limiter.take_request(key)
     req = await gw.body(request, NewConversation)
     tools, choice = req.tools_json(), req.tool_choice_json()
-    await gw.check_storage(key, req.title + req.system_prompt + json.dumps([tools, choice]))
     conv = await run_db(
-        gw.store.create_conversation, key.user_id, req.title, req.system_prompt, tools, choice
+        gw.store.create_conversation,
+        key.user_id,
+        req.title,
+        req.system_prompt,
+        tools,
+        choice,
+        gw.config.chat.max_stored_bytes_per_user,
     )
     return conversation_json(conv)
 
@@ -76,9 +80,9 @@ async def update_conversation(
     await gw.conversation(key, conversation_id)
     req = await gw.body(request, UpdateConversation)
     tools, choice = req.tools_json(), req.tool_choice_json()
-    await gw.check_storage(key, json.dumps([tools, choice]))
+    quota = gw.config.chat.max_stored_bytes_per_user
     conv = await run_db(
-        gw.store.update_conversation, conversation_id, req.title, None, tools, choice
+        gw.store.update_conversation, conversation_id, req.title, None, tools, choice, quota
     )
     if conv is None:
         raise NotFoundError(f"No conversation {conversation_id!r}.", param="id")
@@ -102,7 +106,6 @@ async def _reply(
     conv = await gw.conversation(key, conversation_id)
     if is_new:
         message = await gw.body(request, NewMessage)
-        await gw.check_storage(key, message.content)
         return await gw.chat.reply(key, conv, message, message.content)
     return await gw.chat.reply(key, conv, await gw.body(request, ReplyOptions), None)
 

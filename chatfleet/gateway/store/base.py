@@ -11,6 +11,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
+from chatfleet.http.http_errors import PayloadTooLargeError
+
 # Message.status: a reply is "streaming" while it is written; it ends "complete", "stopped"
 # (the client stopped it), "failed" (the upstream failed) or "incomplete" (its gateway died).
 STATUSES = ("complete", "streaming", "stopped", "failed", "incomplete")
@@ -18,6 +20,12 @@ FINAL_STATUSES = frozenset(STATUSES) - {"streaming"}
 INTERRUPTED_ERROR = "the gateway stopped while this reply was streaming"
 # A key's own rpm, tpm and max_streams are INTEGER columns: PostgreSQL's range bounds them.
 MAX_KEY_LIMIT = 2**31 - 1
+
+
+class StorageQuotaError(PayloadTooLargeError):
+    """A write would take a user's conversations past their stored bytes (413)."""
+
+    code = "storage_quota_exceeded"
 
 
 @dataclass(frozen=True)
@@ -161,7 +169,10 @@ class GatewayStore(ABC):
         system_prompt: str = "",
         tools: list[dict[str, Any]] | None = None,
         tool_choice: str | dict[str, Any] | None = None,
-    ) -> Conversation: ...
+        max_stored_bytes: int | None = None,
+    ) -> Conversation:
+        """StorageQuotaError, with nothing written, if the user's conversations would then
+        hold more than `max_stored_bytes` (checked and written in one transaction)."""
 
     @abstractmethod
     def get_conversation(self, conversation_id: str) -> Conversation | None: ...
@@ -185,8 +196,11 @@ class GatewayStore(ABC):
         context_start: int | None = None,
         tools: list[dict[str, Any]] | None = None,
         tool_choice: str | dict[str, Any] | None = None,
+        max_stored_bytes: int | None = None,
     ) -> Conversation | None:
-        """Set the fields given (not None); None if the conversation does not exist."""
+        """Set the fields given (not None); None if the conversation does not exist.
+        StorageQuotaError, with nothing written, if new tools or tool_choice would take its
+        user past `max_stored_bytes`."""
 
     @abstractmethod
     def delete_conversation(self, conversation_id: str) -> bool:
@@ -204,11 +218,14 @@ class GatewayStore(ABC):
         user_content: str | None,
         title: str | None = None,
         stale_before: float = 0.0,
+        max_stored_bytes: int | None = None,
     ) -> tuple[Message | None, Message]:
         """One transaction, taken alone per conversation: ConflictError if a reply there is
         still "streaming" (touched since `stale_before`); else append the user message (if
         any) and an empty "streaming" assistant message, set the title (if given and the
-        conversation has none) and bump updated_at. Returns (user message or None, reply)."""
+        conversation has none) and bump updated_at. Returns (user message or None, reply).
+        StorageQuotaError, with nothing written, if the user message would take the user's
+        conversations past `max_stored_bytes`."""
 
     @abstractmethod
     def accept_reply(self, message_id: str, replace_message_id: str | None) -> None:

@@ -16,6 +16,7 @@ from chatfleet.gateway.store.base import (
     GatewayStore,
     Message,
     ReplyEnd,
+    StorageQuotaError,
     Usage,
     UsageOwner,
     UsageRow,
@@ -120,17 +121,23 @@ class SqlStore(GatewayStore):
         system_prompt: str = "",
         tools: list[dict[str, Any]] | None = None,
         tool_choice: str | dict[str, Any] | None = None,
+        max_stored_bytes: int | None = None,
     ) -> Conversation:
         now = time.time()
         conv_id = new_id("conv")
         conv = Conversation(
             conv_id, user_id, title, system_prompt, 0, now, now, tools or [], tool_choice
         )
-        self.db.run(
-            f"INSERT INTO conversations ({CONV_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (conv_id, user_id, title, system_prompt, 0, now, now)
-            + (to_json(tools), to_json(tool_choice)),
-        )
+        with self.db.transaction() as cur:
+            self._lock_user(cur, user_id, max_stored_bytes)
+            cur.execute(
+                self.db.q(
+                    f"INSERT INTO conversations ({CONV_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                ),
+                (conv_id, user_id, title, system_prompt, 0, now, now)
+                + (to_json(tools), to_json(tool_choice)),
+            )
+            self._check_quota(cur, user_id, max_stored_bytes)
         return conv
 
     def get_conversation(self, conversation_id: str) -> Conversation | None:
@@ -157,8 +164,14 @@ class SqlStore(GatewayStore):
         context_start: int | None = None,
         tools: list[dict[str, Any]] | None = None,
         tool_choice: str | dict[str, Any] | None = None,
+        max_stored_bytes: int | None = None,
     ) -> Conversation | None:
         with self.db.transaction() as cur:
+            # Only tools and tool_choice add stored text: a rename is never refused.
+            quota = None if tools is None and tool_choice is None else max_stored_bytes
+            user_id = self._owner(cur, conversation_id) if quota is not None else None
+            if user_id is not None:
+                self._lock_user(cur, user_id, quota)
             for column, value in (("tools", tools), ("tool_choice", tool_choice)):
                 if value is not None:
                     cur.execute(
@@ -183,23 +196,67 @@ class SqlStore(GatewayStore):
                     ),
                     (context_start, conversation_id),
                 )
+            if user_id is not None:
+                self._check_quota(cur, user_id, quota)
         return self.get_conversation(conversation_id)
 
+    def _owner(self, cur: Any, conversation_id: str) -> str | None:
+        """The conversation's user; its row locked until commit where the dialect locks."""
+        cur.execute(
+            self.db.q(
+                "SELECT user_id FROM conversations WHERE conversation_id = ?"
+                + self.db.dialect.lock_rows
+            ),
+            (conversation_id,),
+        )
+        row = cur.fetchone()
+        return None if row is None else str(row[0])
+
     def stored_bytes(self, user_id: str) -> int:
+        with self.db.cursor() as cur:
+            return self._stored_bytes(cur, user_id)
+
+    def _stored_bytes(self, cur: Any, user_id: str) -> int:
         size = self.db.dialect.byte_length
-        prompts = self.db.one(
-            f"SELECT COALESCE(SUM({size.format('system_prompt')} + {size.format('tools')}), 0) "
-            "FROM conversations "
-            "WHERE user_id = ?",
+        cur.execute(
+            self.db.q(
+                f"SELECT COALESCE(SUM({size.format('system_prompt')} + {size.format('tools')}), 0) "
+                "FROM conversations WHERE user_id = ?"
+            ),
             (user_id,),
         )
-        texts = self.db.one(
-            f"SELECT COALESCE(SUM({size.format('m.content')} + {size.format('m.tool_calls')}), 0) "
-            "FROM messages m "
-            "JOIN conversations c ON c.conversation_id = m.conversation_id WHERE c.user_id = ?",
+        prompts = int(cur.fetchone()[0])
+        cur.execute(
+            self.db.q(
+                "SELECT COALESCE(SUM("
+                f"{size.format('m.content')} + {size.format('m.tool_calls')}), 0) "
+                "FROM messages m JOIN conversations c ON c.conversation_id = m.conversation_id "
+                "WHERE c.user_id = ?"
+            ),
             (user_id,),
         )
-        return int(prompts[0]) + int(texts[0])
+        return prompts + int(cur.fetchone()[0])
+
+    def _lock_user(self, cur: Any, user_id: str, max_stored_bytes: int | None) -> None:
+        """Before a write that `_check_quota` will measure: lock the user's row until commit.
+        NOTE: writes of one user then measure one at a time, so two cannot each pass the
+        quota on the other's absence; other users' writes do not wait (SQLite's write
+        transaction already excludes every other writer)."""
+        if max_stored_bytes is not None:
+            lock = self.db.dialect.lock_rows
+            cur.execute(self.db.q("SELECT user_id FROM users WHERE user_id = ?" + lock), (user_id,))
+
+    def _check_quota(self, cur: Any, user_id: str, max_stored_bytes: int | None) -> None:
+        """After the transaction's writes: StorageQuotaError (rolling them back) if the user's
+        conversations now hold more than `max_stored_bytes`."""
+        if max_stored_bytes is None:
+            return
+        used = self._stored_bytes(cur, user_id)
+        if used > max_stored_bytes:
+            raise StorageQuotaError(
+                f"this user's conversations would hold {used} bytes of {max_stored_bytes}; "
+                "delete some first"
+            )
 
     def delete_conversation(self, conversation_id: str) -> bool:
         with self.db.transaction() as cur:
@@ -241,18 +298,16 @@ class SqlStore(GatewayStore):
         user_content: str | None,
         title: str | None = None,
         stale_before: float = 0.0,
+        max_stored_bytes: int | None = None,
     ) -> tuple[Message | None, Message]:
         now = time.time()
+        quota = None if user_content is None else max_stored_bytes
         with self.db.transaction() as cur:
             # NOTE: the conversation's row is locked until commit, so of two replies started
             # at once the second sees the first's "streaming" message.
-            cur.execute(
-                self.db.q(
-                    "SELECT conversation_id FROM conversations WHERE conversation_id = ?"
-                    + self.db.dialect.lock_rows
-                ),
-                (conversation_id,),
-            )
+            user_id = self._owner(cur, conversation_id)
+            if user_id is not None:
+                self._lock_user(cur, user_id, quota)
             cur.execute(
                 self.db.q(
                     "SELECT COUNT(*) FROM messages WHERE conversation_id = ? "
@@ -280,6 +335,8 @@ class SqlStore(GatewayStore):
                     ),
                     (title, conversation_id),
                 )
+            if user_id is not None:
+                self._check_quota(cur, user_id, quota)
         return user, reply
 
     def accept_reply(self, message_id: str, replace_message_id: str | None) -> None:
