@@ -128,7 +128,9 @@ class OpenAIProxy:
         if (salt := self.backends.cache_salt(key.user_id)) is not None:
             upstream_payload["cache_salt"] = salt
         num_tokens, num_requests = await self._reservation(path, payload)
-        admission = await self.limiter.admit(key, num_tokens, is_stream, num_requests)
+        # NOTE: a stream slot whether or not the client wants a stream: upstream it is one,
+        # holding the engine as long, so max_streams bounds all of a key's /v1 requests.
+        admission = await self.limiter.admit(key, num_tokens, True, num_requests)
         exchange = _Exchange(self, key, admission, path, payload)
         session = request.headers.get(self.upstream.config.session_header)
         headers = self.upstream.headers(session_id=session)

@@ -117,6 +117,30 @@ def test_concurrent_streams_are_capped(gateway_factory, sqlite_url):
     assert again.status == 200
 
 
+def test_a_request_not_streamed_to_the_client_takes_a_stream_slot_too(gateway_factory, sqlite_url):
+    """The gateway streams every /v1 request from the upstream, so one the client wants as a
+    single body holds the engine just as long: it counts against max_streams."""
+    key = make_key(sqlite_url, "alice", max_streams=1)
+    gw = gateway_factory(sqlite_url)
+    long_body = {**CHAT, "max_tokens": 250, "ignore_eos": True, "stream": True}
+    seen = []
+
+    def on_event(_: dict) -> bool:
+        seen.append(_chat(gw, key, max_tokens=8))
+        return True  # the client leaves; the gateway stops the stream and frees the slot
+
+    first = post_sse(gw.base_url, key, "/v1/chat/completions", long_body, on_event=on_event)
+    assert first.status == 200 and len(first.events) == 1
+    _assert_429(seen[0], "streams")
+    for _ in range(50):  # the slot comes back once the gateway has seen the client leave
+        again = _chat(gw, key)
+        if again.status_code == 200:
+            break
+        _assert_429(again, "streams")
+        time.sleep(0.2)
+    assert again.status_code == 200
+
+
 def test_limits_hold_across_two_gateways_sharing_redis(gateway_factory, sqlite_url, redis_server):
     key = make_key(sqlite_url, "alice", rpm=5)
     a = gateway_factory(sqlite_url, "--limits", redis_server.url)
