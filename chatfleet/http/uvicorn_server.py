@@ -23,6 +23,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from chatfleet.config.http_config import HttpLimitsConfig
+from chatfleet.errors import InvalidRequestError
 from chatfleet.http.http_errors import OverloadedError, to_error_response
 
 
@@ -31,14 +32,21 @@ def setup_logging() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
 
 
-def _overloaded_response() -> bytes:
-    err = to_error_response(OverloadedError("too many open connections; retry", retry_after_s=1))
+def _raw_error_response(exc: Exception, reason: str) -> bytes:
+    """A whole HTTP/1.1 response with the OpenAI error body, written before (or without) the
+    app: the connection is closed after it."""
+    err = to_error_response(exc)
     body = json.dumps(err.body).encode()
-    head = (
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
-        f"retry-after: 1\r\nconnection: close\r\ncontent-length: {len(body)}\r\n\r\n"
-    )
+    head = f"HTTP/1.1 {err.status_code} {reason}\r\ncontent-type: application/json\r\n"
+    for name, value in err.headers.items():
+        head += f"{name.lower()}: {value}\r\n"
+    head += f"connection: close\r\ncontent-length: {len(body)}\r\n\r\n"
     return head.encode() + body
+
+
+def _overloaded_response() -> bytes:
+    exc = OverloadedError("too many open connections; retry", retry_after_s=1)
+    return _raw_error_response(exc, "Service Unavailable")
 
 
 class _GuardedProtocol(HttpToolsProtocol):
@@ -58,6 +66,12 @@ class _GuardedProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._arm()
+
+    def send_400_response(self, msg: str) -> None:
+        # NOTE: a request the parser refuses (a malformed Content-Length, a bad request line)
+        # never reaches the app; its 400 still has the OpenAI error shape, not plain text.
+        self.transport.write(_raw_error_response(InvalidRequestError(msg), "Bad Request"))
+        self.transport.close()
 
     def on_headers_complete(self) -> None:
         self._disarm()

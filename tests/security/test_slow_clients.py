@@ -135,3 +135,26 @@ def test_connections_past_the_cap_are_answered_503(tmp_path, server):
         for s in idle:
             s.close()
         router.stop()
+
+
+def test_requests_the_parser_refuses_get_an_openai_shaped_400(gateway_factory, sqlite_url):
+    gw = gateway_factory(sqlite_url)
+    port = int(gw.base_url.rsplit(":", 1)[1])
+    bad = [
+        f"{CHAT_HEAD}Content-Length: abc\r\n\r\n",
+        f"{CHAT_HEAD}Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+        "NOT HTTP\r\n\r\n",
+    ]
+    for raw in bad:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(raw.encode())
+            reply = b""
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := s.recv(65536):  # the server closes the connection after it
+                    reply += chunk
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 "), reply
+        assert b"content-type: application/json" in head.lower(), reply
+        error = json.loads(body)["error"]
+        assert set(error) == {"message", "type", "param", "code"}
+        assert error["type"] == "invalid_request_error", error
