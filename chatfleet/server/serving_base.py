@@ -14,6 +14,7 @@ a JSON body or an SSE stream of chunks.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import dataclasses
 import time
@@ -64,6 +65,28 @@ def token_piece(tokenizer: Tokenizer, token_id: int) -> tuple[str, list[int]]:
     return raw.decode("utf-8", errors="replace"), list(raw)
 
 
+class TextOffsets:
+    """Where each token of one choice starts in its text (completions' `text_offset`): the
+    number of characters the tokens before it decode to, from `start` on.
+
+    NOTE: counted from decoded bytes, not from each token's own piece: a token that ends
+    inside a UTF-8 character adds nothing until the character completes, so every token of a
+    split character points at where that character starts in the returned text."""
+
+    def __init__(self, tokenizer: Tokenizer, start: int, skip_special_tokens: bool) -> None:
+        self._tokenizer = tokenizer
+        self._skipped = tokenizer.special_token_ids if skip_special_tokens else frozenset()
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._num_chars = start
+
+    def take(self, token_id: int) -> int:
+        """The offset of `token_id`, the choice's next token; moves past its text."""
+        offset = self._num_chars
+        raw = b"" if token_id in self._skipped else self._tokenizer.id_to_piece_bytes(token_id)
+        self._num_chars += len(self._decoder.decode(raw))
+        return offset
+
+
 def usage_json(num_prompt: int, num_completion: int, num_cached: int) -> dict[str, Any]:
     return {
         "prompt_tokens": num_prompt,
@@ -86,6 +109,7 @@ class Job:
     parses_tool_calls: bool = False  # chat with tools: calls are parsed out of the text
     tool_streams: dict[int, ToolCallStream] = field(default_factory=dict)  # by choice index
     num_chars_sent: dict[int, int] = field(default_factory=dict)  # streamed text, by choice
+    text_offsets: dict[int, TextOffsets] = field(default_factory=dict)  # streamed, by choice
     reports_token_ids: bool = False  # each chunk carries its token ids (for the router)
     skip_chars: int = 0  # a continued reply: characters of its text the client already has
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)

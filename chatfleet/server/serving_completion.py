@@ -8,7 +8,13 @@ from chatfleet.errors import InvalidRequestError
 from chatfleet.outputs import CompletionOutput, TokenLogprobs
 from chatfleet.sampling_params import COMPLETIONS_MAX_TOKENS
 from chatfleet.server.protocol import CompletionRequest
-from chatfleet.server.serving_base import Job, OpenAIServing, finish_reason, token_piece
+from chatfleet.server.serving_base import (
+    Job,
+    OpenAIServing,
+    TextOffsets,
+    finish_reason,
+    token_piece,
+)
 
 
 class OpenAIServingCompletion(OpenAIServing):
@@ -31,15 +37,18 @@ class OpenAIServingCompletion(OpenAIServing):
         job = Job(model, list(ids), params, req.stream, req.include_usage, echo)
         return self.router_extensions(job, req)
 
-    def _logprobs(self, items: list[TokenLogprobs], text_offset: int) -> dict[str, Any]:
+    def _logprobs(
+        self, items: list[TokenLogprobs], text_offsets: TextOffsets, num_chars: int | None
+    ) -> dict[str, Any]:
+        """`num_chars`: the length of the choice's whole text, when known; no offset points
+        past it (the tokens of a stop string cut from the text sit at its end)."""
         tokens, token_logprobs, tops, offsets = [], [], [], []
         for item in items:
-            text, _ = token_piece(self.tokenizer, item.token_id)
-            tokens.append(text)
+            tokens.append(token_piece(self.tokenizer, item.token_id)[0])
             token_logprobs.append(item.logprob)
             tops.append({token_piece(self.tokenizer, t)[0]: lp for t, lp in item.top})
-            offsets.append(text_offset)
-            text_offset += len(text)
+            offset = text_offsets.take(item.token_id)
+            offsets.append(offset if num_chars is None else min(offset, num_chars))
         return {
             "tokens": tokens,
             "token_logprobs": token_logprobs,
@@ -49,9 +58,16 @@ class OpenAIServingCompletion(OpenAIServing):
 
     def choice(self, job: Job, prompt_index: int, c: CompletionOutput) -> dict[str, Any]:
         prefix = job.echo[prompt_index] if job.echo else ""
-        logprobs = None if c.logprobs is None else self._logprobs(c.logprobs, len(prefix))
+        text = prefix + c.text
+        logprobs = None
+        if c.logprobs is not None:
+            offsets = self._text_offsets(job, len(prefix))
+            logprobs = self._logprobs(c.logprobs, offsets, len(text))
         index = job.choice_index(prompt_index, c)
-        return _choice(index, prefix + c.text, logprobs, finish_reason(c.finish_reason))
+        return _choice(index, text, logprobs, finish_reason(c.finish_reason))
+
+    def _text_offsets(self, job: Job, start: int) -> TextOffsets:
+        return TextOffsets(self.tokenizer, start, job.params.skip_special_tokens)
 
     def opening_choices(self, job: Job) -> list[dict[str, Any]]:
         """With echo, each choice starts with its prompt's text."""
@@ -66,9 +82,16 @@ class OpenAIServingCompletion(OpenAIServing):
         # NOTE: text_offset counts from the start of the choice's whole text (its echoed
         # prompt included), as in the non-streamed body, not from the start of the chunk.
         echo = job.echo[index // job.params.n] if job.echo else ""
-        offset = job.num_chars_sent.get(index, len(echo))
-        job.num_chars_sent[index] = offset + len(c.delta_text)
-        logprobs = self._logprobs(c.delta_logprobs, offset) if c.delta_logprobs else None
+        num_chars = job.num_chars_sent.get(index, len(echo)) + len(c.delta_text)
+        job.num_chars_sent[index] = num_chars
+        logprobs = None
+        if c.delta_logprobs:
+            if index not in job.text_offsets:
+                job.text_offsets[index] = self._text_offsets(job, len(echo))
+            offsets = job.text_offsets[index]
+            # Text held back (a possible stop string) may still come, unless this is the end.
+            limit = num_chars if c.finished else None
+            logprobs = self._logprobs(c.delta_logprobs, offsets, limit)
         return _choice(index, c.delta_text, logprobs)
 
     def finish_choice(self, job: Job, index: int, reason: str | None) -> dict[str, Any]:

@@ -123,6 +123,23 @@ def test_streamed_text_offsets_count_from_the_start_of_the_text(client):
         assert [choice.text[k : k + len(token)] for k, token in pieces] == lp.tokens
 
 
+def test_text_offsets_index_the_text_when_characters_span_tokens(client):
+    """Characters of several UTF-8 bytes come a byte or two per token: each token's offset is
+    where its character starts in the returned text, streamed or not."""
+    ask = {"model": MODEL, "prompt": "Emoji: 😀🎉🚀🔥💯😀🎉🚀", "max_tokens": 12, "temperature": 0}
+    ask |= {"logprobs": 0}
+    whole = client.completions.create(**ask).choices[0]
+    streamed: list[int] = []
+    for chunk in client.completions.create(**ask, stream=True):
+        for choice in chunk.choices:
+            streamed += choice.logprobs.text_offset if choice.logprobs else []
+    text, offsets = whole.text, whole.logprobs.text_offset
+    assert len(whole.logprobs.tokens) > len(text), "no character spans tokens: a weak test"
+    assert streamed == offsets
+    assert offsets == sorted(offsets) and offsets[-1] < len(text)
+    assert len(set(offsets)) == len(text)  # each character starts at one of the tokens
+
+
 def test_completions_several_prompts(client):
     r = client.completions.create(
         model=MODEL, prompt=["One, two,", "Red, green,"], max_tokens=4, temperature=0
