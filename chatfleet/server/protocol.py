@@ -263,6 +263,13 @@ class ChatCompletionRequest(SamplingFields):
         parallel = self.parallel_tool_calls is not False
         return Grammar(tool_call_grammar(self.function_tools(), mode, parallel), "tools")
 
+    def field_names(self) -> dict[str, str]:
+        """The request field each engine parameter came from, for errors the engine raises."""
+        names = {"prompt": "messages"}
+        if self.max_completion_tokens is not None:
+            names["max_tokens"] = "max_completion_tokens"
+        return names
+
     def requested_max_tokens(self) -> int | None:
         return (
             self.max_completion_tokens

@@ -87,6 +87,12 @@ class TextOffsets:
         return offset
 
 
+def rename_param(error: ChatfleetError, field_names: dict[str, str]) -> None:
+    """Makes `error` name the request field its value came from."""
+    if error.param is not None:
+        error.param = field_names.get(error.param, error.param)
+
+
 def usage_json(num_prompt: int, num_completion: int, num_cached: int) -> dict[str, Any]:
     return {
         "prompt_tokens": num_prompt,
@@ -110,6 +116,9 @@ class Job:
     tool_streams: dict[int, ToolCallStream] = field(default_factory=dict)  # by choice index
     num_chars_sent: dict[int, int] = field(default_factory=dict)  # streamed text, by choice
     text_offsets: dict[int, TextOffsets] = field(default_factory=dict)  # streamed, by choice
+    # An engine error's field -> the request field it came from ("max_tokens" may have been
+    # sent as "max_completion_tokens").
+    field_names: dict[str, str] = field(default_factory=dict)
     reports_token_ids: bool = False  # each chunk carries its token ids (for the router)
     skip_chars: int = 0  # a continued reply: characters of its text the client already has
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
@@ -246,6 +255,8 @@ class OpenAIServing(ABC):
             await merged.aclose()
             if isinstance(e, TimeoutError):
                 raise RequestTimeoutError("the request timed out before its first token") from None
+            if isinstance(e, ChatfleetError):
+                rename_param(e, job.field_names)
             raise
         if job.stream:
             body = self._stream(job, first, merged, pacer, tracker)

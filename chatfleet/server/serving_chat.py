@@ -6,11 +6,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from chatfleet.errors import InvalidRequestError
+from chatfleet.errors import ChatfleetError, InvalidRequestError
 from chatfleet.modelfile.tokenizer import Tokenizer
 from chatfleet.outputs import CompletionOutput, TokenLogprobs
 from chatfleet.server.protocol import ChatCompletionRequest, ChatMessage
-from chatfleet.server.serving_base import Job, OpenAIServing, finish_reason, token_piece
+from chatfleet.server.serving_base import (
+    Job,
+    OpenAIServing,
+    finish_reason,
+    rename_param,
+    token_piece,
+)
 from chatfleet.structured.tool_calls import (
     CALL_OPEN,
     ToolCallStream,
@@ -31,8 +37,13 @@ class OpenAIServingChat(OpenAIServing):
         max_tokens = req.requested_max_tokens()
         if max_tokens is None:
             max_tokens = self.room_for_output(len(prompt), "messages")
-        params = req.sampling_params(max_tokens, req.num_logprobs())
+        try:
+            params = req.sampling_params(max_tokens, req.num_logprobs())
+        except ChatfleetError as e:
+            rename_param(e, req.field_names())
+            raise
         job = Job(model, [prompt], params, req.stream, req.include_usage)
+        job.field_names = req.field_names()
         job.parses_tool_calls = req.tool_mode() is not None
         return self.router_extensions(job, req)
 

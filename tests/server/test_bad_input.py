@@ -38,6 +38,25 @@ CASES = [
     ("unknown model", _chat(model="gpt-99").encode(), 404, "model"),
     ("max_tokens huge", _chat(max_tokens=10**9).encode(), 400, "max_tokens"),
     ("max_tokens zero", _chat(max_tokens=0).encode(), 400, "max_tokens"),
+    # The error names the field the client sent, not the engine's name for it.
+    (
+        "max_completion_tokens huge",
+        _chat(max_completion_tokens=10**9).encode(),
+        400,
+        "max_completion_tokens",
+    ),
+    (
+        "max_completion_tokens zero",
+        _chat(max_completion_tokens=0).encode(),
+        400,
+        "max_completion_tokens",
+    ),
+    (
+        "messages over context",
+        _chat(messages=[{"role": "user", "content": "hello " * 9000}], max_tokens=5).encode(),
+        400,
+        "messages",
+    ),
     ("temperature -1", _chat(temperature=-1).encode(), 400, "temperature"),
     (
         "temperature NaN",
