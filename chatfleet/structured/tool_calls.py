@@ -101,9 +101,11 @@ class ToolCallStream:
     num_calls: int = 0
     in_call: bool = False
     named: bool = False  # the current call's id and name were sent
+    arguments: str = ""  # the current call's arguments sent so far
 
     def feed(self, text: str, is_last: bool = False) -> dict[str, Any]:
-        """The delta for `text`; with `is_last`, what was held back goes out as it stands."""
+        """The delta for `text`; with `is_last`, what was held back goes out as it stands,
+        but for the start of a cut call's closing markup."""
         self.pending += text
         content: list[str] = []
         calls: list[dict[str, Any]] = []
@@ -112,7 +114,8 @@ class ToolCallStream:
         if is_last:
             rest, self.pending = self.pending, ""
             if self.in_call and self.named:
-                calls.append({"index": self.num_calls, "function": {"arguments": rest}})
+                if not self._is_cut_in_closing_tag(rest):
+                    calls.append({"index": self.num_calls, "function": {"arguments": rest}})
             else:
                 content.append(CALL_OPEN + rest if self.in_call else rest)
         return _delta("".join(content), calls)
@@ -141,10 +144,11 @@ class ToolCallStream:
             calls.append(
                 {"index": self.num_calls, "id": call_id, "type": "function", "function": function}
             )
-            self.pending, self.named = self.pending[head.end() :], True
+            self.pending, self.named, self.arguments = self.pending[head.end() :], True, ""
         end = self.pending.find(CALL_CLOSE)
         cut = end if end >= 0 else len(self.pending) - _partial_suffix(self.pending, CALL_CLOSE)
         if cut > 0:
+            self.arguments += self.pending[:cut]
             calls.append({"index": self.num_calls, "function": {"arguments": self.pending[:cut]}})
         if end < 0:
             self.pending = self.pending[cut:]
@@ -152,6 +156,18 @@ class ToolCallStream:
         self.pending = self.pending[end + len(CALL_CLOSE) :].removeprefix("\n")
         self.num_calls += 1
         self.in_call = False
+        return True
+
+    def _is_cut_in_closing_tag(self, rest: str) -> bool:
+        """Whether the held-back end of a cut call is the start of its closing markup, not
+        arguments: it could be either only while the arguments sent are not yet whole JSON
+        (a held "}" closes the arguments object or the call)."""
+        if not rest or not CALL_CLOSE.startswith(rest):
+            return False
+        try:
+            json.loads(self.arguments)
+        except ValueError:
+            return False
         return True
 
     @property

@@ -229,6 +229,25 @@ def test_calls_cut_by_max_tokens_read_the_same_whole_and_streamed(client):
         jsonschema.validate(json.loads(call.function.arguments), PARAMETERS[call.function.name])
 
 
+def test_a_call_cut_in_its_closing_tag_has_its_whole_arguments(client):
+    """max_tokens that ends a call inside its closing tag: the arguments are the whole call's,
+    whole and streamed, never with the start of the tag."""
+    args = {"model": MODEL, "messages": ASK, "tools": [WEATHER], "temperature": 0}
+    args |= {"tool_choice": "required", "parallel_tool_calls": False}
+    whole = client.chat.completions.create(**args, max_tokens=120)
+    (expected,) = whole.choices[0].message.tool_calls
+    num_tokens = whole.usage.completion_tokens  # the call, its closing tag, the end token
+    for max_tokens in (num_tokens - 2, num_tokens - 4):
+        r = client.chat.completions.create(**args, max_tokens=max_tokens)
+        (call,) = r.choices[0].message.tool_calls
+        assert r.choices[0].finish_reason == "length"
+        streamed = ""
+        for chunk in client.chat.completions.create(**args, max_tokens=max_tokens, stream=True):
+            for delta in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+                streamed += (delta.function and delta.function.arguments) or ""
+        assert call.function.arguments == streamed == expected.function.arguments
+
+
 def test_a_follow_up_turn_with_the_tool_result_is_answered(client):
     first = one_required_call(client, [WEATHER])
     message = first.choices[0].message

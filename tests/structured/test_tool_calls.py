@@ -52,6 +52,18 @@ def test_text_without_calls_is_content_and_a_cut_call_is_the_last_call():
     assert parse_calls("<tool_call>\n{") == ("<tool_call>\n{", [])
 
 
+@pytest.mark.parametrize("args", ['{"a": 1}', '{"a": {"b": 2}}'])
+@pytest.mark.parametrize("num_cut", range(1, len("}\n</tool_call>")))
+def test_a_call_cut_in_its_closing_tag_keeps_its_whole_arguments(args, num_cut):
+    """The markup after whole arguments is never part of them, however much of it came;
+    a "}" that may close either the arguments or the call counts as what the JSON needs."""
+    text = render_call("add", args)[:-num_cut]
+    (call,) = parse_calls(text)[1]
+    assert call.arguments == args
+    _, (streamed,) = _assemble([text[:-3], text[-3:]])
+    assert streamed["arguments"] == args
+
+
 @pytest.mark.parametrize("size", [1, 2, 3, 5, 7, 1000])
 def test_a_stream_in_any_pieces_reassembles_to_the_whole(size):
     text = "Checking.\n" + TWO_CALLS
