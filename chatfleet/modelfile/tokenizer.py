@@ -119,6 +119,7 @@ class Tokenizer:
         self._is_byte_level = "ByteLevel" in json.dumps(decoder)
         self.chat_template = chat_template
         self._template = _compile_template(chat_template) if chat_template else None
+        self._names_developer = "developer" in (chat_template or "")
         self._bos_token_id = bos_token_id
         self._eos_token_id = eos_token_id
         # Other ids the model file names as ends of generation (generation_config.json's EOS
@@ -361,6 +362,12 @@ class Tokenizer:
     ) -> str:
         if self._template is None:
             raise InvalidRequestError("this model has no chat template", param="messages")
+        if not self._names_developer:
+            # NOTE: OpenAI's "developer" role is its new name for "system"; a template that
+            # never names it would write a turn the model was never trained on, or drop it.
+            messages = [
+                {**m, "role": "system"} if m["role"] == "developer" else m for m in messages
+            ]
         bos = self._bos_token_id
         eos = self._eos_token_id
         try:

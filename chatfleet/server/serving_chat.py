@@ -118,7 +118,7 @@ def chat_prompt(tokenizer: Tokenizer, req: ChatCompletionRequest) -> list[int]:
         return tokenizer.apply_chat_template(messages, tools=tools)
     if tools:
         described = tools_system_prompt(req.function_tools())
-        if messages[0]["role"] == "system":
+        if messages[0]["role"] in ("system", "developer"):
             head = messages[0]["content"]
             messages[0] = {**messages[0], "content": f"{head}\n\n{described}".lstrip()}
         else:

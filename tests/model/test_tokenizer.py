@@ -191,6 +191,17 @@ def test_transforming_template_keeps_user_control_text_plain(tok: Tokenizer) -> 
     assert ids.count(IM_START) == 1 and ids.count(IM_END) == 1
 
 
+def test_developer_is_system_to_a_template_that_knows_no_developer(tok: Tokenizer) -> None:
+    """OpenAI's `developer` role replaces `system`: a template without it gets a system turn
+    (the default one knows only system, user, assistant and tool); one that names it gets it."""
+    chat = [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    as_system = [{**chat[0], "role": "system"}, chat[1]]
+    assert tok.apply_chat_template(chat) == tok.apply_chat_template(as_system)
+    assert tok.render_chat_template(chat) == tok.render_chat_template(as_system)
+    knowing = _copy_with_template(tok, TRIM_TEMPLATE + "{# roles: developer, user #}")
+    assert knowing.render_chat_template(chat).startswith("<|im_start|>developer\nBe brief.")
+
+
 def test_hf_directory(tok: Tokenizer, tmp_path: Path) -> None:
     (tmp_path / "tokenizer.json").write_text(tok._plain.to_str())
     config = {"chat_template": tok.chat_template, "eos_token": "<|im_end|>", "bos_token": None}

@@ -61,6 +61,18 @@ def test_chat_streamed_matches_non_streamed_with_usage(client):
     assert chunks[-1].usage.completion_tokens == full.usage.completion_tokens
 
 
+def test_a_developer_message_reads_as_the_system_message(client):
+    """The default template knows no `developer` role: the message is its system turn."""
+    replies = []
+    for role in ("system", "developer"):
+        messages = [{"role": role, "content": "Answer in French."}, *QUESTION]
+        ask = {"model": MODEL, "messages": messages, "temperature": 0, "max_tokens": 8}
+        replies.append(client.chat.completions.create(**ask))
+    system, developer = replies
+    assert developer.usage.prompt_tokens == system.usage.prompt_tokens
+    assert developer.choices[0].message.content == system.choices[0].message.content
+
+
 def test_chat_n_and_logprobs(client):
     r = client.chat.completions.create(
         model=MODEL,

@@ -60,6 +60,17 @@ def test_without_template_support_tools_and_turns_are_written_in_the_call_format
     assert json.dumps(TOOL) not in without and "<tool_response>" in without
 
 
+def test_tools_join_a_developer_message_as_they_join_a_system_message(tokenizer):
+    """One system turn, not two: a leading developer message is the system message."""
+    for role in ("system", "developer"):
+        req = ChatCompletionRequest.model_validate(
+            {"messages": [{"role": role, "content": "Be brief."}, *TURNS], "tools": [TOOL]}
+        )
+        text = tokenizer.decode(chat_prompt(tokenizer, req), skip_special_tokens=False)
+        assert text.count("<|im_start|>system") == 1, role
+        assert text.startswith("<|im_start|>system\nBe brief.\n\nYou can call functions"), role
+
+
 def test_a_template_that_reads_tools_gets_them_and_the_arguments_as_objects(tokenizer):
     copy = tokenizers.Tokenizer.from_str(tokenizer.to_json())
     native = Tokenizer(copy, NATIVE, tokenizer.bos_token_id, tokenizer.eos_token_ids[0])
