@@ -316,9 +316,11 @@ class OpenAIServing(ABC):
             "created": job.created,
             "model": job.model,
             "choices": choices,
-            **extra,
         }
-        return sse.event(body)
+        if job.include_usage and choices:
+            # As OpenAI: with include_usage every chunk before the usage chunk has usage null.
+            body["usage"] = None
+        return sse.event({**body, **extra})
 
     def _step_chunks(self, job: Job, i: int, out: RequestOutput) -> Iterator[str]:
         _raise_if_failed(out)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+import httpx
 import openai
 import pytest
 
@@ -71,6 +74,20 @@ def test_a_developer_message_reads_as_the_system_message(client):
     system, developer = replies
     assert developer.usage.prompt_tokens == system.usage.prompt_tokens
     assert developer.choices[0].message.content == system.choices[0].message.content
+
+
+@pytest.mark.parametrize("include_usage", [True, False])
+def test_with_include_usage_every_chunk_has_a_usage_field(server, include_usage):
+    """As OpenAI: `usage` null on every chunk before the usage chunk; no field without it."""
+    body = {"model": MODEL, "messages": QUESTION, "max_tokens": 4, "stream": True}
+    body["stream_options"] = {"include_usage": include_usage}
+    r = httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=60)
+    chunks = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+    if include_usage:
+        assert all("usage" in c and c["usage"] is None for c in chunks[:-1])
+        assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 4
+    else:
+        assert all("usage" not in c for c in chunks)
 
 
 def test_chat_n_and_logprobs(client):
