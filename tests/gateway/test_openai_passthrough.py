@@ -29,6 +29,7 @@ BAD_REQUESTS = [
     {"messages": HI, "temperature": "hot", "max_tokens": 4},
     {"messages": HI, "top_p": 2, "max_tokens": 4},
     {"messages": [], "max_tokens": 4},
+    {"messages": HI, "max_completion_tokens": 0},
     # The gateway streams from its upstream whatever the client asked: these it checks itself.
     {"messages": HI, "stream_options": {"include_usage": True}, "max_tokens": 4},
     {"messages": HI, "stream": "yes", "max_tokens": 4},
@@ -43,6 +44,8 @@ def test_a_refusal_reaches_the_client_as_the_server_gave_it(server, gateway, bod
     relayed = httpx.post(gw.base_url + path, json=body, headers=auth(key), timeout=60)
     assert direct.status_code == relayed.status_code == 400
     assert relayed.json() == direct.json()
+    if "max_completion_tokens" in body:  # the field the client sent, not the engine's name
+        assert relayed.json()["error"]["param"] == "max_completion_tokens"
 
 
 def test_completion_logprobs_read_the_same_through_the_gateway(server, gateway):
