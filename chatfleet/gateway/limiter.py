@@ -107,9 +107,11 @@ class Admission:
             await _logged(self.limiter.store.adjust_tokens(self.key_id, self.limits, delta))
 
     async def renew(self) -> None:
+        """Extend the stream slot's lease; a store that cannot be reached is logged (the
+        request itself is not failed for it, and the next renewal may succeed)."""
         if self.stream_id is not None:
             lease = self.limiter.config.stream_lease_s
-            await self.limiter.store.renew_stream(self.key_id, self.stream_id, lease)
+            await _logged(self.limiter.store.renew_stream(self.key_id, self.stream_id, lease))
 
     async def release(self) -> None:
         """Give the stream slot back; a reservation never settled is refunded whole."""

@@ -141,6 +141,24 @@ def test_a_request_not_streamed_to_the_client_takes_a_stream_slot_too(gateway_fa
     assert again.status_code == 200
 
 
+def test_a_v1_request_longer_than_its_slots_lease_keeps_its_slot(gateway_factory, sqlite_url):
+    """A slot is a lease (so a gateway killed mid-stream frees it): a /v1 request running for
+    several leases renews it, and still counts against max_streams."""
+    key = make_key(sqlite_url, "alice", max_streams=1)
+    gw = gateway_factory(sqlite_url, "--stream-lease", "1")
+    long_body = {**CHAT, "max_tokens": 2000, "ignore_eos": True, "stream": True}
+    seen = []
+
+    def on_event(_: dict) -> bool:
+        time.sleep(3.5)  # three leases
+        seen.append(_chat(gw, key, max_tokens=8))
+        return True
+
+    first = post_sse(gw.base_url, key, "/v1/chat/completions", long_body, on_event=on_event)
+    assert first.status == 200 and len(first.events) == 1
+    _assert_429(seen[0], "streams")
+
+
 def test_limits_hold_across_two_gateways_sharing_redis(gateway_factory, sqlite_url, redis_server):
     key = make_key(sqlite_url, "alice", rpm=5)
     a = gateway_factory(sqlite_url, "--limits", redis_server.url)
