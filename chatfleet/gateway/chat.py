@@ -247,9 +247,7 @@ class ChatService:
         max_tokens = min(opts.max_tokens or c.reply_max_tokens, c.reply_max_tokens)
         # The tools' description takes its part of the context, whatever turns are kept, and
         # is prompt like the turns: reserved, and billed if the reply stops before its usage.
-        num_tool_tokens = 0
-        if conv.tools and conv.tool_choice != "none":
-            num_tool_tokens = await run_tokenize(self.counter.count_text, json.dumps(conv.tools))
+        num_tool_tokens = await run_tokenize(self.counter.count_tools, conv.tools, conv.tool_choice)
         plan = await run_tokenize(
             plan_prompt,
             self.counter,

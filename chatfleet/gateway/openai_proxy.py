@@ -70,9 +70,8 @@ class OpenAIProxy:
             if path.endswith("/chat/completions"):
                 messages = [_counted_message(m) for m in payload["messages"]]
                 # Tools are written into the prompt (the template or a system message).
-                tools = payload.get("tools")
-                described = self.counter.count_text(json.dumps(tools)) if tools else 0
-                return self.counter.count_chat(messages) + described, 1
+                tools = self.counter.count_tools(payload.get("tools"), payload.get("tool_choice"))
+                return self.counter.count_chat(messages) + tools, 1
             prompt = payload["prompt"]
             if isinstance(prompt, str):
                 return self.counter.count_text(prompt), 1

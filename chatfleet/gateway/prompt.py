@@ -34,6 +34,13 @@ class TokenCounter(ABC):
     @abstractmethod
     def count_text(self, text: str) -> int: ...
 
+    def count_tools(self, tools: Any, tool_choice: Any) -> int:
+        """Tokens the tools' description adds to the prompt: none with tool_choice "none"
+        (the upstream then leaves them out), else their JSON."""
+        if not tools or tool_choice == "none":
+            return 0
+        return self.count_text(json.dumps(tools))
+
 
 class TemplateTokenCounter(TokenCounter):
     """The model's own tokenizer and chat template (exact for a chatfleet upstream)."""

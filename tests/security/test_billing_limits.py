@@ -166,3 +166,20 @@ def test_a_conversations_tools_count_as_prompt(gateway_factory, sqlite_url):
     assert left.status == 200
     assert wait_until(lambda: usage_row(gw.base_url, key)["num_requests"] == 1, 30)
     assert usage_row(gw.base_url, key)["prompt_tokens"] > 400
+
+
+def test_v1_tools_count_as_prompt_unless_tool_choice_is_none(gateway_factory, sqlite_url):
+    """The server writes tools into the prompt except with tool_choice "none": a /v1 request
+    is reserved for them in the first case and not in the second."""
+    small = make_key(sqlite_url, "jack", tpm=300)
+    gw = gateway_factory(sqlite_url)
+    description = "lorem ipsum " * 300
+    tools = [{"type": "function", "function": {"name": "lookup", "description": description}}]
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    url = f"{gw.base_url}/v1/chat/completions"
+    r = httpx.post(url, json=body | {"tools": tools}, headers=auth(small), timeout=120)
+    assert r.status_code == 429 and "Request too large" in r.json()["error"]["message"], r.text
+    none = body | {"tools": tools, "tool_choice": "none"}
+    r = httpx.post(url, json=none, headers=auth(small), timeout=120)
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["prompt_tokens"] < 100
