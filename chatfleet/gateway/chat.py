@@ -63,28 +63,23 @@ def today() -> str:
 
 
 class _Heartbeat:
-    """Writes a reply's partial text every `interval_s` (its liveness for readers and the
-    sweeper) and, once admitted, renews its stream slot's lease."""
+    """Writes a reply's partial text every `interval_s`: its liveness for readers and the
+    sweeper."""
 
-    def __init__(self, store: GatewayStore, message_id: str, interval_s: float, lease_s: float):
+    def __init__(self, store: GatewayStore, message_id: str, interval_s: float):
         self.store, self.message_id = store, message_id
-        self.interval_s, self.renew_every_s = interval_s, lease_s / 3
+        self.interval_s = interval_s
         self.text: Callable[[], str] = lambda: ""
-        self.admission: Admission | None = None
         self.task: asyncio.Task | None = None
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
-        last_renew = time.monotonic()
         while True:
             await asyncio.sleep(self.interval_s)
             try:
                 await run_db(self.store.update_reply, self.message_id, self.text())
-                if self.admission and time.monotonic() - last_renew >= self.renew_every_s:
-                    await self.admission.renew()
-                    last_renew = time.monotonic()
             except Exception as e:  # a busy database must not end the reply
                 logger.warning("heartbeat of %s failed: %r", self.message_id, e)
 
@@ -149,8 +144,7 @@ class ChatService:
             stale_before,
             self.config.max_stored_bytes_per_user,
         )
-        lease_s = self.limiter.config.stream_lease_s
-        beat = _Heartbeat(self.store, message.message_id, self.config.flush_interval_s, lease_s)
+        beat = _Heartbeat(self.store, message.message_id, self.config.flush_interval_s)
         beat.start()
         try:
             plan = await self._plan(conv, turns, opts)
@@ -168,7 +162,7 @@ class ChatService:
                 await self._unstore(e, message, user_message)
             raise
         reply = _Reply(key, plan, admission, response, user_message, message, beat)
-        beat.admission, beat.text = admission, lambda: reply.text
+        beat.text = lambda: reply.text
         try:
             replace_id = None if replace is None else replace.message_id
             await run_db(self.store.accept_reply, message.message_id, replace_id)

@@ -1,5 +1,6 @@
 """Per-request admission against a key's limits: one request, a token reservation up front
-(prompt + max_tokens), a stream slot for streams; settled with the exact usage afterwards.
+(prompt + max_tokens), a stream slot for each /v1 request and reply (its lease renewed while
+the request runs); settled with the exact usage afterwards.
 
     admit() --reserve--> Admission --settle(used)--> refund (reserved - used), or charge more
                                    --release()-----> stream slot back, unsettled reservation
@@ -8,6 +9,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
 import secrets
@@ -95,6 +98,10 @@ class Admission:
         self.headers = headers
         self.stream_id = stream_id
         self.is_settled = False
+        # NOTE: the slot is a lease (a gateway killed mid-request frees it when it lapses):
+        # renewed here while the request runs, or one running past a lease would stop
+        # counting against its key's max_streams.
+        self._lease = None if stream_id is None else asyncio.create_task(self._keep_lease())
 
     async def settle(self, num_used: int) -> None:
         """Refund the unused reservation (or charge what went over it). A store that cannot
@@ -106,16 +113,23 @@ class Admission:
         if delta:
             await _logged(self.limiter.store.adjust_tokens(self.key_id, self.limits, delta))
 
-    async def renew(self) -> None:
-        """Extend the stream slot's lease; a store that cannot be reached is logged (the
-        request itself is not failed for it, and the next renewal may succeed)."""
-        if self.stream_id is not None:
-            lease = self.limiter.config.stream_lease_s
-            await _logged(self.limiter.store.renew_stream(self.key_id, self.stream_id, lease))
+    async def _keep_lease(self) -> None:
+        """Renew the stream slot's lease three times a lease until released; a store that
+        cannot be reached is logged (the request is not failed for it)."""
+        lease = self.limiter.config.stream_lease_s
+        while self.stream_id is not None:
+            await asyncio.sleep(lease / 3)
+            stream_id = self.stream_id
+            if stream_id is not None:
+                await _logged(self.limiter.store.renew_stream(self.key_id, stream_id, lease))
 
     async def release(self) -> None:
         """Give the stream slot back; a reservation never settled is refunded whole."""
         await self.settle(0)
+        if self._lease is not None:
+            self._lease.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lease
         if self.stream_id is not None:
             stream_id, self.stream_id = self.stream_id, None
             await _logged(self.limiter.store.release_stream(self.key_id, stream_id))

@@ -11,7 +11,6 @@ unchanged.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -228,16 +227,6 @@ class _Exchange:
         self.path, self.payload = path, payload
         self.assembler = StreamAssembler(is_chat=path.endswith("/chat/completions"))
         self.is_accounted = False
-        # NOTE: the slot is a lease: without renewal a request running longer than one lease
-        # would stop counting against its key's max_streams. Renewed on a clock, not per
-        # event, as a client that reads slowly holds the relay back.
-        self._lease = asyncio.create_task(self._keep_lease())
-
-    async def _keep_lease(self) -> None:
-        every_s = self.proxy.limiter.config.stream_lease_s / 3
-        while True:
-            await asyncio.sleep(every_s)
-            await self.admission.renew()
 
     async def account(self) -> None:
         """Record the usage and settle the limits: the upstream's exact usage, or (stopped,
@@ -245,7 +234,6 @@ class _Exchange:
         if self.is_accounted:
             return
         self.is_accounted = True
-        self._lease.cancel()
         usage = parse_usage(self.assembler.usage)
         if usage is None and (texts := self.assembler.texts()):
             num_prompt, _ = await run_tokenize(self.proxy._count_prompt, self.path, self.payload)
