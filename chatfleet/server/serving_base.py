@@ -203,6 +203,12 @@ class OpenAIServing(ABC):
                 param="chatfleet_continue",
             )
         job.skip_chars = req.chatfleet_continue.sent_chars
+        # text_offset counts from the start of the whole reply: past the tokens and the
+        # characters its client had before.
+        offsets = TextOffsets(self.tokenizer, 0, job.params.skip_special_tokens)
+        for token_id in req.chatfleet_continue.token_ids:
+            offsets.take(token_id)
+        job.text_offsets[0], job.num_chars_sent[0] = offsets, job.skip_chars
         return job
 
     # ---- shared parsing helpers ---------------------------------------------------------

@@ -92,3 +92,32 @@ def test_a_continued_reply_goes_ahead_of_queued_requests(tmp_path):
         assert first_chunk["continued"] < first_chunk["new"]
     finally:
         srv.stop()
+
+
+def test_a_continued_completion_counts_text_offsets_from_the_replys_start(server):
+    """Offsets of a resumed stream go on from where the first replica's left off."""
+    body = {
+        "prompt": "Lighthouses are",
+        "max_tokens": 30,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+        "logprobs": 1,
+    }
+
+    def events(extra: dict) -> list[dict]:
+        url = f"{server.base_url}/v1/completions"
+        with httpx.stream("POST", url, json={**body, **extra}, timeout=120) as r:
+            assert r.status_code == 200, r.read()
+            lines = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+        return [json.loads(line) for line in lines[:-1]]
+
+    def offsets(evs: list[dict]) -> list[int]:
+        choices = [c for e in evs for c in e["choices"] if c.get("logprobs")]
+        return [o for c in choices for o in c["logprobs"]["text_offset"]]
+
+    whole = events({"chatfleet_token_ids": True})
+    ids = [t for e in whole for t in e.get("chatfleet_token_ids", [])]
+    sent = len("".join(c["text"] for e in whole[:10] for c in e["choices"]))
+    rest = events({"chatfleet_continue": {"token_ids": ids[:12], "sent_chars": sent}})
+    assert offsets(rest) == offsets(whole)[12:]
