@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from chatfleet.errors import InvalidRequestError
-from chatfleet.sampling_params import MAX_LOGPROBS, MAX_PROMPTS, Grammar, SamplingParams
+from chatfleet.sampling_params import MAX_PROMPTS, Grammar, SamplingParams
 from chatfleet.structured.grammars import (
     json_object_grammar,
     json_schema_grammar,
@@ -265,7 +265,7 @@ class ChatCompletionRequest(SamplingFields):
 
     def field_names(self) -> dict[str, str]:
         """The request field each engine parameter came from, for errors the engine raises."""
-        names = {"prompt": "messages"}
+        names = {"prompt": "messages", "logprobs": "top_logprobs"}
         if self.max_completion_tokens is not None:
             names["max_tokens"] = "max_completion_tokens"
         return names
@@ -280,11 +280,6 @@ class ChatCompletionRequest(SamplingFields):
     def num_logprobs(self) -> int | None:
         if self.top_logprobs is not None and not self.logprobs:
             raise InvalidRequestError("top_logprobs requires logprobs=true", param="top_logprobs")
-        if self.top_logprobs is not None and not 0 <= self.top_logprobs <= MAX_LOGPROBS:
-            # NOTE: checked here so the error names this field (the engine's is "logprobs").
-            raise InvalidRequestError(
-                f"top_logprobs: must be in [0, {MAX_LOGPROBS}]", param="top_logprobs"
-            )
         return (self.top_logprobs or 0) if self.logprobs else None
 
 
