@@ -166,7 +166,10 @@ class Router:
         deadline), ReplicaEjectedError if replica `rid` is ejected first (None: not watched).
 
         NOTE: a hung replica holds its connections open: without this, a request on it would
-        wait for the read timeout although its probes had it ejected in seconds."""
+        wait for the read timeout although its probes had it ejected in seconds. Callers watch
+        only what can move without the client seeing a break (a request before its first
+        byte, a non-streamed one, a resumable stream); a replica ejected for slow probes
+        alone then costs the work done on it, never the client's answer."""
         if rid is None:
             return await before(due, step)
         task: asyncio.Future[T] = asyncio.ensure_future(step)
