@@ -199,7 +199,7 @@ class GatewayStore(ABC):
         max_stored_bytes: int | None = None,
     ) -> Conversation | None:
         """Set the fields given (not None); None if the conversation does not exist.
-        StorageQuotaError, with nothing written, if new tools or tool_choice would take its
+        StorageQuotaError, with nothing written, if new tools would take its
         user past `max_stored_bytes`."""
 
     @abstractmethod
