@@ -147,15 +147,7 @@ class ChatService:
         beat = _Heartbeat(self.store, message.message_id, self.config.flush_interval_s)
         beat.start()
         try:
-            plan = await self._plan(conv, turns, opts)
-            admission = await self.limiter.admit(
-                key, plan.num_prompt_tokens + plan.max_tokens, True
-            )
-            try:
-                response = await self._open(conv, plan, opts)
-            except BaseException:
-                await admission.release()
-                raise
+            plan, admission, response = await self._admit_and_open(key, conv, turns, opts)
         except BaseException as e:
             with anyio.CancelScope(shield=True):
                 await beat.stop()
@@ -182,6 +174,19 @@ class ChatService:
         return ClosingStreamingResponse(
             self._relay(reply), headers=headers, on_close=[stop_if_unfinished]
         )
+
+    async def _admit_and_open(
+        self, key: ApiKey, conv: Conversation, turns: list[Turn], opts: ReplyOptions
+    ) -> tuple[PromptPlan, Admission, Any]:
+        """The reply's prompt, its admission against the key's limits, and the upstream's
+        response; the admission given back if the upstream refuses."""
+        plan = await self._plan(conv, turns, opts)
+        admission = await self.limiter.admit(key, plan.num_prompt_tokens + plan.max_tokens, True)
+        try:
+            return plan, admission, await self._open(conv, plan, opts)
+        except BaseException:
+            await admission.release()
+            raise
 
     async def _turns(
         self, conv: Conversation, content: str | None

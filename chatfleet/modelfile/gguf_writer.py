@@ -99,18 +99,7 @@ def write_gguf(
     writer.add_layer_norm_rms_eps(c.rms_norm_eps)
     writer.add_rope_freq_base(c.rope_parameters["rope_theta"])
     _add_rope_scaling(writer, c)
-    meta, _ = read_gguf(tokenizer_from or default_model_path(), with_tensors=False)
-    for key, value in meta.items():
-        if not key.startswith("tokenizer."):
-            continue
-        if isinstance(value, bool):
-            writer.add_bool(key, value)
-        elif isinstance(value, int):
-            writer.add_uint32(key, value)
-        elif isinstance(value, str):
-            writer.add_string(key, value)
-        else:
-            writer.add_array(key, value)
+    _add_tokenizer(writer, tokenizer_from or default_model_path())
     if rope_factors is not None:
         writer.add_tensor("rope_freqs.weight", rope_factors.astype(np.float32))
     written: set[int] = set()
@@ -134,6 +123,22 @@ def write_gguf(
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+
+
+def _add_tokenizer(writer: GGUFWriter, gguf_path: str) -> None:
+    """The vocabulary, its ids and the chat template: the `tokenizer.*` keys of a GGUF file."""
+    meta, _ = read_gguf(gguf_path, with_tensors=False)
+    for key, value in meta.items():
+        if not key.startswith("tokenizer."):
+            continue
+        if isinstance(value, bool):
+            writer.add_bool(key, value)
+        elif isinstance(value, int):
+            writer.add_uint32(key, value)
+        elif isinstance(value, str):
+            writer.add_string(key, value)
+        else:
+            writer.add_array(key, value)
 
 
 # Each K-quant's 256-value super-block: its size in bytes and where its fp16 scales sit, with a

@@ -14,7 +14,6 @@ a JSON body or an SSE stream of chunks.
 from __future__ import annotations
 
 import asyncio
-import codecs
 import contextlib
 import dataclasses
 import time
@@ -46,6 +45,7 @@ from chatfleet.sampling_params import SamplingParams
 from chatfleet.server.merge import Merged, merge_streams
 from chatfleet.server.protocol import SamplingFields
 from chatfleet.server.server_metrics import ServerMetrics
+from chatfleet.server.text_offsets import TextOffsets
 from chatfleet.structured.tool_calls import ToolCallStream
 
 RequestT = TypeVar("RequestT", bound=SamplingFields)
@@ -63,28 +63,6 @@ def token_piece(tokenizer: Tokenizer, token_id: int) -> tuple[str, list[int]]:
     """A token's text (invalid UTF-8 replaced) and its raw bytes, for logprobs."""
     raw = tokenizer.id_to_piece_bytes(token_id)
     return raw.decode("utf-8", errors="replace"), list(raw)
-
-
-class TextOffsets:
-    """Where each token of one choice starts in its text (completions' `text_offset`): the
-    number of characters the tokens before it decode to, from `start` on.
-
-    NOTE: counted from decoded bytes, not from each token's own piece: a token that ends
-    inside a UTF-8 character adds nothing until the character completes, so every token of a
-    split character points at where that character starts in the returned text."""
-
-    def __init__(self, tokenizer: Tokenizer, start: int, skip_special_tokens: bool) -> None:
-        self._tokenizer = tokenizer
-        self._skipped = tokenizer.special_token_ids if skip_special_tokens else frozenset()
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._num_chars = start
-
-    def take(self, token_id: int) -> int:
-        """The offset of `token_id`, the choice's next token; moves past its text."""
-        offset = self._num_chars
-        raw = b"" if token_id in self._skipped else self._tokenizer.id_to_piece_bytes(token_id)
-        self._num_chars += len(self._decoder.decode(raw))
-        return offset
 
 
 def rename_param(error: ChatfleetError, field_names: dict[str, str]) -> None:

@@ -8,13 +8,8 @@ from chatfleet.errors import InvalidRequestError
 from chatfleet.outputs import CompletionOutput, TokenLogprobs
 from chatfleet.sampling_params import COMPLETIONS_MAX_TOKENS
 from chatfleet.server.protocol import CompletionRequest
-from chatfleet.server.serving_base import (
-    Job,
-    OpenAIServing,
-    TextOffsets,
-    finish_reason,
-    token_piece,
-)
+from chatfleet.server.serving_base import Job, OpenAIServing, finish_reason, token_piece
+from chatfleet.server.text_offsets import TextOffsets
 
 
 class OpenAIServingCompletion(OpenAIServing):

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from chatfleet.gateway import keys
-from chatfleet.gateway.store import migrations
+from chatfleet.gateway.store import migrations, sql_quota
 from chatfleet.gateway.store.base import (
     INTERRUPTED_ERROR,
     ApiKey,
@@ -16,7 +16,6 @@ from chatfleet.gateway.store.base import (
     GatewayStore,
     Message,
     ReplyEnd,
-    StorageQuotaError,
     Usage,
     UsageOwner,
     UsageRow,
@@ -129,7 +128,7 @@ class SqlStore(GatewayStore):
             conv_id, user_id, title, system_prompt, 0, now, now, tools or [], tool_choice
         )
         with self.db.transaction() as cur:
-            self._lock_user(cur, user_id, max_stored_bytes)
+            sql_quota.lock_user(self.db, cur, user_id, max_stored_bytes)
             cur.execute(
                 self.db.q(
                     f"INSERT INTO conversations ({CONV_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -137,7 +136,7 @@ class SqlStore(GatewayStore):
                 (conv_id, user_id, title, system_prompt, 0, now, now)
                 + (to_json(tools), to_json(tool_choice)),
             )
-            self._check_quota(cur, user_id, max_stored_bytes)
+            sql_quota.check_quota(self.db, cur, user_id, max_stored_bytes)
         return conv
 
     def get_conversation(self, conversation_id: str) -> Conversation | None:
@@ -171,7 +170,7 @@ class SqlStore(GatewayStore):
             quota = None if tools is None and tool_choice is None else max_stored_bytes
             user_id = self._owner(cur, conversation_id) if quota is not None else None
             if user_id is not None:
-                self._lock_user(cur, user_id, quota)
+                sql_quota.lock_user(self.db, cur, user_id, quota)
             for column, value in (("tools", tools), ("tool_choice", tool_choice)):
                 if value is not None:
                     cur.execute(
@@ -197,7 +196,7 @@ class SqlStore(GatewayStore):
                     (context_start, conversation_id),
                 )
             if user_id is not None:
-                self._check_quota(cur, user_id, quota)
+                sql_quota.check_quota(self.db, cur, user_id, quota)
         return self.get_conversation(conversation_id)
 
     def _owner(self, cur: Any, conversation_id: str) -> str | None:
@@ -214,49 +213,7 @@ class SqlStore(GatewayStore):
 
     def stored_bytes(self, user_id: str) -> int:
         with self.db.cursor() as cur:
-            return self._stored_bytes(cur, user_id)
-
-    def _stored_bytes(self, cur: Any, user_id: str) -> int:
-        size = self.db.dialect.byte_length
-        cur.execute(
-            self.db.q(
-                f"SELECT COALESCE(SUM({size.format('system_prompt')} + {size.format('tools')}), 0) "
-                "FROM conversations WHERE user_id = ?"
-            ),
-            (user_id,),
-        )
-        prompts = int(cur.fetchone()[0])
-        cur.execute(
-            self.db.q(
-                "SELECT COALESCE(SUM("
-                f"{size.format('m.content')} + {size.format('m.tool_calls')}), 0) "
-                "FROM messages m JOIN conversations c ON c.conversation_id = m.conversation_id "
-                "WHERE c.user_id = ?"
-            ),
-            (user_id,),
-        )
-        return prompts + int(cur.fetchone()[0])
-
-    def _lock_user(self, cur: Any, user_id: str, max_stored_bytes: int | None) -> None:
-        """Before a write that `_check_quota` will measure: lock the user's row until commit.
-        NOTE: writes of one user then measure one at a time, so two cannot each pass the
-        quota on the other's absence; other users' writes do not wait (SQLite's write
-        transaction already excludes every other writer)."""
-        if max_stored_bytes is not None:
-            lock = self.db.dialect.lock_rows
-            cur.execute(self.db.q("SELECT user_id FROM users WHERE user_id = ?" + lock), (user_id,))
-
-    def _check_quota(self, cur: Any, user_id: str, max_stored_bytes: int | None) -> None:
-        """After the transaction's writes: StorageQuotaError (rolling them back) if the user's
-        conversations now hold more than `max_stored_bytes`."""
-        if max_stored_bytes is None:
-            return
-        used = self._stored_bytes(cur, user_id)
-        if used > max_stored_bytes:
-            raise StorageQuotaError(
-                f"this user's conversations would hold {used} bytes of {max_stored_bytes}; "
-                "delete some first"
-            )
+            return sql_quota.stored_bytes(self.db, cur, user_id)
 
     def delete_conversation(self, conversation_id: str) -> bool:
         with self.db.transaction() as cur:
@@ -307,7 +264,7 @@ class SqlStore(GatewayStore):
             # at once the second sees the first's "streaming" message.
             user_id = self._owner(cur, conversation_id)
             if user_id is not None:
-                self._lock_user(cur, user_id, quota)
+                sql_quota.lock_user(self.db, cur, user_id, quota)
             cur.execute(
                 self.db.q(
                     "SELECT COUNT(*) FROM messages WHERE conversation_id = ? "
@@ -336,7 +293,7 @@ class SqlStore(GatewayStore):
                     (title, conversation_id),
                 )
             if user_id is not None:
-                self._check_quota(cur, user_id, quota)
+                sql_quota.check_quota(self.db, cur, user_id, quota)
         return user, reply
 
     def accept_reply(self, message_id: str, replace_message_id: str | None) -> None:
