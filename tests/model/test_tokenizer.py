@@ -223,3 +223,14 @@ def test_a_ggufs_end_of_turn_and_message_ids_stop_generation(tok: Tokenizer) -> 
     metadata, _ = read_gguf(resolve_model_path(None), with_tensors=False)
     marked = dict(metadata) | {"tokenizer.ggml.eot_token_id": 7, "tokenizer.ggml.eom_token_id": 9}
     assert Tokenizer.from_gguf_metadata(marked).eos_token_ids == [IM_END, 7, 9]
+
+
+def test_llama31s_end_of_message_token_ends_a_reply(tok: Tokenizer) -> None:
+    """Llama 3.1's template ends a turn that calls a built-in tool with <|eom_id|>."""
+    from tokenizers import AddedToken
+
+    hf = tokenizers.Tokenizer.from_str(tok._plain.to_str())
+    hf.add_special_tokens([AddedToken("<|eom_id|>", special=True)])
+    template = (tok.chat_template or "") + "{# a tool call's turn ends with <|eom_id|> #}"
+    marked = Tokenizer(hf, template, tok.bos_token_id, IM_END)
+    assert marked.eos_token_ids == [IM_END, hf.token_to_id("<|eom_id|>")]
